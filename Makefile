@@ -1,0 +1,24 @@
+# natgw: `make demo` and `make test` are the two commands a newcomer runs.
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test lint demo demo-down clean
+
+setup:
+	bash scripts/setup.sh
+
+test: setup
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests scripts
+
+demo: setup
+	bash scripts/netns/demo.sh
+
+demo-down:
+	bash scripts/netns/down.sh
+
+clean:
+	rm -rf $(VENV) src/*.egg-info
