@@ -1,0 +1,223 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * natgw: stateless 1:1 prefix translation (NETMAP) on a tunnel device.
+ *
+ * egress (after routing):  dst in a remote "as"   -> remote cidr
+ *                          src in a local cidr    -> local "as"
+ * ingress (before routing): src in a remote cidr  -> remote "as"
+ *                          dst in a local "as"    -> local cidr
+ *
+ * A packet's journey: find the device, parse IP, look both addresses up,
+ * plan the ICMP error quote if there is one, check that every checksum to
+ * fix is present, then rewrite and count. Packets matching no mapping pass
+ * unchanged; packets that match but cannot be translated correctly are
+ * dropped and counted by reason.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/in6.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+#include <uapi/linux/icmp.h>
+#include <uapi/linux/icmpv6.h>
+
+#include "natgw_shared.h"
+#include "natgw_maps.h"
+#include "natgw_parse.h"
+#include "natgw_csum.h"
+#include "natgw_icmp.h"
+#include "natgw_mss.h"
+
+static __always_inline int drop(const struct natgw_device *dev, __u32 reason)
+{
+	dev_stat_inc(dev, reason);
+	return TC_ACT_SHOT;
+}
+
+/* Clamp the MSS of a TCP SYN; a failure mid-rewrite leaves a corrupt packet: drop it. */
+static __always_inline int finish_tcp(struct __sk_buff *skb, const struct natgw_device *dev,
+				      __u8 proto, int first, __u32 l4_off, __u16 mss_max)
+{
+	int ret;
+
+	if (proto != IPPROTO_TCP || !first)
+		return TC_ACT_OK;
+	ret = tcp_clamp_mss(skb, l4_off, mss_max);
+	if (ret < 0)
+		return drop(dev, NATGW_DROP_REWRITE);
+	if (ret > 0)
+		dev_stat_inc(dev, NATGW_EV_MSS_CLAMPED);
+	return TC_ACT_OK;
+}
+
+static __always_inline void count(struct __sk_buff *skb, __u32 l3, __u32 dir,
+				  const struct natgw_xlate *xs, const struct natgw_xlate *xd)
+{
+	__u32 segs = skb->gso_segs ? skb->gso_segs : 1;
+	__u64 bytes = skb->len - l3;
+
+	if (xs)
+		map_stat_add(xs, dir, segs, bytes);
+	if (xd)
+		map_stat_add(xd, dir, segs, bytes);
+}
+
+static __always_inline int handle_v4(struct __sk_buff *skb, const struct natgw_device *dev,
+				    __u32 ifindex, __u32 dir)
+{
+	__u32 l3 = dev->l3_offset, l4_off, csum_off = 0, icmp_csum_off = 0;
+	struct natgw_xlate *xs, *xd;
+	struct quoted_v4 q = {};
+	int first, has_quote = 0;
+	struct iphdr ip;
+	__u64 l4_flags;
+
+	if (bpf_skb_load_bytes(skb, l3, &ip, sizeof(ip)) < 0 || ip.version != 4 || ip.ihl < 5) {
+		dev_stat_inc(dev, NATGW_EV_UNPARSED);
+		return TC_ACT_OK;
+	}
+	l4_off = l3 + ip.ihl * 4;
+	first = !(ip.frag_off & bpf_htons(NATGW_IP_OFFSET));
+	xs = xlate_v4_lookup(ifindex, NATGW_TABLE(dir, NATGW_SIDE_SRC), ip.saddr);
+	xd = xlate_v4_lookup(ifindex, NATGW_TABLE(dir, NATGW_SIDE_DST), ip.daddr);
+
+	if (first && ip.protocol == IPPROTO_ICMP) {
+		__u8 type;
+
+		if (bpf_skb_load_bytes(skb, l4_off, &type, 1) == 0 && icmp4_is_error(type)) {
+			if (quoted_v4_plan(skb, ifindex, dir, l4_off + ICMP_HDR_LEN, &q) == 0)
+				has_quote = either_hit(q.xs, q.xd);
+			else if (either_hit(xs, xd))
+				return drop(dev, NATGW_DROP_ICMP_INNER);
+			icmp_csum_off = l4_off + offsetof(struct icmphdr, checksum);
+		}
+	}
+
+	if (!has_quote && !either_hit(xs, xd)) {
+		dev_stat_inc(dev, NATGW_EV_UNMATCHED);
+		return finish_tcp(skb, dev, ip.protocol, first, l4_off, dev->mss_v4);
+	}
+
+	if (first && (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP)) {
+		if (!skb_has(skb, l4_off, l4_min_len(ip.protocol)))
+			return drop(dev, NATGW_DROP_TRUNCATED);
+		csum_off = l4_csum_offset(ip.protocol, l4_off);
+	}
+	l4_flags = ip.protocol == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (has_quote && quoted_v4_apply(skb, &q, icmp_csum_off) < 0)
+		return drop(dev, NATGW_DROP_REWRITE);
+	if (xs && rewrite_v4_addr(skb, l3 + offsetof(struct iphdr, saddr),
+				  l3 + offsetof(struct iphdr, check), csum_off, l4_flags,
+				  ip.saddr, netmap_v4(ip.saddr, xs)) < 0)
+		return drop(dev, NATGW_DROP_REWRITE);
+	if (xd && rewrite_v4_addr(skb, l3 + offsetof(struct iphdr, daddr),
+				  l3 + offsetof(struct iphdr, check), csum_off, l4_flags,
+				  ip.daddr, netmap_v4(ip.daddr, xd)) < 0)
+		return drop(dev, NATGW_DROP_REWRITE);
+
+	count(skb, l3, dir, xs, xd);
+	return finish_tcp(skb, dev, ip.protocol, first, l4_off, dev->mss_v4);
+}
+
+static __always_inline int handle_v6(struct __sk_buff *skb, const struct natgw_device *dev,
+				    __u32 ifindex, __u32 dir)
+{
+	__u32 l3 = dev->l3_offset, csum_off = 0, icmp_csum_off = 0;
+	struct natgw_xlate *xs, *xd;
+	struct quoted_v6 q = {};
+	struct ipv6hdr ip6;
+	struct l4_info l4 = {};
+	int l4_err, has_quote = 0;
+	union v6addr from, to;
+	__u64 l4_flags;
+
+	if (bpf_skb_load_bytes(skb, l3, &ip6, sizeof(ip6)) < 0 || ip6.version != 6) {
+		dev_stat_inc(dev, NATGW_EV_UNPARSED);
+		return TC_ACT_OK;
+	}
+	l4_err = ipv6_find_l4(skb, l3 + sizeof(ip6), ip6.nexthdr, &l4);
+	xs = xlate_v6_lookup(ifindex, NATGW_TABLE(dir, NATGW_SIDE_SRC), &ip6.saddr);
+	xd = xlate_v6_lookup(ifindex, NATGW_TABLE(dir, NATGW_SIDE_DST), &ip6.daddr);
+
+	if (!l4_err && l4.first && l4.proto == IPPROTO_ICMPV6) {
+		__u8 type;
+
+		if (bpf_skb_load_bytes(skb, l4.off, &type, 1) == 0 && icmp6_is_error(type)) {
+			if (quoted_v6_plan(skb, ifindex, dir, l4.off + ICMP_HDR_LEN, &q) == 0)
+				has_quote = either_hit(q.xs, q.xd);
+			else if (either_hit(xs, xd))
+				return drop(dev, NATGW_DROP_ICMP_INNER);
+			icmp_csum_off = l4.off + offsetof(struct icmp6hdr, icmp6_cksum);
+		}
+	}
+
+	if (!has_quote && !either_hit(xs, xd)) {
+		dev_stat_inc(dev, NATGW_EV_UNMATCHED);
+		if (l4_err)
+			return TC_ACT_OK;
+		return finish_tcp(skb, dev, l4.proto, l4.first, l4.off, dev->mss_v6);
+	}
+
+	/* Without the L4 header we cannot know which checksum to fix. */
+	if (l4_err == -1)
+		return drop(dev, NATGW_DROP_EXTHDR);
+	if (l4_err)
+		return drop(dev, NATGW_DROP_TRUNCATED);
+	if (l4.first && l4_csum_offset(l4.proto, l4.off)) {
+		if (!skb_has(skb, l4.off, l4_min_len(l4.proto)))
+			return drop(dev, NATGW_DROP_TRUNCATED);
+		csum_off = l4_csum_offset(l4.proto, l4.off);
+	}
+	l4_flags = l4.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (has_quote && quoted_v6_apply(skb, &q, icmp_csum_off) < 0)
+		return drop(dev, NATGW_DROP_REWRITE);
+	if (xs) {
+		__builtin_memcpy(from.b, &ip6.saddr, 16);
+		to = from;
+		netmap_v6(&to, xs);
+		if (rewrite_v6_addr(skb, l3 + offsetof(struct ipv6hdr, saddr), csum_off, l4_flags,
+				    &from, &to) < 0)
+			return drop(dev, NATGW_DROP_REWRITE);
+	}
+	if (xd) {
+		__builtin_memcpy(from.b, &ip6.daddr, 16);
+		to = from;
+		netmap_v6(&to, xd);
+		if (rewrite_v6_addr(skb, l3 + offsetof(struct ipv6hdr, daddr), csum_off, l4_flags,
+				    &from, &to) < 0)
+			return drop(dev, NATGW_DROP_REWRITE);
+	}
+
+	count(skb, l3, dir, xs, xd);
+	return finish_tcp(skb, dev, l4.proto, l4.first, l4.off, dev->mss_v6);
+}
+
+static __always_inline int natgw_handle(struct __sk_buff *skb, __u32 dir)
+{
+	__u32 ifindex = skb->ifindex;
+	struct natgw_device *dev = devices.lookup(&ifindex);
+
+	if (!dev)
+		return TC_ACT_OK;
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		return handle_v4(skb, dev, ifindex, dir);
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return handle_v6(skb, dev, ifindex, dir);
+	return TC_ACT_OK;
+}
+
+int natgw_egress(struct __sk_buff *skb)
+{
+	return natgw_handle(skb, NATGW_DIR_EGRESS);
+}
+
+int natgw_ingress(struct __sk_buff *skb)
+{
+	return natgw_handle(skb, NATGW_DIR_INGRESS);
+}

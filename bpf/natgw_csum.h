@@ -1,0 +1,134 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Address rewrites with their checksum updates. Checksums the packet's own L4
+ * header carries go through bpf_l4_csum_replace with BPF_F_PSEUDO_HDR: on a
+ * CHECKSUM_PARTIAL skb (tunnel egress, GSO) the field holds only the
+ * pseudo-header sum and the kernel knows how to update it; hand-rolled
+ * arithmetic would corrupt such packets. Checksums inside an ICMP error's
+ * quoted packet are plain data and use bpf_l3_csum_replace (no skb state).
+ */
+#ifndef NATGW_CSUM_H
+#define NATGW_CSUM_H
+
+/*
+ * bcc declares bpf_csum_diff() as returning int, which sign-extends a valid
+ * 32-bit sum with its top bit set into an "error". The helper returns s64.
+ */
+static __s64 (*natgw_csum_diff)(void *from, __u64 from_size, void *to, __u64 to_size,
+				__u64 seed) = (void *)BPF_FUNC_csum_diff;
+
+union v6addr {
+	__u8 b[16];
+	__be32 w[4];
+};
+
+/* NETMAP: keep the host bits of @addr, take the prefix of @x. */
+static __always_inline __be32 netmap_v4(__be32 addr, const struct natgw_xlate *x)
+{
+	__u32 plen = x->prefixlen;
+	__be32 to, mask;
+
+	__builtin_memcpy(&to, x->addr, 4);
+	if (plen >= 32)
+		mask = ~0U;
+	else if (plen == 0)
+		mask = 0;
+	else
+		mask = bpf_htonl(~0U << (32 - plen));
+	return (addr & ~mask) | (to & mask);
+}
+
+static __always_inline void netmap_v6(union v6addr *addr, const struct natgw_xlate *x)
+{
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__s32 bits = (__s32)x->prefixlen - 32 * i;
+		__be32 to, mask;
+
+		__builtin_memcpy(&to, x->addr + 4 * i, 4);
+		if (bits >= 32)
+			mask = ~0U;
+		else if (bits <= 0)
+			mask = 0;
+		else
+			mask = bpf_htonl(~0U << (32 - bits));
+		addr->w[i] = (addr->w[i] & ~mask) | (to & mask);
+	}
+}
+
+/**
+ * rewrite_v4_addr - replace an IPv4 address of the packet's own header.
+ * @off: offset of the address
+ * @ip_csum_off: offset of the IPv4 header checksum
+ * @l4_csum_off: offset of a TCP/UDP checksum covering the address, or 0
+ * @l4_flags: BPF_F_MARK_MANGLED_0 for UDP (a zero checksum stays zero)
+ *
+ * Return: 0, or -1 if a helper failed.
+ */
+static __always_inline int rewrite_v4_addr(struct __sk_buff *skb, __u32 off, __u32 ip_csum_off,
+					   __u32 l4_csum_off, __u64 l4_flags,
+					   __be32 from, __be32 to)
+{
+	if (from == to)
+		return 0;
+	if (bpf_skb_store_bytes(skb, off, &to, 4, 0) < 0)
+		return -1;
+	if (bpf_l3_csum_replace(skb, ip_csum_off, from, to, 4) < 0)
+		return -1;
+	if (l4_csum_off &&
+	    bpf_l4_csum_replace(skb, l4_csum_off, from, to, l4_flags | BPF_F_PSEUDO_HDR | 4) < 0)
+		return -1;
+	return 0;
+}
+
+/**
+ * rewrite_v6_addr - replace an IPv6 address of the packet's own header.
+ * @l4_csum_off: offset of a TCP/UDP/ICMPv6 checksum covering it, or 0
+ */
+static __always_inline int rewrite_v6_addr(struct __sk_buff *skb, __u32 off, __u32 l4_csum_off,
+					   __u64 l4_flags, union v6addr *from, union v6addr *to)
+{
+	__s64 diff;
+
+	if (bpf_skb_store_bytes(skb, off, to->b, 16, 0) < 0)
+		return -1;
+	if (!l4_csum_off)
+		return 0;
+	diff = natgw_csum_diff(from->w, 16, to->w, 16, 0);
+	if (diff < 0)
+		return -1;
+	if (bpf_l4_csum_replace(skb, l4_csum_off, 0, diff, l4_flags | BPF_F_PSEUDO_HDR) < 0)
+		return -1;
+	return 0;
+}
+
+/*
+ * Fix a checksum inside quoted data by a 32-bit sum difference. UDP's
+ * "no checksum" zero stays zero, and a computed zero becomes 0xffff.
+ *
+ * Return: 0, or -1 if a helper failed.
+ */
+static __always_inline int quoted_csum_update(struct __sk_buff *skb, __u32 csum_off, int is_udp,
+					      __s64 diff)
+{
+	__u16 csum;
+
+	if (bpf_skb_load_bytes(skb, csum_off, &csum, 2) < 0)
+		return -1;
+	if (is_udp && csum == 0)
+		return 0;
+	if (bpf_l3_csum_replace(skb, csum_off, 0, diff, 0) < 0)
+		return -1;
+	if (is_udp) {
+		if (bpf_skb_load_bytes(skb, csum_off, &csum, 2) < 0)
+			return -1;
+		if (csum == 0) {
+			csum = 0xffff;
+			if (bpf_skb_store_bytes(skb, csum_off, &csum, 2, 0) < 0)
+				return -1;
+		}
+	}
+	return 0;
+}
+
+#endif /* NATGW_CSUM_H */
