@@ -123,7 +123,7 @@ def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
             "--system-site-packages (make setup does both)"
         ) from e
     try:
-        bpf = BPF(text=source, cflags=cflags)
+        bpf = BPF(text=source.encode(), cflags=cflags)
         fds = {d: bpf.load_func(f"natgw_{d}".encode(), BPF.SCHED_CLS).fd for d in pins}
     except Exception as e:  # bcc raises bare Exception with the verifier log printed
         raise DataplaneError(f"loading the dataplane failed: {e}") from e
