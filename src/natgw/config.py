@@ -1,0 +1,604 @@
+"""cluster.yaml: the gateway's model, its validation and typed accessors.
+
+Validation runs in two stages. Pydantic checks the shape of every field (types, CIDRs,
+keys, endpoints, names); then plain functions check how fields relate (overlaps,
+duplicates, device names), because their messages name the fields on both sides of
+a conflict. Either stage reports its first problem as one `ConfigError`.
+"""
+
+import hashlib
+import ipaddress
+import re
+import stat
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    PrivateAttr,
+    SecretBytes,
+    ValidationError,
+)
+
+from natgw import keys
+
+IPNetwork = IPv4Network | IPv6Network
+IPAddress = IPv4Address | IPv6Address
+
+MAX_DEVICE_NAME = 15  # IFNAMSIZ - 1
+DEFAULT_MTU = 1420
+MIN_MTU = 1280  # the IPv6 minimum link MTU
+
+
+class ConfigError(Exception):
+    """A cluster.yaml problem: `path` is the field (e.g. `peers[1].remote[0].as`)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)  # both in args, so that it pickles
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class HostPort(NamedTuple):
+    """A host (IP literal or hostname) and a port, written `host:port` or `[v6]:port`."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+# --- field types: each parser raises ValueError with the reason shown to the user ---
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_HOST_LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _expect_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _parse_name(value: Any) -> str:
+    s = _expect_str(value)
+    if not _NAME_RE.fullmatch(s):
+        raise ValueError(
+            f"invalid name {s!r}: use letters, digits, '_', '.' and '-', "
+            "starting with a letter or digit"
+        )
+    return s
+
+
+def _parse_device(value: Any) -> str:
+    s = _expect_str(value)
+    if len(s) > MAX_DEVICE_NAME:
+        raise ValueError(f"{s} is longer than {MAX_DEVICE_NAME} characters (the Linux limit)")
+    if not s or s in (".", "..") or any(c in s for c in "/:") or any(c.isspace() for c in s):
+        raise ValueError(f"invalid device name {s!r}")
+    return s
+
+
+def _parse_network(value: Any) -> IPNetwork:
+    s = _expect_str(value)
+    try:
+        loose = ipaddress.ip_network(s, strict=False)
+    except ValueError:
+        raise ValueError(f"invalid CIDR {s}") from None
+    if "/" not in s:
+        raise ValueError(f"{s} has no prefix length (write {s}/{loose.max_prefixlen})")
+    if loose.network_address != ipaddress.ip_interface(s).ip:
+        raise ValueError(f"host bits set in {s} (the network is {loose})")
+    return loose
+
+
+def _parse_address(value: Any) -> IPAddress:
+    s = _expect_str(value)
+    try:
+        return ipaddress.ip_address(s)
+    except ValueError:
+        raise ValueError(f"invalid IP address {s}") from None
+
+
+def _parse_port(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
+        raise ValueError(f"invalid port {text!r}: expected 1..65535")
+    return int(text)
+
+
+def _check_hostname(host: str) -> None:
+    labels = host.rstrip(".").split(".")
+    ok = (
+        len(host) <= 253
+        and all(_HOST_LABEL_RE.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()  # else it is a mistyped IPv4 address, e.g. 10.0.0.256
+    )
+    if not ok:
+        raise ValueError(f"{host} is neither an IP address nor a hostname")
+
+
+def parse_host_port(value: Any) -> HostPort:
+    """Parse `host:port`, `[v6addr]:port` (host: IP literal or hostname)."""
+    s = _expect_str(value)
+    if s.startswith("["):
+        m = re.fullmatch(r"\[([^\]]*)\]:([^:]*)", s)
+        if not m:
+            raise ValueError(f"expected [IPv6 address]:port, got {s!r}")
+        host, port = m.groups()
+        try:
+            IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host} is not an IPv6 address") from None
+        return HostPort(host, _parse_port(port))
+    host, sep, port = s.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected host:port, got {s!r}")
+    if ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets: [address]:port, got {s!r}")
+    try:
+        IPv4Address(host)
+    except ValueError:
+        _check_hostname(host)
+    return HostPort(host, _parse_port(port))
+
+
+def _parse_public_key(value: Any) -> str:
+    s = _expect_str(value).strip()
+    keys.decode_key(s)
+    return s
+
+
+def _decode_private_key(value: Any) -> bytes:
+    # decode_key never repeats its input, so the reason cannot leak the key.
+    return keys.decode_key(_expect_str(value))
+
+
+def _int_in(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {type(value).__name__}")
+        if not low <= value <= high:
+            raise ValueError(f"{value} is out of range {low}..{high}")
+        return value
+
+    return parse
+
+
+Name = Annotated[str, PlainValidator(_parse_name)]
+DeviceName = Annotated[str, PlainValidator(_parse_device)]
+Network = Annotated[IPNetwork, PlainValidator(_parse_network)]
+Address = Annotated[IPAddress, PlainValidator(_parse_address)]
+# Serialized back to its YAML form, not as a (host, port) list.
+Endpoint = Annotated[HostPort, PlainValidator(parse_host_port), PlainSerializer(str)]
+PublicKey = Annotated[str, PlainValidator(_parse_public_key)]
+# A BeforeValidator, not a PlainValidator: SecretBytes keeps its own (masking) serializer.
+PrivateKey = Annotated[SecretBytes, BeforeValidator(_decode_private_key)]
+KeyPath = Annotated[Path, PlainValidator(lambda v: Path(_expect_str(v)))]
+Port = Annotated[int, PlainValidator(_int_in(1, 65535))]
+Keepalive = Annotated[int, PlainValidator(_int_in(0, 65535))]
+Mtu = Annotated[int, PlainValidator(_int_in(MIN_MTU, 65535))]
+
+
+class _Model(BaseModel):
+    # Unknown keys are errors: a typo must not silently drop a setting.
+    # Only YAML names (aliases) are accepted, so `listen_port:` is a typo too.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Remote(_Model):
+    """One of a peer's networks: `cidr` inside the tunnel, `as_` how we address it."""
+
+    cidr: Network
+    as_: Network | None = Field(None, alias="as")
+
+    @property
+    def routed(self) -> IPNetwork:
+        """The range we route to the peer: `as` if remapped, else `cidr`."""
+        return self.as_ if self.as_ is not None else self.cidr
+
+    @property
+    def remapped(self) -> bool:
+        return self.as_ is not None
+
+
+class Local(_Model):
+    """One of our networks (`cidr`) as the peer must see it (`as_`)."""
+
+    cidr: Network
+    as_: Network = Field(alias="as")
+
+
+class Peer(_Model):
+    """A WireGuard peer (own tunnel device), or with `interface` a link without tunnel."""
+
+    name: Name
+    public_key: PublicKey | None = Field(None, alias="publicKey")
+    endpoint: Endpoint | None = None
+    listen_port: Port | None = Field(None, alias="listenPort")
+    persistent_keepalive: Keepalive | None = Field(None, alias="persistentKeepalive")
+    interface: DeviceName | None = None
+    via: Address | None = None
+    device_override: DeviceName | None = Field(None, alias="device")
+    remote: list[Remote]
+    local: list[Local] = []
+
+    # Set by GatewayConfig: the default device name depends on the gateway's name.
+    _device: str | None = PrivateAttr(None)
+
+    @property
+    def is_tunnel(self) -> bool:
+        return self.interface is None
+
+    @property
+    def device(self) -> str:
+        """The resolved device: `device:`, the `interface:`, or the default name."""
+        if self._device is None:
+            raise RuntimeError(f"peer {self.name} is not part of a GatewayConfig")
+        return self._device
+
+    @property
+    def allowed_ips(self) -> list[IPNetwork]:
+        """The peer's real networks, as they appear inside the tunnel."""
+        return [r.cidr for r in self.remote]
+
+    @property
+    def routed_networks(self) -> list[IPNetwork]:
+        """What we route into the peer's device (`as`, or `cidr` where not remapped)."""
+        return [r.routed for r in self.remote]
+
+
+class GatewayConfig(_Model):
+    """A validated cluster.yaml. Build it with `load_config` or `parse_config`.
+
+    After loading, `private_key` holds the key whether it came inline or from
+    `privateKeyFile` (then an absolute path). It is a SecretBytes: repr/str hide it.
+    """
+
+    name: Name
+    cidrs: list[Network]
+    private_key: PrivateKey | None = Field(None, alias="privateKey")
+    private_key_file: KeyPath | None = Field(None, alias="privateKeyFile")
+    engine: Literal["auto", "kernel", "wireguard-go"] = "auto"
+    mtu: Mtu = DEFAULT_MTU
+    metrics: Endpoint = HostPort("127.0.0.1", 9000)
+    peers: list[Peer] = []
+
+    def model_post_init(self, context: Any) -> None:
+        for p in self.peers:
+            p._device = p.interface or p.device_override or default_device_name(self.name, p.name)
+
+    @property
+    def tunnel_peers(self) -> list[Peer]:
+        return [p for p in self.peers if p.is_tunnel]
+
+    @property
+    def interface_peers(self) -> list[Peer]:
+        return [p for p in self.peers if not p.is_tunnel]
+
+    @property
+    def public_key(self) -> str | None:
+        """Our base64 public key, derived from the private key."""
+        if self.private_key is None:
+            return None
+        return keys.encode_key(keys.public_key(self.private_key.get_secret_value()))
+
+    def peer(self, name: str) -> Peer:
+        for p in self.peers:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def device_for(self, peer: Peer | str) -> str:
+        return (self.peer(peer) if isinstance(peer, str) else peer).device
+
+
+def default_device_name(gateway: str, peer: str) -> str:
+    """`gateway-peer`, or when longer than 15 characters a stable short form with a hash."""
+    name = f"{gateway}-{peer}"
+    if len(name) <= MAX_DEVICE_NAME:
+        return name
+    h = hashlib.sha1(f"{gateway}/{peer}".encode()).hexdigest()[:3]
+    return f"{gateway[:6]}-{peer[:4]}-{h}"
+
+
+# --- pydantic errors into `<path>: <reason>` ---
+
+_REASONS = {
+    "missing": "field required",
+    "extra_forbidden": "unknown field",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+    "dict_type": "expected a mapping",
+}
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
+    return path or "<top>"
+
+
+def _from_pydantic(err: ValidationError) -> ConfigError:
+    # include_input=False: the offending input may be a private key.
+    first = err.errors(include_url=False, include_input=False)[0]
+    kind, ctx = first["type"], first.get("ctx", {})
+    if kind == "value_error":
+        reason = str(ctx["error"])
+    elif kind == "literal_error":
+        reason = f"expected one of {ctx['expected']}"
+    else:
+        msg = first["msg"]
+        reason = _REASONS.get(kind, msg[:1].lower() + msg[1:])
+    return ConfigError(_format_loc(first["loc"]), reason)
+
+
+# --- relations between fields ---
+
+
+def _overlap_note(net: IPNetwork, others: list[tuple[str, IPNetwork]]) -> str | None:
+    for path, other in others:
+        if net.version == other.version and net.overlaps(other):
+            return f"{net} overlaps {path} {other}"
+    return None
+
+
+def _check_cidrs(cfg: GatewayConfig) -> None:
+    if not cfg.cidrs:
+        raise ConfigError("cidrs", "must not be empty")
+    for i, net in enumerate(cfg.cidrs):
+        note = _overlap_note(net, [(f"cidrs[{j}]", c) for j, c in enumerate(cfg.cidrs[:i])])
+        if note:
+            raise ConfigError(f"cidrs[{i}]", note)
+
+
+def _read_key_file(path: Path) -> bytes:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError("privateKeyFile", f"{path} does not exist") from None
+    except OSError as e:
+        raise ConfigError("privateKeyFile", f"cannot read {path}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError("privateKeyFile", f"{path} is not a regular file")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        what = "readable" if mode & 0o044 else "writable"
+        raise ConfigError(
+            "privateKeyFile", f"mode {mode:04o} is {what} by group or others; chmod 600 it"
+        )
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not ASCII text"
+        raise ConfigError("privateKeyFile", f"cannot read {path}: {why}") from None
+    try:
+        return keys.decode_key(text)
+    except ValueError as e:
+        raise ConfigError("privateKeyFile", f"{path}: {e}") from None
+
+
+def _resolve_private_key(cfg: GatewayConfig, base_dir: Path) -> GatewayConfig:
+    if cfg.private_key is not None and cfg.private_key_file is not None:
+        raise ConfigError("privateKeyFile", "privateKey and privateKeyFile are mutually exclusive")
+    if cfg.private_key_file is not None:
+        path = (base_dir / cfg.private_key_file).absolute()
+        secret = SecretBytes(_read_key_file(path))
+        return cfg.model_copy(update={"private_key": secret, "private_key_file": path})
+    if cfg.private_key is None and cfg.tunnel_peers:
+        raise ConfigError(
+            "privateKeyFile", "required for WireGuard peers (or an inline privateKey)"
+        )
+    return cfg
+
+
+def _check_mapping(path: str, cidr: IPNetwork, as_: IPNetwork | None) -> None:
+    if as_ is None:
+        return
+    if as_.version != cidr.version:
+        raise ConfigError(f"{path}.as", f"IPv{as_.version} {as_} does not match cidr {cidr}")
+    if as_.prefixlen != cidr.prefixlen:
+        raise ConfigError(f"{path}.as", f"/{as_.prefixlen} does not match cidr {cidr}")
+
+
+_TUNNEL_ONLY = {
+    "publicKey": "public_key",
+    "endpoint": "endpoint",
+    "listenPort": "listen_port",
+    "persistentKeepalive": "persistent_keepalive",
+}
+
+
+def _check_peer_shape(i: int, p: Peer) -> None:
+    at = f"peers[{i}]"
+    if p.is_tunnel:
+        if p.public_key is None:
+            raise ConfigError(
+                f"{at}.publicKey", "field required (or set interface: for a peer without tunnel)"
+            )
+        if p.endpoint is None and p.listen_port is None:
+            raise ConfigError(
+                f"{at}.listenPort", "required without an endpoint, so that the peer can reach us"
+            )
+        if p.via is not None:
+            raise ConfigError(
+                f"{at}.via", "only for interface: peers; a WireGuard device needs no next hop"
+            )
+    else:
+        for yaml_name, attr in _TUNNEL_ONLY.items():
+            if getattr(p, attr) is not None:
+                raise ConfigError(f"{at}.{yaml_name}", "not allowed with interface: (no tunnel)")
+        if p.device_override is not None:
+            raise ConfigError(f"{at}.device", "not allowed with interface: (it is the device)")
+    if not p.remote:
+        raise ConfigError(f"{at}.remote", "must not be empty")
+    for j, r in enumerate(p.remote):
+        _check_mapping(f"{at}.remote[{j}]", r.cidr, r.as_)
+    for j, loc in enumerate(p.local):
+        _check_mapping(f"{at}.local[{j}]", loc.cidr, loc.as_)
+
+
+def _device_path(i: int, p: Peer) -> tuple[str, str]:
+    """The field a device name comes from, and a hint on how to change it."""
+    if p.interface is not None:
+        return f"peers[{i}].interface", ""
+    if p.device_override is not None:
+        return f"peers[{i}].device", ""
+    return f"peers[{i}].name", "; set device: to choose another"
+
+
+def _check_unique(cfg: GatewayConfig) -> None:
+    own_key = cfg.public_key
+    names: dict[str, int] = {}
+    ports: dict[int, int] = {}
+    pubkeys: dict[str, int] = {}
+    devices: dict[str, int] = {}
+    for i, p in enumerate(cfg.peers):
+        at = f"peers[{i}]"
+        if p.name in names:
+            raise ConfigError(f"{at}.name", f"duplicate peer name (also peers[{names[p.name]}])")
+        names[p.name] = i
+        if p.listen_port is not None:
+            if p.listen_port in ports:
+                j = ports[p.listen_port]
+                raise ConfigError(
+                    f"{at}.listenPort",
+                    f"{p.listen_port} is also the listenPort of peers[{j}] ({cfg.peers[j].name})",
+                )
+            ports[p.listen_port] = i
+        if p.public_key is not None:
+            if p.public_key == own_key:
+                raise ConfigError(f"{at}.publicKey", "is our own public key, not the peer's")
+            if p.public_key in pubkeys:
+                j = pubkeys[p.public_key]
+                raise ConfigError(
+                    f"{at}.publicKey", f"same key as peers[{j}] ({cfg.peers[j].name})"
+                )
+            pubkeys[p.public_key] = i
+        if p.device in devices:
+            j = devices[p.device]
+            path, hint = _device_path(i, p)
+            raise ConfigError(
+                path,
+                f"device {p.device} is also the device of peers[{j}] ({cfg.peers[j].name}); "
+                "device names must be unique on the whole host, since wireguard-go's UAPI "
+                f"sockets in /var/run/wireguard are shared by all network namespaces{hint}",
+            )
+        devices[p.device] = i
+
+
+def _check_remote(cfg: GatewayConfig) -> list[tuple[str, IPNetwork]]:
+    """Check remote ranges; return every routed range with its field path."""
+    own = [(f"our cidrs[{k}]", c) for k, c in enumerate(cfg.cidrs)]
+    routed: list[tuple[str, IPNetwork]] = []
+    for i, p in enumerate(cfg.peers):
+        reals: list[tuple[str, IPNetwork]] = []
+        for j, r in enumerate(p.remote):
+            at = f"peers[{i}].remote[{j}]"
+            # One device cannot tell two overlapping real ranges apart.
+            note = _overlap_note(r.cidr, reals)
+            if note:
+                raise ConfigError(f"{at}.cidr", f"{note} of the same peer")
+            reals.append((f"{at}.cidr", r.cidr))
+            path = f"{at}.as" if r.remapped else f"{at}.cidr"
+            hint = "; routes would collide" if r.remapped else "; add an as: to remap it"
+            note = _overlap_note(r.routed, own) or _overlap_note(r.routed, routed)
+            if note:
+                raise ConfigError(path, note + hint)
+            routed.append((path, r.routed))
+    return routed
+
+
+def _check_local(cfg: GatewayConfig, routed: list[tuple[str, IPNetwork]]) -> None:
+    own = [(f"our cidrs[{k}]", c) for k, c in enumerate(cfg.cidrs)]
+    for i, p in enumerate(cfg.peers):
+        theirs = [(f"peers[{i}].remote[{k}].cidr", r.cidr) for k, r in enumerate(p.remote)]
+        seen_cidrs: list[tuple[str, IPNetwork]] = []
+        seen_as: list[tuple[str, IPNetwork]] = []
+        for j, loc in enumerate(p.local):
+            at = f"peers[{i}].local[{j}]"
+            if not any(loc.cidr.version == c.version and loc.cidr.subnet_of(c) for c in cfg.cidrs):
+                raise ConfigError(f"{at}.cidr", f"{loc.cidr} is not inside our cidrs")
+            note = _overlap_note(loc.cidr, seen_cidrs)
+            if note:
+                raise ConfigError(f"{at}.cidr", note)
+            seen_cidrs.append((f"{at}.cidr", loc.cidr))
+            note = (
+                _overlap_note(loc.as_, own)
+                or _overlap_note(loc.as_, routed)
+                or _overlap_note(loc.as_, seen_as)
+            )
+            if note:
+                raise ConfigError(f"{at}.as", note)
+            note = _overlap_note(loc.as_, theirs)
+            if note:
+                raise ConfigError(f"{at}.as", f"{note}, the peer's own network")
+            seen_as.append((f"{at}.as", loc.as_))
+
+
+# --- entry points ---
+
+
+def parse_config(data: dict[str, Any], base_dir: Path) -> GatewayConfig:
+    """Validate a parsed cluster.yaml; `privateKeyFile` is relative to `base_dir`."""
+    try:
+        cfg = GatewayConfig.model_validate(data)
+    except ValidationError as e:
+        raise _from_pydantic(e) from None
+    _check_cidrs(cfg)
+    cfg = _resolve_private_key(cfg, base_dir)
+    for i, p in enumerate(cfg.peers):
+        _check_peer_shape(i, p)
+    _check_unique(cfg)
+    _check_local(cfg, _check_remote(cfg))
+    return cfg
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys instead of keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate a cluster.yaml. YAML errors have the file as path and a line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigError(str(path), f"cannot read: {why}") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(str(path), f"{where}{e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), " ".join(str(e).split())) from None
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(str(path), f"expected a mapping at the top level, got {got}")
+    return parse_config(data, path.parent)

@@ -1,0 +1,404 @@
+"""config.py: each case is a cluster.yaml (as a dict) and the one error it must produce."""
+
+# ruff: noqa: E501 - the error table keeps one case per line, like a fixture table.
+
+import base64
+import os
+import pickle
+import shutil
+import traceback
+from ipaddress import ip_address, ip_network
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from natgw import keys
+from natgw.config import (
+    ConfigError,
+    HostPort,
+    default_device_name,
+    load_config,
+    parse_config,
+)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _key(seed: int) -> str:
+    return keys.encode_key(keys.clamp(bytes([seed]) * 32))
+
+
+OWN_PRIVATE = _key(1)
+OWN_PUBLIC = keys.pubkey(OWN_PRIVATE)
+PUB_A, PUB_B, PUB_C = (keys.pubkey(_key(s)) for s in (2, 3, 4))
+
+
+def m(cidr: str, as_: str | None = None) -> dict[str, str]:
+    return {"cidr": cidr} if as_ is None else {"cidr": cidr, "as": as_}
+
+
+def tunnel(name: str, key: str, *remote: dict[str, str], **extra: Any) -> dict[str, Any]:
+    """A WireGuard peer that we reach at an endpoint."""
+    peer = {"name": name, "publicKey": key, "endpoint": "192.0.2.1:51820"}
+    return peer | {"remote": list(remote), **extra}
+
+
+def link(name: str, interface: str, *remote: dict[str, str], **extra: Any) -> dict[str, Any]:
+    return {"name": name, "interface": interface, "remote": list(remote), **extra}
+
+
+def cfg(*peers: dict[str, Any], **top: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"name": "c1", "cidrs": ["10.244.0.0/16"], "privateKey": OWN_PRIVATE}
+    return base | {"peers": list(peers)} | top
+
+
+def error_of(data: dict[str, Any], base_dir: Path = Path(".")) -> str:
+    with pytest.raises(ConfigError) as e:
+        parse_config(data, base_dir)
+    assert str(e.value) == f"{e.value.path}: {e.value.reason}"
+    return str(e.value)
+
+
+def test_config_error_format_and_pickle() -> None:
+    e = pickle.loads(pickle.dumps(ConfigError("peers[1].remote[0].as", "bad")))
+    assert (str(e), e.path, e.reason) == (
+        "peers[1].remote[0].as: bad",
+        "peers[1].remote[0].as",
+        "bad",
+    )
+
+
+# --- a good file and its accessors ---
+
+
+def full_config(key_file: Path) -> dict[str, Any]:
+    return {
+        "name": "cluster1",
+        "cidrs": ["10.244.0.0/16", "fd00:244::/64"],
+        "privateKeyFile": key_file.name,
+        "engine": "wireguard-go",
+        "mtu": 1380,
+        "metrics": "[::1]:9100",
+        "peers": [
+            {
+                "name": "cluster2",
+                "publicKey": PUB_A,
+                "endpoint": "192.0.2.2:51820",
+                "listenPort": 51820,
+                "persistentKeepalive": 25,
+                "remote": [
+                    m("10.244.0.0/16", "10.245.0.0/16"),
+                    m("fd00:244::/64", "fd00:245::/64"),
+                ],
+                "local": [m("10.244.0.0/16", "10.246.0.0/16")],
+            },
+            {"name": "c3", "publicKey": PUB_B, "endpoint": "[2001:db8::3]:51821"}
+            | {"remote": [m("172.16.0.0/24")], "device": "wg-c3"},
+            link("lab", "eth1", m("10.244.0.0/16", "10.247.0.0/16"), via="192.0.2.9"),
+        ],
+    }
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "cluster1.key"
+    path.write_text(OWN_PRIVATE + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_full_config_accessors(key_file: Path) -> None:
+    c = parse_config(full_config(key_file), key_file.parent)
+    assert c.private_key is not None
+    assert c.private_key.get_secret_value() == base64.b64decode(OWN_PRIVATE)
+    assert c.private_key_file == key_file
+    assert c.public_key == OWN_PUBLIC
+    assert c.cidrs == [ip_network("10.244.0.0/16"), ip_network("fd00:244::/64")]
+    assert (c.engine, c.mtu, c.metrics) == ("wireguard-go", 1380, HostPort("::1", 9100))
+    assert str(c.metrics) == "[::1]:9100"
+
+    p, p3, lab = c.peers
+    assert p.is_tunnel and not lab.is_tunnel
+    assert [x.name for x in c.tunnel_peers] == ["cluster2", "c3"]
+    assert [x.name for x in c.interface_peers] == ["lab"]
+    assert p.endpoint == HostPort("192.0.2.2", 51820)
+    assert str(p3.endpoint) == "[2001:db8::3]:51821"
+    assert (p.listen_port, p.persistent_keepalive, p3.listen_port) == (51820, 25, None)
+    assert p.allowed_ips == [ip_network("10.244.0.0/16"), ip_network("fd00:244::/64")]
+    assert p.routed_networks == [ip_network("10.245.0.0/16"), ip_network("fd00:245::/64")]
+    assert p3.routed_networks == [ip_network("172.16.0.0/24")]
+    assert p.remote[0].remapped and not p3.remote[0].remapped
+    assert (p.local[0].cidr, p.local[0].as_) == (
+        ip_network("10.244.0.0/16"),
+        ip_network("10.246.0.0/16"),
+    )
+    assert lab.via == ip_address("192.0.2.9")
+    assert [x.device for x in c.peers] == ["cluste-clus-e29", "wg-c3", "eth1"]
+    assert c.device_for("lab") == "eth1" and c.device_for(p3) == "wg-c3"
+    assert c.peer("c3") is p3
+
+
+def test_defaults() -> None:
+    c = parse_config({"name": "gw", "cidrs": ["10.0.0.0/8"]}, Path("."))
+    assert (c.engine, c.mtu, str(c.metrics), c.peers) == ("auto", 1420, "127.0.0.1:9000", [])
+    assert c.private_key is None and c.public_key is None
+
+
+def test_key_not_required_without_wireguard_peers() -> None:
+    data = cfg(link("lab", "eth1", m("10.1.0.0/16")))
+    del data["privateKey"]
+    assert parse_config(data, Path(".")).peers[0].device == "eth1"
+
+
+@pytest.mark.parametrize(
+    ("gateway", "peer", "device"),
+    [
+        ("c1", "c2", "c1-c2"),
+        ("cluster1", "east12", "cluster1-east12"),  # exactly 15
+        # Longer: 6 + 4 characters and the first 3 hex digits of sha1("gateway/peer").
+        ("cluster1", "cluster2", "cluste-clus-e29"),
+        ("ab", "a-very-long-peer-name", "ab-a-ve-8bb"),
+        ("kubernetes-prod", "db", "kubern-db-e4a"),
+    ],
+)
+def test_default_device_name(gateway: str, peer: str, device: str) -> None:
+    assert default_device_name(gateway, peer) == device
+    assert len(device) <= 15
+
+
+def test_load_config_example_files(tmp_path: Path) -> None:
+    # The examples ship without their private keys: give each a fresh one.
+    files = sorted(EXAMPLES.glob("*.yaml"))
+    assert files
+    for src in files:
+        dst = tmp_path / src.name
+        shutil.copy(src, dst)
+        data = yaml.safe_load(src.read_text())
+        if "privateKeyFile" in data:
+            key = tmp_path / data["privateKeyFile"]
+            key.write_text(keys.genkey() + "\n")
+            key.chmod(0o600)
+        c = load_config(dst)
+        assert c.name == data["name"]
+
+
+def test_private_key_file_is_relative_to_yaml_dir(tmp_path: Path, key_file: Path) -> None:
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(full_config(key_file)))
+    cwd = os.getcwd()
+    os.chdir("/")
+    try:
+        c = load_config(tmp_path / "cluster.yaml")
+    finally:
+        os.chdir(cwd)
+    assert c.private_key_file == key_file
+
+
+# --- the private key never shows ---
+
+
+def test_private_key_hidden_from_repr_str_and_json(key_file: Path) -> None:
+    for data in (full_config(key_file), cfg(tunnel("c2", PUB_A, m("10.1.0.0/16")))):
+        c = parse_config(data, key_file.parent)
+        raw = base64.b64decode(OWN_PRIVATE)
+        for text in (repr(c), str(c), c.model_dump_json(), repr(c.model_dump())):
+            assert OWN_PRIVATE not in text and repr(raw) not in text and raw.hex() not in text
+
+
+def test_private_key_hidden_from_errors_and_tracebacks() -> None:
+    # 44 characters, valid base64 alphabet, but non-canonical: rejected by decode_key.
+    secret = OWN_PRIVATE[:42] + "B="
+    with pytest.raises(ConfigError) as e:
+        parse_config(cfg(privateKey=secret), Path("."))
+    assert (
+        str(e.value)
+        == "privateKey: not a WireGuard key: non-canonical base64 (unused bits are set)"
+    )
+    shown = "".join(traceback.format_exception(e.value))
+    assert secret not in shown and "ValidationError" not in shown
+
+
+# --- errors: (case id, config, exact message) ---
+
+PEER_A = tunnel("a", PUB_A, m("10.244.0.0/16", "10.245.0.0/16"))
+
+CASES: list[tuple[str, dict[str, Any], str]] = [
+    # pydantic's own errors, translated
+    ("missing name", {"cidrs": ["10.0.0.0/8"]}, "name: field required"),
+    ("missing remote", cfg({"name": "a", "publicKey": PUB_A, "listenPort": 1}), "peers[0].remote: field required"),
+    ("unknown top field", cfg(privatekey="x"), "privatekey: unknown field"),
+    ("python name is unknown", cfg(private_key=OWN_PRIVATE), "private_key: unknown field"),
+    ("unknown peer field", cfg(PEER_A | {"foo": 1}), "peers[0].foo: unknown field"),
+    ("unknown mapping field", cfg(tunnel("a", PUB_A, {"cidr": "10.1.0.0/16", "ass": "10.2.0.0/16"})), "peers[0].remote[0].ass: unknown field"),
+    ("wrong type", cfg(mtu="1420"), "mtu: expected an integer, got str"),
+    ("bool is no int", cfg(mtu=True), "mtu: expected an integer, got bool"),
+    ("mtu too small", cfg(mtu=1279), "mtu: 1279 is out of range 1280..65535"),
+    ("mtu too big", cfg(mtu=65536), "mtu: 65536 is out of range 1280..65535"),
+    ("listenPort 0", cfg(PEER_A | {"listenPort": 0}), "peers[0].listenPort: 0 is out of range 1..65535"),
+    ("keepalive", cfg(PEER_A | {"persistentKeepalive": -1}), "peers[0].persistentKeepalive: -1 is out of range 0..65535"),
+    ("engine", cfg(engine="userspace"), "engine: expected one of 'auto', 'kernel' or 'wireguard-go'"),
+    ("cidrs not a list", cfg(cidrs="10.0.0.0/8"), "cidrs: expected a list"),
+    ("peer not a mapping", cfg("a"), "peers[0]: expected a mapping"),
+    ("name type", cfg(name=1), "name: expected a string, got int"),
+    ("gateway name", cfg(name="-gw"), "name: invalid name '-gw': use letters, digits, '_', '.' and '-', starting with a letter or digit"),
+    ("peer name", cfg(tunnel("a/b", PUB_A, m("10.1.0.0/16"))), "peers[0].name: invalid name 'a/b': use letters, digits, '_', '.' and '-', starting with a letter or digit"),
+    # CIDRs
+    ("bad cidr", cfg(cidrs=["10.244.0/16"]), "cidrs[0]: invalid CIDR 10.244.0/16"),
+    ("host bits", cfg(tunnel("a", PUB_A, m("10.244.0.1/16", "10.245.0.0/16"))), "peers[0].remote[0].cidr: host bits set in 10.244.0.1/16 (the network is 10.244.0.0/16)"),
+    ("host bits v6", cfg(cidrs=["fd00::1/64"]), "cidrs[0]: host bits set in fd00::1/64 (the network is fd00::/64)"),
+    ("no prefix", cfg(tunnel("a", PUB_A, m("10.1.0.0", "10.2.0.0/32"))), "peers[0].remote[0].cidr: 10.1.0.0 has no prefix length (write 10.1.0.0/32)"),
+    ("cidrs empty", cfg(cidrs=[]), "cidrs: must not be empty"),
+    ("own cidrs overlap", cfg(cidrs=["10.0.0.0/8", "10.1.0.0/16"]), "cidrs[1]: 10.1.0.0/16 overlaps cidrs[0] 10.0.0.0/8"),
+    # keys
+    ("short key", cfg(tunnel("a", "abcdefg", m("10.1.0.0/16"))), "peers[0].publicKey: not a WireGuard key: expected 44 base64 characters, got 7"),
+    ("31-byte key", cfg(tunnel("a", base64.b64encode(bytes(31)).decode(), m("10.1.0.0/16"))), "peers[0].publicKey: not a WireGuard key: decodes to 31 bytes, expected 32"),
+    ("bad base64 key", cfg(tunnel("a", "*" * 43 + "=", m("10.1.0.0/16"))), "peers[0].publicKey: not a WireGuard key: invalid base64"),
+    ("both private keys", cfg(privateKeyFile="k.key"), "privateKeyFile: privateKey and privateKeyFile are mutually exclusive"),
+    ("no private key", {"name": "c1", "cidrs": ["10.244.0.0/16"], "peers": [PEER_A]}, "privateKeyFile: required for WireGuard peers (or an inline privateKey)"),
+    # endpoints and addresses
+    ("endpoint no port", cfg(PEER_A | {"endpoint": "192.0.2.2"}), "peers[0].endpoint: expected host:port, got '192.0.2.2'"),
+    ("endpoint port 0", cfg(PEER_A | {"endpoint": "192.0.2.2:0"}), "peers[0].endpoint: invalid port '0': expected 1..65535"),
+    ("endpoint port text", cfg(PEER_A | {"endpoint": "gw.example:wg"}), "peers[0].endpoint: invalid port 'wg': expected 1..65535"),
+    ("endpoint bare v6", cfg(PEER_A | {"endpoint": "2001:db8::2:51820"}), "peers[0].endpoint: write an IPv6 address in brackets: [address]:port, got '2001:db8::2:51820'"),
+    ("endpoint v4 in brackets", cfg(PEER_A | {"endpoint": "[192.0.2.2]:51820"}), "peers[0].endpoint: 192.0.2.2 is not an IPv6 address"),
+    ("endpoint bad ipv4", cfg(PEER_A | {"endpoint": "192.0.2.256:51820"}), "peers[0].endpoint: 192.0.2.256 is neither an IP address nor a hostname"),
+    ("endpoint bad host", cfg(PEER_A | {"endpoint": "gw_1.example:51820"}), "peers[0].endpoint: gw_1.example is neither an IP address nor a hostname"),
+    ("metrics no port", cfg(metrics="localhost"), "metrics: expected host:port, got 'localhost'"),
+    ("bad via", cfg(link("lab", "eth1", m("10.1.0.0/16"), via="192.0.2.300")), "peers[0].via: invalid IP address 192.0.2.300"),
+    # mappings
+    ("prefix mismatch", cfg(tunnel("a", PUB_A, m("10.244.0.0/16", "10.245.0.0/24"))), "peers[0].remote[0].as: /24 does not match cidr 10.244.0.0/16"),
+    ("family mismatch", cfg(tunnel("a", PUB_A, m("10.244.0.0/16", "fd00::/112"))), "peers[0].remote[0].as: IPv6 fd00::/112 does not match cidr 10.244.0.0/16"),
+    ("local prefix mismatch", cfg(PEER_A | {"local": [m("10.244.0.0/16", "10.246.0.0/17")]}), "peers[0].local[0].as: /17 does not match cidr 10.244.0.0/16"),
+    ("local needs as", cfg(PEER_A | {"local": [m("10.244.0.0/16")]}), "peers[0].local[0].as: field required"),
+    ("remote empty", cfg(tunnel("a", PUB_A)), "peers[0].remote: must not be empty"),
+    # tunnel and interface peers
+    ("tunnel without key", cfg({"name": "a", "listenPort": 1, "remote": [m("10.1.0.0/16")]}), "peers[0].publicKey: field required (or set interface: for a peer without tunnel)"),
+    ("nobody can connect", cfg(tunnel("a", PUB_A, m("10.1.0.0/16"), endpoint=None)), "peers[0].listenPort: required without an endpoint, so that the peer can reach us"),
+    ("via on tunnel", cfg(PEER_A | {"via": "192.0.2.9"}), "peers[0].via: only for interface: peers; a WireGuard device needs no next hop"),
+    ("interface with publicKey", cfg(link("lab", "eth1", m("10.1.0.0/16"), publicKey=PUB_A)), "peers[0].publicKey: not allowed with interface: (no tunnel)"),
+    ("interface with endpoint", cfg(link("lab", "eth1", m("10.1.0.0/16"), endpoint="192.0.2.2:1")), "peers[0].endpoint: not allowed with interface: (no tunnel)"),
+    ("interface with listenPort", cfg(link("lab", "eth1", m("10.1.0.0/16"), listenPort=1)), "peers[0].listenPort: not allowed with interface: (no tunnel)"),
+    ("interface with keepalive", cfg(link("lab", "eth1", m("10.1.0.0/16"), persistentKeepalive=25)), "peers[0].persistentKeepalive: not allowed with interface: (no tunnel)"),
+    ("interface with device", cfg(link("lab", "eth1", m("10.1.0.0/16"), device="x")), "peers[0].device: not allowed with interface: (it is the device)"),
+    # duplicates
+    ("duplicate names", cfg(PEER_A, tunnel("a", PUB_B, m("10.1.0.0/16"))), "peers[1].name: duplicate peer name (also peers[0])"),
+    ("duplicate listenPort", cfg(PEER_A | {"listenPort": 5}, tunnel("b", PUB_B, m("10.1.0.0/16"), listenPort=5)), "peers[1].listenPort: 5 is also the listenPort of peers[0] (a)"),
+    ("duplicate publicKey", cfg(PEER_A, tunnel("b", PUB_A, m("10.1.0.0/16"))), "peers[1].publicKey: same key as peers[0] (a)"),
+    ("our own key", cfg(tunnel("a", OWN_PUBLIC, m("10.1.0.0/16"))), "peers[0].publicKey: is our own public key, not the peer's"),
+    # device names
+    ("device too long", cfg(PEER_A | {"device": "wg-a-very-long-1"}), "peers[0].device: wg-a-very-long-1 is longer than 15 characters (the Linux limit)"),
+    ("interface too long", cfg(link("lab", "enp0s31f6.100012", m("10.1.0.0/16"))), "peers[0].interface: enp0s31f6.100012 is longer than 15 characters (the Linux limit)"),
+    ("bad device name", cfg(PEER_A | {"device": "wg/a"}), "peers[0].device: invalid device name 'wg/a'"),
+    ("device collides with default", cfg(PEER_A, tunnel("b", PUB_B, m("10.1.0.0/16"), device="c1-a")), "peers[1].device: device c1-a is also the device of peers[0] (a); device names must be unique on the whole host, since wireguard-go's UAPI sockets in /var/run/wireguard are shared by all network namespaces"),
+    ("default collides with device", cfg(tunnel("b", PUB_B, m("10.1.0.0/16"), device="c1-a"), PEER_A), "peers[1].name: device c1-a is also the device of peers[0] (b); device names must be unique on the whole host, since wireguard-go's UAPI sockets in /var/run/wireguard are shared by all network namespaces; set device: to choose another"),
+    ("interfaces collide", cfg(link("x", "eth1", m("10.1.0.0/16")), link("y", "eth1", m("10.2.0.0/16"))), "peers[1].interface: device eth1 is also the device of peers[0] (x); device names must be unique on the whole host, since wireguard-go's UAPI sockets in /var/run/wireguard are shared by all network namespaces"),
+    # remote ranges
+    ("as overlaps our cidrs", cfg(tunnel("a", PUB_A, m("10.244.0.0/16", "10.244.0.0/16"))), "peers[0].remote[0].as: 10.244.0.0/16 overlaps our cidrs[0] 10.244.0.0/16; routes would collide"),
+    ("cidr without as overlaps ours", cfg(tunnel("a", PUB_A, m("10.244.128.0/24"))), "peers[0].remote[0].cidr: 10.244.128.0/24 overlaps our cidrs[0] 10.244.0.0/16; add an as: to remap it"),
+    ("as overlap across peers", cfg(PEER_A, tunnel("b", PUB_B, m("10.244.0.0/16", "10.245.0.0/16"))), "peers[1].remote[0].as: 10.245.0.0/16 overlaps peers[0].remote[0].as 10.245.0.0/16; routes would collide"),
+    ("as overlap within a peer", cfg(tunnel("a", PUB_A, m("10.1.0.0/16", "10.9.0.0/16"), m("10.2.0.0/24", "10.9.1.0/24"))), "peers[0].remote[1].as: 10.9.1.0/24 overlaps peers[0].remote[0].as 10.9.0.0/16; routes would collide"),
+    ("cidr without as overlaps other peer", cfg(tunnel("a", PUB_A, m("10.1.0.0/16")), tunnel("b", PUB_B, m("10.1.0.0/16"))), "peers[1].remote[0].cidr: 10.1.0.0/16 overlaps peers[0].remote[0].cidr 10.1.0.0/16; add an as: to remap it"),
+    ("cidr without as overlaps other as", cfg(PEER_A, tunnel("b", PUB_B, m("10.245.1.0/24"))), "peers[1].remote[0].cidr: 10.245.1.0/24 overlaps peers[0].remote[0].as 10.245.0.0/16; add an as: to remap it"),
+    ("as overlaps other unmapped", cfg(tunnel("a", PUB_A, m("10.1.0.0/16")), tunnel("b", PUB_B, m("10.244.0.0/16", "10.1.0.0/16"))), "peers[1].remote[0].as: 10.1.0.0/16 overlaps peers[0].remote[0].cidr 10.1.0.0/16; routes would collide"),
+    ("interface peer routes collide", cfg(PEER_A, link("lab", "eth1", m("10.244.0.0/16", "10.245.0.0/16"))), "peers[1].remote[0].as: 10.245.0.0/16 overlaps peers[0].remote[0].as 10.245.0.0/16; routes would collide"),
+    ("real ranges overlap in one peer", cfg(tunnel("a", PUB_A, m("10.1.0.0/16", "10.8.0.0/16"), m("10.1.0.0/16", "10.9.0.0/16"))), "peers[0].remote[1].cidr: 10.1.0.0/16 overlaps peers[0].remote[0].cidr 10.1.0.0/16 of the same peer"),
+    # local ranges
+    ("local cidr outside ours", cfg(PEER_A | {"local": [m("10.250.0.0/16", "10.246.0.0/16")]}), "peers[0].local[0].cidr: 10.250.0.0/16 is not inside our cidrs"),
+    ("local cidr other family", cfg(PEER_A | {"local": [m("fd00::/64", "fd01::/64")]}), "peers[0].local[0].cidr: fd00::/64 is not inside our cidrs"),
+    ("local as overlaps ours", cfg(PEER_A | {"local": [m("10.244.0.0/16", "10.244.0.0/16")]}), "peers[0].local[0].as: 10.244.0.0/16 overlaps our cidrs[0] 10.244.0.0/16"),
+    ("local as overlaps a routed range", cfg(PEER_A | {"local": [m("10.244.0.0/16", "10.245.0.0/16")]}), "peers[0].local[0].as: 10.245.0.0/16 overlaps peers[0].remote[0].as 10.245.0.0/16"),
+    ("local as overlaps later peer's route", cfg(PEER_A | {"local": [m("10.244.0.0/16", "10.246.0.0/16")]}, tunnel("b", PUB_B, m("10.244.0.0/16", "10.246.0.0/16"))), "peers[0].local[0].as: 10.246.0.0/16 overlaps peers[1].remote[0].as 10.246.0.0/16"),
+    ("local as is the peer's network", cfg(tunnel("a", PUB_A, m("10.9.0.0/16", "10.245.0.0/16"), local=[m("10.244.0.0/16", "10.9.0.0/16")])), "peers[0].local[0].as: 10.9.0.0/16 overlaps peers[0].remote[0].cidr 10.9.0.0/16, the peer's own network"),
+    ("local cidrs overlap", cfg(PEER_A | {"local": [m("10.244.0.0/16", "10.246.0.0/16"), m("10.244.1.0/24", "10.247.1.0/24")]}), "peers[0].local[1].cidr: 10.244.1.0/24 overlaps peers[0].local[0].cidr 10.244.0.0/16"),
+    ("local as overlap", cfg(PEER_A | {"local": [m("10.244.0.0/16", "10.246.0.0/16"), m("10.248.0.0/16", "10.246.0.0/16")]}, cidrs=["10.244.0.0/16", "10.248.0.0/16"]), "peers[0].local[1].as: 10.246.0.0/16 overlaps peers[0].local[0].as 10.246.0.0/16"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("data", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_invalid_config(data: dict[str, Any], message: str) -> None:
+    assert error_of(data) == message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        cfg(PEER_A, link("lab", "eth1", m("10.244.0.0/16", "10.247.0.0/16"))),
+        # Two peers may use the same real range: each has its own device.
+        cfg(PEER_A, tunnel("b", PUB_B, m("10.244.0.0/16", "10.246.0.0/16"))),
+        # Dual stack everywhere.
+        cfg(
+            tunnel("a", PUB_A, m("fd00:1::/64", "fd00:2::/64"), endpoint="[2001:db8::1]:51820"),
+            cidrs=["10.244.0.0/16", "fd00:1::/64"],
+            metrics="[::]:9000",
+        ),
+        cfg(PEER_A | {"endpoint": "gw-2.example.org:51820", "persistentKeepalive": 0}),
+        cfg(),
+    ],
+    ids=["interface peer", "same real range twice", "dual stack", "hostname endpoint", "no peers"],
+)
+def test_valid_config(data: dict[str, Any]) -> None:
+    parse_config(data, Path("."))
+
+
+# --- the private key file ---
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        (0o644, "privateKeyFile: mode 0644 is readable by group or others; chmod 600 it"),
+        (0o604, "privateKeyFile: mode 0604 is readable by group or others; chmod 600 it"),
+        (0o620, "privateKeyFile: mode 0620 is writable by group or others; chmod 600 it"),
+    ],
+)
+def test_key_file_mode(key_file: Path, mode: int, message: str) -> None:
+    key_file.chmod(mode)
+    data = cfg(PEER_A, privateKeyFile=key_file.name)
+    del data["privateKey"]
+    assert error_of(data, key_file.parent) == message
+
+
+def test_key_file_missing(tmp_path: Path) -> None:
+    data = cfg(PEER_A, privateKeyFile="nope.key")
+    del data["privateKey"]
+    assert error_of(data, tmp_path) == f"privateKeyFile: {tmp_path}/nope.key does not exist"
+
+
+def test_key_file_not_a_key(key_file: Path) -> None:
+    key_file.write_text("hello\n")
+    data = cfg(PEER_A, privateKeyFile=key_file.name)
+    del data["privateKey"]
+    assert error_of(data, key_file.parent) == (
+        f"privateKeyFile: {key_file}: not a WireGuard key: expected 44 base64 characters, got 5"
+    )
+
+
+# --- load_config: YAML-level errors ---
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (
+            "name: c1\ncidrs: [10.0.0.0/8\n",
+            "line 3, column 1: expected ',' or ']', but got '<stream end>'",
+        ),
+        ("name: c1\n  cidrs: x\n", "line 2, column 8: mapping values are not allowed here"),
+        ("name: c1\ncidrs: []\nname: c2\n", "line 3, column 1: duplicate key name"),
+        ("", "expected a mapping at the top level, got an empty file"),
+        ("- name: c1\n", "expected a mapping at the top level, got a list"),
+    ],
+)
+def test_load_config_yaml_errors(tmp_path: Path, text: str, reason: str) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert (e.value.path, e.value.reason) == (str(path), reason)
+
+
+def test_load_config_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "nope.yaml")
+    assert str(e.value) == f"{tmp_path}/nope.yaml: cannot read: No such file or directory"
