@@ -1,0 +1,88 @@
+"""C and Python agree on every shared constant and map layout.
+
+bpf/natgw_shared.h is the source of truth; src/natgw/dataplane/layout.py
+mirrors it. The structs are compared with what clang actually laid out (bcc's
+view of the compiled maps), the constants with the header's #defines.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+
+import pytest
+
+from natgw.dataplane import layout
+from natgw.dataplane.loader import BPF_DIR, inline_source, pin_dir
+
+HEADER = BPF_DIR / "natgw_shared.h"
+MAP_STRUCTS = {  # map -> (C key struct, C value struct) by their Python mirrors
+    layout.MAP_XLATE_V4: (layout.LpmV4Key, layout.Xlate),
+    layout.MAP_XLATE_V6: (layout.LpmV6Key, layout.Xlate),
+    layout.MAP_DEVICES: (ctypes.c_uint32, layout.Device),
+    layout.MAP_MAP_STATS: (ctypes.c_uint32, layout.Counter),
+    layout.MAP_DEV_STATS: (ctypes.c_uint32, ctypes.c_uint64),
+}
+
+
+def header_defines() -> dict[str, int]:
+    """Object-like NATGW_* macros of the shared header, evaluated."""
+    raw = {}
+    for name, value in re.findall(r"^#define[ \t]+NATGW_(\w+)[ \t]+([^/\n]+)", HEADER.read_text(),
+                                  re.M):
+        if name.endswith("_H") or "(" in name:
+            continue
+        raw[name] = value.strip()
+    out: dict[str, int] = {}
+    for name, value in raw.items():
+        expr = re.sub(r"NATGW_(\w+)", lambda m: str(out[m.group(1)]), value)
+        out[name] = int(eval(expr, {"__builtins__": {}}))  # noqa: S307 - our own header
+    return out
+
+
+def test_every_constant_agrees():
+    defines = header_defines()
+    assert len(defines) > 15
+    for name, value in defines.items():
+        assert getattr(layout, name) == value, f"NATGW_{name}"
+
+
+def test_table_index_agrees():
+    assert "#define NATGW_TABLE(dir, side)\t((dir) * 2 + (side))" in HEADER.read_text()
+    for d in (layout.DIR_EGRESS, layout.DIR_INGRESS):
+        for s in (layout.SIDE_DST, layout.SIDE_SRC):
+            assert layout.table(d, s) == d * 2 + s
+
+
+def test_every_drop_and_event_has_a_name():
+    assert set(layout.DEV_STAT_NAMES) == set(range(layout.EV_MSS_CLAMPED + 1))
+    assert set(layout.DROP_REASONS) == set(range(layout.DROP_MAX))
+
+
+def fields(ctype) -> list[tuple[str, int, int]]:
+    if not hasattr(ctype, "_fields_"):
+        return [("", 0, ctypes.sizeof(ctype))]
+    return [(f[0], getattr(ctype, f[0]).offset, getattr(ctype, f[0]).size)
+            for f in ctype._fields_]
+
+
+@pytest.mark.bpf
+def test_struct_layouts_match_compiled_maps():
+    from bcc import BPF
+
+    gateway = "layoutcheck"
+    pdir = pin_dir(gateway)
+    try:
+        bpf = BPF(text=inline_source().encode(), cflags=[f'-DNATGW_PIN_DIR="{pdir}"'])
+        for name, (key, value) in MAP_STRUCTS.items():
+            table = bpf[name.encode()]
+            assert ctypes.sizeof(table.Key) == ctypes.sizeof(key), name
+            # Per-CPU maps: bcc's Leaf is the array of all CPUs, sLeaf one value.
+            leaf = getattr(table, "sLeaf", table.Leaf)
+            assert ctypes.sizeof(leaf) == ctypes.sizeof(value), name
+            assert fields(table.Key) == fields(key), f"{name} key"
+            assert fields(leaf) == fields(value), f"{name} value"
+        bpf.cleanup()
+    finally:
+        shutil.rmtree(pdir, ignore_errors=True)
