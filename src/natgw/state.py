@@ -1,0 +1,67 @@
+"""What `natgw up` set up, recorded for `down`, `status`, `maps` and metrics.
+
+A JSON file per gateway under /run/natgw/ (tmpfs: gone after a reboot, like
+the devices and pins it describes). Written atomically; never holds keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+STATE_DIR = Path(os.environ.get("NATGW_STATE_DIR", "/run/natgw"))
+
+
+@dataclass
+class PeerState:
+    name: str
+    device: str
+    ifindex: int
+    engine: str  # "kernel", "wireguard-go" or "interface" (no tunnel)
+    routes: list[str] = field(default_factory=list)  # destinations natgw routed into device
+    created_device: bool = False  # natgw made the device, so `down` removes it
+
+
+@dataclass
+class GatewayState:
+    gateway: str
+    netns: str | None
+    config: str  # absolute path of the cluster.yaml applied
+    peers: list[PeerState] = field(default_factory=list)
+
+    def peer_by_ifindex(self, ifindex: int) -> PeerState | None:
+        return next((p for p in self.peers if p.ifindex == ifindex), None)
+
+
+def state_path(gateway: str) -> Path:
+    return STATE_DIR / f"{gateway}.json"
+
+
+def save_state(state: GatewayState) -> None:
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    path = state_path(state.gateway)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def load_state(gateway: str) -> GatewayState | None:
+    try:
+        raw = json.loads(state_path(gateway).read_text())
+    except FileNotFoundError:
+        return None
+    peers = [PeerState(**p) for p in raw.pop("peers", [])]
+    return GatewayState(peers=peers, **raw)
+
+
+def remove_state(gateway: str) -> None:
+    state_path(gateway).unlink(missing_ok=True)
+
+
+def all_states() -> list[GatewayState]:
+    if not STATE_DIR.is_dir():
+        return []
+    states = (load_state(p.stem) for p in sorted(STATE_DIR.glob("*.json")))
+    return [s for s in states if s is not None]
