@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from netns_util import netns_lab  # noqa: F401 - shared fixture
 
 
 def pytest_collection_modifyitems(config, items):

@@ -86,3 +86,12 @@ def pubkey() -> None:
         typer.echo(keys.pubkey(sys.stdin.read()))
     except ValueError as e:
         fail(str(e), EXIT_INVALID)
+
+
+# Gateway commands (up, down, status) live in their own module.
+from natgw.cli_gateway import register as _register_gateway  # noqa: E402
+
+_register_gateway(app)
+from natgw.cli_inspect import register as _register_inspect  # noqa: E402
+
+_register_inspect(app)

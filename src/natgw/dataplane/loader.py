@@ -19,6 +19,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ..netns import iproute
 from . import layout as L
 from .bpfsys import BpfError, obj_get, obj_pin
 
@@ -157,12 +158,10 @@ def _unpin_other_builds(pdir: str, build: str) -> None:
 @contextmanager
 def ipr_in(netns: str | None):
     """An IPRoute socket in a named netns (natgw itself stays in its mount namespace)."""
-    if netns:
-        if not os.path.exists(f"/var/run/netns/{netns}"):
-            raise DataplaneError(f"netns {netns}: no such network namespace")
-        ipr = IPRoute(netns=netns)
-    else:
-        ipr = IPRoute()
+    try:
+        ipr = iproute(netns)
+    except Exception as e:
+        raise DataplaneError(f"netns {netns}: {e}") from e
     try:
         yield ipr
     finally:

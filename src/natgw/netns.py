@@ -1,0 +1,115 @@
+"""Named network namespaces, used without leaving natgw's own namespaces.
+
+natgw works on netns created by `ip netns add` (bind mounts under /var/run/netns).
+Netlink sockets are opened *inside* a netns (pyroute2 forks a helper that calls
+setns and hands the fd back), so the natgw process itself never switches netns
+and keeps its mount namespace. `netns=None` everywhere means natgw's own netns.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as _pyroute2_netns
+
+NETNS_DIR = Path("/var/run/netns")
+
+# Identity of a network namespace: (device, inode) of its nsfs file.
+NetnsId = tuple[int, int]
+
+
+class NetnsNotFound(LookupError):
+    """The named network namespace does not exist."""
+
+
+def _check_name(name: str) -> None:
+    # Names are path components under NETNS_DIR; refuse anything that could escape it.
+    if not name or "/" in name or name in (".", "..") or "\0" in name:
+        raise ValueError(f"invalid netns name {name!r}")
+
+
+def netns_path(name: str) -> Path:
+    """Path of the bind mount that keeps netns `name` alive."""
+    _check_name(name)
+    return NETNS_DIR / name
+
+
+def netns_exists(name: str) -> bool:
+    """True when `ip netns add name` (or equivalent) created this netns."""
+    try:
+        return os.path.ismount(netns_path(name))
+    except ValueError:
+        return False
+
+
+def require_netns(name: str | None) -> None:
+    """Raise NetnsNotFound unless `name` is None (own netns) or an existing netns."""
+    if name is not None and not netns_exists(name):
+        raise NetnsNotFound(f"netns {name}: does not exist")
+
+
+def netns_id(name: str | None) -> NetnsId:
+    """Identity of netns `name` (None: the calling process's own netns)."""
+    path = "/proc/self/ns/net" if name is None else str(netns_path(name))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NetnsNotFound(f"netns {name}: does not exist") from None
+    return (st.st_dev, st.st_ino)
+
+
+def named_netns_ids() -> set[NetnsId]:
+    """Identities of every named netns and of the calling process's own netns."""
+    ids = {netns_id(None)}
+    if NETNS_DIR.is_dir():
+        for entry in NETNS_DIR.iterdir():
+            try:
+                st = os.stat(entry)
+            except OSError:
+                continue
+            ids.add((st.st_dev, st.st_ino))
+    return ids
+
+
+def pid_netns_id(pid: int) -> NetnsId | None:
+    """Identity of the netns process `pid` lives in, or None if it is gone."""
+    try:
+        st = os.stat(f"/proc/{pid}/ns/net")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def exec_argv(name: str | None, argv: Sequence[str]) -> list[str]:
+    """argv that runs `argv` inside netns `name`.
+
+    `ip netns exec` execs the command in place, so the child's PID is the
+    command's PID (it also gives the child a private mount ns with /sys remounted).
+    """
+    if name is None:
+        return list(argv)
+    _check_name(name)
+    return ["ip", "netns", "exec", name, *argv]
+
+
+def iproute(name: str | None) -> IPRoute:
+    """An IPRoute socket in netns `name`; never creates a missing netns."""
+    require_netns(name)
+    if name is None:
+        return IPRoute()
+    # flags=0: pyroute2's default O_CREAT would silently create a missing netns.
+    return IPRoute(netns=name, flags=0)
+
+
+def netns_socket(name: str | None, family: int, type: int, proto: int = 0) -> socket.socket:
+    """A socket created inside netns `name` (e.g. a raw ICMP socket for tests)."""
+    require_netns(name)
+    if name is None:
+        return socket.socket(family, type, proto)
+    return _pyroute2_netns.create_socket(
+        netns=name, family=family, socket_type=type, proto=proto, flags=0
+    )

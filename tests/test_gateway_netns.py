@@ -1,0 +1,165 @@
+"""natgw up / down / status end to end: two gateways with wireguard-go in namespaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+import yaml
+from gateways import C1_SEEN_BY_C2, C2_SEEN_BY_C1, NATGW, POD, build, natgw
+from netns_util import ping
+
+from natgw.netns import netns_socket
+
+pytestmark = [pytest.mark.netns, pytest.mark.bpf]
+
+
+@pytest.fixture()
+def clusters(netns_lab, tmp_path):
+    if shutil.which("wireguard-go") is None:
+        pytest.skip("needs wireguard-go")
+    c1, c2 = build(netns_lab, tmp_path)
+    for c in (c1, c2):
+        r = natgw("--netns", c.gw, "up", str(c.config), "--detach")
+        assert r.returncode == 0, r.stderr
+    return c1, c2
+
+
+def wait_ping(ns: str, dst: str, timeout: float = 15) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ping(ns, dst, count=1, timeout=0.5) == 1:
+            return True
+    return False
+
+
+def process_gone(pid: int) -> bool:
+    """Exited: no process, or a zombie (an orphan's reaping is up to PID 1)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def status(c) -> dict:
+    r = natgw("--netns", c.gw, "status", str(c.config), "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def wg_pid(c) -> int:
+    return int(open(f"/run/natgw/wg/{c.device}.pid").read())
+
+
+def test_overlapping_pods_reach_each_other(clusters):
+    c1, c2 = clusters
+    assert wait_ping(c1.pod, C2_SEEN_BY_C1)
+    assert ping(c2.pod, C1_SEEN_BY_C2) == 3
+    # The server sees the client under the address its cluster uses for it.
+    with netns_socket(c2.pod, socket.AF_INET, socket.SOCK_DGRAM) as srv, \
+            netns_socket(c1.pod, socket.AF_INET, socket.SOCK_DGRAM) as cli:
+        srv.bind((POD, 7000))
+        srv.settimeout(5)
+        cli.settimeout(5)
+        cli.sendto(b"hello", (C2_SEEN_BY_C1, 7000))
+        data, peer = srv.recvfrom(100)
+        assert data == b"hello" and peer[0] == C1_SEEN_BY_C2
+        srv.sendto(b"back", peer)
+        assert cli.recvfrom(100) == (b"back", (C2_SEEN_BY_C1, 7000))
+    st = status(c1)["peers"][0]
+    assert st["engine"] == "wireguard-go" and st["up"] and st["latest_handshake"] > 0
+    assert st["mappings"][0]["cidr"] == "10.244.0.0/16" and st["mappings"][0]["as"] == \
+        "10.245.0.0/16"
+    assert st["mappings"][0]["egress_packets"] > 0 and st["mappings"][0]["ingress_packets"] > 0
+
+
+def test_reapplying_the_same_file_changes_nothing(clusters):
+    c1, _ = clusters
+    assert wait_ping(c1.pod, C2_SEEN_BY_C1)
+    pid, hs = wg_pid(c1), status(c1)["peers"][0]["latest_handshake"]
+    r = natgw("--netns", c1.gw, "up", str(c1.config), "--detach")
+    assert r.returncode == 0 and "unchanged" in r.stdout, r.stdout + r.stderr
+    assert wg_pid(c1) == pid
+    assert status(c1)["peers"][0]["latest_handshake"] == hs
+    assert ping(c1.pod, C2_SEEN_BY_C1) == 3
+
+
+def test_edited_file_is_applied_as_a_difference(clusters):
+    c1, _ = clusters
+    assert wait_ping(c1.pod, C2_SEEN_BY_C1)
+    pid = wg_pid(c1)
+    data = yaml.safe_load(c1.config.read_text())
+    data["peers"][0]["remote"].append({"cidr": "172.20.0.0/24", "as": "10.250.0.0/24"})
+    c1.config.write_text(yaml.safe_dump(data))
+    r = natgw("--netns", c1.gw, "up", str(c1.config), "--detach")
+    assert r.returncode == 0 and "updated" in r.stdout, r.stdout + r.stderr
+    assert wg_pid(c1) == pid  # same tunnel, same sessions
+    st = status(c1)["peers"][0]
+    assert {m["as"] for m in st["mappings"]} == {"10.245.0.0/16", "10.250.0.0/24"}
+    assert "10.250.0.0/24" in st["routes"]
+    assert ping(c1.pod, C2_SEEN_BY_C1) == 3
+
+
+def test_invalid_file_changes_nothing(clusters):
+    c1, _ = clusters
+    data = yaml.safe_load(c1.config.read_text())
+    data["peers"][0]["remote"][0]["as"] = "10.245.0.0/24"
+    bad = c1.config.with_name("bad.yaml")
+    bad.write_text(yaml.safe_dump(data))
+    r = natgw("--netns", c1.gw, "up", str(bad), "--detach", check=False)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("natgw: peers[0].remote[0].as: /24 does not match cidr "
+                                "10.244.0.0/16")
+    assert wait_ping(c1.pod, C2_SEEN_BY_C1)
+
+
+def test_foreground_restarts_a_dead_engine_and_exits_leaving_traffic(clusters):
+    c1, _ = clusters
+    assert wait_ping(c1.pod, C2_SEEN_BY_C1)
+    fg = subprocess.Popen([NATGW, "--netns", c1.gw, "up", str(c1.config)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1)
+        old = wg_pid(c1)
+        os.kill(old, signal.SIGKILL)
+        deadline = time.time() + 20
+        while time.time() < deadline and (not os.path.exists(f"/run/natgw/wg/{c1.device}.pid")
+                                          or wg_pid(c1) == old):
+            time.sleep(0.2)
+        assert wg_pid(c1) != old
+        assert wait_ping(c1.pod, C2_SEEN_BY_C1, timeout=20)
+    finally:
+        fg.send_signal(signal.SIGTERM)
+        out, _ = fg.communicate(timeout=20)
+    assert fg.returncode == 0, out
+    assert ping(c1.pod, C2_SEEN_BY_C1) == 3  # natgw gone, dataplane still forwarding
+
+
+def test_down_removes_everything_and_is_idempotent(clusters):
+    c1, c2 = clusters
+    pid = wg_pid(c1)
+    for c in (c1, c2):
+        r = natgw("--netns", c.gw, "down", str(c.config))
+        assert r.returncode == 0 and "down" in r.stdout
+    links = subprocess.run(["ip", "-n", c1.gw, "-j", "link"], capture_output=True,
+                           text=True, check=True).stdout
+    assert c1.device not in links
+    qdiscs = subprocess.run(["ip", "netns", "exec", c1.gw, "tc", "qdisc"], capture_output=True,
+                            text=True, check=True).stdout
+    assert "clsact" not in qdiscs
+    routes = subprocess.run(["ip", "-n", c1.gw, "route", "show", "proto", "78"],
+                            capture_output=True, text=True, check=True).stdout
+    assert routes.strip() == ""
+    assert not os.path.exists(f"/sys/fs/bpf/natgw/{c1.name}")
+    assert not os.path.exists(f"/run/natgw/{c1.name}.json")
+    assert process_gone(pid)
+    assert not os.path.exists(f"/var/run/wireguard/{c1.device}.sock")
+    r = natgw("--netns", c1.gw, "down", str(c1.config))
+    assert r.returncode == 0 and "was not up" in r.stdout
