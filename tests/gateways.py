@@ -35,9 +35,10 @@ class Cluster:
     config: Path
 
 
-def natgw(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+def natgw(*args: str, check: bool = True, timeout: float = 120,
+          input: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([NATGW, *args], capture_output=True, text=True, timeout=timeout,
-                          check=check)
+                          check=check, input=input)
 
 
 def write_config(path: Path, data: dict) -> Path:

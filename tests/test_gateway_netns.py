@@ -120,6 +120,30 @@ def test_invalid_file_changes_nothing(clusters):
     assert wait_ping(c1.pod, C2_SEEN_BY_C1)
 
 
+def test_failed_apply_restores_the_previous_state(clusters):
+    c1, _ = clusters
+    assert wait_ping(c1.pod, C2_SEEN_BY_C1)
+    data = yaml.safe_load(c1.config.read_text())
+    extra = dict(data["peers"][0], name="c9", device=c1.device[:-1] + "9", listenPort=51999,
+                 publicKey=natgw("pubkey", input=natgw("genkey").stdout).stdout.strip(),
+                 remote=[{"cidr": "172.21.0.0/24", "as": "10.251.0.0/24"}])
+    data["peers"].append(extra)
+    c1.config.write_text(yaml.safe_dump(data))
+    # Something else holds the new peer's port: wireguard-go cannot listen there.
+    with netns_socket(c1.gw, socket.AF_INET6, socket.SOCK_DGRAM) as busy:
+        busy.bind(("::", 51999))
+        r = natgw("--netns", c1.gw, "up", str(c1.config), "--detach", check=False)
+    assert r.returncode == 1
+    assert r.stderr.startswith("natgw: peer c9: ")
+    assert r.stderr.strip().endswith("the previous configuration is restored")
+    peers = status(c1)["peers"]
+    assert [p["name"] for p in peers] == [data["peers"][0]["name"]]
+    links = subprocess.run(["ip", "-n", c1.gw, "-j", "link"], capture_output=True,
+                           text=True, check=True).stdout
+    assert extra["device"] not in links
+    assert ping(c1.pod, C2_SEEN_BY_C1) == 3
+
+
 def test_foreground_restarts_a_dead_engine_and_exits_leaving_traffic(clusters):
     c1, _ = clusters
     assert wait_ping(c1.pod, C2_SEEN_BY_C1)

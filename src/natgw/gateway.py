@@ -15,12 +15,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from natgw import routes
-from natgw.config import GatewayConfig, Peer
+from natgw.config import ConfigError, GatewayConfig, Peer, parse_config
 from natgw.dataplane import Dataplane, DataplaneError, Mapping, TableError
 from natgw.dataplane.loader import pin_dir
 from natgw.netns import NetnsNotFound, iproute, require_netns
-from natgw.state import GatewayState, PeerState, load_state, remove_state, save_state
+from natgw.state import (
+    GatewayState,
+    PeerState,
+    applied_path,
+    load_state,
+    remove_state,
+    save_applied,
+    save_state,
+)
 from natgw.wireguard import (
     DeviceConfig,
     DeviceStatus,
@@ -103,6 +113,29 @@ class Gateway:
                         + (f" in netns {self.netns}" if self.netns else ""))
 
     def apply(self) -> ApplyReport:
+        """Reconcile; on failure, go back to the last configuration applied in full."""
+        source = Path(self.config_path).read_text() if self.config_path else None
+        try:
+            report = self._apply()
+        except GatewayError as e:
+            raise GatewayError(f"{e}; {self._restore_previous()}") from e
+        if source is not None:
+            save_applied(self.cfg.name, source)
+        return report
+
+    def _restore_previous(self) -> str:
+        previous = load_state(self.cfg.name)
+        path = applied_path(self.cfg.name)
+        if previous is None or not path.exists() or not previous.config:
+            return "nothing to restore"
+        try:
+            cfg = parse_config(yaml.safe_load(path.read_text()), Path(previous.config).parent)
+            Gateway(cfg, self.netns, None)._apply()
+        except (ConfigError, GatewayError, OSError, yaml.YAMLError) as e:
+            return f"restoring the previous configuration failed too: {e}"
+        return "the previous configuration is restored"
+
+    def _apply(self) -> ApplyReport:
         self.preflight()
         previous = load_state(self.cfg.name)
         if previous is not None and previous.netns != self.netns:
@@ -115,7 +148,8 @@ class Gateway:
             raise GatewayError(f"dataplane: {e}") from e
         report = ApplyReport()
         old = {p.name: p for p in (previous.peers if previous else [])}
-        state = GatewayState(self.cfg.name, self.netns, self.config_path)
+        state = GatewayState(self.cfg.name, self.netns,
+                             self.config_path or (previous.config if previous else ""))
         try:
             routes.enable_forwarding(self.netns)
             for peer in self.cfg.peers:
@@ -127,6 +161,11 @@ class Gateway:
                     ps, changed = self._apply_peer(dp, peer, before)
                 except (WireGuardError, DataplaneError, TableError, routes.RouteError,
                         OSError) as e:
+                    # Record the half-made peer so that the rollback removes it.
+                    state.peers.append(before or PeerState(
+                        peer.name, peer.device, 0, "interface" if not peer.is_tunnel
+                        else self.engine.name, [str(n) for n in peer.routed_networks],
+                        peer.is_tunnel))
                     raise GatewayError(f"peer {peer.name}: {e}") from e
                 state.peers.append(ps)
                 (report.added if before is None else

@@ -58,6 +58,23 @@ def load_state(gateway: str) -> GatewayState | None:
 
 def remove_state(gateway: str) -> None:
     state_path(gateway).unlink(missing_ok=True)
+    applied_path(gateway).unlink(missing_ok=True)
+
+
+def applied_path(gateway: str) -> Path:
+    """The text of the last cluster.yaml applied in full: what a failed apply returns to."""
+    return STATE_DIR / f"{gateway}.applied.yaml"
+
+
+def save_applied(gateway: str, text: str) -> None:
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    path = applied_path(gateway)
+    tmp = path.with_suffix(".tmp")
+    # 0600: the file may hold an inline privateKey, like the original.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def all_states() -> list[GatewayState]:
