@@ -93,3 +93,6 @@ from natgw.cli_gateway import register as _register_gateway  # noqa: E402
 
 _register_gateway(app)
 
+from natgw.cli_inspect import register as _register_inspect  # noqa: E402
+
+_register_inspect(app)
