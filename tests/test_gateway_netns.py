@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -37,6 +39,38 @@ def wait_ping(ns: str, dst: str, timeout: float = 15) -> bool:
         if ping(ns, dst, count=1, timeout=0.5) == 1:
             return True
     return False
+
+
+@contextlib.contextmanager
+def udp_stream(src, dst, interval: float = 0.005):
+    """Datagrams from src's pod to dst's pod while the block runs; yields [sent, received]."""
+    counts = [0, 0]
+    stop = threading.Event()
+    with netns_socket(dst.pod, socket.AF_INET, socket.SOCK_DGRAM) as srv, \
+            netns_socket(src.pod, socket.AF_INET, socket.SOCK_DGRAM) as cli:
+        srv.bind((POD, 7100))
+        srv.settimeout(2)
+
+        def send():
+            while not stop.is_set():
+                cli.sendto(b"x" * 64, (C2_SEEN_BY_C1, 7100))
+                counts[0] += 1
+                time.sleep(interval)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            yield counts
+        finally:
+            time.sleep(0.2)
+            stop.set()
+            sender.join()
+            try:
+                while counts[1] < counts[0]:
+                    srv.recv(100)
+                    counts[1] += 1
+            except TimeoutError:
+                pass
 
 
 def process_gone(pid: int) -> bool:
@@ -81,11 +115,14 @@ def test_overlapping_pods_reach_each_other(clusters):
 
 
 def test_reapplying_the_same_file_changes_nothing(clusters):
-    c1, _ = clusters
+    c1, c2 = clusters
     assert wait_ping(c1.pod, C2_SEEN_BY_C1)
     pid, hs = wg_pid(c1), status(c1)["peers"][0]["latest_handshake"]
-    r = natgw("--netns", c1.gw, "up", str(c1.config), "--detach")
+    with udp_stream(c1, c2) as sent_and_received:
+        r = natgw("--netns", c1.gw, "up", str(c1.config), "--detach")
     assert r.returncode == 0 and "unchanged" in r.stdout, r.stdout + r.stderr
+    sent, received = sent_and_received
+    assert sent > 50 and received == sent  # not one datagram lost while re-applying
     assert wg_pid(c1) == pid
     assert status(c1)["peers"][0]["latest_handshake"] == hs
     assert ping(c1.pod, C2_SEEN_BY_C1) == 3
@@ -159,6 +196,15 @@ def test_foreground_restarts_a_dead_engine_and_exits_leaving_traffic(clusters):
             time.sleep(0.2)
         assert wg_pid(c1) != old
         assert wait_ping(c1.pod, C2_SEEN_BY_C1, timeout=20)
+        # SIGHUP reloads the edited file.
+        data = yaml.safe_load(c1.config.read_text())
+        data["peers"][0]["remote"].append({"cidr": "172.22.0.0/24", "as": "10.252.0.0/24"})
+        c1.config.write_text(yaml.safe_dump(data))
+        fg.send_signal(signal.SIGHUP)
+        deadline = time.time() + 15
+        while time.time() < deadline and "10.252.0.0/24" not in status(c1)["peers"][0]["routes"]:
+            time.sleep(0.3)
+        assert "10.252.0.0/24" in status(c1)["peers"][0]["routes"]
     finally:
         fg.send_signal(signal.SIGTERM)
         out, _ = fg.communicate(timeout=20)
