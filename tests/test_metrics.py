@@ -9,19 +9,22 @@ import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_inspect import PEER, Loaded, expected_deltas, loaded_gateway, send_traffic
 
-from natgw import __version__
+from natgw import __version__, state
 from natgw import inspect as I
+from natgw.config import HostPort
 from natgw.metrics import (
     NatgwCollector,
     PeerHealth,
     dataplane_metrics,
     link_up,
     peer_metrics,
+    serve_gateway_metrics,
     serve_metrics,
     state_peer_health,
 )
@@ -228,3 +231,13 @@ def test_dashboard_queries_use_exported_metrics_and_labels():
     assert by_labels | legend_labels <= labels, (by_labels | legend_labels) - labels
     # Every metric the collector exports is shown somewhere.
     assert names == used
+
+
+def test_gateway_server_reads_peers_from_the_state_at_each_scrape(tmp_path, monkeypatch):
+    monkeypatch.setattr(state, "STATE_DIR", tmp_path)
+    gw = SimpleNamespace(cfg=SimpleNamespace(name="g1", metrics=HostPort("127.0.0.1", 0)))
+    with serve_gateway_metrics(gw) as server:
+        assert not any(name == "natgw_peer_up" for name, _ in scrape(server.port))
+        state.save_state(GatewayState("g1", None, "/c.yaml",
+                                      [PeerState("p", "natgw-absent0", 0, "interface")]))
+        assert value(scrape(server.port), "natgw_peer_up", gateway="g1", peer="p") == 0
