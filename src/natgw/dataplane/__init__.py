@@ -99,11 +99,11 @@ class Dataplane:
             idx = link_index(ipr, ifname)
             old = self.tables.device(idx)
             flags = old.flags if old is not None else 0
+            l3 = l3_offset(ipr, idx)
             # The device entry comes first: the programs ignore unknown devices.
-            self.tables.set_device(idx, l3_offset(ipr, idx), mss4, mss6, flags)
+            self.tables.set_device(idx, l3, mss4, mss6, flags)
             if attach(ipr, idx, self.programs):
-                flags |= layout.DEV_F_OWN_QDISC
-                self.tables.set_device(idx, l3_offset(ipr, idx), mss4, mss6, flags)
+                self.tables.set_device(idx, l3, mss4, mss6, flags | layout.DEV_F_OWN_QDISC)
         dev = self.tables.device(idx)
         return DeviceInfo(idx, dev.l3_offset, dev.mss_v4, dev.mss_v6,
                           bool(dev.flags & layout.DEV_F_OWN_QDISC))

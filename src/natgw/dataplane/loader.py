@@ -94,11 +94,20 @@ class Programs:
         self.egress_fd = self.ingress_fd = -1
 
 
+def bpffs_mounted(path: str = "/sys/fs/bpf") -> bool:
+    try:
+        with open("/proc/self/mounts") as f:
+            return any(line.split()[1:3] == [path, "bpf"] for line in f)
+    except OSError:
+        return False
+
+
 def ensure_bpffs(root: str = PIN_ROOT) -> None:
     base = os.path.dirname(root.rstrip("/")) or "/"
-    if not os.path.ismount(base) and not os.path.isdir(root):
+    if not bpffs_mounted(base):
         raise DataplaneError(
-            f"{base} is not a mounted bpffs (run: mount -t bpf bpf {base})"
+            f"no bpffs at {base}: mount it (mount -t bpf bpf {base}); note that "
+            "`ip netns exec` hides it, use `natgw --netns NAME` instead"
         )
     os.makedirs(root, exist_ok=True)
 
