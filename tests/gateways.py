@@ -11,6 +11,7 @@ their gateway: nothing leaves the namespaces.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,12 @@ def natgw(*args: str, check: bool = True, timeout: float = 120,
           input: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([NATGW, *args], capture_output=True, text=True, timeout=timeout,
                           check=check, input=input)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_config(path: Path, data: dict) -> Path:
@@ -71,6 +78,7 @@ def build(lab: NetnsLab, tmp: Path) -> tuple[Cluster, Cluster]:
             "privateKeyFile": str(keyfile),
             "engine": "wireguard-go",
             "mtu": 1420,
+            "metrics": f"127.0.0.1:{free_port()}",
             "peers": [{
                 "name": peer,
                 "device": device,

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 
 import pytest
 import yaml
@@ -71,6 +72,28 @@ def udp_stream(src, dst, interval: float = 0.005):
                     counts[1] += 1
             except TimeoutError:
                 pass
+
+
+def scrape(address: str) -> dict:
+    """(metric name, labels) -> value from a Prometheus scrape of address."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.time() + 10
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=2) as r:
+                text = r.read().decode()
+            break
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def data_peer(c) -> str:
+    return yaml.safe_load(c.config.read_text())["peers"][0]["name"]
 
 
 def process_gone(pid: int) -> bool:
@@ -196,6 +219,12 @@ def test_foreground_restarts_a_dead_engine_and_exits_leaving_traffic(clusters):
             time.sleep(0.2)
         assert wg_pid(c1) != old
         assert wait_ping(c1.pod, C2_SEEN_BY_C1, timeout=20)
+        # Metrics are served at the file's `metrics` address while in the foreground.
+        metrics = scrape(yaml.safe_load(c1.config.read_text())["metrics"])
+        labels = {"gateway": c1.name, "peer": data_peer(c1)}
+        assert metrics[("natgw_peer_up", frozenset(labels.items()))] == 1
+        assert metrics[("natgw_translated_packets_total", frozenset(
+            dict(labels, direction="egress", mapping="remote:10.245.0.0/16").items()))] > 0
         # SIGHUP reloads the edited file.
         data = yaml.safe_load(c1.config.read_text())
         data["peers"][0]["remote"].append({"cidr": "172.22.0.0/24", "as": "10.252.0.0/24"})
