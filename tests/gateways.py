@@ -13,11 +13,13 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from netns_util import NetnsLab
+from netns_util import NetnsLab, ping
 
 from natgw import keys
 
@@ -93,3 +95,29 @@ def build(lab: NetnsLab, tmp: Path) -> tuple[Cluster, Cluster]:
         lab.on_cleanup(lambda gw=gw, cfg=clusters[-1].config: natgw("--netns", gw, "down",
                                                                      str(cfg), check=False))
     return clusters[0], clusters[1]
+
+
+def wait_ping(ns: str, dst: str, timeout: float = 15) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ping(ns, dst, count=1, timeout=0.5) == 1:
+            return True
+    return False
+
+
+def scrape(address: str) -> dict:
+    """(metric name, labels) -> value from a Prometheus scrape of address."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.time() + 10
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=2) as r:
+                text = r.read().decode()
+            break
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}

@@ -11,11 +11,10 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 
 import pytest
 import yaml
-from gateways import C1_SEEN_BY_C2, C2_SEEN_BY_C1, NATGW, POD, build, natgw
+from gateways import C1_SEEN_BY_C2, C2_SEEN_BY_C1, NATGW, POD, build, natgw, scrape, wait_ping
 from netns_util import ping
 
 from natgw.netns import netns_socket
@@ -32,14 +31,6 @@ def clusters(netns_lab, tmp_path):
         r = natgw("--netns", c.gw, "up", str(c.config), "--detach")
         assert r.returncode == 0, r.stderr
     return c1, c2
-
-
-def wait_ping(ns: str, dst: str, timeout: float = 15) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if ping(ns, dst, count=1, timeout=0.5) == 1:
-            return True
-    return False
 
 
 @contextlib.contextmanager
@@ -72,24 +63,6 @@ def udp_stream(src, dst, interval: float = 0.005):
                     counts[1] += 1
             except TimeoutError:
                 pass
-
-
-def scrape(address: str) -> dict:
-    """(metric name, labels) -> value from a Prometheus scrape of address."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    deadline = time.time() + 10
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://{address}/metrics", timeout=2) as r:
-                text = r.read().decode()
-            break
-        except OSError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.2)
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
 def data_peer(c) -> str:
