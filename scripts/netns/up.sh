@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Build N overlapping clusters joined by natgw (default 2); prints the run prefix.
+# Build overlapping clusters joined by natgw; prints the run prefix.
+#   scripts/netns/up.sh [N] [--ipv6] [--plain I] [--interface] [--routed]
+# (default: two clusters over WireGuard; see `python -m natgw.harness up --help`)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-exec .venv/bin/python -m natgw.harness up "${1:-2}"
+exec .venv/bin/python -m natgw.harness up "$@"

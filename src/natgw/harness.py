@@ -1,21 +1,74 @@
-"""The netns harness: N clusters on the same pod CIDR, joined by natgw gateways.
+"""The netns harness: N clusters joined by natgw gateways, by hand or from tests.
 
-    python -m natgw.harness up 3      # build, print the run prefix
-    python -m natgw.harness down      # remove every run (or: down PREFIX)
-    python -m natgw.harness demo      # two clusters, an HTTP fetch across natgw
+By hand (as root, from the repository; scripts/netns/up.sh and down.sh wrap it)::
 
-Per cluster i (1-based): a gateway netns <p>g<i> and a pod netns <p>p<i>, the
-pod at 10.244.1.10 (the same address in every cluster) behind 10.244.1.1. The
-gateways are linked pairwise by veth pairs (a full mesh underlay on
-192.168.<i><j>.0/24) and run `natgw --netns <p>g<i> up --detach`. Cluster i
-knows cluster j as 10.<100 + 10 i + j>.0.0/16: a different range for every
-ordered pair, so a swapped mapping cannot pass. Nothing is connected to the
-root namespace and no default route is added. Everything made is recorded in
-/run/natgw/harness/<prefix>.json, which `down` reads.
+    python -m natgw.harness up 3                  # three clusters; prints the run prefix
+    python -m natgw.harness up 2 --ipv6           # dual stack pods
+    python -m natgw.harness up 2 --plain 2        # cluster 2's gateway is plain WireGuard
+    python -m natgw.harness up 2 --interface      # gateways on the bare underlay, no tunnel
+    python -m natgw.harness up 2 --routed         # distinct pod CIDRs, peers without `as`
+    python -m natgw.harness list                  # runs that exist
+    python -m natgw.harness down [PREFIX]         # remove one run, or every run
+    python -m natgw.harness demo                  # two clusters, an HTTP fetch (make demo)
+
+From Python (the e2e tests do this in a fixture)::
+
+    from natgw.harness import Topology, build, destroy
+    run = build(Topology(clusters=2, ipv6=True))
+    try:
+        run.topology.addr_of(1, 2, 6)   # how cluster 1's pod reaches cluster 2's pod
+    finally:
+        destroy(run)
+
+The topology. Per cluster i (1-based) a gateway netns <p>g<i> and a pod netns
+<p>p<i> (p: the run prefix), joined by a veth (<p>p<i>e in the pod, <p>g<i>p in
+the gateway). Every gateway links to every other by a veth pair, the underlay:
+<p>u<i><j> in gateway i, 192.168.<i><j>.0/24 with .1 on the lower-numbered
+side. Gateways connect over WireGuard on it (device <p>w<i><j> in gateway i,
+listening on port 51820 + j), or with `interface: <p>u<i><j>` and `via:` the
+other side straight on it (--interface: no tunnel, natgw translates on the veth).
+
+Addresses. By default every cluster has the same pods: 10.244.1.10/24 behind
+10.244.1.1 (with --ipv6 also fd00:244::10/64 behind fd00:244::1). Cluster i
+knows cluster j as 10.<100 + 10 i + j>.0.0/16 (and fd00:<100 + 10 i + j>::/64),
+a different range for every ordered pair, so a swapped or mis-chosen mapping
+cannot pass: from cluster 1's pod, cluster 2's pod is 10.112.1.10, and cluster 2
+sees cluster 1's pod as 10.121.1.10. Pods route only those ranges, via their
+gateway. --routed gives cluster i the pods 10.<240 + i>.0.0/16 (fd00:<240 + i>::/64)
+instead and peers without `as`: plain routing through natgw.
+
+Gateways. Every gateway runs `natgw --netns <p>g<i> up --detach` on its file
+<workdir>/c<i>.yaml, except --plain ones: those know nothing of the overlap.
+They get wireguard-go (started here as `wireguard-go -f`, in its own session,
+its PID recorded), configured with `wg set`, and routes for their view of the
+other clusters, which natgw on the other side provides with `local:` mappings.
+Over --interface a plain gateway has only routes.
+
+Checksums. Veths vouch for no checksum (rx off everywhere), so a pod verifies
+every checksum it receives in software, like a host behind a real NIC. The
+gateways' veth ends and tunnel devices have tx checksumming off: what a gateway
+sends is complete on the wire, and so in a capture on it (the capture tap sees
+a packet after the kernel completed it). Pods keep TSO, so natgw sees their
+CHECKSUM_PARTIAL super-packets. A gateway's first address is its pod-side one,
+which it takes as the source of the ICMP errors it sends into a tunnel (the
+peer's allowed-ips admit only cluster addresses). Pods have rp_filter off: an
+ICMP error over --interface comes from an underlay address they do not route.
+
+Safety. Nothing is connected to the root namespace and no default route is
+added anywhere. Names carry the run prefix (5 characters, checked unused, also
+by wireguard-go's host-wide sockets). Everything made is recorded in
+/run/natgw/harness/<prefix>.json as it is made, and `down` (destroy) reads it:
+processes it started are ended by PID, gateways brought down, namespaces deleted.
+A build that fails removes what it made.
+
+Looking around: `ip netns exec <p>p1 ping 10.112.1.10`, `ip netns exec <p>g1 wg
+show <p>w12`, `natgw --netns <p>g1 status <workdir>/c1.yaml`.
 """
 
 from __future__ import annotations
 
+import argparse
+import ipaddress
 import json
 import os
 import secrets
@@ -31,49 +84,198 @@ import yaml
 from natgw import keys
 
 HARNESS_DIR = Path("/run/natgw/harness")
+WG_SOCKET_DIR = Path("/var/run/wireguard")
+NETNS_DIR = Path("/var/run/netns")
+NATGW = str(Path(sys.executable).with_name("natgw"))
+TUNNEL_MTU = 1420
+WG_PORT = 51820
+
+# Kept for the demo and for readers: the overlapping default.
 POD_ADDR = "10.244.1.10"
 POD_GW = "10.244.1.1"
 POD_CIDR = "10.244.0.0/16"
-NATGW = str(Path(sys.executable).with_name("natgw"))
 
 
 def remote_as(i: int, j: int) -> str:
-    """How cluster i addresses cluster j."""
+    """How cluster i addresses cluster j (IPv4, overlapping clusters)."""
     return f"10.{100 + 10 * i + j}.0.0/16"
 
 
 def seen_as(i: int, j: int, addr: str = POD_ADDR) -> str:
-    """The address by which cluster i reaches cluster j's pod address."""
-    return f"10.{100 + 10 * i + j}." + ".".join(addr.split(".")[2:])
+    """The address by which cluster i reaches cluster j's pod address (IPv4, overlapping)."""
+    return netmap(addr, POD_CIDR, remote_as(i, j))
+
+
+def netmap(addr: str, from_net: str, to_net: str) -> str:
+    """NETMAP: `addr` in `from_net` moved to `to_net`, keeping its host bits."""
+    a, src, dst = (ipaddress.ip_address(addr), ipaddress.ip_network(from_net),
+                   ipaddress.ip_network(to_net))
+    if a not in src or src.prefixlen != dst.prefixlen:
+        raise ValueError(f"{addr} is not in {from_net}, or {from_net} and {to_net} differ in size")
+    host = int(a) & int(src.hostmask)
+    return str(ipaddress.ip_address(int(dst.network_address) | host))
+
+
+def _host(net: str, host_bits: str) -> str:
+    return str(ipaddress.ip_address(int(ipaddress.ip_network(net).network_address)
+                                    | int(ipaddress.ip_address(host_bits))))
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What to build, and every address in it (cluster numbers are 1-based)."""
+
+    clusters: int = 2
+    ipv6: bool = False  # dual stack pods
+    plain: tuple[int, ...] = ()  # clusters whose gateway is plain WireGuard, no natgw
+    link: str = "tunnel"  # tunnel: WireGuard over the underlay; interface: no tunnel
+    overlap: bool = True  # every cluster on the same pod CIDR, remapped with `as`
+
+    def check(self) -> None:
+        if not 2 <= self.clusters <= 9:
+            raise ValueError("clusters: 2 to 9 (names and addresses use one digit)")
+        if self.link not in ("tunnel", "interface"):
+            raise ValueError(f"link {self.link!r}: tunnel or interface")
+        if any(not 1 <= i <= self.clusters for i in self.plain):
+            raise ValueError(f"plain {self.plain}: not clusters of 1..{self.clusters}")
+        if self.overlap and len(set(self.plain)) > 1:
+            raise ValueError("two plain gateways cannot join overlapping clusters: "
+                             "nobody would translate between them")
+        if self.ipv6 and self.link == "interface":
+            raise ValueError("--interface is IPv4 only: an interface peer has one `via`, "
+                             "and the underlay is IPv4")
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        return (4, 6) if self.ipv6 else (4,)
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        """Every ordered pair of clusters."""
+        n = range(1, self.clusters + 1)
+        return [(i, j) for i in n for j in n if i != j]
+
+    def is_plain(self, i: int) -> bool:
+        return i in self.plain
+
+    def pod_cidr(self, i: int, v: int = 4) -> str:
+        """Cluster i's real pod network."""
+        if self.overlap:
+            return "10.244.0.0/16" if v == 4 else "fd00:244::/64"
+        return f"10.{240 + i}.0.0/16" if v == 4 else f"fd00:{240 + i}::/64"
+
+    def pod_addr(self, i: int, v: int = 4) -> str:
+        """Cluster i's pod, by its real address: x.x.1.10 or x::10."""
+        return _host(self.pod_cidr(i, v), "0.0.1.10" if v == 4 else "::10")
+
+    def pod_gw(self, i: int, v: int = 4) -> str:
+        """Cluster i's gateway as its pod sees it (its pod-side address): x.x.1.1 or x::1."""
+        return _host(self.pod_cidr(i, v), "0.0.1.1" if v == 4 else "::1")
+
+    def pod_prefixlen(self, v: int) -> int:
+        return 24 if v == 4 else 64
+
+    def view(self, i: int, j: int, v: int = 4) -> str:
+        """The network by which cluster i reaches cluster j's pods."""
+        if not self.overlap:
+            return self.pod_cidr(j, v)
+        return f"10.{100 + 10 * i + j}.0.0/16" if v == 4 else f"fd00:{100 + 10 * i + j}::/64"
+
+    def addr_of(self, i: int, j: int, v: int = 4) -> str:
+        """The address by which cluster i's pod reaches cluster j's pod.
+
+        It is also the address under which cluster j's pod sees cluster i's pod
+        with i and j swapped: a server in j sees a client of i as addr_of(j, i).
+        """
+        return netmap(self.pod_addr(j, v), self.pod_cidr(j, v), self.view(i, j, v))
+
+    def wire(self, i: int, j: int, v: int = 4) -> tuple[str, str]:
+        """(src, dst) of a packet from i's pod to j's pod between the two gateways.
+
+        natgw puts real addresses on the wire; only the side of a plain gateway
+        is seen through that gateway's own view (natgw's `local` mapping).
+        """
+        src = self.addr_of(j, i, v) if self.is_plain(j) else self.pod_addr(i, v)
+        dst = self.addr_of(i, j, v) if self.is_plain(i) else self.pod_addr(j, v)
+        return src, dst
+
+    def underlay_addr(self, i: int, j: int) -> str:
+        """Gateway i's address on its underlay link to gateway j."""
+        lo, hi = min(i, j), max(i, j)
+        return f"192.168.{lo}{hi}.{1 if i == lo else 2}"
 
 
 @dataclass
 class Run:
+    """One built topology, recorded as it is made."""
+
     prefix: str
-    n: int
+    topology: Topology
     workdir: str
     namespaces: list[str] = field(default_factory=list)
     configs: dict[str, str] = field(default_factory=dict)  # gateway netns -> cluster.yaml
-    pids: list[int] = field(default_factory=list)  # processes the harness started
+    # Processes the harness started: [pid, a word of its command line, checked before a kill].
+    processes: list[list] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return self.topology.clusters
 
     def gw(self, i: int) -> str:
+        """Cluster i's gateway netns."""
         return f"{self.prefix}g{i}"
 
     def pod(self, i: int) -> str:
+        """Cluster i's pod netns."""
         return f"{self.prefix}p{i}"
+
+    def pod_link(self, i: int) -> str:
+        """The gateway's end of the veth to its pod (in gw(i))."""
+        return f"{self.prefix}g{i}p"
+
+    def underlay_dev(self, i: int, j: int) -> str:
+        """Gateway i's end of the underlay veth to gateway j."""
+        return f"{self.prefix}u{i}{j}"
+
+    def tunnel_dev(self, i: int, j: int) -> str:
+        """Gateway i's WireGuard device for cluster j (tunnel topologies)."""
+        return f"{self.prefix}w{i}{j}"
+
+    def link_dev(self, i: int, j: int) -> str:
+        """The device in gateway i that carries cluster j's pod traffic."""
+        return self.tunnel_dev(i, j) if self.topology.link == "tunnel" else self.underlay_dev(i, j)
 
     def save(self) -> None:
         HARNESS_DIR.mkdir(parents=True, exist_ok=True)
-        (HARNESS_DIR / f"{self.prefix}.json").write_text(json.dumps(asdict(self), indent=2))
+        data = asdict(self)
+        tmp = HARNESS_DIR / f"{self.prefix}.json.tmp"
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(HARNESS_DIR / f"{self.prefix}.json")
+
+    @classmethod
+    def from_json(cls, data: dict) -> Run:
+        if "topology" not in data:  # a run recorded before topologies existed
+            data = dict(data, topology={"clusters": data.pop("n")},
+                        processes=[[pid, ""] for pid in data.pop("pids", [])])
+        topo = dict(data["topology"], plain=tuple(data["topology"].get("plain", ())))
+        return cls(**dict(data, topology=Topology(**topo)))
+
+
+# --- commands ------------------------------------------------------------------------
 
 
 def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=10)
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
 
 
 def sh(netns: str, *argv: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", netns, *argv], check=True,
-                          capture_output=True, text=True, timeout=60).stdout
+    done = subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True,
+                          text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"{netns}: {' '.join(argv)}: {done.stderr.strip()}")
+    return done.stdout
 
 
 def natgw(*args: str) -> str:
@@ -83,87 +285,229 @@ def natgw(*args: str) -> str:
     return r.stdout
 
 
-def build(n: int, prefix: str | None = None) -> Run:
-    """Create n clusters and bring their gateways up; returns the recorded run."""
-    prefix = prefix or f"ng{secrets.token_hex(2)}"
-    workdir = Path(f"/run/natgw/harness/{prefix}")
-    workdir.mkdir(parents=True, exist_ok=True)
-    run = Run(prefix, n, str(workdir))
+def sysctl(netns: str, *settings: str) -> None:
+    sh(netns, "sysctl", "-qw", *settings)
+
+
+def add_addr(netns: str, dev: str, addr: str, prefixlen: int) -> None:
+    extra = ["nodad"] if ":" in addr else []  # no duplicate address detection delay
+    ip("-n", netns, "addr", "add", f"{addr}/{prefixlen}", "dev", dev, *extra)
+
+
+def veth(ns_a: str, a: str, ns_b: str, b: str) -> None:
+    ip("link", "add", a, "netns", ns_a, "type", "veth", "peer", b, "netns", ns_b)
+    for ns, dev in ((ns_a, a), (ns_b, b)):
+        ip("-n", ns, "link", "set", dev, "up")
+
+
+def unique_prefix() -> str:
+    """A 5-character prefix no netns, WireGuard socket or recorded run uses yet."""
+    while True:
+        prefix = f"h{secrets.token_hex(2)}"
+        used = [p for d in (NETNS_DIR, WG_SOCKET_DIR, HARNESS_DIR) if d.is_dir()
+                for p in d.iterdir() if p.name.startswith(prefix)]
+        if not used:
+            return prefix
+
+
+# --- build -----------------------------------------------------------------------------
+
+
+def build(topology: Topology | int = 2, prefix: str | None = None) -> Run:
+    """Create the clusters and bring their gateways up; returns the recorded run.
+
+    On failure everything made so far is removed before the error propagates.
+    """
+    topo = Topology(clusters=topology) if isinstance(topology, int) else topology
+    topo.check()
+    prefix = prefix or unique_prefix()
+    run = Run(prefix, topo, str(HARNESS_DIR / prefix))
+    Path(run.workdir).mkdir(parents=True, exist_ok=True)
     run.save()
+    try:
+        _build(run)
+    except BaseException:
+        destroy(run)
+        raise
+    return run
+
+
+def _build(run: Run) -> None:
+    topo, n = run.topology, run.topology.clusters
     for i in range(1, n + 1):
         for ns in (run.gw(i), run.pod(i)):
             ip("netns", "add", ns)
             run.namespaces.append(ns)
             run.save()
             ip("-n", ns, "link", "set", "lo", "up")
-        veth(run.pod(i), f"{prefix}p{i}e", f"{POD_ADDR}/24",
-             run.gw(i), f"{prefix}g{i}p", f"{POD_GW}/24")
-        for j in range(1, n + 1):
-            if j != i:
-                ip("-n", run.pod(i), "route", "add", remote_as(i, j), "via", POD_GW)
-    for i in range(1, n + 1):
-        for j in range(i + 1, n + 1):
-            veth(run.gw(i), f"{prefix}u{i}{j}", f"192.168.{i}{j}.1/24",
-                 run.gw(j), f"{prefix}u{j}{i}", f"192.168.{i}{j}.2/24")
+        # Before any device exists, so that every device inherits it.
+        sysctl(run.pod(i), "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
+        pod_end = f"{run.prefix}p{i}e"
+        veth(run.pod(i), pod_end, run.gw(i), run.pod_link(i))
+        for v in topo.families:
+            add_addr(run.pod(i), pod_end, topo.pod_addr(i, v), topo.pod_prefixlen(v))
+            add_addr(run.gw(i), run.pod_link(i), topo.pod_gw(i, v), topo.pod_prefixlen(v))
+            for j in range(1, n + 1):
+                if j != i:
+                    ip("-n", run.pod(i), f"-{v}", "route", "add", topo.view(i, j, v),
+                       "via", topo.pod_gw(i, v))
+        offloads(run.pod(i), pod_end, "rx", "off")
+        offloads(run.gw(i), run.pod_link(i), "rx", "off", "tx", "off")
+    for i, j in topo.pairs:
+        if i < j:
+            veth(run.gw(i), run.underlay_dev(i, j), run.gw(j), run.underlay_dev(j, i))
+            for a, b in ((i, j), (j, i)):
+                add_addr(run.gw(a), run.underlay_dev(a, b), topo.underlay_addr(a, b), 24)
+                offloads(run.gw(a), run.underlay_dev(a, b), "rx", "off", "tx", "off")
     privs = {i: keys.genkey() for i in range(1, n + 1)}
     for i in range(1, n + 1):
-        keyfile = workdir / f"c{i}.key"
+        keyfile = Path(run.workdir) / f"c{i}.key"
         keyfile.write_text(privs[i] + "\n")
         os.chmod(keyfile, 0o600)
-        peers = []
-        for j in range(1, n + 1):
-            if j == i:
-                continue
-            lo, hi = min(i, j), max(i, j)
-            peers.append({
-                "name": f"c{j}",
-                "device": f"{prefix}w{i}{j}",
-                "publicKey": keys.pubkey(privs[j]),
-                "endpoint": f"192.168.{lo}{hi}.{1 if j == lo else 2}:{51820 + i}",
-                "listenPort": 51820 + j,
-                "remote": [{"cidr": POD_CIDR, "as": remote_as(i, j)}],
-            })
-        cfg = {"name": f"{prefix}c{i}", "cidrs": [POD_CIDR], "privateKeyFile": str(keyfile),
-               "engine": "auto", "mtu": 1420, "metrics": f"127.0.0.1:{9100 + i}",
-               "peers": peers}
-        path = workdir / f"c{i}.yaml"
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        run.configs[run.gw(i)] = str(path)
-        run.save()
-        natgw("--netns", run.gw(i), "up", str(path), "--detach")
-    return run
+    for i in range(1, n + 1):
+        if topo.is_plain(i):
+            _plain_gateway(run, i, privs)
+        else:
+            _natgw_gateway(run, i, privs)
+        if topo.link == "tunnel":
+            for j in range(1, n + 1):
+                if j != i:
+                    offloads(run.gw(i), run.tunnel_dev(i, j), "tx", "off")
 
 
-def veth(ns_a: str, a: str, addr_a: str, ns_b: str, b: str, addr_b: str) -> None:
-    ip("link", "add", a, "netns", ns_a, "type", "veth", "peer", b, "netns", ns_b)
-    for ns, dev, addr in ((ns_a, a, addr_a), (ns_b, b, addr_b)):
-        ip("-n", ns, "addr", "add", addr, "dev", dev)
-        ip("-n", ns, "link", "set", dev, "up")
+def offloads(netns: str, dev: str, *features: str) -> None:
+    sh(netns, "ethtool", "-K", dev, *features)
 
 
-def load_runs(prefix: str | None = None) -> list[Run]:
-    if not HARNESS_DIR.is_dir():
-        return []
-    out = []
-    for p in sorted(HARNESS_DIR.glob("*.json")):
-        if prefix is None or p.stem == prefix:
-            out.append(Run(**json.loads(p.read_text())))
-    return out
+def _natgw_gateway(run: Run, i: int, privs: dict[int, str]) -> None:
+    topo = run.topology
+    peers = []
+    for j in range(1, topo.clusters + 1):
+        if j == i:
+            continue
+        remote, local = [], []
+        for v in topo.families:
+            m = {"cidr": topo.pod_cidr(j, v)}
+            if topo.overlap:
+                m["as"] = topo.view(i, j, v)
+            remote.append(m)
+            if topo.overlap and topo.is_plain(j):  # show ourselves as the plain side knows us
+                local.append({"cidr": topo.pod_cidr(i, v), "as": topo.view(j, i, v)})
+        peer: dict = {"name": f"c{j}"}
+        if topo.link == "tunnel":
+            peer |= {"device": run.tunnel_dev(i, j), "publicKey": keys.pubkey(privs[j]),
+                     "endpoint": f"{topo.underlay_addr(j, i)}:{WG_PORT + i}",
+                     "listenPort": WG_PORT + j}
+        else:
+            peer |= {"interface": run.underlay_dev(i, j), "via": topo.underlay_addr(j, i)}
+        peer["remote"] = remote
+        if local:
+            peer["local"] = local
+        peers.append(peer)
+    cfg = {"name": f"{run.prefix}c{i}",
+           "cidrs": [topo.pod_cidr(i, v) for v in topo.families],
+           "privateKeyFile": str(Path(run.workdir) / f"c{i}.key"),
+           "engine": "auto", "mtu": TUNNEL_MTU, "metrics": f"127.0.0.1:{9100 + i}",
+           "peers": peers}
+    path = Path(run.workdir) / f"c{i}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    run.configs[run.gw(i)] = str(path)
+    run.save()
+    natgw("--netns", run.gw(i), "up", str(path), "--detach")
+
+
+def _plain_gateway(run: Run, i: int, privs: dict[int, str]) -> None:
+    """A gateway without natgw: wireguard-go + `wg set` + routes to its own view of peers."""
+    topo, gw = run.topology, run.gw(i)
+    sysctl(gw, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+    for j in range(1, topo.clusters + 1):
+        if j == i:
+            continue
+        views = [topo.view(i, j, v) for v in topo.families]
+        if topo.link == "interface":
+            for net in views:
+                ip("-n", gw, "route", "add", net, "via", topo.underlay_addr(j, i),
+                   "dev", run.underlay_dev(i, j))
+            continue
+        dev = run.tunnel_dev(i, j)
+        start_wireguard_go(run, gw, dev)
+        sh(gw, "wg", "set", dev, "private-key", str(Path(run.workdir) / f"c{i}.key"),
+           "listen-port", str(WG_PORT + j), "peer", keys.pubkey(privs[j]),
+           "endpoint", f"{topo.underlay_addr(j, i)}:{WG_PORT + i}",
+           "allowed-ips", ",".join(views))
+        ip("-n", gw, "link", "set", dev, "mtu", str(TUNNEL_MTU), "up")
+        for net in views:
+            ip("-n", gw, "route", "add", net, "dev", dev)
+
+
+def start_wireguard_go(run: Run, netns: str, dev: str, timeout: float = 5.0) -> int:
+    """`wireguard-go -f dev` in netns, in its own session; recorded; waits for its socket."""
+    log = open(Path(run.workdir) / f"{dev}.log", "wb")
+    with log:
+        proc = subprocess.Popen(["ip", "netns", "exec", netns, "wireguard-go", "-f", dev],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    # `ip netns exec` execs in place: the PID is wireguard-go's.
+    run.processes.append([proc.pid, dev])
+    run.save()
+    sock = WG_SOCKET_DIR / f"{dev}.sock"
+    deadline = time.monotonic() + timeout
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out = (Path(run.workdir) / f"{dev}.log").read_text(errors="replace").strip()
+            raise RuntimeError(f"wireguard-go {dev} did not start: {out or 'no output'}")
+        time.sleep(0.05)
+    return proc.pid
+
+
+# --- removal ---------------------------------------------------------------------------
+
+
+def _is_ours(pid: int, marker: str) -> bool:
+    """The recorded process still runs (not a zombie) and is the one we started."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X") and marker.encode() in argv
+
+
+def end_process(pid: int, marker: str, timeout: float = 3.0) -> None:
+    """SIGTERM the process we started (SIGKILL after `timeout`); reap it if it is our child."""
+    if marker and _is_ours(pid, marker):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _is_ours(pid, marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _is_ours(pid, marker):
+            os.kill(pid, signal.SIGKILL)
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 def destroy(run: Run) -> None:
-    """Remove a run: gateways down, processes ended by PID, namespaces deleted."""
-    for pid in run.pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    """Remove a run: processes ended by PID, gateways down, namespaces deleted."""
+    for pid, marker in run.processes:
+        end_process(pid, marker)
     for gw, cfg in run.configs.items():
         subprocess.run([NATGW, "--netns", gw, "down", cfg], capture_output=True, timeout=120)
     for ns in run.namespaces:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
     subprocess.run(["rm", "-rf", run.workdir], check=False)
     (HARNESS_DIR / f"{run.prefix}.json").unlink(missing_ok=True)
+
+
+def load_runs(prefix: str | None = None) -> list[Run]:
+    if not HARNESS_DIR.is_dir():
+        return []
+    return [Run.from_json(json.loads(p.read_text())) for p in sorted(HARNESS_DIR.glob("*.json"))
+            if prefix is None or p.stem == prefix]
+
+
+# --- the demo ----------------------------------------------------------------------------
 
 
 def demo() -> None:
@@ -177,7 +521,7 @@ def demo() -> None:
                                "http.server", "--bind", POD_ADDR, "--directory", str(site),
                                "8080"], stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
-    run.pids.append(server.pid)
+    run.processes.append([server.pid, "http.server"])
     run.save()
     url = f"http://{seen_as(1, 2)}:8080/"
     page = ""
@@ -204,7 +548,7 @@ def demo() -> None:
    ip netns exec {run.pod(1)} curl {url}
    ip netns exec {run.pod(1)} ping -c 3 {seen_as(1, 2)}
    ip netns exec {run.gw(1)} tc filter show dev {run.prefix}w12 egress
-   ip netns exec {run.gw(1)} wg show
+   ip netns exec {run.gw(1)} wg show {run.prefix}w12
    .venv/bin/natgw --netns {run.gw(1)} status {run.configs[run.gw(1)]}
    make demo-down        # removes it (scripts/netns/down.sh)""")
     if not page:
@@ -212,19 +556,39 @@ def demo() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("up", "down", "demo", "list"):
-        print(__doc__)
-        return 2
-    if argv[0] == "up":
-        run = build(int(argv[1]) if len(argv) > 1 else 2)
-        print(run.prefix)
-    elif argv[0] == "down":
-        for run in load_runs(argv[1] if len(argv) > 1 else None):
+    parser = argparse.ArgumentParser(prog="python -m natgw.harness",
+                                     description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="build a run; prints its prefix")
+    up.add_argument("clusters", nargs="?", type=int, default=2)
+    up.add_argument("--ipv6", action="store_true", help="dual stack pods")
+    up.add_argument("--plain", type=int, action="append", default=[], metavar="I",
+                    help="cluster I's gateway is plain WireGuard (no natgw)")
+    up.add_argument("--interface", action="store_true",
+                    help="interface: peers on the bare underlay, no tunnel")
+    up.add_argument("--routed", action="store_true",
+                    help="distinct pod CIDRs, peers without as (plain routing)")
+    down = sub.add_parser("down", help="remove one run, or all")
+    down.add_argument("prefix", nargs="?")
+    sub.add_parser("list", help="the runs that exist")
+    sub.add_parser("demo", help="two clusters and an HTTP fetch across natgw")
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        topo = Topology(clusters=args.clusters, ipv6=args.ipv6, plain=tuple(args.plain),
+                        link="interface" if args.interface else "tunnel",
+                        overlap=not args.routed)
+        try:
+            topo.check()
+        except ValueError as e:
+            parser.error(str(e))
+        print(build(topo).prefix)
+    elif args.command == "down":
+        for run in load_runs(args.prefix):
             destroy(run)
             print(f"removed {run.prefix}")
-    elif argv[0] == "list":
+    elif args.command == "list":
         for run in load_runs():
-            print(run.prefix, run.n)
+            print(run.prefix, run.topology)
     else:
         demo()
     return 0
