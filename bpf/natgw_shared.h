@@ -28,8 +28,8 @@
 /* The LPM key starts with ifindex and table, matched exactly: 64 bits. */
 #define NATGW_KEY_FIXED_BITS	64
 
-/* natgw_device.flags */
-#define NATGW_DEV_F_L2		1	/* an Ethernet header precedes IP (veth) */
+/* natgw_device.flags; the dataplane reads none of them yet */
+#define NATGW_DEV_F_OWN_QDISC	0x8000	/* natgw created the clsact qdisc: detach removes it */
 
 /*
  * Per-device counters (natgw_dev_stats), drops first. A drop is a packet that

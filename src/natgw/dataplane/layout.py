@@ -21,9 +21,7 @@ SIDE_SRC = 1
 
 KEY_FIXED_BITS = 64
 
-DEV_F_L2 = 1
-# Not read by the dataplane: remembers that natgw created the clsact qdisc,
-# so that detaching removes only what natgw added.
+# Remembers that natgw created the clsact qdisc, so detaching removes only what it added.
 DEV_F_OWN_QDISC = 0x8000
 
 DROP_TRUNCATED = 0
