@@ -361,7 +361,7 @@ def route_mtu(netns: str, dst: str) -> int | None:
 
 def csum_errors(netns: str) -> dict[str, int]:
     """Checksum errors the netns's TCP, UDP and ICMP stacks counted."""
-    done = subprocess.run(["ip", "netns", "exec", netns, "nstat", "-az", "TcpInCsumErrors",
+    done = subprocess.run(["ip", "netns", "exec", netns, "nstat", "-asz", "TcpInCsumErrors",
                            "UdpInCsumErrors", "Udp6InCsumErrors", "IcmpInCsumErrors",
                            "Icmp6InCsumErrors"], capture_output=True, text=True, timeout=10,
                           check=True)

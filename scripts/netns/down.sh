@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Remove every harness run (or the one whose prefix is given).
+# Remove the harness run whose prefix is given, or every run that no live
+# process (e.g. a test session) is using.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -x .venv/bin/python ] || exit 0

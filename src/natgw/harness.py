@@ -8,8 +8,11 @@ By hand (as root, from the repository; scripts/netns/up.sh and down.sh wrap it):
     python -m natgw.harness up 2 --interface      # gateways on the bare underlay, no tunnel
     python -m natgw.harness up 2 --routed         # distinct pod CIDRs, peers without `as`
     python -m natgw.harness list                  # runs that exist
-    python -m natgw.harness down [PREFIX]         # remove one run, or every run
+    python -m natgw.harness down [PREFIX]         # remove one run, or every run not in use
     python -m natgw.harness demo                  # two clusters, an HTTP fetch (make demo)
+
+`down` without a prefix keeps runs whose builder still runs (a test session
+removes its own runs); `demo` replaces the previous demo only.
 
 From Python (the e2e tests do this in a fixture)::
 
@@ -216,6 +219,12 @@ class Run:
     configs: dict[str, str] = field(default_factory=dict)  # gateway netns -> cluster.yaml
     # Processes the harness started: [pid, a word of its command line, checked before a kill].
     processes: list[list] = field(default_factory=list)
+    owner: int = 0  # PID of the process that built it (a test session, or the CLI that exited)
+    label: str = ""  # "demo" for the demo's run
+
+    def in_use(self) -> bool:
+        """Its builder still runs (e.g. a test session that will remove it itself)."""
+        return self.owner not in (0, os.getpid()) and Path(f"/proc/{self.owner}").exists()
 
     @property
     def n(self) -> int:
@@ -313,7 +322,7 @@ def unique_prefix() -> str:
 # --- build -----------------------------------------------------------------------------
 
 
-def build(topology: Topology | int = 2, prefix: str | None = None) -> Run:
+def build(topology: Topology | int = 2, prefix: str | None = None, label: str = "") -> Run:
     """Create the clusters and bring their gateways up; returns the recorded run.
 
     On failure everything made so far is removed before the error propagates.
@@ -321,7 +330,7 @@ def build(topology: Topology | int = 2, prefix: str | None = None) -> Run:
     topo = Topology(clusters=topology) if isinstance(topology, int) else topology
     topo.check()
     prefix = prefix or unique_prefix()
-    run = Run(prefix, topo, str(HARNESS_DIR / prefix))
+    run = Run(prefix, topo, str(HARNESS_DIR / prefix), owner=os.getpid(), label=label)
     Path(run.workdir).mkdir(parents=True, exist_ok=True)
     run.save()
     try:
@@ -511,7 +520,10 @@ def load_runs(prefix: str | None = None) -> list[Run]:
 
 
 def demo() -> None:
-    run = build(2)
+    for old in load_runs():
+        if old.label == "demo":  # running the demo again replaces it
+            destroy(old)
+    run = build(2, label="demo")
     site = Path(run.workdir) / "site"
     site.mkdir()
     (site / "index.html").write_text(
@@ -568,7 +580,7 @@ def main(argv: list[str]) -> int:
                     help="interface: peers on the bare underlay, no tunnel")
     up.add_argument("--routed", action="store_true",
                     help="distinct pod CIDRs, peers without as (plain routing)")
-    down = sub.add_parser("down", help="remove one run, or all")
+    down = sub.add_parser("down", help="remove one run, or all that no live process uses")
     down.add_argument("prefix", nargs="?")
     sub.add_parser("list", help="the runs that exist")
     sub.add_parser("demo", help="two clusters and an HTTP fetch across natgw")
@@ -584,11 +596,15 @@ def main(argv: list[str]) -> int:
         print(build(topo).prefix)
     elif args.command == "down":
         for run in load_runs(args.prefix):
+            if args.prefix is None and run.in_use():
+                print(f"kept {run.prefix}: in use by process {run.owner}")
+                continue
             destroy(run)
             print(f"removed {run.prefix}")
     elif args.command == "list":
         for run in load_runs():
-            print(run.prefix, run.topology)
+            print(run.prefix, run.label or "-", "in use" if run.in_use() else "-",
+                  run.topology)
     else:
         demo()
     return 0
