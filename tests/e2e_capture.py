@@ -44,7 +44,8 @@ CHECKSUMMED = ("ip", "tcp", "udp", "icmp", "icmpv6")
 NOT_LINK_LOCAL = "not (ip6 and (src net fe80::/10 or src host ::))"
 
 _FIELDS = ("frame.protocols", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "udp.srcport",
-           "udp.dstport", "wg.type", "icmp.type", "icmpv6.type",
+           "udp.dstport", "wg.type", "icmp.type", "icmpv6.type", "tcp.flags.syn",
+           "tcp.flags.ack", "tcp.options.mss_val",
            *(f"{p}.checksum.status" for p in CHECKSUMMED))
 _READ_OPTIONS = ("-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE",
                  "-o", "udp.check_checksum:TRUE", "-o", "ip.defragment:TRUE",
@@ -66,6 +67,9 @@ class Packet:
     udp_ports: list[int]
     wg_types: list[int]  # WireGuard message types (4: transport data)
     icmp_types: list[int]  # ICMP and ICMPv6 types
+    syn: bool  # the (outer) TCP header's SYN and ACK flags, and its MSS option
+    ack: bool
+    mss: int | None
     checksums: dict[str, list[str]] = field(default_factory=dict)
 
     def bad_checksums(self) -> list[str]:
@@ -95,6 +99,9 @@ def _packet(line: str) -> Packet:
         udp_ports=_ints(values.get("udp.srcport", "")) + _ints(values.get("udp.dstport", "")),
         wg_types=_ints(values.get("wg.type", "")),
         icmp_types=_ints(values.get("icmp.type", "")) + _ints(values.get("icmpv6.type", "")),
+        syn=_ints(values.get("tcp.flags.syn", ""))[:1] == [1],
+        ack=_ints(values.get("tcp.flags.ack", ""))[:1] == [1],
+        mss=(_ints(values.get("tcp.options.mss_val", "")) or [None])[0],
         checksums={p: [s for s in values.get(f"{p}.checksum.status", "").split(",") if s]
                    for p in CHECKSUMMED},
     )

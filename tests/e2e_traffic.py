@@ -1,7 +1,7 @@
 """End-to-end traffic between the pods of a harness run, as a user's programs see it.
 
 The helpers open sockets inside a pod's netns from the test process
-(`netns_socket`), with servers in threads: ping (IPv4 and IPv6), a TCP bulk
+(`netns_socket`, or `in_netns` for many), with servers in threads: ping (IPv4 and IPv6), a TCP bulk
 transfer checked by hash, many short TCP connections, UDP request/response of
 any size, a UDP send to a closed port, the route cache's path MTU.
 
@@ -387,6 +387,7 @@ class Case:
 BULK = 4 * 1024 * 1024
 SHORT_CONNECTIONS = 200
 BIG_DATAGRAM = 4000  # above the tunnel MTU (1420) and the pod links' (1500): fragmented
+POD_LINK_MTU = UNDERLAY_MTU = 1500  # veths' default
 LOWERED_MTU = 1300  # a gateway's route to its pod, below what TCP sends over the tunnel
 
 
@@ -414,6 +415,15 @@ class TrafficChecks:
         topo = run.topology
         return (run.pod(case.src), run.pod(case.dst), topo.pod_addr(case.dst, case.v),
                 topo.addr_of(case.src, case.dst, case.v))
+
+    @staticmethod
+    def mss_on_the_wire(run: Run, sender: int, v: int) -> int:
+        """The MSS of a SYN from cluster `sender`'s pod between the gateways."""
+        own = POD_LINK_MTU - (40 if v == 4 else 60)
+        if run.topology.is_plain(sender):
+            return own
+        link_mtu = harness.TUNNEL_MTU if run.topology.link == "tunnel" else UNDERLAY_MTU
+        return min(own, link_mtu - (40 if v == 4 else 60))
 
     def test_ping(self, run: Run, case: Case) -> None:
         client, _, _, dst = self.ends(run, case)
@@ -486,6 +496,12 @@ class TrafficChecks:
         kinds = {k for p in seen for k in p.icmp_types}
         assert echo <= kinds and unreachable in kinds
         assert {"tcp", "udp"} <= {proto for p in seen for proto in p.protocols}
+        # MSS: natgw clamps SYN and SYN-ACK on its way out (the pods say 1460 or 1440).
+        syn = [p.mss for p in seen if p.syn and not p.ack]
+        syn_ack = [p.mss for p in seen if p.syn and p.ack]
+        assert syn and syn_ack
+        assert set(syn) == {self.mss_on_the_wire(run, sender=i, v=v)}
+        assert set(syn_ack) == {self.mss_on_the_wire(run, sender=j, v=v)}
 
         wire = underlay.packets()
         assert wire, "nothing captured on the underlay"
