@@ -1,13 +1,15 @@
 """tshark captures in a gateway netns, bounded, and what they saw.
 
-    with Capture(run.gw(2), run.tunnel_dev(2, 1), "ip", tmp / "w21.pcapng") as cap:
+    cap = Capture(run.gw(2), run.tunnel_dev(2, 1), "ip", tmp / "w21.pcapng")
+    with capturing(cap, probe=lambda: ping(run.pod(1), "10.112.1.10", 1)):
         ...traffic...
     for p in cap.packets():
-        p.addrs, p.bad_checksums(), ...
+        p.src, p.addrs, p.bad_checksums(), ...
 
 A capture is `tshark -i DEV -f FILTER -w FILE` inside the netns, bounded by a
 packet count and a duration (`-c`, `-a duration:`) and stopped by SIGINT to
-its PID once the traffic is done. The file is then read back once with every
+its PID once the traffic is done; `capturing` starts several at once and
+returns only when all of them see the probe traffic. The file is then read back once with every
 checksum check turned on (`-o ip.check_checksum:TRUE` and so on; ICMP and
 ICMPv6 checksums are always checked).
 
