@@ -476,6 +476,8 @@ class TrafficChecks:
         """
         topo, i, j, v = run.topology, case.src, case.dst, case.v
         client, server, own, dst = self.ends(run, case)
+        for pod in (client, server):  # an IPv6 path MTU learned earlier lowers a SYN's MSS
+            ip_cmd("-n", pod, f"-{v}", "route", "flush", "cache")
         pod_traffic = "ip" if v == 4 else f"ip6 and {NOT_LINK_LOCAL}"
         inside = Capture(run.gw(j), run.link_dev(j, i), pod_traffic, tmp_path / "inside.pcapng")
         underlay = Capture(run.gw(i), run.underlay_dev(i, j), f"not arp and {NOT_LINK_LOCAL}",
