@@ -1,0 +1,91 @@
+"""python -m natgw.bench: natgw against conntrack NAT and plain routing, side by side.
+
+    python -m natgw.bench [--quick] [--rounds N] [--json PATH] [--markdown PATH]
+    python -m natgw.bench --cleanup [PREFIX]   # remove what a killed run left
+
+See BENCHMARKS.md for what is measured and how; natgw.bench.topology for the
+namespaces it builds (nothing touches the root namespace's network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from natgw.bench import report
+from natgw.bench.run import Options, run, write_json
+from natgw.bench.topology import MODES, TRANSPORTS, BenchError, cleanup, load_records
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m natgw.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="2 rounds of short windows, fewer control-plane repeats (~4 min)")
+    ap.add_argument("--rounds", type=int, help="rounds of interleaved measures (default 5)")
+    ap.add_argument("--window", type=float, help="seconds per UDP rate sample (default 2)")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
+    ap.add_argument("--transports", default=",".join(TRANSPORTS), help="underlay,wg")
+    ap.add_argument("--no-mappings", action="store_true", help="skip the 100/10,000 mappings")
+    ap.add_argument("--no-control", action="store_true", help="skip natgw's control plane")
+    ap.add_argument("--no-micro", action="store_true", help="skip BPF_PROG_TEST_RUN timing")
+    ap.add_argument("--json", default="bench-results/latest.json", help="where the JSON goes")
+    ap.add_argument("--markdown", help="update the generated block of this markdown file")
+    ap.add_argument("--cleanup", nargs="?", const="", metavar="PREFIX",
+                    help="remove the namespaces, gateways and processes of killed runs")
+    return ap.parse_args(argv)
+
+
+def options(a: argparse.Namespace) -> Options:
+    opt = Options()
+    if a.quick:
+        opt.rounds, opt.window, opt.tcp_window, opt.rr_window = 2, 1.0, 2.0, 1.0
+        opt.change_cycles, opt.cold_repeats = 1, 1
+    if a.rounds:
+        opt.rounds = a.rounds
+    if a.window:
+        opt.window = a.window
+    opt.modes = tuple(m for m in a.modes.split(",") if m)
+    opt.transports = tuple(t for t in a.transports.split(",") if t)
+    for m in opt.modes:
+        if m not in MODES:
+            raise BenchError(f"--modes: unknown mode {m}")
+    for t in opt.transports:
+        if t not in TRANSPORTS:
+            raise BenchError(f"--transports: unknown transport {t}")
+    if a.no_mappings:
+        opt.mapping_counts = ()
+    opt.control = not a.no_control and "natgw" in opt.modes
+    opt.micro = not a.no_micro and "natgw" in opt.modes
+    opt.log = lambda s: print(s, file=sys.stderr, flush=True)
+    return opt
+
+
+def main(argv: list[str]) -> int:
+    a = parse(argv)
+    try:
+        if a.cleanup is not None:
+            for rec in load_records(a.cleanup or None):
+                cleanup(rec)
+                print(f"removed {rec.prefix}")
+            return 0
+        res = run(options(a))
+    except BenchError as e:
+        print(f"natgw bench: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("natgw bench: interrupted (everything it made is removed)", file=sys.stderr)
+        return 1
+    d = res.as_dict()
+    write_json(res, a.json)
+    print(report.render(d))
+    print(f"JSON: {a.json}")
+    if a.markdown:
+        command = "python -m natgw.bench " + " ".join(argv)
+        report.update_markdown(a.markdown, d, command.strip())
+        print(f"updated {a.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

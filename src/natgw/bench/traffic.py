@@ -1,0 +1,214 @@
+"""The data-plane measures: UDP forwarding rate, TCP bulk, TCP request/response.
+
+Each takes a built Topology, runs for a fixed window and returns plain numbers.
+Every process started here is bounded by `timeout` and ended by its PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from natgw.bench import generator
+from natgw.bench.stats import rate
+from natgw.bench.topology import (
+    GW_CPU,
+    MAC,
+    POD_ADDR,
+    POD_CPU,
+    SINK_PORT,
+    BenchError,
+    Topology,
+    in_ns,
+    stop_pid,
+)
+from natgw.netns import iproute
+
+UDP_PAYLOAD = 64  # bytes of UDP payload: a 92-byte IP packet, a 106-byte frame
+IPERF_PORT = 5201
+RR_PORT = 7001
+
+
+class Counters:
+    """Interface counters read over netlink sockets kept open in each netns."""
+
+    def __init__(self) -> None:
+        self._ipr: dict[str, object] = {}
+        self._idx: dict[tuple[str, str], int] = {}
+
+    def read(self, ns: str, dev: str) -> dict[str, int]:
+        if ns not in self._ipr:
+            self._ipr[ns] = iproute(ns)
+        ipr = self._ipr[ns]
+        if (ns, dev) not in self._idx:
+            self._idx[(ns, dev)] = ipr.link_lookup(ifname=dev)[0]
+        link = ipr.get_links(self._idx[(ns, dev)])[0]
+        return dict(link.get_attr("IFLA_STATS64"))
+
+    def close(self) -> None:
+        for ipr in self._ipr.values():
+            ipr.close()
+        self._ipr.clear()
+        self._idx.clear()
+
+
+def read_cpu() -> dict[int, tuple[int, int, int]]:
+    """Per CPU: (busy, softirq, total) jiffies from /proc/stat."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *vals = line.split()
+                v = [int(x) for x in vals[:8]]
+                total = sum(v)
+                out[int(name[3:])] = (total - v[3] - v[4], v[6], total)
+    return out
+
+
+def cpu_share(before: dict, after: dict, cpu: int) -> tuple[float, float]:
+    """(busy, softirq) fraction of one CPU between two read_cpu() samples."""
+    b0, s0, t0 = before[cpu]
+    b1, s1, t1 = after[cpu]
+    total = max(1, t1 - t0)
+    return (b1 - b0) / total, (s1 - s0) / total
+
+
+def proc_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of processes (all their threads) so far."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / hz
+
+
+@dataclass
+class FloodResult:
+    pps: float          # received at pod2: the forwarding rate
+    offered_pps: float  # sent by the generator on pod1's link
+    seconds: float
+    gw_cpu: float       # busy fraction of the gateway CPU during the window (anyone's work)
+    pod_cpu: float      # busy fraction of the pods' CPU
+    gw_work_s: float    # gateway work: softirq on the gateway CPU + wireguard-go CPU time
+    conntrack: int | None = None  # entries in gw1's conntrack table after the window
+
+    @property
+    def gw_ns_per_packet(self) -> float | None:
+        """Gateway work per forwarded packet: robust to other load on the machine."""
+        return self.gw_work_s * 1e9 / (self.pps * self.seconds) if self.pps else None
+
+    @property
+    def gw_other(self) -> float:
+        """Share of the gateway CPU used by anything else (other processes on the VM)."""
+        return max(0.0, self.gw_cpu - self.gw_work_s / self.seconds)
+
+    def as_dict(self) -> dict:
+        return {"pps": self.pps, "offered_pps": self.offered_pps, "seconds": self.seconds,
+                "gw_cpu": self.gw_cpu, "gw_other": self.gw_other, "pod_cpu": self.pod_cpu,
+                "gw_ns_per_packet": self.gw_ns_per_packet, "conntrack": self.conntrack}
+
+
+def udp_flood(topo: Topology, counters: Counters, new_flow: bool, window: float,
+              warmup: float = 0.5) -> FloodResult:
+    """udpgen floods from pod1 on CPU 0; count what reaches pod2 over `window` seconds."""
+    gen = generator.argv(topo.dev["e1"], MAC["p1"], MAC["e1"], POD_ADDR, topo.plan.target,
+                         40000, SINK_PORT, UDP_PAYLOAD, warmup + window + 1, new_flow)
+    proc = subprocess.Popen(
+        in_ns(topo.pod1, ["timeout", "-k", "3", f"{warmup + window + 5:.1f}", *gen],
+              cpu=POD_CPU),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    topo.rec.pids.append(proc.pid)
+    try:
+        time.sleep(warmup)
+        if proc.poll() is not None:
+            raise BenchError(f"udpgen: {proc.stderr.read().strip()[:300]}")
+        pids = topo.engine_pids()
+        c0, w0 = read_cpu(), proc_cpu_seconds(pids)
+        rx0 = counters.read(topo.pod2, topo.dev["e2"])["rx_packets"]
+        t0 = time.monotonic()
+        tx0 = counters.read(topo.pod1, topo.dev["e1"])["tx_packets"]
+        time.sleep(window)
+        rx1 = counters.read(topo.pod2, topo.dev["e2"])["rx_packets"]
+        t1 = time.monotonic()
+        tx1 = counters.read(topo.pod1, topo.dev["e1"])["tx_packets"]
+        c1, w1 = read_cpu(), proc_cpu_seconds(pids)
+    finally:
+        stop_pid(proc.pid)
+        topo.rec.pids.remove(proc.pid)
+    gw, gw_si = cpu_share(c0, c1, GW_CPU)
+    pod, _ = cpu_share(c0, c1, POD_CPU)
+    return FloodResult(rate(rx0, rx1, t0, t1), rate(tx0, tx1, t0, t1), t1 - t0, gw, pod,
+                       gw_si * (t1 - t0) + (w1 - w0), conntrack_count(topo.gw1))
+
+
+def conntrack_count(ns: str) -> int | None:
+    """Entries in a namespace's conntrack table (None: conntrack not loaded there)."""
+    r = subprocess.run(in_ns(ns, ["cat", "/proc/sys/net/netfilter/nf_conntrack_count"]),
+                       capture_output=True, text=True, timeout=10)
+    return int(r.stdout) if r.returncode == 0 and r.stdout.strip().isdigit() else None
+
+
+def tcp_bulk(topo: Topology, window: float) -> float:
+    """iperf3 TCP from pod1 to pod2 (both on CPU 0): received Gbit/s."""
+    server = subprocess.Popen(
+        in_ns(topo.pod2, ["timeout", "-k", "3", f"{window + 15:.0f}", "iperf3", "-s", "-1",
+                          "-B", topo.plan.pod2_addr, "-p", str(IPERF_PORT)], cpu=POD_CPU),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    topo.rec.pids.append(server.pid)
+    try:
+        out = None
+        for _ in range(30):  # until the server listens
+            time.sleep(0.1)
+            r = subprocess.run(
+                in_ns(topo.pod1, ["timeout", "-k", "3", f"{window + 10:.0f}", "iperf3", "-c",
+                                  topo.plan.target, "-p", str(IPERF_PORT), "-t",
+                                  f"{window:.0f}", "-O", "1", "-J"], cpu=POD_CPU),
+                capture_output=True, text=True, timeout=window + 20)
+            if r.returncode == 0:
+                out = json.loads(r.stdout)
+                break
+            if "unable to connect" not in r.stdout + r.stderr:
+                raise BenchError(f"iperf3 {topo.key}: {(r.stdout + r.stderr)[-300:]}")
+        if out is None:
+            raise BenchError(f"iperf3 {topo.key}: server never listened")
+        return out["end"]["sum_received"]["bits_per_second"] / 1e9
+    finally:
+        stop_pid(server.pid)
+        topo.rec.pids.remove(server.pid)
+
+
+def endpoint_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "natgw.bench.endpoints", *args]
+
+
+def tcp_rr(topo: Topology, window: float, size: int = 64) -> dict:
+    """Round trips over one TCP connection for `window` seconds: p50/p99 in microseconds."""
+    server = subprocess.Popen(
+        in_ns(topo.pod2, endpoint_argv("rr-server", "--bind", topo.plan.pod2_addr, "--port",
+                                       str(RR_PORT), "--seconds", f"{window + 10:.1f}"),
+              cpu=POD_CPU),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    topo.rec.pids.append(server.pid)
+    try:
+        server.stdout.readline()  # {"listening": true}
+        r = subprocess.run(
+            in_ns(topo.pod1, endpoint_argv("rr-client", "--dst", topo.plan.target, "--port",
+                                           str(RR_PORT), "--seconds", f"{window:.1f}",
+                                           "--size", str(size)), cpu=POD_CPU),
+            capture_output=True, text=True, timeout=window + 20)
+        out = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else {}
+        if "error" in out or not out:
+            raise BenchError(f"rr {topo.key}: {out or r.stderr.strip()[-300:]}")
+        return out
+    finally:
+        stop_pid(server.pid)
+        topo.rec.pids.remove(server.pid)
