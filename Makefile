@@ -17,6 +17,9 @@ lint: setup
 demo: setup
 	bash scripts/netns/demo.sh
 
+bench: setup
+	$(PY) -m natgw.bench --json bench-results/latest.json --markdown BENCHMARKS.md
+
 demo-down:
 	bash scripts/netns/down.sh
 

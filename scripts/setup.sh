@@ -11,7 +11,8 @@ log() { echo "setup: $*"; }
 # Debian packages: bcc for compiling the dataplane, kernel headers it compiles
 # against, the WireGuard userspace engine and tools, and what the tests use.
 PKGS=(python3-bpfcc python3-venv linux-headers-amd64 wireguard-go wireguard-tools iproute2
-      ethtool tshark iperf3 socat bpftool procps iptables nftables curl iputils-ping)
+      ethtool tshark iperf3 socat bpftool procps iptables nftables curl iputils-ping
+      gcc libc6-dev)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
