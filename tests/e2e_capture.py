@@ -45,8 +45,8 @@ CHECKSUMMED = ("ip", "tcp", "udp", "icmp", "icmpv6")
 # IPv6 link-local chatter (router and neighbour discovery, MLD) is the kernel's own.
 NOT_LINK_LOCAL = "not (ip6 and (src net fe80::/10 or src host ::))"
 
-_FIELDS = ("frame.protocols", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "udp.srcport",
-           "udp.dstport", "wg.type", "icmp.type", "icmpv6.type", "tcp.flags.syn",
+_FIELDS = ("frame.number", "frame.protocols", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst",
+           "udp.srcport", "udp.dstport", "wg.type", "icmp.type", "icmpv6.type", "tcp.flags.syn",
            "tcp.flags.ack", "tcp.options.mss_val",
            *(f"{p}.checksum.status" for p in CHECKSUMMED))
 _READ_OPTIONS = ("-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE",
@@ -62,6 +62,8 @@ def _ints(text: str) -> list[int]:
 class Packet:
     """One captured packet; lists hold every occurrence, outer header first, then quotes."""
 
+    capture: Path  # the file, kept in the test's tmp_path
+    number: int  # frame number in it
     protocols: list[str]  # frame.protocols, e.g. ["raw", "ip", "icmp", "ip", "udp"]
     addrs: list[str]  # every IPv4/IPv6 source and destination, quoted packets included
     src: str  # the outer header's
@@ -74,6 +76,10 @@ class Packet:
     mss: int | None
     checksums: dict[str, list[str]] = field(default_factory=dict)
 
+    def __str__(self) -> str:
+        return (f"frame {self.number} of {self.capture} ({':'.join(self.protocols)}, "
+                f"{self.src} > {self.dst}, checksums {self.checksums})")
+
     def bad_checksums(self) -> list[str]:
         return [proto for proto, states in self.checksums.items() for s in states
                 if s == CSUM_BAD]
@@ -83,7 +89,7 @@ class Packet:
                 if s == CSUM_GOOD]
 
 
-def _packet(line: str) -> Packet:
+def _packet(capture: Path, line: str) -> Packet:
     values = dict(zip(_FIELDS, line.rstrip("\n").split("\t"), strict=False))
     protocols = values.get("frame.protocols", "").split(":")
     v4 = values.get("ip.src", "").split(",") + values.get("ip.dst", "").split(",")
@@ -94,6 +100,8 @@ def _packet(line: str) -> Packet:
     src = values.get(f"{outer}.src", "").split(",")[0]
     dst = values.get(f"{outer}.dst", "").split(",")[0]
     return Packet(
+        capture=capture,
+        number=int(values["frame.number"]),
         protocols=protocols,
         addrs=[a for a in v4 + v6 if a],
         src=src,
@@ -188,7 +196,7 @@ class Capture:
         done = subprocess.run(args, capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
             raise RuntimeError(f"tshark -r {self.path}: {done.stderr.strip()}")
-        return [_packet(line) for line in done.stdout.splitlines() if line.strip()]
+        return [_packet(self.path, line) for line in done.stdout.splitlines() if line.strip()]
 
     def __enter__(self) -> Capture:
         self.start()

@@ -280,12 +280,12 @@ class Exchange:
 
 
 def udp_exchange(client_ns: str, server_ns: str, server_addr: str, dst: str, payload: bytes,
-                 attempts: int = 5, timeout: float = 1.0) -> Exchange:
-    """One request/response; resent after `timeout` like an application would.
+                 attempts: int = 6, timeout: float = 0.25) -> Exchange:
+    """One request/response, resent like an application would: after `timeout`, doubling.
 
     Resending matters for IPv6 datagrams above the path MTU: only the sender
     fragments, so the first one is lost with a Packet Too Big that teaches the
-    sender the path MTU.
+    sender the path MTU (and so may the server's first answer).
     """
     with _listener(server_ns, server_addr, socket.SOCK_DGRAM) as srv:
         port = srv.getsockname()[1]
@@ -306,8 +306,8 @@ def udp_exchange(client_ns: str, server_ns: str, server_addr: str, dst: str, pay
         server = Background(serve)
         try:
             with netns_socket(client_ns, srv.family, socket.SOCK_DGRAM) as cli:
-                cli.settimeout(timeout)
-                for _ in range(attempts):
+                for attempt in range(attempts):
+                    cli.settimeout(timeout * 2**attempt)
                     cli.sendto(payload, (dst, port))
                     try:
                         reply, addr = cli.recvfrom(65535)
@@ -517,7 +517,7 @@ class TrafficChecks:
             assert {a for p in wire for a in p.addrs} <= set(there)
 
         for p in seen + wire:
-            assert not p.bad_checksums(), p
+            assert not p.bad_checksums(), f"bad {p.bad_checksums()} checksum: {p}"
         good = {proto for p in seen + wire for proto in p.good_checksums()}
         assert {"tcp", "udp", "icmp" if v == 4 else "icmpv6"} <= good
 
