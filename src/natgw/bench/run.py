@@ -147,6 +147,7 @@ def measure_round(r: int, topos: list[Topology], counters: traffic.Counters,
                 f = traffic.udp_flood(t, counters, new_flow, opt.window)
                 res.add(t.key, f"{measure}_pps", f.pps, f.as_dict())
                 res.add(t.key, f"{measure}_ns", f.gw_ns_per_packet)
+                res.add(t.key, f"{measure}_sat", 1.0 if f.saturated else 0.0)
             except BenchError as e:
                 opt.log(f"  {t.key} {measure}: {e}")
                 res.add(t.key, f"{measure}_pps", None)

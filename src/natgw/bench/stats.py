@@ -92,34 +92,54 @@ def medians_by_key(samples: Mapping[str, Sequence[float | None]]) -> dict[str, f
     return {k: median(v) for k, v in samples.items()}
 
 
+def capacity_ratio(ns_a: float | None, ns_b: float | None) -> float | None:
+    """How many times b's forwarding capacity a has, from CPU time per packet."""
+    return ratio(ns_b, ns_a)
+
+
 def evaluate_targets(m: Mapping[str, float | None], transport: str = "underlay") -> list[Target]:
     """The issue's targets from medians keyed "<mode>/<transport>/<measure>".
 
-    Measures: udp1_pps (one flow), udpn_pps (new flow per packet), tcp_gbps.
-    Mapping-count keys: "natgw-m10000/<transport>/udp1_pps" against natgw's own.
-    Control plane: "control/config_change_s", "control/config_change_lost".
+    Measures: udp1_pps / udpn_pps (one flow / new flow per packet, received rate),
+    udp1_ns / udpn_ns (gateway CPU time per packet), tcp_gbps. Mapping counts:
+    "natgw-m10000/<transport>/...". Every rate target is judged twice: on the
+    measured rate ("rate") and on the gateways' CPU cost per packet ("cpu"), since
+    the rate only shows the gateways' capacity when they, not the generator, are
+    the bottleneck.
     """
 
     def g(mode: str, measure: str) -> float | None:
         return m.get(f"{mode}/{transport}/{measure}")
 
     out = []
-    for measure, label in (("udp1_pps", "one flow"), ("udpn_pps", "new flow per packet")):
-        out.append(Target(f"{transport}: natgw >= 0.97 x route ({label})",
-                          ratio(g("natgw", measure), g("route", measure)), ">=", 0.97, "x"))
-        out.append(Target(f"{transport}: natgw >= 1.3 x iptables ({label})",
-                          ratio(g("natgw", measure), g("iptables", measure)), ">=", 1.3, "x"))
-    one, new = g("natgw", "udp1_pps"), g("natgw", "udpn_pps")
-    gap = None if ratio(new, one) is None else abs(1 - ratio(new, one))
-    out.append(Target(f"{transport}: natgw new-flow rate within 3 % of one-flow rate",
-                      gap, "<=", 0.03, "fraction"))
+    for basis in ("rate", "cpu"):
+        def rel(a: str, b: str, flow: str, basis: str = basis) -> float | None:
+            if basis == "rate":
+                return ratio(g(a, f"{flow}_pps"), g(b, f"{flow}_pps"))
+            return capacity_ratio(g(a, f"{flow}_ns"), g(b, f"{flow}_ns"))
+
+        for flow, label in (("udp1", "one flow"), ("udpn", "new flow per packet")):
+            out.append(Target(f"{transport}: natgw >= 0.97 x route ({label}) [{basis}]",
+                              rel("natgw", "route", flow), ">=", 0.97, "x"))
+            out.append(Target(f"{transport}: natgw >= 1.3 x iptables ({label}) [{basis}]",
+                              rel("natgw", "iptables", flow), ">=", 1.3, "x"))
+        if basis == "rate":
+            new_vs_one = ratio(g("natgw", "udpn_pps"), g("natgw", "udp1_pps"))
+        else:
+            new_vs_one = capacity_ratio(g("natgw", "udpn_ns"), g("natgw", "udp1_ns"))
+        out.append(Target(f"{transport}: natgw new-flow rate within 3 % of one-flow rate "
+                          f"[{basis}]", None if new_vs_one is None else abs(1 - new_vs_one),
+                          "<=", 0.03, "fraction"))
+        if g("natgw-m10000", "udp1_pps") is not None:
+            if basis == "rate":
+                many = ratio(g("natgw-m10000", "udp1_pps"), g("natgw", "udp1_pps"))
+            else:
+                many = capacity_ratio(g("natgw-m10000", "udp1_ns"), g("natgw", "udp1_ns"))
+            out.append(Target(f"{transport}: 10,000 mappings cost < 3 % of forwarding rate "
+                              f"[{basis}]", None if many is None else 1 - many,
+                              "<=", 0.03, "fraction"))
     out.append(Target(f"{transport}: natgw TCP bulk >= 0.97 x route",
                       ratio(g("natgw", "tcp_gbps"), g("route", "tcp_gbps")), ">=", 0.97, "x"))
-    many = g("natgw-m10000", "udp1_pps")
-    if many is not None:
-        cost = None if ratio(many, one) is None else 1 - ratio(many, one)
-        out.append(Target(f"{transport}: 10,000 mappings cost < 3 % of forwarding rate",
-                          cost, "<=", 0.03, "fraction"))
     return out
 
 
