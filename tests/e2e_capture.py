@@ -40,6 +40,12 @@ SETTLE = 0.5  # seconds between the last packet and stopping a capture
 
 # Wireshark's checksum status values (proto_checksum_enum_e), as `-T fields` prints them.
 CSUM_BAD, CSUM_GOOD = "0", "1"
+# A TCP checksum 0xffff where 0x0000 is due: the other ones' complement zero. Receivers
+# accept it, and the kernel writes it itself: skb_checksum_help() stores a folded 0 as
+# CSUM_MANGLED_0 (0xffff), for TCP too, so about one in 65536 segments it completes in
+# software carries it (seen on a plain gateway, with no natgw on the path). tshark
+# calls it Bad (RFC 1624); here it counts as neither bad nor good.
+CSUM_NEGATIVE_ZERO = "-0"
 CHECKSUMMED = ("ip", "tcp", "udp", "icmp", "icmpv6")
 
 # IPv6 link-local chatter (router and neighbour discovery, MLD) is the kernel's own.
@@ -47,7 +53,7 @@ NOT_LINK_LOCAL = "not (ip6 and (src net fe80::/10 or src host ::))"
 
 _FIELDS = ("frame.number", "frame.protocols", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst",
            "udp.srcport", "udp.dstport", "wg.type", "icmp.type", "icmpv6.type", "tcp.flags.syn",
-           "tcp.flags.ack", "tcp.options.mss_val",
+           "tcp.flags.ack", "tcp.options.mss_val", "tcp.checksum", "tcp.checksum_calculated",
            *(f"{p}.checksum.status" for p in CHECKSUMMED))
 _READ_OPTIONS = ("-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE",
                  "-o", "udp.check_checksum:TRUE", "-o", "ip.defragment:TRUE",
@@ -112,9 +118,21 @@ def _packet(capture: Path, line: str) -> Packet:
         syn=_ints(values.get("tcp.flags.syn", ""))[:1] == [1],
         ack=_ints(values.get("tcp.flags.ack", ""))[:1] == [1],
         mss=(_ints(values.get("tcp.options.mss_val", "")) or [None])[0],
-        checksums={p: [s for s in values.get(f"{p}.checksum.status", "").split(",") if s]
-                   for p in CHECKSUMMED},
+        checksums=_checksums(values),
     )
+
+
+def _checksums(values: dict[str, str]) -> dict[str, list[str]]:
+    out = {p: [s for s in values.get(f"{p}.checksum.status", "").split(",") if s]
+           for p in CHECKSUMMED}
+    fields = values.get("tcp.checksum", "").split(",")
+    computed = values.get("tcp.checksum_calculated", "").split(",")
+    tcp = out["tcp"]
+    for k, status in enumerate(tcp):
+        if (status == CSUM_BAD and k < len(fields) and k < len(computed)
+                and int(fields[k], 16) == 0xFFFF and int(computed[k], 16) == 0):
+            tcp[k] = CSUM_NEGATIVE_ZERO
+    return out
 
 
 class Capture:
