@@ -21,8 +21,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m natgw.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="2 rounds of short windows, fewer control-plane repeats (~4 min)")
-    ap.add_argument("--rounds", type=int, help="rounds of interleaved measures (default 5)")
+                    help="2 rounds of short windows, fewer control-plane repeats (~3 min)")
+    ap.add_argument("--rounds", type=int, help="rounds of interleaved measures (default 6)")
     ap.add_argument("--window", type=float, help="seconds per UDP rate sample (default 2)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
     ap.add_argument("--transports", default=",".join(TRANSPORTS), help="underlay,wg")

@@ -116,6 +116,7 @@ def config_change(topo: Topology, cycles: int, rate: float = 20000, flows: int =
     streams = _Streams(topo, seconds)
     changes: list[dict] = []
     try:
+        drops_before = udp_receive_errors(topo.pod2)
         streams.receive([f"{pod2}:{STREAM_PORT}", f"{new_real}:{NEW_PORT}"],
                         times=[f"{new_real}:{NEW_PORT}"])
         main = streams.send(topo.plan.target, STREAM_PORT, rate, flows)
@@ -134,10 +135,13 @@ def config_change(topo: Topology, cycles: int, rate: float = 20000, flows: int =
                     time.sleep(settle)
         time.sleep(0.5)
         (sent_main, _), got = streams.finish([main, probe])
+        drops_after = udp_receive_errors(topo.pod2)
     finally:
         streams.close()
         topo.write_natgw_configs(extra_mapping=False)
     received = got["seqs"][f"{pod2}:{STREAM_PORT}"]
+    missing = sorted(set(range(sent_main["sent"])) - set(received))
+    lost_at = attribute_loss(missing, sent_main["start_ns"], rate, changes)
     arrivals = sorted(got["times"][f"{new_real}:{NEW_PORT}"])
     for c in changes:
         if c["added"]:
@@ -149,6 +153,9 @@ def config_change(topo: Topology, cycles: int, rate: float = 20000, flows: int =
     return {
         "cycles": cycles, "stream_pps": rate, "stream_flows": flows,
         "stream_sent": sent_main["sent"], "stream_lost": seq_loss(sent_main["sent"], received),
+        "lost_during": lost_at, "lost_in_changes": sum(
+            n for k, n in lost_at.items() if k != "none"),
+        "loss_bursts": loss_bursts(missing, rate), "receiver_drops": drops_after - drops_before,
         "add_cli_s": median(pick("cli", True, "seconds")),
         "remove_cli_s": median(pick("cli", False, "seconds")),
         "add_library_s": median(pick("library", True, "seconds")),
@@ -157,6 +164,47 @@ def config_change(topo: Topology, cycles: int, rate: float = 20000, flows: int =
         "add_library_first_packet_s": median(pick("library", True, "first_packet_s")),
         "changes": changes,
     }
+
+
+def attribute_loss(missing: list[int], start_ns: int, rate: float,
+                   changes: list[dict]) -> dict[str, int]:
+    """Lost datagrams by the change during which they were sent ("none": no change ran).
+
+    A datagram numbered n left about start + n / rate (the sender paces in 1 ms
+    steps); a change runs from its t0 for its duration, plus 50 ms of slack.
+    """
+    out: dict[str, int] = {}
+    for seq in missing:
+        t = start_ns + seq / rate * 1e9
+        label = "none"
+        for c in changes:
+            if c["t0_ns"] - 5e6 <= t <= c["t0_ns"] + c["seconds"] * 1e9 + 50e6:
+                label = f"{c['how']} {'add' if c['added'] else 'remove'}"
+                break
+        out[label] = out.get(label, 0) + 1
+    return out
+
+
+def loss_bursts(missing: list[int], rate: float, limit: int = 20) -> list[list[float]]:
+    """[seconds after the stream started, datagrams] of each run of consecutive losses."""
+    runs: list[list[float]] = []
+    for seq in missing:
+        if runs and seq - runs[-1][2] <= 8:  # 8 flows round robin: a gap of a few is one run
+            runs[-1][1] += 1
+            runs[-1][2] = seq
+        else:
+            runs.append([seq / rate, 1, seq])
+    return [[round(t, 3), n] for t, n, _ in runs[:limit]]
+
+
+def udp_receive_errors(ns: str) -> int:
+    """Datagrams a namespace's UDP sockets dropped (full buffers): the receiver's losses."""
+    r = run(in_ns(ns, ["cat", "/proc/net/snmp"]), check=False)
+    lines = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("Udp:")]
+    if len(lines) < 2:
+        return 0
+    row = dict(zip(lines[0][1:], lines[1][1:], strict=False))
+    return int(row.get("RcvbufErrors", 0)) + int(row.get("InErrors", 0))
 
 
 def cold_up(topo: Topology, repeats: int) -> dict:

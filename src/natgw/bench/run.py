@@ -32,7 +32,7 @@ from natgw.bench.topology import (
 
 @dataclass
 class Options:
-    rounds: int = 5
+    rounds: int = 6
     window: float = 2.0       # seconds per UDP rate sample
     tcp_window: float = 3.0   # seconds per iperf3 sample (after 1 s omitted)
     rr_window: float = 1.5    # seconds of request/response per sample
@@ -69,7 +69,7 @@ class Results:
         for transport, c in self.control.items():
             ch = c.get("config_change") or {}
             out[f"control/{transport}/config_change_s"] = ch.get("add_cli_s")
-            out[f"control/{transport}/config_change_lost"] = ch.get("stream_lost")
+            out[f"control/{transport}/config_change_lost"] = ch.get("lost_in_changes")
         return out
 
     def spreads(self) -> dict[str, float | None]:

@@ -152,7 +152,7 @@ def evaluate_control_targets(m: Mapping[str, float | None]) -> list[Target]:
             continue
         out.append(Target(f"{transport}: config change (natgw up, one mapping added) < 100 ms",
                           t, "<=", 0.1, "s"))
-        out.append(Target(f"{transport}: zero loss on other flows during the change",
+        out.append(Target(f"{transport}: zero loss on other flows during the changes",
                           lost, "<=", 0, "packets"))
     return out
 
