@@ -110,3 +110,14 @@ def test_programs_run_alone_count_every_repetition(record):
     assert set(got) == {"1", "10000"}
     assert all(v > 0 for case in got.values() for v in case.values())
     assert not os.path.exists(f"/sys/fs/bpf/natgw/{record.prefix}x")  # pins removed
+
+
+def test_route_with_natgw_hooks_forwards_untranslated(record):
+    topo = Topology(record, "route", "underlay", hooks=True)
+    topo.build()
+    assert topo.key == "route+natgw-hooks/underlay"
+    assert topo.verify() == ("10.244.1.10", "10.245.1.10")  # the programs matched nothing
+    for gw, ns, dev in zip(topo.gateways, (topo.gw1, topo.gw2), topo.peer_dev, strict=True):
+        with Dataplane.open(gw) as dp:
+            assert [m.mapping.cidr.compressed for m in dp.mappings()] == ["10.99.0.0/16"]
+            assert dp.tables.device(dp.ifindex(dev, ns)) is not None  # attached

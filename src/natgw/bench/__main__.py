@@ -29,6 +29,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--no-mappings", action="store_true", help="skip the 100/10,000 mappings")
     ap.add_argument("--no-control", action="store_true", help="skip natgw's control plane")
     ap.add_argument("--no-micro", action="store_true", help="skip BPF_PROG_TEST_RUN timing")
+    ap.add_argument("--no-hooks", action="store_true",
+                    help="skip route with natgw's programs attached but matching nothing")
     ap.add_argument("--json", default="bench-results/latest.json", help="where the JSON goes")
     ap.add_argument("--markdown", help="update the generated block of this markdown file")
     ap.add_argument("--cleanup", nargs="?", const="", metavar="PREFIX",
@@ -57,6 +59,7 @@ def options(a: argparse.Namespace) -> Options:
         opt.mapping_counts = ()
     opt.control = not a.no_control and "natgw" in opt.modes
     opt.micro = not a.no_micro and "natgw" in opt.modes
+    opt.hooks = not a.no_hooks and "route" in opt.modes
     opt.log = lambda s: print(s, file=sys.stderr, flush=True)
     return opt
 

@@ -93,6 +93,27 @@ def mappings_table(d: dict, md: bool) -> str | None:
                   "capacity x 1 mapping"], rows, md)
 
 
+def overhead_table(d: dict, md: bool) -> str | None:
+    """route, route with natgw's programs matching nothing, natgw translating."""
+    m = d["medians"]
+    if m.get("route+natgw-hooks/underlay/udp1_ns") is None:
+        return None
+    base = {f: m.get(f"route/underlay/{f}_ns") for f in ("udp1", "udpn")}
+    rows = []
+    for label, key in (("route", "route"), ("route + natgw programs, no match",
+                                            "route+natgw-hooks"),
+                       ("natgw, translating", "natgw")):
+        row = [label]
+        for f in ("udp1", "udpn"):
+            ns = m.get(f"{key}/underlay/{f}_ns")
+            extra = None if ns is None or base[f] is None else ns - base[f]
+            row += [fmt_rate(m.get(f"{key}/underlay/{f}_pps")), fmt(ns, 0),
+                    "-" if extra is None else f"{extra:+.0f}"]
+        rows.append(row)
+    return table(["underlay", "1 flow pps", "gw ns/pkt", "vs route", "new flow pps",
+                  "gw ns/pkt", "vs route"], rows, md)
+
+
 def _kib(b: float | None) -> str:
     return "-" if b is None else f"{b / 1024:,.0f} KiB"
 
@@ -230,7 +251,9 @@ def render(d: dict, md: bool = False) -> str:
             parts += [f"{h}UDP forwarding, {TRANSPORT_TITLE[transport]}",
                       forwarding_table(d, transport, md),
                       f"{h}TCP, {TRANSPORT_TITLE[transport]}", tcp_table(d, transport, md)]
-    for title, fn in (("natgw forwarding with many mappings (underlay)", mappings_table),
+    for title, fn in (("Where natgw's cost goes (two hops: gw1 egress, gw2 ingress)",
+                       overhead_table),
+                      ("natgw forwarding with many mappings (underlay)", mappings_table),
                       ("Installing the extra mappings through the library", install_table),
                       ("natgw's programs alone (BPF_PROG_TEST_RUN, per packet per hop)",
                        micro_table),

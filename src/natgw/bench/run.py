@@ -43,6 +43,7 @@ class Options:
     change_cycles: int = 3
     cold_repeats: int = 2
     micro: bool = True
+    hooks: bool = True  # route + natgw's programs matching nothing: where natgw's cost goes
     log: Callable[[str], None] = print
 
 
@@ -132,15 +133,17 @@ def _topologies(rec: Record, opt: Options) -> list[Topology]:
     topos = [Topology(rec, m, t) for t in opt.transports for m in opt.modes]
     if "natgw" in opt.modes and "underlay" in opt.transports:
         topos += [Topology(rec, "natgw", "underlay", extra=n - 1) for n in opt.mapping_counts]
+        if opt.hooks:
+            topos.append(Topology(rec, "route", "underlay", hooks=True))
     return topos
 
 
 def measure_round(r: int, topos: list[Topology], counters: traffic.Counters,
                   res: Results, opt: Options) -> None:
-    main = [t for t in topos if not t.extra]
+    main = [t for t in topos if not t.extra and not t.hooks]
     k = r % len(main) if main else 0
     order = main[k:] + main[:k]
-    with_counts = order + [t for t in topos if t.extra]
+    with_counts = order + [t for t in topos if t.extra or t.hooks]
     for measure, new_flow in (("udp1", False), ("udpn", True)):
         for t in with_counts:
             try:
@@ -205,7 +208,7 @@ def run(opt: Options) -> Results:
             opt.log(f"  round {r + 1}/{opt.rounds} done ({time.monotonic() - t0:.0f} s)")
         if opt.control:
             for t in topos:
-                if t.mode == "natgw" and not t.extra:
+                if t.mode == "natgw" and not t.extra:  # the product itself
                     opt.log(f"  control plane on {t.key}")
                     res.control[t.transport] = run_control(t, opt, topos)
         if opt.micro:

@@ -261,13 +261,20 @@ def load_records(prefix: str | None = None) -> list[Record]:
 class Topology:
     """pod1 - gw1 - gw2 - pod2 in one mode over one transport."""
 
-    def __init__(self, rec: Record, mode: str, transport: str, extra: int = 0) -> None:
+    def __init__(self, rec: Record, mode: str, transport: str, extra: int = 0,
+                 hooks: bool = False) -> None:
+        """extra: natgw mode with that many more mappings; hooks: route mode with natgw's
+        programs attached to the peer devices but no mapping matching the traffic (what
+        the tc hooks and programs cost before any translation)."""
         if extra and mode != "natgw":
             raise BenchError("extra mappings exist only in natgw mode")
+        if hooks and mode != "route":
+            raise BenchError("natgw hooks without translation: route mode only")
         self.rec = rec
-        self.mode, self.transport, self.extra = mode, transport, extra
+        self.mode, self.transport, self.extra, self.hooks = mode, transport, extra, hooks
         self.plan = plan(mode, transport)
-        self.tag = _LETTER[mode] + _LETTER[transport] + (str(len(str(extra))) if extra else "")
+        self.tag = (_LETTER[mode] + _LETTER[transport] + (str(len(str(extra))) if extra else "")
+                    + ("h" if hooks else ""))
         p = rec.prefix + self.tag
         self.pod1, self.gw1, self.gw2, self.pod2 = p + "p1", p + "g1", p + "g2", p + "p2"
         self.dev = {d: p + d for d in ("e1", "p1", "u1", "u2", "p2", "e2", "w1", "w2")}
@@ -282,6 +289,8 @@ class Topology:
     @property
     def key(self) -> str:
         mode = f"natgw-m{self.extra + 1}" if self.extra else self.mode
+        if self.hooks:
+            mode = "route+natgw-hooks"
         return f"{mode}/{self.transport}"
 
     @property
@@ -361,6 +370,8 @@ class Topology:
             if self.transport == "wg":
                 self._build_wg()
             self._build_routes()
+            if self.hooks:
+                self._attach_hooks()
             if self.mode == "iptables":
                 self._build_iptables()
             elif self.mode == "nftables":
@@ -390,6 +401,19 @@ class Topology:
                                          strict=True):
             run(in_ns(ns, ["nft", "-f", "-"]),
                 input=nftables_ruleset(POD_CIDR, seen, dev, f"{self.rec.prefix}nat"))
+
+    def _attach_hooks(self) -> None:
+        """natgw's programs on both peer devices through the library, with a mapping
+        that matches none of the benchmark's addresses."""
+        from natgw.dataplane import Dataplane, Mapping  # noqa: PLC0415
+
+        for gw, ns, dev in zip(self.gateways, (self.gw1, self.gw2), self.peer_dev, strict=True):
+            self.rec.gateways[gw] = ns  # `natgw down NAME` removes pins it has no state for
+            self.rec.save()
+            with Dataplane.load(gw) as dp:
+                dp.attach(dev, ns, mtu=None)
+                dp.set_mappings(dev, [Mapping.parse("remote", "10.99.0.0/16", "10.98.0.0/16")],
+                                ns)
 
     def _keys(self) -> tuple[list[str], list[str]]:
         privs = [keys.genkey(), keys.genkey()]
@@ -573,6 +597,9 @@ class Topology:
             if str(cfg) in self.rec.gateways:
                 _natgw_down((self.gw1, self.gw2)[i], str(cfg))
                 del self.rec.gateways[str(cfg)]
+        for gw in self.gateways if self.hooks else []:
+            if gw in self.rec.gateways:
+                _natgw_down(self.rec.gateways.pop(gw), gw)
         for ns in (self.pod1, self.gw1, self.gw2, self.pod2):
             if ns in self.rec.namespaces:
                 run(["ip", "netns", "del", ns], timeout=10, check=False)
