@@ -1,6 +1,7 @@
 """python -m natgw.bench: natgw against conntrack NAT and plain routing, side by side.
 
     python -m natgw.bench [--quick] [--rounds N] [--json PATH] [--markdown PATH]
+    python -m natgw.bench --render JSON [--markdown PATH]   # tables of a saved run
     python -m natgw.bench --cleanup [PREFIX]   # remove what a killed run left
 
 See BENCHMARKS.md for what is measured and how; natgw.bench.topology for the
@@ -10,6 +11,7 @@ namespaces it builds (nothing touches the root namespace's network).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from natgw.bench import report
@@ -31,8 +33,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--no-micro", action="store_true", help="skip BPF_PROG_TEST_RUN timing")
     ap.add_argument("--no-hooks", action="store_true",
                     help="skip route with natgw's programs attached but matching nothing")
-    ap.add_argument("--json", default="bench-results/latest.json", help="where the JSON goes")
+    ap.add_argument("--json", help="where the JSON goes (default bench-results/latest.json, "
+                    "with --quick bench-results/quick.json)")
     ap.add_argument("--markdown", help="update the generated block of this markdown file")
+    ap.add_argument("--render", metavar="JSON",
+                    help="measure nothing: print (and --markdown) the tables of a saved run")
     ap.add_argument("--cleanup", nargs="?", const="", metavar="PREFIX",
                     help="remove the namespaces, gateways and processes of killed runs")
     return ap.parse_args(argv)
@@ -72,6 +77,14 @@ def main(argv: list[str]) -> int:
                 cleanup(rec)
                 print(f"removed {rec.prefix}")
             return 0
+        if a.render:
+            with open(a.render) as f:
+                d = json.load(f)
+            print(report.render(d))
+            if a.markdown:
+                report.update_markdown(a.markdown, d, d.get("command", "python -m natgw.bench"))
+            return 0
+        a.json = a.json or f"bench-results/{'quick' if a.quick else 'latest'}.json"
         res = run(options(a))
     except BenchError as e:
         print(f"natgw bench: {e}", file=sys.stderr)
@@ -79,13 +92,14 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("natgw bench: interrupted (everything it made is removed)", file=sys.stderr)
         return 1
+    command = "python -m natgw.bench " + " ".join(argv)
+    res.command = command.strip()
     d = res.as_dict()
     write_json(res, a.json)
     print(report.render(d))
     print(f"JSON: {a.json}")
     if a.markdown:
-        command = "python -m natgw.bench " + " ".join(argv)
-        report.update_markdown(a.markdown, d, command.strip())
+        report.update_markdown(a.markdown, d, res.command)
         print(f"updated {a.markdown}")
     return 0
 

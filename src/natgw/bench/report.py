@@ -232,7 +232,8 @@ def render(d: dict, md: bool = False) -> str:
     mach, opt = d["machine"], d["options"]
     h = "### " if md else "== "
     parts = [
-        f"{h}Machine: {mach['cpu_model']}, {mach['cores']} cores, {mach['memory_gib']} GiB, "
+        f"{'**Machine:** ' if md else '== Machine: '}{mach['cpu_model']}, {mach['cores']} "
+        f"cores, {mach['memory_gib']} GiB, "
         f"kernel {mach['kernel']}; load average {_load(mach.get('loadavg_start'))} at start, "
         f"{_load(mach.get('loadavg_end'))} at end; natgw {mach['natgw_commit']}, "
         f"{mach['wireguard_go']}, {mach['iptables']}, {mach['nft']}",

@@ -58,6 +58,7 @@ class Results:
     micro: dict = field(default_factory=dict)
     started: float = 0.0
     finished: float = 0.0
+    command: str = ""
 
     def add(self, key: str, measure: str, value: float | None, raw: dict | None = None) -> None:
         self.samples.setdefault(key, {}).setdefault(measure, []).append(value)
@@ -77,7 +78,8 @@ class Results:
         return {f"{k}/{m}": spread(v) for k, ms in self.samples.items() for m, v in ms.items()}
 
     def as_dict(self) -> dict:
-        return {"options": self.options, "machine": self.machine, "started": self.started,
+        return {"command": self.command, "options": self.options, "machine": self.machine,
+                "started": self.started,
                 "finished": self.finished, "medians": self.medians(),
                 "spreads": self.spreads(), "samples": self.samples,
                 "details": self.details, "build": self.build, "control": self.control,
