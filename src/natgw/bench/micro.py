@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from natgw.bench.mappings import _BulkTables
 from natgw.bench.topology import POD_ADDR, POD_CIDR, extra_mappings, host_in
 from natgw.dataplane import Dataplane, Mapping
 from natgw.dataplane.bpfsys import prog_test_run
@@ -74,12 +73,8 @@ def run_programs(gateway: str, repeat: int = 200_000, rounds: int = 5) -> dict:
             LO_IFINDEX, Mapping.parse("remote", POD_CIDR, POD_CIDR)).mapping_id
         for label, extra in (("1", 0), ("10000", 9999)):
             if extra:
-                bulk = _BulkTables(dp.pin_dir)
-                try:
-                    for cidr, as_ in extra_mappings(extra):
-                        bulk._install(LO_IFINDEX, Mapping.parse("remote", cidr, as_))
-                finally:
-                    bulk.close()
+                dp.tables.add_mappings(LO_IFINDEX, [Mapping.parse("remote", cidr, as_)
+                                                    for cidr, as_ in extra_mappings(extra)])
             res = {}
             for name, (direction, frame, counter) in cases.items():
                 samples = []

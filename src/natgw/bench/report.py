@@ -186,7 +186,7 @@ def install_table(d: dict, md: bool) -> str | None:
                          s_ms(t["last_call_s"]) if t["last_call_s"] else "-"])
     if not rows:
         return None
-    return table(["extra mappings", "add_mapping calls", "ms per call", "bulk _install",
+    return table(["extra mappings", "add_mapping calls", "ms per call", "bulk add_mappings",
                   "bulk total", "last add_mapping (all installed)"], rows, md)
 
 

@@ -76,6 +76,12 @@ class Counter:
     bytes: int
 
 
+def _entry_keys(mapping: Mapping) -> list[tuple[int, IPNetwork]]:
+    """(table, key prefix) of a mapping's entries, egress first."""
+    return [(tbl, mapping.as_ if key_is_as else mapping.cidr)
+            for tbl, key_is_as in _ENTRIES[mapping.kind]]
+
+
 def _key(version: int, ifindex: int, table: int, net: IPNetwork):
     key = (L.LpmV4Key if version == 4 else L.LpmV6Key)()
     key.prefixlen = L.KEY_FIXED_BITS + net.prefixlen
@@ -152,9 +158,11 @@ class Tables:
         return dev
 
     def remove_device(self, ifindex: int) -> None:
-        """Forget a device and every mapping installed for it."""
-        for entry in self.mappings(ifindex):
-            self.remove_mapping(ifindex, entry.mapping)
+        """Forget a device and every mapping installed for it (one pass over the maps)."""
+        for lpm in (self.v4, self.v6):
+            for key in lpm.keys():
+                if key.ifindex == ifindex:
+                    lpm.delete(key)
         self.devices.delete(ctypes.c_uint32(ifindex))
 
     def _free_slot(self) -> int:
@@ -201,41 +209,54 @@ class Tables:
     def _used_ids(self) -> set[int]:
         return {v.mapping_id for m in (self.v4, self.v6) for _, v in m.items()}
 
-    def _free_id(self, used: set[int]) -> int:
-        for i in range(L.MAX_MAPPINGS):
+    def _free_id(self, used: set[int], start: int = 0) -> int:
+        for i in range(start, L.MAX_MAPPINGS):
             if i not in used:
                 return i
         raise TableError(f"no free mapping id: natgw holds at most {L.MAX_MAPPINGS} mappings")
 
-    def _check_conflict(self, ifindex: int, mapping: Mapping,
-                        installed: list[InstalledMapping]) -> None:
-        # Two mappings on one device whose keys coincide would silently
-        # overwrite each other's entries.
-        for entry in installed:
-            other = entry.mapping
-            if other == mapping or other.cidr.version != mapping.cidr.version:
-                continue
-            for (tbl, key_is_as), (otbl, okey_is_as) in zip(
-                _ENTRIES[mapping.kind], _ENTRIES[other.kind], strict=True
-            ):
-                if tbl != otbl:
-                    continue
-                mine = mapping.as_ if key_is_as else mapping.cidr
-                theirs = other.as_ if okey_is_as else other.cidr
-                if mine == theirs:
-                    raise TableError(f"{mapping}: conflicts with installed {other}")
+    @staticmethod
+    def _owners(mappings: Iterable[Mapping]) -> dict[tuple, Mapping]:
+        """The map key each mapping's entries take; two mappings sharing a key conflict.
+
+        They would silently overwrite each other's entries.
+        """
+        owner: dict[tuple, Mapping] = {}
+        for m in mappings:
+            for key in _entry_keys(m):
+                other = owner.setdefault(key, m)
+                if other != m:
+                    raise TableError(f"{m}: conflicts with {other}")
+        return owner
 
     def add_mapping(self, ifindex: int, mapping: Mapping) -> InstalledMapping:
         """Install a mapping on a device (idempotent); counters start at zero."""
-        installed = self.mappings(ifindex)
-        for entry in installed:
-            if entry.mapping == mapping:
-                return entry
-        self._check_conflict(ifindex, mapping, installed)
-        return self._install(ifindex, mapping)
+        return self.add_mappings(ifindex, [mapping])[0]
 
-    def _install(self, ifindex: int, mapping: Mapping) -> InstalledMapping:
-        mapping_id = self._free_id(self._used_ids())
+    def add_mappings(self, ifindex: int, mappings: Iterable[Mapping]) -> list[InstalledMapping]:
+        """Install mappings on a device (idempotent), reading the maps once.
+
+        Cost: one pass over the installed entries plus the new ones, however many.
+        """
+        new = list(dict.fromkeys(mappings))
+        installed = {e.mapping: e for e in self.mappings(ifindex)}
+        self._owners([*installed, *(m for m in new if m not in installed)])
+        used = self._used_ids()
+        out, next_id = [], 0
+        for m in new:
+            if m in installed:
+                out.append(installed[m])
+                continue
+            entry = self._install(ifindex, m, used, next_id)
+            next_id = entry.mapping_id + 1
+            out.append(entry)
+        return out
+
+    def _install(self, ifindex: int, mapping: Mapping, used: set[int] | None = None,
+                 start: int = 0) -> InstalledMapping:
+        used = self._used_ids() if used is None else used
+        mapping_id = self._free_id(used, start)
+        used.add(mapping_id)
         for direction in (L.DIR_EGRESS, L.DIR_INGRESS):
             self.map_stats.update(ctypes.c_uint32(mapping_id * 2 + direction), L.Counter())
         lpm = self._lpm(mapping.cidr.version)
@@ -246,48 +267,43 @@ class Tables:
 
     def remove_mapping(self, ifindex: int, mapping: Mapping) -> bool:
         """Remove a mapping from a device; False if it was not installed."""
-        if not any(e.mapping == mapping for e in self.mappings(ifindex)):
-            return False
         lpm = self._lpm(mapping.cidr.version)
-        for tbl, key_is_as in _ENTRIES[mapping.kind]:
-            net = mapping.as_ if key_is_as else mapping.cidr
-            lpm.delete(_key(mapping.cidr.version, ifindex, tbl, net))
+        keys = [_key(mapping.cidr.version, ifindex, tbl, net) for tbl, net in _entry_keys(mapping)]
+        targets = [mapping.cidr if key_is_as else mapping.as_
+                   for _, key_is_as in _ENTRIES[mapping.kind]]
+        for key, target in zip(keys, targets, strict=True):
+            # A trie lookup is longest-prefix: the entry found is this key's own
+            # only if its prefix length is the key's; then its value must match.
+            found = lpm.lookup(key)
+            if (found is None or found.prefixlen != target.prefixlen
+                    or _value_net(found, target.version) != target):
+                return False
+        for key in keys:
+            lpm.delete(key)
         return True
 
     def set_mappings(self, ifindex: int, mappings: Iterable[Mapping]) -> None:
         """Make a device's mappings exactly these, touching only the differences.
 
         Unchanged mappings keep their ids and counters. New entries are added
-        before stale ones are removed, so a changed mapping never leaves a gap.
+        before stale ones are removed, so a changed mapping never leaves a gap; an
+        entry whose key a new mapping takes over is rewritten in place. One pass
+        over the maps, however many mappings.
         """
         wanted = list(dict.fromkeys(mappings))
+        owner = self._owners(wanted)
         installed = {e.mapping for e in self.mappings(ifindex)}
-        stale = [m for m in installed if m not in wanted]
+        used = self._used_ids()
+        next_id = 0
         for m in wanted:
             if m not in installed:
-                # A stale entry holding the same key is replaced in place.
-                self._check_conflict(ifindex, m, [
-                    InstalledMapping(ifindex, s, 0) for s in installed
-                    if s not in stale and s != m
-                ])
-                self._install(ifindex, m)
-        for m in stale:
-            self._remove_entries_not_shared(ifindex, m, wanted)
-
-    def _remove_entries_not_shared(self, ifindex: int, mapping: Mapping,
-                                   wanted: list[Mapping]) -> None:
-        # Skip keys a wanted mapping now owns (it overwrote them in place).
-        owned = set()
-        for m in wanted:
-            if m.cidr.version != mapping.cidr.version:
+                next_id = self._install(ifindex, m, used, next_id).mapping_id + 1
+        for m in installed:
+            if m in wanted:
                 continue
-            for tbl, key_is_as in _ENTRIES[m.kind]:
-                owned.add((tbl, m.as_ if key_is_as else m.cidr))
-        lpm = self._lpm(mapping.cidr.version)
-        for tbl, key_is_as in _ENTRIES[mapping.kind]:
-            net = mapping.as_ if key_is_as else mapping.cidr
-            if (tbl, net) not in owned:
-                lpm.delete(_key(mapping.cidr.version, ifindex, tbl, net))
+            for tbl, net in _entry_keys(m):
+                if (tbl, net) not in owner:
+                    self._lpm(m.cidr.version).delete(_key(m.cidr.version, ifindex, tbl, net))
 
     def counters(self, mapping_id: int) -> dict[str, Counter]:
         """Packets and bytes of a mapping per direction, summed over CPUs."""
