@@ -20,10 +20,8 @@ import hashlib
 import ipaddress
 import os
 import re
-import secrets
 import shutil
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -33,7 +31,7 @@ from pathlib import Path
 
 import pytest
 from e2e_capture import NOT_LINK_LOCAL, Capture, capturing
-from netns_util import netns_unavailable_reason
+from netns_util import netns_unavailable_reason, ping
 
 from natgw import harness
 from natgw.harness import Run, Topology
@@ -76,48 +74,6 @@ def wait_reachable(run: Run, timeout: float = 30.0) -> None:
             while ping(run.pod(i), dst, count=1, timeout=0.5) != 1:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"{run.pod(i)} never reached {dst} (cluster {j})")
-
-
-# --- ping ------------------------------------------------------------------------------
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
-def ping(netns: str, dst: str, count: int = 3, timeout: float = 1.0) -> int:
-    """ICMP or ICMPv6 echo from `netns` to `dst`, one at a time; returns the replies seen."""
-    v = ipaddress.ip_address(dst).version
-    request, reply = (8, 0) if v == 4 else (128, 129)
-    proto = socket.IPPROTO_ICMP if v == 4 else socket.IPPROTO_ICMPV6
-    ident, replies = secrets.randbits(16), 0
-    with netns_socket(netns, FAMILY[v], socket.SOCK_RAW, proto) as sock:
-        for seq in range(1, count + 1):
-            payload = secrets.token_bytes(16)
-            # The kernel fills in an ICMPv6 checksum itself (it covers the IPv6 pseudo-header).
-            csum = _checksum(struct.pack("!BBHHH", request, 0, 0, ident, seq) + payload) \
-                if v == 4 else 0
-            sock.sendto(struct.pack("!BBHHH", request, 0, csum, ident, seq) + payload, (dst, 0))
-            deadline = time.monotonic() + timeout
-            while (left := deadline - time.monotonic()) > 0:
-                sock.settimeout(left)
-                try:
-                    packet, peer = sock.recvfrom(2048)
-                except TimeoutError:
-                    break
-                icmp = packet[(packet[0] & 0x0F) * 4:] if v == 4 else packet  # v4: IP header
-                if len(icmp) < 8 or peer[0] != dst:
-                    continue
-                kind, _code, _sum, rid, rseq = struct.unpack("!BBHHH", icmp[:8])
-                if kind == reply and rid == ident and rseq == seq and icmp[8:] == payload:
-                    replies += 1
-                    break
-    return replies
 
 
 # --- servers in threads ------------------------------------------------------------------

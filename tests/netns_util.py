@@ -32,6 +32,7 @@ from types import TracebackType
 from natgw.netns import netns_exists, netns_socket
 
 IFNAMSIZ = 15
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 
 def run_prefix() -> str:
@@ -146,32 +147,30 @@ def _checksum(data: bytes) -> int:
 
 
 def ping(netns: str, dst: str, count: int = 3, timeout: float = 1.0) -> int:
-    """Send `count` ICMP echo requests from `netns` to IPv4 `dst`; returns replies seen.
-
-    Python instead of ping(8), which the machine set-up does not install. One
-    request at a time, each waiting up to `timeout` seconds for its reply.
-    """
-    ipaddress.IPv4Address(dst)  # only IPv4: the tests' tunnels are IPv4
-    ident = secrets.randbits(16)
-    replies = 0
-    with netns_socket(netns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+    """ICMP or ICMPv6 echo from `netns` to `dst`, one at a time; returns the replies seen."""
+    v = ipaddress.ip_address(dst).version
+    request, reply = (8, 0) if v == 4 else (128, 129)
+    proto = socket.IPPROTO_ICMP if v == 4 else socket.IPPROTO_ICMPV6
+    ident, replies = secrets.randbits(16), 0
+    with netns_socket(netns, _FAMILY[v], socket.SOCK_RAW, proto) as sock:
         for seq in range(1, count + 1):
             payload = secrets.token_bytes(16)
-            header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-            csum = _checksum(header + payload)
-            sock.sendto(struct.pack("!BBHHH", 8, 0, csum, ident, seq) + payload, (dst, 0))
+            # The kernel fills in an ICMPv6 checksum itself (it covers the IPv6 pseudo-header).
+            csum = _checksum(struct.pack("!BBHHH", request, 0, 0, ident, seq) + payload) \
+                if v == 4 else 0
+            sock.sendto(struct.pack("!BBHHH", request, 0, csum, ident, seq) + payload, (dst, 0))
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0:
                 sock.settimeout(left)
                 try:
-                    packet, (src, _) = sock.recvfrom(2048)
+                    packet, peer = sock.recvfrom(2048)
                 except TimeoutError:
                     break
-                icmp = packet[(packet[0] & 0x0F) * 4 :]  # skip the IPv4 header
-                if len(icmp) < 8 or src != dst:
+                icmp = packet[(packet[0] & 0x0F) * 4:] if v == 4 else packet  # v4: IP header
+                if len(icmp) < 8 or peer[0] != dst:
                     continue
                 kind, _code, _sum, rid, rseq = struct.unpack("!BBHHH", icmp[:8])
-                if kind == 0 and rid == ident and rseq == seq and icmp[8:] == payload:
+                if kind == reply and rid == ident and rseq == seq and icmp[8:] == payload:
                     replies += 1
                     break
     return replies
