@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 
 from natgw.config import ConfigError, GatewayConfig, load_config
 
@@ -26,6 +27,26 @@ def _load(file: Path) -> GatewayConfig:
         return load_config(file)
     except ConfigError as e:
         fail(str(e), EXIT_INVALID)
+
+
+def _gateway_name(file: Path) -> str:
+    """The gateway a file names, or the argument itself as a name.
+
+    Only `name:` is read: down and status must work even when the rest of the
+    file no longer validates (a key file gone, an edit half done).
+    """
+    from natgw.cli import EXIT_INVALID, fail  # noqa: PLC0415
+
+    if not file.exists():
+        return str(file)
+    try:
+        data = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        fail(f"{file}: {e}".splitlines()[0], EXIT_INVALID)
+    name = data.get("name") if isinstance(data, dict) else None
+    if not isinstance(name, str):
+        fail(f"{file}: name: field required", EXIT_INVALID)
+    return name
 
 
 def _apply(gw, quiet: bool = False) -> None:
@@ -74,7 +95,7 @@ def register(app: typer.Typer) -> None:
         from natgw.gateway import GatewayError  # noqa: PLC0415
         from natgw.gateway import down as gw_down  # noqa: PLC0415
 
-        name = _load(file).name if file.exists() else str(file)
+        name = _gateway_name(file)
         try:
             removed = gw_down(name, ctx.obj.netns)
         except GatewayError as e:
@@ -92,7 +113,7 @@ def register(app: typer.Typer) -> None:
         from natgw.gateway import GatewayError, format_status  # noqa: PLC0415
         from natgw.gateway import status as gw_status  # noqa: PLC0415
 
-        name = _load(file).name if file.exists() else str(file)
+        name = _gateway_name(file)
         try:
             reports = gw_status(name, ctx.obj.netns)
         except GatewayError as e:

@@ -99,10 +99,14 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
+def _errno(ret: int) -> int:
+    # libbpf returns -errno (and also sets errno; older versions return -1).
+    return -ret if ret != -1 else ctypes.get_errno()
+
+
 def _check(ret: int, what: str) -> int:
     if ret < 0:
-        # libbpf returns -errno and also sets errno.
-        err = -ret if ret != -1 else ctypes.get_errno()
+        err = _errno(ret)
         raise BpfError(err, f"{what}: {os.strerror(err)}")
     return ret
 
@@ -206,7 +210,7 @@ class Map:
         buf = self._value_buf()
         ret = _lib().bpf_map_lookup_elem(self.fd, ctypes.byref(key), buf)
         if ret < 0:
-            err = -ret if ret != -1 else ctypes.get_errno()
+            err = _errno(ret)
             if err == errno.ENOENT:
                 return None
             _check(ret, f"lookup in {self.name}")
@@ -231,7 +235,7 @@ class Map:
         """Delete a key; False if it was absent."""
         ret = _lib().bpf_map_delete_elem(self.fd, ctypes.byref(key))
         if ret < 0:
-            err = -ret if ret != -1 else ctypes.get_errno()
+            err = _errno(ret)
             if err == errno.ENOENT:
                 return False
             _check(ret, f"delete from {self.name}")
@@ -247,7 +251,7 @@ class Map:
                 self.fd, ctypes.byref(prev) if prev is not None else None, ctypes.byref(nxt)
             )
             if ret < 0:
-                err = -ret if ret != -1 else ctypes.get_errno()
+                err = _errno(ret)
                 if err == errno.ENOENT:
                     break
                 _check(ret, f"walk {self.name}")
