@@ -133,7 +133,6 @@ static __always_inline int handle_v6(struct __sk_buff *skb, const struct natgw_d
 	struct ipv6hdr ip6;
 	struct l4_info l4 = {};
 	int l4_err, has_quote = 0;
-	union v6addr from, to;
 	__u64 l4_flags;
 
 	if (bpf_skb_load_bytes(skb, l3, &ip6, sizeof(ip6)) < 0 || ip6.version != 6) {
@@ -168,31 +167,21 @@ static __always_inline int handle_v6(struct __sk_buff *skb, const struct natgw_d
 		return drop(dev, NATGW_DROP_EXTHDR);
 	if (l4_err)
 		return drop(dev, NATGW_DROP_TRUNCATED);
-	if (l4.first && l4_csum_offset(l4.proto, l4.off)) {
-		if (!skb_has(skb, l4.off, l4_min_len(l4.proto)))
-			return drop(dev, NATGW_DROP_TRUNCATED);
+	if (l4.first) {
 		csum_off = l4_csum_offset(l4.proto, l4.off);
+		if (csum_off && !skb_has(skb, l4.off, l4_min_len(l4.proto)))
+			return drop(dev, NATGW_DROP_TRUNCATED);
 	}
 	l4_flags = l4.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 
 	if (has_quote && quoted_v6_apply(skb, &q, icmp_csum_off) < 0)
 		return drop(dev, NATGW_DROP_REWRITE);
-	if (xs) {
-		__builtin_memcpy(from.b, &ip6.saddr, 16);
-		to = from;
-		netmap_v6(&to, xs);
-		if (rewrite_v6_addr(skb, l3 + offsetof(struct ipv6hdr, saddr), csum_off, l4_flags,
-				    &from, &to) < 0)
-			return drop(dev, NATGW_DROP_REWRITE);
-	}
-	if (xd) {
-		__builtin_memcpy(from.b, &ip6.daddr, 16);
-		to = from;
-		netmap_v6(&to, xd);
-		if (rewrite_v6_addr(skb, l3 + offsetof(struct ipv6hdr, daddr), csum_off, l4_flags,
-				    &from, &to) < 0)
-			return drop(dev, NATGW_DROP_REWRITE);
-	}
+	if (xs && rewrite_v6_addr(skb, l3 + offsetof(struct ipv6hdr, saddr), csum_off, l4_flags,
+				  &ip6.saddr, xs) < 0)
+		return drop(dev, NATGW_DROP_REWRITE);
+	if (xd && rewrite_v6_addr(skb, l3 + offsetof(struct ipv6hdr, daddr), csum_off, l4_flags,
+				  &ip6.daddr, xd) < 0)
+		return drop(dev, NATGW_DROP_REWRITE);
 
 	count(skb, l3, dir, xs, xd);
 	return finish_tcp(skb, dev, l4.proto, l4.first, l4.off, dev->mss_v6);

@@ -82,19 +82,29 @@ static __always_inline int rewrite_v4_addr(struct __sk_buff *skb, __u32 off, __u
 }
 
 /**
- * rewrite_v6_addr - replace an IPv6 address of the packet's own header.
+ * rewrite_v6_addr - translate an IPv6 address of the packet's own header.
+ * @off: offset of the address
  * @l4_csum_off: offset of a TCP/UDP/ICMPv6 checksum covering it, or 0
+ * @addr: the address as read from the packet
+ * @x: the mapping it matched
+ *
+ * Return: 0, or -1 if a helper failed.
  */
 static __always_inline int rewrite_v6_addr(struct __sk_buff *skb, __u32 off, __u32 l4_csum_off,
-					   __u64 l4_flags, union v6addr *from, union v6addr *to)
+					   __u64 l4_flags, const struct in6_addr *addr,
+					   const struct natgw_xlate *x)
 {
+	union v6addr from, to;
 	__s64 diff;
 
-	if (bpf_skb_store_bytes(skb, off, to->b, 16, 0) < 0)
+	__builtin_memcpy(from.b, addr, 16);
+	to = from;
+	netmap_v6(&to, x);
+	if (bpf_skb_store_bytes(skb, off, to.b, 16, 0) < 0)
 		return -1;
 	if (!l4_csum_off)
 		return 0;
-	diff = natgw_csum_diff(from->w, 16, to->w, 16, 0);
+	diff = natgw_csum_diff(from.w, 16, to.w, 16, 0);
 	if (diff < 0)
 		return -1;
 	if (bpf_l4_csum_replace(skb, l4_csum_off, 0, diff, l4_flags | BPF_F_PSEUDO_HDR) < 0)
