@@ -49,20 +49,30 @@ def udp_stream(src, dst, interval: float = 0.005):
                 counts[0] += 1
                 time.sleep(interval)
 
+        def receive():
+            # Concurrently: a socket buffer holds only a few hundred datagrams.
+            srv.settimeout(0.2)
+            while not (stop.is_set() and counts[1] >= counts[0]):
+                try:
+                    srv.recv(100)
+                    counts[1] += 1
+                except TimeoutError:
+                    if stop.is_set() and time.monotonic() > drained_by[0]:
+                        return
+
+        drained_by = [float("inf")]
         sender = threading.Thread(target=send)
+        receiver = threading.Thread(target=receive)
+        receiver.start()
         sender.start()
         try:
             yield counts
         finally:
             time.sleep(0.2)
+            drained_by[0] = time.monotonic() + 2
             stop.set()
             sender.join()
-            try:
-                while counts[1] < counts[0]:
-                    srv.recv(100)
-                    counts[1] += 1
-            except TimeoutError:
-                pass
+            receiver.join()
 
 
 def data_peer(c) -> str:

@@ -38,6 +38,10 @@ def _gateway_name(file: Path) -> str:
     from natgw.cli import EXIT_INVALID, fail  # noqa: PLC0415
 
     if not file.exists():
+        from natgw.config import _NAME_RE  # noqa: PLC0415
+
+        if not _NAME_RE.fullmatch(str(file)):
+            fail(f"{file}: no such file, and not a gateway name", EXIT_INVALID)
         return str(file)
     try:
         data = yaml.safe_load(file.read_text())
@@ -112,21 +116,26 @@ def register(app: typer.Typer) -> None:
         from natgw.cli import fail  # noqa: PLC0415
         from natgw.gateway import GatewayError, format_status  # noqa: PLC0415
         from natgw.gateway import status as gw_status  # noqa: PLC0415
+        from natgw.state import load_state  # noqa: PLC0415
 
         name = _gateway_name(file)
         try:
             reports = gw_status(name, ctx.obj.netns)
         except GatewayError as e:
             fail(str(e))
+        state = load_state(name)
+        repairs = state.repairs if state else {}
+        last = state.last_repair if state else ""
         if as_json:
-            typer.echo(json.dumps({"gateway": name, "peers": [asdict(r) for r in reports]},
-                                  indent=2))
+            typer.echo(json.dumps({"gateway": name, "peers": [asdict(r) for r in reports],
+                                   "repairs": repairs, "last_repair": last}, indent=2))
         else:
-            typer.echo(format_status(name, reports))
+            typer.echo(format_status(name, reports, repairs, last))
 
 
 def _foreground(gw, file: Path, netns: str | None) -> None:
     """Supervise until SIGTERM/SIGINT; SIGHUP reloads the file."""
+    from natgw.failure import one_line  # noqa: PLC0415
     from natgw.gateway import Gateway, GatewayError  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="natgw: %(message)s")
@@ -149,11 +158,14 @@ def _foreground(gw, file: Path, netns: str | None) -> None:
                         continue
                     gw.apply()
                     log.info("reloaded %s", file)
-                elif dead := gw.dead_tunnels():
-                    log.warning("engine of %s died: restarting", ", ".join(dead))
-                    gw.apply()
+                elif drift := gw.drift():
+                    # One line per repair: what was missing, and that it is back.
+                    if gw.repair(drift):
+                        log.warning("drift repaired: %s", "; ".join(drift))
             except GatewayError as e:
                 log.error("%s", e)
+            except Exception as e:  # noqa: BLE001 - the supervisor must keep running
+                log.error("%s", one_line(e))
     finally:
         if server is not None:
             server.shutdown()

@@ -21,7 +21,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..netns import iproute
 from . import layout as L
-from .bpfsys import BpfError, obj_get, obj_pin
+from .bpfsys import BpfError, obj_get, obj_pin, prog_id
 
 PIN_ROOT = "/sys/fs/bpf/natgw"
 BPF_DIR = Path(os.environ.get("NATGW_BPF_DIR", Path(__file__).resolve().parents[3] / "bpf"))
@@ -121,9 +121,14 @@ def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
     cflags = [f'-DNATGW_PIN_DIR="{pdir}"']
     build = hashlib.sha256((source + "\0" + " ".join(cflags)).encode()).hexdigest()[:12]
     pins = {d: os.path.join(pdir, f"prog_{d}_{build}") for d in ("egress", "ingress")}
-    if all(os.path.exists(p) for p in pins.values()):
+    if all(os.path.exists(p) for p in pins.values()) and not missing_map_pins(pdir):
         return Programs(obj_get(pins["egress"]), obj_get(pins["ingress"]), build)
     _check_pinned_maps(pdir)
+    # A pin removed by hand: the programs are rebuilt against the maps that are
+    # pinned (new ones where a pin is gone), so program pins of this build go too.
+    for path in pins.values():
+        if os.path.exists(path):
+            os.unlink(path)
 
     try:
         from bcc import BPF  # noqa: PLC0415 - only loading needs bcc (and LLVM)
@@ -143,6 +148,25 @@ def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
     bpf.cleanup()
     _unpin_other_builds(pdir, build)
     return progs
+
+
+MAP_PINS = (L.MAP_XLATE_V4, L.MAP_XLATE_V6, L.MAP_DEVICES, L.MAP_MAP_STATS, L.MAP_DEV_STATS)
+
+
+def missing_map_pins(pdir: str) -> list[str]:
+    return [m for m in MAP_PINS if not os.path.exists(os.path.join(pdir, m))]
+
+
+def missing_pins(pdir: str) -> list[str]:
+    """What a loaded gateway's pin directory lacks (maps, or programs of any build)."""
+    if not os.path.isdir(pdir):
+        return [pdir]
+    names = os.listdir(pdir)
+    out = missing_map_pins(pdir)
+    for d in ("egress", "ingress"):
+        if not any(n.startswith(f"prog_{d}_") for n in names):
+            out.append(f"prog_{d}")
+    return out
 
 
 def _check_pinned_maps(pdir: str) -> None:
@@ -184,18 +208,34 @@ def link_index(ipr: IPRoute, ifname: str) -> int:
     return idx[0]
 
 
-def _filter_names(ipr: IPRoute, ifindex: int, parent: int) -> dict[int, str]:
-    """prio -> cls_bpf program name of the filters on a clsact hook."""
+def _filters(ipr: IPRoute, ifindex: int, parent: int) -> dict[int, tuple[str, int]]:
+    """prio -> (cls_bpf program name, program id) of the filters on a clsact hook."""
     out = {}
     try:
         for msg in ipr.get_filters(index=ifindex, parent=parent):
             opts = msg.get_attr("TCA_OPTIONS")
             if msg.get_attr("TCA_KIND") == "bpf" and opts is not None:
-                out[msg["info"] >> 16] = opts.get_attr("TCA_BPF_NAME") or ""
+                out[msg["info"] >> 16] = (opts.get_attr("TCA_BPF_NAME") or "",
+                                          opts.get_attr("TCA_BPF_ID") or 0)
     except NetlinkError as e:
         if e.code not in (errno.EINVAL, errno.ENOENT):
             raise
     return out
+
+
+def _filter_names(ipr: IPRoute, ifindex: int, parent: int) -> dict[int, str]:
+    """prio -> cls_bpf program name of the filters on a clsact hook."""
+    return {prio: name for prio, (name, _) in _filters(ipr, ifindex, parent).items()}
+
+
+def natgw_filters(ipr: IPRoute, ifindex: int) -> set[str]:
+    """Directions ("egress", "ingress") where natgw's filter is attached to a device."""
+    return {d for d, parent in PARENTS.items()
+            if _filter_names(ipr, ifindex, parent).get(FILTER_PRIO, "").startswith("natgw_")}
+
+
+def has_clsact(ipr: IPRoute, ifindex: int) -> bool:
+    return any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=ifindex))
 
 
 def attach(ipr: IPRoute, ifindex: int, progs: Programs) -> bool:
@@ -213,7 +253,10 @@ def attach(ipr: IPRoute, ifindex: int, progs: Programs) -> bool:
             raise DataplaneError(f"ifindex {ifindex}: adding clsact failed: {e}") from e
     for direction, parent in PARENTS.items():
         name = progs.filter_name(direction)
-        if _filter_names(ipr, ifindex, parent).get(FILTER_PRIO) == name:
+        # The same build may have been loaded again (its pins were removed): only the
+        # very program pinned now, with the maps pinned now, counts as attached.
+        if _filters(ipr, ifindex, parent).get(FILTER_PRIO) == (name,
+                                                                 prog_id(progs.fd(direction))):
             continue
         try:
             ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, fd=progs.fd(direction),
