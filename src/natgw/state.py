@@ -101,8 +101,12 @@ def load_state(gateway: str) -> GatewayState | None:
         raw = json.loads(state_path(gateway).read_text())
     except FileNotFoundError:
         return None
-    peers = [PeerState(**p) for p in raw.pop("peers", [])]
-    return GatewayState(peers=peers, **raw)
+    # Fields this natgw does not know (a newer or other natgw wrote them) are ignored.
+    known = set(GatewayState.__dataclass_fields__)
+    peer_known = set(PeerState.__dataclass_fields__)
+    peers = [PeerState(**{k: v for k, v in p.items() if k in peer_known})
+             for p in raw.pop("peers", [])]
+    return GatewayState(peers=peers, **{k: v for k, v in raw.items() if k in known})
 
 
 def remove_state(gateway: str) -> None:
@@ -124,5 +128,12 @@ def save_applied(gateway: str, text: str) -> None:
 def all_states() -> list[GatewayState]:
     if not STATE_DIR.is_dir():
         return []
-    states = (load_state(p.stem) for p in sorted(STATE_DIR.glob("*.json")))
-    return [s for s in states if s is not None]
+    out = []
+    for p in sorted(STATE_DIR.glob("*.json")):
+        try:
+            state = load_state(p.stem)
+        except (OSError, ValueError, TypeError):
+            continue  # not a state file of this natgw
+        if state is not None:
+            out.append(state)
+    return out
