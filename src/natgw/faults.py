@@ -63,12 +63,20 @@ def _failure(kind: str, step: str) -> BaseException:
     raise ValueError(f"{FAIL_ENV}: unknown failure kind {kind!r}")
 
 
+_fired: set[str] = set()
+
+
 def step(name: str) -> None:
-    """Mark that natgw reached step `name` (see STEPS); act on the test hooks."""
+    """Mark that natgw reached step `name` (see STEPS); act on the test hooks.
+
+    An injected failure fires once per process, so the rollback that follows
+    it runs like after a real, transient failure.
+    """
     if os.environ.get(KILL_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
     fail = os.environ.get(FAIL_ENV)
-    if fail:
+    if fail and fail not in _fired:
         at, _, kind = fail.partition(":")
         if at == name:
+            _fired.add(fail)
             raise _failure(kind, name)
