@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from gateways import NATGW
+from gateways import NATGW, free_port
 
 from natgw import keys
 
@@ -59,7 +59,7 @@ def build(lab, tmp: Path) -> Setup:
     shared_b = [{"cidr": "10.244.0.0/16", "as": "10.245.0.0/16"},
                 {"cidr": "172.31.0.0/24", "as": "10.251.0.0/24"}]
     base = {"name": name, "cidrs": ["10.60.0.0/16"], "privateKeyFile": str(key),
-            "engine": "wireguard-go", "mtu": 1420}
+            "engine": "wireguard-go", "mtu": 1420, "metrics": f"127.0.0.1:{free_port()}"}
     a = dict(base, peers=[
         {"name": "t1", "device": d1, "publicKey": pub[0], "listenPort": 51901,
          "remote": shared_a, "local": [{"cidr": "10.60.1.0/24", "as": "10.70.1.0/24"}]},
@@ -148,12 +148,19 @@ def world(s: Setup) -> dict:
     orphans: list = []
     pins = os.path.isdir(f"/sys/fs/bpf/natgw/{s.name}")
     if pins:
-        with Dataplane.open(s.name) as dp:
-            for m in dp.mappings():
-                dev = by_index.get(m.ifindex, f"ifindex:{m.ifindex}")
-                mappings.setdefault(dev, set()).add(
-                    (m.mapping.kind, str(m.mapping.cidr), str(m.mapping.as_)))
-            orphans = dp.tables.orphans()
+        from natgw.dataplane.bpfsys import BpfError
+
+        try:
+            dp = Dataplane.open(s.name)
+        except BpfError as e:  # being re-pinned right now
+            pins = f"partial: {e}"
+        else:
+            with dp:
+                for m in dp.mappings():
+                    dev = by_index.get(m.ifindex, f"ifindex:{m.ifindex}")
+                    mappings.setdefault(dev, set()).add(
+                        (m.mapping.kind, str(m.mapping.cidr), str(m.mapping.as_)))
+                orphans = dp.tables.orphans()
     state = None
     try:
         state = json.loads((STATE_DIR / f"{s.name}.json").read_text())
