@@ -17,8 +17,24 @@ from natgw.config import ConfigError, load_config
 EXIT_RUNTIME = 1
 EXIT_INVALID = 2
 
+class _App(typer.Typer):
+    """The natgw app: an exception no command turned into an error is still one line.
+
+    Never a traceback: besides being noise, one could show a private key.
+    """
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            from natgw.failure import one_line  # noqa: PLC0415
+
+            print(f"natgw: internal error: {one_line(e)}", file=sys.stderr)
+            sys.exit(EXIT_RUNTIME)
+
+
 # Locals are never shown in tracebacks: they may hold a private key.
-app = typer.Typer(
+app = _App(
     help="natgw: NAT gateway for overlapping networks",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
