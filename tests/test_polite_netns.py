@@ -138,3 +138,14 @@ def test_down_of_a_missing_file_is_one_line(arg, code, shown):
         assert r.stdout.strip() == f"natgw: gateway {arg} was not up" and r.stderr == ""
     else:
         assert one_line(r) == shown
+
+
+def test_concurrent_ups_from_nothing_both_succeed(netns_lab, tmp_path):
+    if shutil.which("wireguard-go") is None:
+        pytest.skip("needs wireguard-go")
+    fresh = build(netns_lab, tmp_path)
+    procs = [subprocess.Popen(run_argv(fresh, "A"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert converged(fresh, "A") == []

@@ -84,10 +84,13 @@ def register(app: typer.Typer) -> None:
 
         netns = ctx.obj.netns
         gw = Gateway(_load(file), netns, file)
+        # In the foreground, SIGTERM/SIGINT/SIGHUP during the first apply are kept for
+        # the loop: the apply finishes (or rolls back) instead of dying half-way.
+        signals = None if detach else _catch_signals()
         _apply(gw)
-        if detach:
+        if signals is None:
             return
-        _foreground(gw, file, netns)
+        _foreground(gw, file, netns, *signals)
 
     @app.command()
     def down(
@@ -133,17 +136,23 @@ def register(app: typer.Typer) -> None:
             typer.echo(format_status(name, reports, repairs, last))
 
 
-def _foreground(gw, file: Path, netns: str | None) -> None:
-    """Supervise until SIGTERM/SIGINT; SIGHUP reloads the file."""
-    from natgw.failure import one_line  # noqa: PLC0415
-    from natgw.gateway import Gateway, GatewayError  # noqa: PLC0415
-
-    logging.basicConfig(level=logging.INFO, format="natgw: %(message)s")
+def _catch_signals() -> tuple[threading.Event, threading.Event]:
+    """(stop, reload) events set by SIGTERM/SIGINT and SIGHUP from now on."""
     stop = threading.Event()
     reload = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    return stop, reload
+
+
+def _foreground(gw, file: Path, netns: str | None, stop: threading.Event,
+                reload: threading.Event) -> None:
+    """Supervise until SIGTERM/SIGINT; SIGHUP reloads the file."""
+    from natgw.failure import one_line  # noqa: PLC0415
+    from natgw.gateway import Gateway, GatewayError  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="natgw: %(message)s")
     server = _start_metrics(gw)
     log.info("running in the foreground (SIGHUP reloads %s)", file)
     try:
