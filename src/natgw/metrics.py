@@ -110,20 +110,20 @@ class NatgwCollector(Collector):
                                   on_error=lambda gw, _msg: errors.add_metric([gw], 1))
         yield from dataplane_metrics(reports)
         yield errors
-        yield drift_metrics(names)
+        yield drift_metrics({gw: state.repairs for gw in names
+                             if (state := load_state(gw)) is not None})
         if self.peers is not None:
             yield from peer_metrics(self.peers(), self.clock())
 
 
-def drift_metrics(gateways: Iterable[str]) -> Metric:
-    """natgw_drift_repairs_total{gateway,kind}: repairs the foreground `up` made, from the
-    state file (it outlives a restart of natgw, like the pinned counters)."""
+def drift_metrics(repairs_by_gateway: dict[str, dict[str, int]]) -> Metric:
+    """natgw_drift_repairs_total{gateway,kind}: repairs the foreground `up` made, as
+    counted in the state file (it outlives a restart of natgw, like the pinned counters)."""
     repairs = CounterMetricFamily("natgw_drift_repairs",
                                   "Things removed by hand that natgw put back, per kind",
                                   labels=["gateway", "kind"])
-    for gw in gateways:
-        state = load_state(gw)
-        for kind, n in sorted((state.repairs if state else {}).items()):
+    for gw, counts in sorted(repairs_by_gateway.items()):
+        for kind, n in sorted(counts.items()):
             repairs.add_metric([gw, kind], n)
     return repairs
 
