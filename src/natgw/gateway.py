@@ -22,7 +22,7 @@ from natgw import faults, routes
 from natgw.config import ConfigError, GatewayConfig, Peer, parse_config
 from natgw.dataplane import Dataplane, DataplaneError, Mapping
 from natgw.dataplane.layout import DEV_F_OWN_QDISC
-from natgw.dataplane.loader import detach, has_clsact, pin_dir
+from natgw.dataplane.loader import detach, has_clsact, missing_pins, pin_dir, repin_attached
 from natgw.failure import one_line
 from natgw.keys import encode_key
 from natgw.lock import LockTimeout, gateway_lock
@@ -220,6 +220,10 @@ class Gateway:
             faults.step("sysctls-saved")
         routes.enable_forwarding(self.netns)
         faults.step("forwarding-set")
+        if previous is not None and missing_pins(pin_dir(self.cfg.name)):
+            # Pins removed by hand while the filters still run: pin those again, so
+            # that mappings and counters are kept and nothing is recompiled.
+            repin_attached(self.cfg.name, self.netns, [p.device for p in previous.peers])
         try:
             dp = Dataplane.load(self.cfg.name)
         except (DataplaneError, OSError) as e:

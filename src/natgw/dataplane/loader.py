@@ -21,7 +21,16 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..netns import iproute
 from . import layout as L
-from .bpfsys import BpfError, obj_get, obj_pin, prog_id
+from .bpfsys import (
+    BpfError,
+    map_fd_by_id,
+    map_info,
+    obj_get,
+    obj_pin,
+    prog_fd_by_id,
+    prog_id,
+    prog_map_ids,
+)
 
 PIN_ROOT = "/sys/fs/bpf/natgw"
 BPF_DIR = Path(os.environ.get("NATGW_BPF_DIR", Path(__file__).resolve().parents[3] / "bpf"))
@@ -85,7 +94,12 @@ class Programs:
         return self.egress_fd if direction == "egress" else self.ingress_fd
 
     def filter_name(self, direction: str) -> str:
-        return f"natgw_{direction}:{self.build}"
+        """The tc filter's name: build and program id, so that a program loaded again
+        (same build, new maps) is told apart, and re-pinned from the filter alone.
+
+        (The id is in the name because pyroute2 does not decode TCA_BPF_ID.)
+        """
+        return f"natgw_{direction}:{self.build}:{prog_id(self.fd(direction))}"
 
     def close(self) -> None:
         for fd in (self.egress_fd, self.ingress_fd):
@@ -169,6 +183,48 @@ def missing_pins(pdir: str) -> list[str]:
     return out
 
 
+def repin_attached(gateway: str, netns: str | None, devices: list[str],
+                   root: str = PIN_ROOT) -> list[str]:
+    """Pin again what the gateway's attached filters run, where its pins were removed.
+
+    The programs and maps are alive (a filter holds them): pinning them again
+    keeps every mapping and counter and needs no compiler. Returns what was pinned.
+    """
+    pdir = pin_dir(gateway, root)
+    done: list[str] = []
+    with ipr_in(netns) as ipr:
+        for dev in devices:
+            idx = ipr.link_lookup(ifname=dev)
+            if not idx:
+                continue
+            for direction, parent in PARENTS.items():
+                name, pid = _filters(ipr, idx[0], parent).get(FILTER_PRIO, ("", 0))
+                prefix = f"natgw_{direction}:"
+                if not name.startswith(prefix) or not pid:
+                    continue
+                os.makedirs(pdir, exist_ok=True)
+                fd = prog_fd_by_id(pid)
+                try:
+                    build = name[len(prefix):].partition(":")[0]
+                    path = os.path.join(pdir, f"prog_{direction}_{build}")
+                    if not os.path.exists(path):
+                        obj_pin(fd, path)
+                        done.append(os.path.basename(path))
+                    for map_id in prog_map_ids(fd):
+                        mfd = map_fd_by_id(map_id)
+                        try:
+                            mname = map_info(mfd).name
+                            mpath = os.path.join(pdir, mname)
+                            if mname in MAP_PINS and not os.path.exists(mpath):
+                                obj_pin(mfd, mpath)
+                                done.append(mname)
+                        finally:
+                            os.close(mfd)
+                finally:
+                    os.close(fd)
+    return done
+
+
 def _check_pinned_maps(pdir: str) -> None:
     """Refuse to compile against pinned maps of another layout (bcc would fail obscurely)."""
     from .tables import Tables  # noqa: PLC0415
@@ -215,8 +271,10 @@ def _filters(ipr: IPRoute, ifindex: int, parent: int) -> dict[int, tuple[str, in
         for msg in ipr.get_filters(index=ifindex, parent=parent):
             opts = msg.get_attr("TCA_OPTIONS")
             if msg.get_attr("TCA_KIND") == "bpf" and opts is not None:
-                out[msg["info"] >> 16] = (opts.get_attr("TCA_BPF_NAME") or "",
-                                          opts.get_attr("TCA_BPF_ID") or 0)
+                name = opts.get_attr("TCA_BPF_NAME") or ""
+                tail = name.rpartition(":")[2]
+                out[msg["info"] >> 16] = (name, int(tail) if name.count(":") == 2
+                                          and tail.isdigit() else 0)
     except NetlinkError as e:
         if e.code not in (errno.EINVAL, errno.ENOENT):
             raise
@@ -255,8 +313,7 @@ def attach(ipr: IPRoute, ifindex: int, progs: Programs) -> bool:
         name = progs.filter_name(direction)
         # The same build may have been loaded again (its pins were removed): only the
         # very program pinned now, with the maps pinned now, counts as attached.
-        if _filters(ipr, ifindex, parent).get(FILTER_PRIO) == (name,
-                                                                 prog_id(progs.fd(direction))):
+        if _filter_names(ipr, ifindex, parent).get(FILTER_PRIO) == name:
             continue
         try:
             ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, fd=progs.fd(direction),
