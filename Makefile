@@ -2,23 +2,23 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint demo demo-down clean
+.PHONY: setup test lint demo bench demo-down clean
 
 setup:
 	bash scripts/setup.sh
 
 test: setup
-	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff check src lab bench tests scripts
 	$(VENV)/bin/pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff check src lab bench tests scripts
 
 demo: setup
 	bash scripts/netns/demo.sh
 
 bench: setup
-	$(PY) -m natgw.bench --json bench-results/latest.json --markdown BENCHMARKS.md
+	PYTHONPATH=$(CURDIR) $(PY) -m bench --json bench-results/latest.json --markdown BENCHMARKS.md
 
 demo-down:
 	bash scripts/netns/down.sh

@@ -15,9 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from netns_util import NetnsLab, add_address, link_up, ping
-from netns_util import netns_lab as netns_lab  # re-exported: pytest finds fixtures by name
 
+from lab.net import add_address, link_up, ping
+from lab.netnslab import NetnsLab
 from natgw.wireguard import DeviceConfig, PeerConfig, WireGuardError, WireGuardGoEngine
 from natgw.wireguard.keys import generate_private_key, public_key
 from natgw.wireguard.uapi import socket_path

@@ -55,6 +55,7 @@ from natgw.dataplane import layout as L
 from natgw.dataplane.bpfsys import BpfError
 from natgw.dataplane.loader import PIN_ROOT, DataplaneError, pin_dir
 from natgw.dataplane.tables import IPNetwork, TableError, Tables
+from natgw.netmap import netmap
 from natgw.netns import iproute
 from natgw.state import GatewayState, load_state
 
@@ -417,12 +418,6 @@ def _full_key(address: IPAddress, ifindex: int, table: int) -> ctypes.Structure:
     packed = address.packed
     ctypes.memmove(key.addr, packed, len(packed))
     return key
-
-
-def netmap(address: IPAddress, to: IPNetwork) -> IPAddress:
-    """`to`'s network bits with `address`'s host bits, as the dataplane rewrites."""
-    host = int(address) & int(to.hostmask)
-    return ipaddress.ip_address(int(to.network_address) | host)
 
 
 def lookup_tables(gateway: str, tables: Tables, address: IPAddress,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from natgw.bench.topology import POD_ADDR, POD_CIDR, extra_mappings, host_in
+from bench.topology import POD_ADDR, POD_CIDR, extra_mappings, host_in
 from natgw.dataplane import Dataplane, Mapping
 from natgw.dataplane.bpfsys import prog_test_run
 
