@@ -16,7 +16,8 @@ import sys
 
 from bench import report
 from bench.run import Options, run, write_json
-from bench.topology import MODES, TRANSPORTS, LabError, cleanup, load_records
+from bench.topology import MODES, TRANSPORTS, cleanup, load_records
+from lab.net import LabError
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

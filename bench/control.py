@@ -14,17 +14,9 @@ import time
 from pathlib import Path
 
 from bench.stats import median, seq_loss
-from bench.topology import (
-    EXTRA_C2_AS,
-    EXTRA_C2_CIDR,
-    POD_CPU,
-    LabError,
-    Topology,
-    host_in,
-    in_ns,
-    run,
-)
+from bench.topology import EXTRA_C2_AS, EXTRA_C2_CIDR, POD_CPU, Topology, host_in
 from bench.traffic import endpoint_argv
+from lab.net import LabError, in_ns, run
 
 STREAM_PORT, NEW_PORT = 7100, 7101
 PIN_ROOT = Path("/sys/fs/bpf/natgw")

@@ -19,15 +19,9 @@ from dataclasses import dataclass, field
 
 from bench import control, generator, micro, traffic
 from bench.stats import median, spread
-from bench.topology import (
-    MODES,
-    POD_CPU,
-    LabError,
-    Record,
-    Topology,
-    cleanup,
-    new_record,
-)
+from bench.topology import MODES, POD_CPU, Topology, cleanup, new_record
+from lab.net import LabError
+from lab.record import Record
 
 
 @dataclass

@@ -16,16 +16,8 @@ from pathlib import Path
 
 from bench import generator
 from bench.stats import rate
-from bench.topology import (
-    GW_CPU,
-    MAC,
-    POD_ADDR,
-    POD_CPU,
-    SINK_PORT,
-    LabError,
-    Topology,
-    in_ns,
-)
+from bench.topology import GW_CPU, MAC, POD_ADDR, POD_CPU, SINK_PORT, Topology
+from lab.net import LabError, in_ns
 from natgw.netns import iproute
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: bench/ and lab/

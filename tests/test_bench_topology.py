@@ -18,16 +18,8 @@ import pytest
 
 from bench import generator, micro
 from bench.mappings import clear_mappings
-from bench.topology import (
-    MAC,
-    MODES,
-    POD_ADDR,
-    TRANSPORTS,
-    Topology,
-    cleanup,
-    in_ns,
-    new_record,
-)
+from bench.topology import MAC, MODES, POD_ADDR, TRANSPORTS, Topology, cleanup, new_record
+from lab.net import in_ns
 from natgw.dataplane import Dataplane
 from natgw.netns import netns_socket
 
