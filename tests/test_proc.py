@@ -8,45 +8,40 @@ import sys
 from natgw import proc
 
 
-def _sleeper(*extra: str) -> subprocess.Popen:
-    """A child that runs (its command line is in place: right after exec it is empty)."""
-    child = subprocess.Popen([sys.executable, "-c", "import time; print(flush=True); "
-                              "time.sleep(60)", *extra], stdout=subprocess.PIPE)
+def _sleeper(marker: str, ignore_sigterm: bool = False) -> subprocess.Popen:
+    """A running child (its command line is in place: right after exec it is empty)."""
+    code = ("import signal, time; "
+            + ("signal.signal(signal.SIGTERM, signal.SIG_IGN); " if ignore_sigterm else "")
+            + "print(flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code, marker], stdout=subprocess.PIPE)
     child.stdout.readline()
     return child
 
 
 def test_ends_the_process_carrying_the_marker_and_reaps_it():
-    child = _sleeper("marker-a")
-    assert proc.end_process(child.pid, "marker-a", timeout=5)
-    assert proc.state(child.pid) is None  # gone, not a zombie: reaped
-    child.communicate()  # (Popen learns it is gone)
+    with _sleeper("marker-a") as child:
+        assert proc.end_process(child.pid, "marker-a", timeout=5)
+        assert proc.state(child.pid) is None  # gone, not a zombie: reaped
 
 
 def test_leaves_a_process_without_the_marker_alone():
-    child = _sleeper("marker-b")
-    try:
-        assert proc.end_process(child.pid, "another-process", timeout=5)
-        assert child.poll() is None
-        assert proc.argv(child.pid)[-1] == "marker-b"
-    finally:
-        child.kill()
-        child.wait()
+    with _sleeper("marker-b") as child:
+        try:
+            assert proc.end_process(child.pid, "another-process", timeout=5)
+            assert child.poll() is None
+            assert proc.argv(child.pid)[-1] == "marker-b"
+        finally:
+            child.kill()
 
 
 def test_kills_a_process_that_ignores_sigterm():
-    child = subprocess.Popen([sys.executable, "-c",
-                              "import signal, sys, time; signal.signal(signal.SIGTERM, "
-                              "signal.SIG_IGN); print(flush=True); time.sleep(60)",
-                              "stubborn"], stdout=subprocess.PIPE)
-    child.stdout.readline()  # SIGTERM is ignored from here on
-    assert proc.end_process(child.pid, "stubborn", timeout=0.2)
-    assert proc.state(child.pid) is None
-    child.communicate()
+    with _sleeper("stubborn", ignore_sigterm=True) as child:
+        assert proc.end_process(child.pid, "stubborn", timeout=0.2)
+        assert proc.state(child.pid) is None
 
 
 def test_a_gone_process_is_fine():
-    child = _sleeper("marker-gone")
-    child.kill()
-    child.communicate()
-    assert proc.end_process(child.pid, "marker-gone")
+    with _sleeper("marker-gone") as child:
+        child.kill()
+        child.wait()
+        assert proc.end_process(child.pid, "marker-gone")
