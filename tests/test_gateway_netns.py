@@ -17,7 +17,10 @@ import yaml
 from gateways import C1_SEEN_BY_C2, C2_SEEN_BY_C1, NATGW, POD, build, natgw, scrape, wait_ping
 from netns_util import ping
 
+from natgw import gateway, keys
+from natgw.metrics import state_peer_health
 from natgw.netns import netns_socket
+from natgw.state import load_state
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
@@ -108,6 +111,19 @@ def test_overlapping_pods_reach_each_other(clusters):
     assert st["mappings"][0]["cidr"] == "10.244.0.0/16" and st["mappings"][0]["as"] == \
         "10.245.0.0/16"
     assert st["mappings"][0]["egress_packets"] > 0 and st["mappings"][0]["ingress_packets"] > 0
+
+
+def test_public_key_is_carried_from_apply_not_derived_again(clusters, monkeypatch):
+    c1, _ = clusters
+    data = yaml.safe_load(c1.config.read_text())
+    ours = keys.pubkey(open(data["privateKeyFile"]).read())
+    assert status(c1)["peers"][0]["public_key"] == ours
+    # Neither status nor a metrics scrape derives it (from the key wireguard-go hands back).
+    monkeypatch.setattr(keys, "public_key", lambda _k: pytest.fail("public key derived again"))
+    (rep,) = gateway.status(c1.name, c1.gw)
+    assert rep.public_key == ours and rep.error is None
+    (health,) = state_peer_health([load_state(c1.name)])
+    assert health.latest_handshake is not None
 
 
 def test_reapplying_the_same_file_changes_nothing(clusters):

@@ -149,7 +149,8 @@ class Gateway:
         report = ApplyReport()
         old = {p.name: p for p in (previous.peers if previous else [])}
         state = GatewayState(self.cfg.name, self.netns,
-                             self.config_path or (previous.config if previous else ""))
+                             self.config_path or (previous.config if previous else ""),
+                             public_key=self.cfg.public_key)
         try:
             routes.enable_forwarding(self.netns)
             for peer in self.cfg.peers:
@@ -291,6 +292,7 @@ class PeerReport:
     name: str
     device: str
     engine: str
+    public_key: str | None = None  # ours on this tunnel (from the state), None without tunnel
     endpoint: str | None = None
     listen_port: int | None = None
     latest_handshake: int = 0
@@ -319,6 +321,7 @@ def status(gateway: str, netns: str | None = None) -> list[PeerReport]:
             rep = PeerReport(ps.name, ps.device, ps.engine, routes=list(ps.routes))
             engine = engine_for(ps)
             if engine is not None:
+                rep.public_key = state.public_key
                 try:
                     st: DeviceStatus = engine.status(ps.device, netns)
                     rep.listen_port = st.listen_port
@@ -357,6 +360,8 @@ def format_status(gateway: str, reports: list[PeerReport]) -> str:
         lines.append(f"peer: {r.name}")
         lines.append(f"  device: {r.device} ({r.engine})")
         if r.engine != "interface":
+            if r.public_key:
+                lines.append(f"  public key: {r.public_key}")
             lines.append(f"  endpoint: {r.endpoint or '(none)'}")
             if r.listen_port:
                 lines.append(f"  listening port: {r.listen_port}")

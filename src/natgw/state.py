@@ -1,7 +1,7 @@
 """What `natgw up` set up, recorded for `down`, `status`, `maps` and metrics.
 
 A JSON file per gateway under /run/natgw/ (tmpfs: gone after a reboot, like
-the devices and pins it describes). Written atomically; never holds keys.
+the devices and pins it describes). Written atomically; never holds a private key.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ class GatewayState:
     netns: str | None
     config: str  # absolute path of the cluster.yaml applied
     peers: list[PeerState] = field(default_factory=list)
+    # Ours, base64, derived once at apply: status reads it here instead of pulling
+    # the private key back from the engine to derive it again.
+    public_key: str | None = None
 
     def peer_by_ifindex(self, ifindex: int) -> PeerState | None:
         return next((p for p in self.peers if p.ifindex == ifindex), None)
