@@ -135,7 +135,7 @@ def test_full_config_accessors(key_file: Path) -> None:
         ip_network("10.246.0.0/16"),
     )
     assert lab.via == ip_address("192.0.2.9")
-    assert [x.device for x in c.peers] == ["cluste-clus-e29", "wg-c3", "eth1"]
+    assert [x.device for x in c.peers] == ["c1-cluster2", "wg-c3", "eth1"]
     assert c.device_for("lab") == "eth1" and c.device_for(p3) == "wg-c3"
     assert c.peer("c3") is p3
 
@@ -157,15 +157,24 @@ def test_key_not_required_without_wireguard_peers() -> None:
     [
         ("c1", "c2", "c1-c2"),
         ("cluster1", "east12", "cluster1-east12"),  # exactly 15
-        # Longer: 6 + 4 characters and the first 3 hex digits of sha1("gateway/peer").
-        ("cluster1", "cluster2", "cluste-clus-e29"),
-        ("ab", "a-very-long-peer-name", "ab-a-ve-8bb"),
-        ("kubernetes-prod", "db", "kubern-db-e4a"),
+        # Too long: the gateway's initial and trailing digits, then the whole peer name.
+        ("cluster1", "cluster2", "c1-cluster2"),
+        ("cluster12", "cluster13", "c12-cluster13"),
+        ("kubernetes-prod", "db", "k-db"),
+        # A peer name too long even so: cut, with 3 hex of sha1("gateway/peer").
+        ("cluster1", "aws-eu-west-1-prod", "c1-aws-eu-w-c57"),
+        ("42", "a-long-peer-name", "42-a-long-p-3ef"),
     ],
 )
 def test_default_device_name(gateway: str, peer: str, device: str) -> None:
     assert default_device_name(gateway, peer) == device
     assert len(device) <= 15
+
+
+def test_cut_default_names_stay_apart() -> None:
+    a = default_device_name("cluster1", "aws-eu-west-1-prod")
+    b = default_device_name("cluster1", "aws-eu-west-1-test")
+    assert a != b and a[:12] == b[:12]
 
 
 def test_load_config_example_files(tmp_path: Path) -> None:

@@ -314,12 +314,25 @@ class GatewayConfig(_Model):
 
 
 def default_device_name(gateway: str, peer: str) -> str:
-    """`gateway-peer`, or when longer than 15 characters a stable short form with a hash."""
+    """The device of a tunnel peer without `device:`, made to be read in `ip link`.
+
+    `<gateway>-<peer>` when that fits in 15 characters (cluster1-east12). Otherwise the
+    gateway is shortened to a tag, its first character and trailing digits (cluster1 ->
+    c1, kubernetes-prod -> k), followed by the whole peer name: c1-cluster2. Only a peer
+    name too long even then is cut, and ends in 3 hex digits of a hash of the pair so
+    that cut names stay apart: c1-aws-eu-w-c57. Names are checked unique in the file
+    here, and across the host's gateways at apply (natgw.gateway).
+    """
     name = f"{gateway}-{peer}"
     if len(name) <= MAX_DEVICE_NAME:
         return name
+    digits = re.search(r"[0-9]*$", gateway[1:]).group()[-4:]  # type: ignore[union-attr]
+    tag = gateway[0] + digits
+    name = f"{tag}-{peer}"
+    if len(name) <= MAX_DEVICE_NAME:
+        return name
     h = hashlib.sha1(f"{gateway}/{peer}".encode()).hexdigest()[:3]
-    return f"{gateway[:6]}-{peer[:4]}-{h}"
+    return f"{tag}-{peer[:MAX_DEVICE_NAME - len(tag) - 5]}-{h}"
 
 
 # --- pydantic errors into `<path>: <reason>` ---

@@ -25,6 +25,7 @@ from natgw.netns import NetnsNotFound, iproute, require_netns
 from natgw.state import (
     GatewayState,
     PeerState,
+    all_states,
     applied_path,
     load_state,
     remove_state,
@@ -96,6 +97,7 @@ class Gateway:
 
     def preflight(self) -> None:
         """Check what can be checked before anything changes."""
+        self._check_devices_free()
         try:
             require_netns(self.netns)
         except NetnsNotFound as e:
@@ -111,6 +113,22 @@ class Gateway:
                     raise GatewayError(
                         f"peers[{i}].interface: device {peer.interface} not found"
                         + (f" in netns {self.netns}" if self.netns else ""))
+
+    def _check_devices_free(self) -> None:
+        """Refuse a tunnel device name another gateway on this host uses.
+
+        The file's own names are checked unique by natgw.config; across gateways
+        only the states in /run/natgw know. Host-wide, not per netns: wireguard-go's
+        UAPI sockets share one directory.
+        """
+        taken = {ps.device: st for st in all_states() if st.gateway != self.cfg.name
+                 for ps in st.peers if ps.engine != "interface"}
+        for i, peer in enumerate(self.cfg.peers):
+            other = taken.get(peer.device) if peer.is_tunnel else None
+            if other is not None:
+                where = f" in netns {other.netns}" if other.netns else ""
+                raise GatewayError(f"peers[{i}]: device {peer.device} is used by gateway "
+                                   f"{other.gateway}{where}; set device: to choose another")
 
     def apply(self) -> ApplyReport:
         """Reconcile; on failure, go back to the last configuration applied in full."""
