@@ -14,7 +14,17 @@ import time
 
 import pytest
 import yaml
-from gateways import C1_SEEN_BY_C2, C2_SEEN_BY_C1, NATGW, POD, build, natgw, scrape, wait_ping
+from gateways import (
+    C1_SEEN_BY_C2,
+    C2_SEEN_BY_C1,
+    NATGW,
+    POD,
+    build,
+    natgw,
+    scrape,
+    wait_ping,
+    write_config,
+)
 from netns_util import ping
 
 from natgw import gateway, keys
@@ -82,7 +92,11 @@ def process_gone(pid: int) -> bool:
 
 
 def status(c) -> dict:
-    r = natgw("--netns", c.gw, "status", str(c.config), "--json")
+    return status_of(c.gw, c.config)
+
+
+def status_of(netns: str, config) -> dict:
+    r = natgw("--netns", netns, "status", str(config), "--json")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -124,6 +138,32 @@ def test_public_key_is_carried_from_apply_not_derived_again(clusters, monkeypatc
     assert rep.public_key == ours and rep.error is None
     (health,) = state_peer_health([load_state(c1.name)])
     assert health.latest_handshake is not None
+
+
+def test_endpoint_hostname_is_resolved_at_up(netns_lab, tmp_path):
+    if shutil.which("wireguard-go") is None:
+        pytest.skip("needs wireguard-go")
+    ns, name = netns_lab.netns("h"), netns_lab.name("gh")
+    data = {"name": name, "cidrs": ["10.244.0.0/16"], "privateKey": keys.genkey(),
+            "engine": "wireguard-go",
+            "peers": [{"name": "hub", "device": netns_lab.name("wh"),
+                       "publicKey": keys.pubkey(keys.genkey()),
+                       "endpoint": "no-such-host.invalid:51999",
+                       "remote": [{"cidr": "10.244.0.0/16", "as": "10.245.0.0/16"}]}]}
+    config = write_config(tmp_path / "gw.yaml", data)
+    netns_lab.on_cleanup(lambda: natgw("--netns", ns, "down", str(config), check=False))
+    r = natgw("--netns", ns, "up", str(config), "--detach", check=False)
+    assert r.returncode == 1 and r.stderr.startswith(
+        "natgw: peers[0].endpoint: cannot resolve no-such-host.invalid: "), r.stderr
+    assert r.stderr.count("\n") == 1
+    assert not os.path.exists(f"/run/natgw/{name}.json")  # nothing was made
+    assert not os.path.exists(f"/sys/fs/bpf/natgw/{name}")
+    # A name the host resolves (from /etc/hosts: natgw stays in the root mount namespace).
+    data["peers"][0]["endpoint"] = "localhost:51999"
+    write_config(config, data)
+    r = natgw("--netns", ns, "up", str(config), "--detach", check=False)
+    assert r.returncode == 0, r.stderr
+    assert status_of(ns, config)["peers"][0]["endpoint"] in ("127.0.0.1:51999", "[::1]:51999")
 
 
 def test_reapplying_the_same_file_changes_nothing(clusters):

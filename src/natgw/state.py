@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 STATE_DIR = Path(os.environ.get("NATGW_STATE_DIR", "/run/natgw"))
@@ -55,8 +55,15 @@ def load_state(gateway: str) -> GatewayState | None:
         raw = json.loads(state_path(gateway).read_text())
     except FileNotFoundError:
         return None
-    peers = [PeerState(**p) for p in raw.pop("peers", [])]
-    return GatewayState(peers=peers, **raw)
+    peers = [PeerState(**_known(PeerState, p)) for p in raw.pop("peers", [])]
+    return GatewayState(peers=peers, **_known(GatewayState, raw))
+
+
+def _known(cls: type, raw: dict) -> dict:
+    # Fields another natgw version added are left out: every gateway on the host
+    # reads every state (device names are host-wide), whoever wrote it.
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in raw.items() if k in names}
 
 
 def remove_state(gateway: str) -> None:
