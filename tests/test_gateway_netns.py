@@ -34,6 +34,8 @@ from natgw.state import load_state
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
+SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; Python's socket module does not name it
+
 
 @pytest.fixture()
 def clusters(netns_lab, tmp_path):
@@ -53,6 +55,9 @@ def udp_stream(src, dst, interval: float = 0.005):
     stop = threading.Event()
     with netns_socket(dst.pod, socket.AF_INET, socket.SOCK_DGRAM) as srv, \
             netns_socket(src.pod, socket.AF_INET, socket.SOCK_DGRAM) as cli:
+        # Read only at the end: the buffer must hold the whole stream, however slow the
+        # re-apply on a busy machine (the default holds ~250 datagrams). Root may force it.
+        srv.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
         srv.bind((POD, 7100))
         srv.settimeout(2)
 
