@@ -91,7 +91,8 @@ def test_check_key_file_mode(tmp_path: Path) -> None:
     result = runner.invoke(app, ["check", str(path)])
     assert result.exit_code == 2
     assert result.stderr == (
-        "natgw: privateKeyFile: mode 0644 is readable by group or others; chmod 600 it\n"
+        f"natgw: privateKeyFile: {tmp_path}/gw.key: permissions 0644 are too open "
+        "(must not be readable by group or others; chmod 600 it)\n"
     )
 
 

@@ -14,9 +14,9 @@ import shutil
 import pytest
 
 from natgw.dataplane import layout
-from natgw.dataplane.loader import BPF_DIR, inline_source, pin_dir
+from natgw.dataplane.loader import bpf_dir, inline_source, pin_dir
 
-HEADER = BPF_DIR / "natgw_shared.h"
+HEADER = bpf_dir() / "natgw_shared.h"
 MAP_STRUCTS = {  # map -> (C key struct, C value struct) by their Python mirrors
     layout.MAP_XLATE_V4: (layout.LpmV4Key, layout.Xlate),
     layout.MAP_XLATE_V6: (layout.LpmV6Key, layout.Xlate),

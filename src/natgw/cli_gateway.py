@@ -152,6 +152,8 @@ def _foreground(gw, file: Path, netns: str | None) -> None:
                 elif dead := gw.dead_tunnels():
                     log.warning("engine of %s died: restarting", ", ".join(dead))
                     gw.apply()
+                else:
+                    gw.reresolve_stale()
             except GatewayError as e:
                 log.error("%s", e)
     finally:

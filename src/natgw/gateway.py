@@ -22,9 +22,11 @@ from natgw.config import ConfigError, GatewayConfig, Peer, parse_config
 from natgw.dataplane import Dataplane, DataplaneError, Mapping, TableError
 from natgw.dataplane.loader import pin_dir
 from natgw.netns import NetnsNotFound, iproute, require_netns
+from natgw.resolve import ResolveError, is_hostname, resolve
 from natgw.state import (
     GatewayState,
     PeerState,
+    all_states,
     applied_path,
     load_state,
     remove_state,
@@ -43,6 +45,9 @@ from natgw.wireguard.engines import Engine
 log = logging.getLogger(__name__)
 
 HANDSHAKE_FRESH = 180  # seconds: WireGuard rekeys every 120 s; older means the peer is gone
+# Seconds between two lookups of one peer's hostname while its handshake stays stale
+# (the interval of wireguard-tools' reresolve-dns timer).
+RERESOLVE_INTERVAL = 30
 
 
 class GatewayError(Exception):
@@ -55,10 +60,10 @@ def peer_mappings(peer: Peer) -> list[Mapping]:
     return out
 
 
-def device_config(cfg: GatewayConfig, peer: Peer) -> DeviceConfig:
+def device_config(cfg: GatewayConfig, peer: Peer, endpoint: str | None) -> DeviceConfig:
+    """The WireGuard device of a tunnel peer; `endpoint` is peer.endpoint resolved."""
     from natgw.keys import decode_key  # noqa: PLC0415
 
-    endpoint = str(peer.endpoint) if peer.endpoint else None
     return DeviceConfig(
         private_key=cfg.private_key.get_secret_value(),
         listen_port=peer.listen_port,
@@ -85,6 +90,8 @@ class Gateway:
         self.netns = netns
         self.config_path = str(config_path.resolve()) if config_path else ""
         self._engine: Engine | None = None
+        self._endpoints: dict[str, str] = {}  # peer name -> its endpoint resolved (ip:port)
+        self._resolved_at: dict[str, float] = {}  # peer name -> time.monotonic() of the lookup
 
     @property
     def engine(self) -> Engine:
@@ -96,6 +103,7 @@ class Gateway:
 
     def preflight(self) -> None:
         """Check what can be checked before anything changes."""
+        self._check_devices_free()
         try:
             require_netns(self.netns)
         except NetnsNotFound as e:
@@ -112,8 +120,40 @@ class Gateway:
                         f"peers[{i}].interface: device {peer.interface} not found"
                         + (f" in netns {self.netns}" if self.netns else ""))
 
+    def _check_devices_free(self) -> None:
+        """Refuse a tunnel device name another gateway on this host uses.
+
+        The file's own names are checked unique by natgw.config; across gateways
+        only the states in /run/natgw know. Host-wide, not per netns: wireguard-go's
+        UAPI sockets share one directory.
+        """
+        taken = {ps.device: st for st in all_states() if st.gateway != self.cfg.name
+                 for ps in st.peers if ps.engine != "interface"}
+        for i, peer in enumerate(self.cfg.peers):
+            other = taken.get(peer.device) if peer.is_tunnel else None
+            if other is not None:
+                where = f" in netns {other.netns}" if other.netns else ""
+                raise GatewayError(f"peers[{i}]: device {peer.device} is used by gateway "
+                                   f"{other.gateway}{where}; set device: to choose another")
+
+    def resolve_endpoints(self) -> None:
+        """Resolve every peer endpoint now; GatewayError (one line) names one that fails."""
+        for peer in self.cfg.peers:
+            if peer.endpoint is not None:
+                self._endpoints[peer.name] = self._resolve(peer)
+
+    def _resolve(self, peer: Peer) -> str:
+        assert peer.endpoint is not None
+        self._resolved_at[peer.name] = time.monotonic()
+        try:
+            return resolve(peer.endpoint)
+        except ResolveError as e:
+            raise GatewayError(f"peers[{self.cfg.peers.index(peer)}].endpoint: {e}") from None
+
     def apply(self) -> ApplyReport:
         """Reconcile; on failure, go back to the last configuration applied in full."""
+        # Before anything changes: a hostname that does not resolve leaves the host as it is.
+        self.resolve_endpoints()
         source = Path(self.config_path).read_text() if self.config_path else None
         try:
             report = self._apply()
@@ -149,7 +189,8 @@ class Gateway:
         report = ApplyReport()
         old = {p.name: p for p in (previous.peers if previous else [])}
         state = GatewayState(self.cfg.name, self.netns,
-                             self.config_path or (previous.config if previous else ""))
+                             self.config_path or (previous.config if previous else ""),
+                             public_key=self.cfg.public_key)
         try:
             routes.enable_forwarding(self.netns)
             for peer in self.cfg.peers:
@@ -189,7 +230,10 @@ class Gateway:
         if peer.is_tunnel:
             self.engine.ensure_device(dev, self.netns)
             created = True
-            self.engine.configure(dev, self.netns, device_config(self.cfg, peer))
+            endpoint = None
+            if peer.endpoint is not None:  # resolved by apply, not yet on a restore
+                endpoint = self._endpoints.get(peer.name) or self._resolve(peer)
+            self.engine.configure(dev, self.netns, device_config(self.cfg, peer, endpoint))
             routes.set_link(self.netns, dev, self.cfg.mtu)
             mtu = self.cfg.mtu
             engine_name = self.engine.name
@@ -225,6 +269,47 @@ class Gateway:
         """Tunnel peers whose engine process died (wireguard-go)."""
         return [p.name for p in self.cfg.tunnel_peers
                 if not self.engine.is_alive(p.device, self.netns)]
+
+    def reresolve_stale(self, now: float | None = None) -> list[str]:
+        """Look up again the hostname endpoints of peers whose handshake went stale.
+
+        As wireguard-tools' reresolve-dns: a peer whose name now points elsewhere
+        is found again. One lookup per peer every RERESOLVE_INTERVAL seconds at
+        most; a name that fails to resolve keeps its last address (logged). Only a
+        changed address is written to the device. Returns the peers moved.
+        """
+        now = time.time() if now is None else now
+        moved = []
+        for peer in self.cfg.tunnel_peers:
+            if peer.endpoint is None or not is_hostname(peer.endpoint):
+                continue
+            last = self._resolved_at.get(peer.name)
+            if last is not None and time.monotonic() - last < RERESOLVE_INTERVAL:
+                continue
+            try:
+                st = self.engine.status(peer.device, self.netns)
+            except (WireGuardError, NetnsNotFound, OSError):
+                continue  # a dead engine is for dead_tunnels and apply
+            latest = max((p.latest_handshake for p in st.peers), default=0)
+            if latest and now - latest < HANDSHAKE_FRESH:
+                continue
+            try:
+                addr = self._resolve(peer)
+            except GatewayError as e:
+                log.warning("%s (keeping %s)", e, self._endpoints.get(peer.name, "no address"))
+                continue
+            self._endpoints[peer.name] = addr
+            if st.peers and st.peers[0].endpoint == addr:
+                continue
+            try:
+                self.engine.configure(peer.device, self.netns,
+                                      device_config(self.cfg, peer, addr))
+            except WireGuardError as e:
+                raise GatewayError(f"peer {peer.name}: {e}") from e
+            log.info("peer %s: handshake stale, %s now resolves to %s", peer.name,
+                     peer.endpoint.host, addr)
+            moved.append(peer.name)
+        return moved
 
 
 def engine_for(ps: PeerState) -> Engine | None:
@@ -291,6 +376,7 @@ class PeerReport:
     name: str
     device: str
     engine: str
+    public_key: str | None = None  # ours on this tunnel (from the state), None without tunnel
     endpoint: str | None = None
     listen_port: int | None = None
     latest_handshake: int = 0
@@ -319,6 +405,7 @@ def status(gateway: str, netns: str | None = None) -> list[PeerReport]:
             rep = PeerReport(ps.name, ps.device, ps.engine, routes=list(ps.routes))
             engine = engine_for(ps)
             if engine is not None:
+                rep.public_key = state.public_key
                 try:
                     st: DeviceStatus = engine.status(ps.device, netns)
                     rep.listen_port = st.listen_port
@@ -357,6 +444,8 @@ def format_status(gateway: str, reports: list[PeerReport]) -> str:
         lines.append(f"peer: {r.name}")
         lines.append(f"  device: {r.device} ({r.engine})")
         if r.engine != "interface":
+            if r.public_key:
+                lines.append(f"  public key: {r.public_key}")
             lines.append(f"  endpoint: {r.endpoint or '(none)'}")
             if r.listen_port:
                 lines.append(f"  listening port: {r.listen_port}")

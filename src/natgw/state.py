@@ -1,14 +1,14 @@
 """What `natgw up` set up, recorded for `down`, `status`, `maps` and metrics.
 
 A JSON file per gateway under /run/natgw/ (tmpfs: gone after a reboot, like
-the devices and pins it describes). Written atomically; never holds keys.
+the devices and pins it describes). Written atomically; never holds a private key.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 STATE_DIR = Path(os.environ.get("NATGW_STATE_DIR", "/run/natgw"))
@@ -30,6 +30,9 @@ class GatewayState:
     netns: str | None
     config: str  # absolute path of the cluster.yaml applied
     peers: list[PeerState] = field(default_factory=list)
+    # Ours, base64, derived once at apply: status reads it here instead of pulling
+    # the private key back from the engine to derive it again.
+    public_key: str | None = None
 
     def peer_by_ifindex(self, ifindex: int) -> PeerState | None:
         return next((p for p in self.peers if p.ifindex == ifindex), None)
@@ -52,8 +55,15 @@ def load_state(gateway: str) -> GatewayState | None:
         raw = json.loads(state_path(gateway).read_text())
     except FileNotFoundError:
         return None
-    peers = [PeerState(**p) for p in raw.pop("peers", [])]
-    return GatewayState(peers=peers, **raw)
+    peers = [PeerState(**_known(PeerState, p)) for p in raw.pop("peers", [])]
+    return GatewayState(peers=peers, **_known(GatewayState, raw))
+
+
+def _known(cls: type, raw: dict) -> dict:
+    # Fields another natgw version added are left out: every gateway on the host
+    # reads every state (device names are host-wide), whoever wrote it.
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in raw.items() if k in names}
 
 
 def remove_state(gateway: str) -> None:

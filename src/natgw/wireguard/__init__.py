@@ -9,7 +9,6 @@ See docs/wireguard-engines.md. Typical use::
 
 from natgw.wireguard.engines import ENGINE_NAMES, Engine, kernel_module_available, select_engine
 from natgw.wireguard.kernel import KernelEngine
-from natgw.wireguard.keys import generate_private_key, key_from_base64, key_to_base64, public_key
 from natgw.wireguard.model import (
     DeviceConfig,
     DeviceStatus,
@@ -29,10 +28,6 @@ __all__ = [
     "PeerStatus",
     "WireGuardError",
     "WireGuardGoEngine",
-    "generate_private_key",
     "kernel_module_available",
-    "key_from_base64",
-    "key_to_base64",
-    "public_key",
     "select_engine",
 ]

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from natgw.wireguard.keys import KEY_LEN
+from natgw.keys import KEY_LEN
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 EngineName = Literal["kernel", "wireguard-go"]
@@ -128,7 +128,10 @@ class PeerStatus:
 
 @dataclass(frozen=True)
 class DeviceStatus:
-    """A device as an engine reports it. pid is wireguard-go's, None for the kernel."""
+    """A device as an engine reports it. pid is wireguard-go's, None for the kernel.
+
+    public_key is None where the engine does not report it (wireguard-go's UAPI).
+    """
 
     ifname: str
     engine: EngineName

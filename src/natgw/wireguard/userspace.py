@@ -24,7 +24,6 @@ from pathlib import Path
 
 from natgw import netns as ns
 from natgw import proc
-from natgw.wireguard.keys import public_key
 from natgw.wireguard.model import DeviceConfig, DeviceStatus, WireGuardError, check_ifname
 from natgw.wireguard.plan import plan_changes
 from natgw.wireguard.uapi import SOCKET_DIR, UapiClient, socket_path
@@ -171,10 +170,13 @@ class WireGuardGoEngine:
         if pid is None:
             raise WireGuardError(f"wireguard-go {ifname}: device not running")
         state = self._client(ifname).get()
+        # UAPI reports only the private key. Deriving the public key from it at every
+        # status and scrape would handle the secret for nothing: natgw derives it once
+        # per apply and keeps it in its state (natgw.gateway).
         return DeviceStatus(
             ifname=ifname,
             engine="wireguard-go",
-            public_key=public_key(state.private_key) if state.private_key else None,
+            public_key=None,
             listen_port=state.listen_port,
             peers=state.peers,
             pid=pid,
