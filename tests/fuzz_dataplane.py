@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated: l2,l2-mss,l3")
     ap.add_argument("--replay", nargs=4, metavar=("MODE", "DIRECTION", "ETHERTYPE", "HEX"))
     args = ap.parse_args(argv)
+    modes = args.modes.split(",")
+    if not set(modes) <= set(MODES) or (args.replay and args.replay[0] not in MODES):
+        ap.error(f"mode: choose from {', '.join(MODES)}")
     fuzzer = Fuzzer()
     try:
         if args.replay:
@@ -223,9 +226,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"replay: {why or 'ok'}")
             return 1 if why else 0
         seed = args.seed if args.seed is not None else random.randrange(2**32)
-        modes = args.modes.split(",")
-        if not set(modes) <= set(MODES):
-            ap.error(f"--modes: choose from {', '.join(MODES)}")
         print(f"fuzz: seed {seed}; {len(seeds())} seeds; modes {', '.join(modes)}")
         sweep_report = None
         if not args.no_sweep:
