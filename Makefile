@@ -25,3 +25,11 @@ demo-down:
 
 clean:
 	rm -rf $(VENV) src/*.egg-info
+
+# The dataplane fuzz (BPF_PROG_TEST_RUN): every seed cut at every length, then
+# FUZZ_CASES random mutations; prints the count, the rate and each failure as
+# a replayable case. Not a test: pytest runs a bounded sample.
+FUZZ_CASES ?= 100000
+.PHONY: fuzz
+fuzz: setup
+	cd tests && $(CURDIR)/$(PY) fuzz_dataplane.py --cases $(FUZZ_CASES) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from bpf_run import LO_IFINDEX, TC_ACT_OK, TC_ACT_SHOT, Runner, run_gateway_name
+from bpf_run import LO_IFINDEX, TC_ACT_SHOT, TC_ACT_UNSPEC, Runner, run_gateway_name
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet, Raw
@@ -59,15 +59,15 @@ UDP64 = UDP(sport=5353, dport=53) / Raw(b"q" * 64)
 TCP100 = TCP(sport=40000, dport=80, flags="PA") / Raw(b"x" * 100)
 TRAFFIC = [
     # Only the destination matches: one mapping counts.
-    Send("egress", IP(src=OTHER, dst=RA) / UDP64, 3, TC_ACT_OK, (REMOTE,)),
+    Send("egress", IP(src=OTHER, dst=RA) / UDP64, 3, TC_ACT_UNSPEC, (REMOTE,)),
     # Both addresses translated: the packet counts in both mappings.
-    Send("ingress", IP(src=R, dst=LA) / TCP100, 2, TC_ACT_OK, (REMOTE, LOCAL)),
-    Send("egress", IP(src=OTHER, dst="10.245.7.9") / UDP64, 4, TC_ACT_OK, (SPECIFIC,)),
-    Send("egress", IPv6(src=L6, dst=RA6) / UDP64, 1, TC_ACT_OK, (REMOTE6, LOCAL6)),
+    Send("ingress", IP(src=R, dst=LA) / TCP100, 2, TC_ACT_UNSPEC, (REMOTE, LOCAL)),
+    Send("egress", IP(src=OTHER, dst="10.245.7.9") / UDP64, 4, TC_ACT_UNSPEC, (SPECIFIC,)),
+    Send("egress", IPv6(src=L6, dst=RA6) / UDP64, 1, TC_ACT_UNSPEC, (REMOTE6, LOCAL6)),
     # Matched but cut short: dropped, counted as a drop, not as translated.
     Send("egress", bytes(IP(src=L, dst=RA, proto=6)) + b"\x00" * 10, 2, TC_ACT_SHOT,
          stat="truncated"),
-    Send("egress", IP(src=OTHER, dst=OTHER2) / UDP64, 1, TC_ACT_OK, stat="unmatched"),
+    Send("egress", IP(src=OTHER, dst=OTHER2) / UDP64, 1, TC_ACT_UNSPEC, stat="unmatched"),
 ]
 
 
@@ -155,7 +155,8 @@ def test_report_lists_device_peer_and_rules(gw):
     assert (local.ingress.side, str(local.ingress.match), str(local.ingress.rewrite)) == (
         "dst", "10.246.0.0/16", "10.244.0.0/16")
     assert sorted(m.label for m in dev.mappings) == sorted(label(m) for m in MAPPINGS)
-    assert set(dev.drops) == {"truncated", "icmp_inner", "ipv6_exthdr", "rewrite_failed"}
+    assert set(dev.drops) == {"truncated", "icmp_inner", "ipv6_exthdr", "rewrite_failed",
+                              "ipv6_routing"}
     assert set(dev.events) == {"unmatched", "unparsed", "mss_clamped"}
 
 

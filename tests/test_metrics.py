@@ -65,7 +65,7 @@ def test_scrape_counts_exactly_the_traffic(gw):
                            ("natgw_translated_bytes_total", nbytes)):
             got = value(after, name, **labels) - value(before, name, **labels)
             assert (name, mapping, direction, got) == (name, mapping, direction, want)
-    for reason in ("truncated", "icmp_inner", "ipv6_exthdr", "rewrite_failed"):
+    for reason in ("truncated", "icmp_inner", "ipv6_exthdr", "rewrite_failed", "ipv6_routing"):
         labels = dict(gateway=gw.gateway, peer=PEER, reason=reason)
         got = (value(after, "natgw_dropped_packets_total", **labels)
                - value(before, "natgw_dropped_packets_total", **labels))

@@ -21,7 +21,8 @@ sorted by name; keys are stable, counters are exact integers:
                       "rewrite": "10.244.0.0/16", "packets": 3, "bytes": 252},
           "ingress": {"side": "src", "match": "10.244.0.0/16",
                       "rewrite": "10.245.0.0/16", "packets": 0, "bytes": 0}}],
-        "drops":  {"truncated": 0, "icmp_inner": 0, "ipv6_exthdr": 0, "rewrite_failed": 0},
+        "drops":  {"truncated": 0, "icmp_inner": 0, "ipv6_exthdr": 0, "rewrite_failed": 0,
+                   "ipv6_routing": 0},
         "events": {"unmatched": 0, "unparsed": 0, "mss_clamped": 0}}]}]
 
 "match" is the prefix a packet's address must fall in on that side

@@ -274,8 +274,8 @@ class TestRunResult:
 
 
 def prog_test_run(prog_fd: int, data: bytes, ctx: bytes | None = None,
-                  repeat: int = 1) -> TestRunResult:
-    """Run a loaded program on one packet with BPF_PROG_TEST_RUN."""
+                  repeat: int = 1, flags: int = 0) -> TestRunResult:
+    """Run a loaded program on one packet with BPF_PROG_TEST_RUN (flags: BPF_F_TEST_*)."""
     data_in = ctypes.create_string_buffer(data, len(data))
     out = ctypes.create_string_buffer(len(data) + 512)
     opts = _TestRunOpts()
@@ -285,6 +285,7 @@ def prog_test_run(prog_fd: int, data: bytes, ctx: bytes | None = None,
     opts.data_out = ctypes.cast(out, ctypes.c_void_p)
     opts.data_size_out = len(out)
     opts.repeat = repeat
+    opts.flags = flags
     if ctx is not None:
         ctx_in = ctypes.create_string_buffer(ctx, len(ctx))
         opts.ctx_in = ctypes.cast(ctx_in, ctypes.c_void_p)
