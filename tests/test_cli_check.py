@@ -13,7 +13,8 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from natgw import keys
-from natgw.cli import Options, app
+from natgw.cli import app
+from natgw.cli.options import Options
 
 NATGW = Path(sys.executable).parent / "natgw"
 runner = CliRunner()

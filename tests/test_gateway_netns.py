@@ -81,7 +81,8 @@ def process_gone(pid: int) -> bool:
 def status(c) -> dict:
     r = natgw("--netns", c.gw, "status", str(c.config), "--json")
     assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    (gateway,) = json.loads(r.stdout)
+    return gateway
 
 
 def wg_pid(c) -> int:

@@ -13,10 +13,10 @@ from types import SimpleNamespace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_inspect import PEER, Loaded, expected_deltas, loaded_gateway, send_traffic
+from test_introspect import PEER, Loaded, expected_deltas, loaded_gateway, send_traffic
 
 from natgw import __version__, state
-from natgw import inspect as I
+from natgw import introspect as I
 from natgw.config import HostPort
 from natgw.metrics import (
     NatgwCollector,

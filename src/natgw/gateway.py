@@ -4,14 +4,13 @@
 previous `apply` recorded (natgw.state): unchanged peers are not touched
 (same device, same WireGuard sessions, same filters, same counters), removed
 peers are torn down, new or edited ones are brought to the config. `down`
-removes everything natgw made. `status` reads it all back.
+removes everything natgw made. natgw.status reads it all back.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +32,6 @@ from natgw.state import (
 )
 from natgw.wireguard import (
     DeviceConfig,
-    DeviceStatus,
     PeerConfig,
     WireGuardError,
     select_engine,
@@ -41,8 +39,6 @@ from natgw.wireguard import (
 from natgw.wireguard.engines import Engine
 
 log = logging.getLogger(__name__)
-
-HANDSHAKE_FRESH = 180  # seconds: WireGuard rekeys every 120 s; older means the peer is gone
 
 
 class GatewayError(Exception):
@@ -281,96 +277,3 @@ def down(gateway: str, netns: str | None = None) -> bool:
         shutil.rmtree(pins, ignore_errors=True)
     remove_state(gateway)
     return True
-
-
-# -- status ----------------------------------------------------------------
-
-
-@dataclass
-class PeerReport:
-    name: str
-    device: str
-    engine: str
-    endpoint: str | None = None
-    listen_port: int | None = None
-    latest_handshake: int = 0
-    rx_bytes: int = 0
-    tx_bytes: int = 0
-    up: bool = False
-    mappings: list[dict] = field(default_factory=list)
-    routes: list[str] = field(default_factory=list)
-    error: str | None = None
-
-
-def status(gateway: str, netns: str | None = None) -> list[PeerReport]:
-    state = load_state(gateway)
-    if state is None:
-        raise GatewayError(f"gateway {gateway}: not up (no state in /run/natgw)")
-    netns = state.netns if netns is None else netns
-    dp = None
-    try:
-        dp = Dataplane.open(gateway)
-    except (DataplaneError, OSError):
-        dp = None
-    out = []
-    now = time.time()
-    try:
-        for ps in state.peers:
-            rep = PeerReport(ps.name, ps.device, ps.engine, routes=list(ps.routes))
-            engine = engine_for(ps)
-            if engine is not None:
-                try:
-                    st: DeviceStatus = engine.status(ps.device, netns)
-                    rep.listen_port = st.listen_port
-                    if st.peers:
-                        p = st.peers[0]
-                        rep.endpoint = p.endpoint
-                        rep.latest_handshake = p.latest_handshake
-                        rep.rx_bytes, rep.tx_bytes = p.rx_bytes, p.tx_bytes
-                        rep.up = bool(p.latest_handshake) and now - p.latest_handshake < \
-                            HANDSHAKE_FRESH
-                except (WireGuardError, NetnsNotFound, OSError) as e:
-                    rep.error = str(e)
-            else:
-                rep.up = True
-            if dp is not None:
-                for m in dp.mappings(ps.ifindex):
-                    c = dp.tables.counters(m.mapping_id)
-                    rep.mappings.append({
-                        "kind": m.mapping.kind, "cidr": str(m.mapping.cidr),
-                        "as": str(m.mapping.as_),
-                        **{f"{d}_{k}": getattr(c[d], k) for d in c for k in ("packets", "bytes")},
-                    })
-            out.append(rep)
-    finally:
-        if dp is not None:
-            dp.close()
-    return out
-
-
-def format_status(gateway: str, reports: list[PeerReport]) -> str:
-    """`wg show`-like text."""
-    lines = [f"gateway: {gateway}"]
-    now = time.time()
-    for r in reports:
-        lines.append("")
-        lines.append(f"peer: {r.name}")
-        lines.append(f"  device: {r.device} ({r.engine})")
-        if r.engine != "interface":
-            lines.append(f"  endpoint: {r.endpoint or '(none)'}")
-            if r.listen_port:
-                lines.append(f"  listening port: {r.listen_port}")
-            hs = (f"{int(now - r.latest_handshake)} seconds ago" if r.latest_handshake
-                  else "never")
-            lines.append(f"  latest handshake: {hs}")
-            lines.append(f"  transfer: {r.rx_bytes} B received, {r.tx_bytes} B sent")
-        lines.append(f"  up: {'yes' if r.up else 'no'}")
-        if r.error:
-            lines.append(f"  error: {r.error}")
-        lines.append(f"  routes: {', '.join(r.routes) or '(none)'}")
-        for m in r.mappings:
-            lines.append(
-                f"  {m['kind']} {m['cidr']} as {m['as']}: egress {m['egress_packets']} pkts "
-                f"{m['egress_bytes']} B, ingress {m['ingress_packets']} pkts "
-                f"{m['ingress_bytes']} B")
-    return "\n".join(lines)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_inspect import PEER, RA, Loaded, expected_deltas, loaded_gateway, send_traffic
+from test_introspect import PEER, RA, Loaded, expected_deltas, loaded_gateway, send_traffic
 from typer.testing import CliRunner
 
 from natgw import state
