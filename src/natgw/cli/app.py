@@ -1,37 +1,32 @@
-"""The `natgw` command: global options, and every command group registered."""
+"""The `natgw` command: global options, and every command group registered.
 
-from typing import Annotated
+Built on click rather than typer: typer coerces every parameter through
+pydantic, whose import alone costs more than a read-only command may take.
+"""
 
-import typer
+import click
 
 from natgw.cli import check, gateway, keys, maps
 from natgw.cli.options import Options
 
-# Locals are never shown in tracebacks: they may hold a private key.
-app = typer.Typer(
-    help="natgw: NAT gateway for overlapping networks",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
-)
+# Listed in this order by `natgw --help` (click would sort them by name).
+COMMANDS = (check.version, check.check, keys.genkey, keys.pubkey,
+            gateway.up, gateway.down, gateway.status, maps.maps, maps.lookup)
 
 
-@app.callback()
-def main(
-    ctx: typer.Context,
-    netns: Annotated[
-        str | None,
-        typer.Option(
-            "--netns",
-            metavar="NAME",
-            help="Run in the named network namespace (as `ip netns exec NAME`).",
-        ),
-    ] = None,
-) -> None:
+class _Ordered(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=_Ordered, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--netns", metavar="NAME",
+              help="Run in the named network namespace (as `ip netns exec NAME`).")
+@click.pass_context
+def app(ctx: click.Context, netns: str | None) -> None:
     """natgw: NAT gateway for overlapping networks."""
     ctx.obj = Options(netns=netns)
 
 
-# In the order `natgw --help` lists them.
-for command in (check.version, check.check, keys.genkey, keys.pubkey,
-                gateway.up, gateway.down, gateway.status, maps.maps, maps.lookup):
-    app.command()(command)
+for _command in COMMANDS:
+    app.add_command(_command)

@@ -1,22 +1,24 @@
 """`natgw check` and `natgw version`: about a file and the program, nothing running needed."""
 
 from pathlib import Path
-from typing import Annotated
 
-import typer
+import click
 
 from natgw.cli.errors import EXIT_INVALID, fail
 
 
+@click.command()
 def version() -> None:
     """Print natgw's version."""
     from natgw import __version__  # noqa: PLC0415
 
-    typer.echo(__version__)
+    click.echo(__version__)
 
 
-def check(file: Annotated[Path, typer.Argument(help="cluster.yaml to validate")]) -> None:
-    """Validate a cluster.yaml without changing anything."""
+@click.command()
+@click.argument("file", type=click.Path(path_type=Path))
+def check(file: Path) -> None:
+    """Validate FILE (a cluster.yaml); changes nothing."""
     # pydantic and YAML are loaded only by the commands that read a config.
     from natgw.config import ConfigError, load_config  # noqa: PLC0415
 
@@ -25,4 +27,4 @@ def check(file: Annotated[Path, typer.Argument(help="cluster.yaml to validate")]
     except ConfigError as e:
         fail(str(e), EXIT_INVALID)
     n = len(cfg.peers)
-    typer.echo(f"{file}: ok ({n} peer{'' if n == 1 else 's'})")
+    click.echo(f"{file}: ok ({n} peer{'' if n == 1 else 's'})")

@@ -6,7 +6,7 @@ failure. An error is one line on stderr, "natgw: ...", never a traceback.
 
 from typing import NoReturn
 
-import typer
+import click
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -15,10 +15,10 @@ EXIT_INVALID = 2
 
 def fail(message: str, code: int = EXIT_RUNTIME) -> NoReturn:
     """Print one error line on stderr and exit with `code`."""
-    typer.echo(f"natgw: {message}", err=True)
-    raise typer.Exit(code)
+    click.echo(f"natgw: {message}", err=True)
+    raise click.exceptions.Exit(code)
 
 
 def warn(message: str) -> None:
     """One line on stderr that does not end the command."""
-    typer.echo(f"natgw: {message}", err=True)
+    click.echo(f"natgw: {message}", err=True)

@@ -12,9 +12,9 @@ import signal
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 
 from natgw.cli.errors import EXIT_INVALID, fail
 from natgw.cli.options import netns_of
@@ -67,16 +67,16 @@ def _apply(gw: Gateway, quiet: bool = False) -> None:
         fail(str(e))
     if not quiet:
         parts = [f"{k} {', '.join(v)}" for k, v in asdict(report).items() if v]
-        typer.echo(f"natgw: gateway {gw.cfg.name} up" + (f" ({'; '.join(parts)})"
+        click.echo(f"natgw: gateway {gw.cfg.name} up" + (f" ({'; '.join(parts)})"
                                                         if parts else ""))
 
 
-def up(
-    ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="cluster.yaml")],
-    detach: Annotated[bool, typer.Option("--detach", help="Apply and return.")] = False,
-) -> None:
-    """Bring the gateway to what FILE says: tunnels, dataplane, mappings, routes.
+@click.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--detach", is_flag=True, help="Apply and return.")
+@click.pass_context
+def up(ctx: click.Context, file: Path, detach: bool) -> None:
+    """Apply FILE (cluster.yaml): tunnels, dataplane, mappings, routes.
 
     In the foreground natgw serves metrics, restarts dead wireguard-go
     processes, reloads FILE on SIGHUP, and exits on SIGTERM/SIGINT leaving
@@ -92,11 +92,14 @@ def up(
     _foreground(gw, file, netns)
 
 
-def down(
-    ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="cluster.yaml (or the gateway name)")],
-) -> None:
-    """Remove everything `up` made: devices, filters, qdiscs, routes, pins, processes."""
+@click.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.pass_context
+def down(ctx: click.Context, file: Path) -> None:
+    """Remove what `up` made: devices, filters, routes, pins, processes.
+
+    FILE is the cluster.yaml, or the gateway's name.
+    """
     from natgw.gateway import GatewayError  # noqa: PLC0415
     from natgw.gateway import down as gw_down  # noqa: PLC0415
 
@@ -105,22 +108,22 @@ def down(
         removed = gw_down(name, ctx.obj.netns)
     except GatewayError as e:
         fail(str(e))
-    typer.echo(f"natgw: gateway {name} " + ("down" if removed else "was not up"))
+    click.echo(f"natgw: gateway {name} " + ("down" if removed else "was not up"))
 
 
-def status(
-    ctx: typer.Context,
-    file: Annotated[Path | None, typer.Argument(
-        help="cluster.yaml or gateway name; default: every gateway in the netns.",
-        show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", "-j", help="JSON list of gateways.")]
-    = False,
-) -> None:
-    """Per gateway and peer: device, engine, endpoint, handshake, transfer, routes, mappings.
+@click.command()
+@click.argument("file", type=click.Path(path_type=Path), required=False)
+@click.option("--json", "-j", "as_json", is_flag=True, help="JSON list of gateways.")
+@click.pass_context
+def status(ctx: click.Context, file: Path | None, as_json: bool) -> None:
+    """Show running gateways, like `wg show`.
 
-    Without FILE, like `wg show`: every gateway natgw runs in the netns
-    (--netns, else natgw's own); "no natgw gateway is running" when there is
-    none (exit 0; --json prints []).
+    Per gateway and peer: device, engine, endpoint, handshake, transfer,
+    routes, mappings.
+
+    Without FILE (a cluster.yaml or a gateway name), like `wg show`: every
+    gateway natgw runs in the netns (--netns, else natgw's own), or "no natgw
+    gateway is running" (exit 0; --json prints []).
     """
     from natgw import status as st  # noqa: PLC0415
 
@@ -132,11 +135,11 @@ def status(
     except st.StatusError as e:
         fail(str(e))
     if as_json:
-        typer.echo(json.dumps(st.to_json(reports), indent=2))
+        click.echo(json.dumps(st.to_json(reports), indent=2))
     elif reports:
-        typer.echo(st.format_status(reports))
+        click.echo(st.format_status(reports))
     else:
-        typer.echo(NOTHING_RUNNING + (f" in netns {netns}" if netns else ""))
+        click.echo(NOTHING_RUNNING + (f" in netns {netns}" if netns else ""))
 
 
 def _foreground(gw: Gateway, file: Path, netns: str | None) -> None:

@@ -2,23 +2,25 @@
 
 import sys
 
-import typer
+import click
 
 from natgw.cli.errors import EXIT_INVALID, fail
 
 
+@click.command()
 def genkey() -> None:
     """Print a new private key (like `wg genkey`)."""
     from natgw import keys  # noqa: PLC0415
 
-    typer.echo(keys.genkey())
+    click.echo(keys.genkey())
 
 
+@click.command()
 def pubkey() -> None:
-    """Read a private key on stdin, print its public key (like `wg pubkey`)."""
+    """Print the public key of the private key on stdin (like `wg pubkey`)."""
     from natgw import keys  # noqa: PLC0415
 
     try:
-        typer.echo(keys.pubkey(sys.stdin.read()))
+        click.echo(keys.pubkey(sys.stdin.read()))
     except ValueError as e:
         fail(str(e), EXIT_INVALID)

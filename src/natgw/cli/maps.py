@@ -19,9 +19,9 @@ import ipaddress
 import json
 import sys
 import time
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 
 from natgw.cli.errors import EXIT_INVALID, EXIT_RUNTIME, fail, warn
 from natgw.cli.options import netns_of
@@ -143,23 +143,22 @@ def _rates_json(reports: list[I.GatewayReport],
 # -- commands ------------------------------------------------------------------
 
 
-def maps(
-    ctx: typer.Context,
-    gateway: Annotated[str | None, typer.Argument(
-        help="Gateway to show; default: every loaded gateway (with --netns: those in it).",
-        show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", "-j", help="JSON output (like ip -j).")]
-    = False,
-    watch: Annotated[bool, typer.Option("--watch", "-w",
-                                        help="Show live rates, refreshed until Ctrl-C.")]
-    = False,
-    interval: Annotated[float, typer.Option("--interval", "-i", min=0.1, metavar="SECONDS",
-                                            help="Refresh interval of --watch.")] = 1.0,
-    count: Annotated[int | None, typer.Option("--count", "-c", min=1, metavar="N",
-                                              help="With --watch: stop after N refreshes.")]
-    = None,
-) -> None:
-    """Translation tables with packet/byte counters, then drops and events per device."""
+@click.command()
+@click.argument("gateway", required=False)
+@click.option("--json", "-j", "as_json", is_flag=True, help="JSON output (like ip -j).")
+@click.option("--watch", "-w", is_flag=True, help="Show live rates, refreshed until Ctrl-C.")
+@click.option("--interval", "-i", type=click.FloatRange(min=0.1), default=1.0,
+              show_default=True, metavar="SECONDS", help="Refresh interval of --watch.")
+@click.option("--count", "-c", type=click.IntRange(min=1), metavar="N",
+              help="With --watch: stop after N refreshes.")
+@click.pass_context
+def maps(ctx: click.Context, gateway: str | None, as_json: bool, watch: bool, interval: float,
+         count: int | None) -> None:
+    """Translation tables and counters, drops and events per device.
+
+    GATEWAY: the gateway to show; default: every loaded gateway (with
+    --netns: those in it).
+    """
     from natgw import introspect as I  # noqa: PLC0415
 
     if count is not None and not watch:
@@ -183,13 +182,13 @@ def maps(
     if not watch:
         reports = read()
         if as_json:
-            typer.echo(json.dumps(I.to_json(reports), indent=2))
+            click.echo(json.dumps(I.to_json(reports), indent=2))
         elif reports:
-            typer.echo(render_maps(reports))
+            click.echo(render_maps(reports))
         elif not failed:
-            typer.echo(_nothing(netns))
+            click.echo(_nothing(netns))
         if failed:
-            raise typer.Exit(EXIT_RUNTIME)
+            raise click.exceptions.Exit(EXIT_RUNTIME)
         return
 
     redraw = not as_json and sys.stdout.isatty()
@@ -197,11 +196,11 @@ def maps(
     def show(reports: list[I.GatewayReport], rates: dict[I.RateKey, I.Rate | None]) -> None:
         if as_json:
             doc = {"time": time.time(), "interval": interval, "rates": _rates_json(reports, rates)}
-            typer.echo(json.dumps(doc))
+            click.echo(json.dumps(doc))
             return
         header = f"natgw maps: every {interval:g}s, Ctrl-C to stop    {time.strftime('%X')}"
         body = render_maps(reports, rates) if reports else _nothing(netns)
-        typer.echo((CLEAR if redraw else "") + header + "\n" + body + ("" if redraw else "\n"))
+        click.echo((CLEAR if redraw else "") + header + "\n" + body + ("" if redraw else "\n"))
 
     try:
         I.watch(read, show, interval, count)
@@ -209,17 +208,18 @@ def maps(
         pass  # the way to stop watching, not a failure
 
 
-def lookup(
-    ctx: typer.Context,
-    address: Annotated[str, typer.Argument(help="IPv4 or IPv6 address.", show_default=False)],
-    as_json: Annotated[bool, typer.Option("--json", "-j", help="JSON output (like ip -j).")]
-    = False,
-    gateway: Annotated[str | None, typer.Option(
-        "--gateway", "-g", metavar="NAME",
-        help="Only this gateway; default: every loaded gateway (with --netns: those in it).",
-        show_default=False)] = None,
-) -> None:
-    """How ADDRESS is translated, per direction and side, and by which device/peer."""
+@click.command()
+@click.argument("address")
+@click.option("--json", "-j", "as_json", is_flag=True, help="JSON output (like ip -j).")
+@click.option("--gateway", "-g", metavar="NAME",
+              help="Only this gateway; default: every loaded gateway (with --netns: those "
+                   "in it).")
+@click.pass_context
+def lookup(ctx: click.Context, address: str, as_json: bool, gateway: str | None) -> None:
+    """How ADDRESS is translated: per direction and side, and where.
+
+    ADDRESS is an IPv4 or IPv6 address.
+    """
     from natgw import introspect as I  # noqa: PLC0415
 
     netns = netns_of(ctx)
@@ -233,6 +233,6 @@ def lookup(
     except I.InspectError as e:
         fail(str(e))
     if as_json:
-        typer.echo(json.dumps(I.translation_json(items), indent=2))
+        click.echo(json.dumps(I.translation_json(items), indent=2))
     else:
-        typer.echo(render_lookup(str(addr), items))
+        click.echo(render_lookup(str(addr), items))
