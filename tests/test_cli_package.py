@@ -74,7 +74,8 @@ def test_each_module_imports_first_in_a_fresh_interpreter(module: str) -> None:
     assert proc.stdout.split() == [], f"importing {module} imported {proc.stdout.strip()}"
 
 
-@pytest.mark.parametrize("args", [["version"], ["maps", "--json"], ["lookup", "192.0.2.1"]])
+@pytest.mark.parametrize("args", [["version"], ["status"], ["maps", "--json"],
+                                  ["lookup", "192.0.2.1"]])
 def test_read_only_commands_run_without_heavy_imports(args: list[str]) -> None:
     code = ("import sys\nfrom natgw.cli import app\n"
             f"try:\n    app({args!r})\nexcept SystemExit:\n    pass\n"

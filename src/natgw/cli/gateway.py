@@ -7,9 +7,6 @@ the rest (config validation, netlink, the compiler) when they run.
 from __future__ import annotations
 
 import json
-import logging
-import signal
-import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,8 +22,6 @@ if TYPE_CHECKING:
 
 SUPERVISE_INTERVAL = 2.0  # seconds between checks of the tunnel engines
 NOTHING_RUNNING = "no natgw gateway is running"
-
-log = logging.getLogger("natgw")
 
 
 def _load(file: Path) -> GatewayConfig:
@@ -144,10 +139,15 @@ def status(ctx: click.Context, file: Path | None, as_json: bool) -> None:
 
 def _foreground(gw: Gateway, file: Path, netns: str | None) -> None:
     """Supervise until SIGTERM/SIGINT; SIGHUP reloads the file."""
+    import logging  # noqa: PLC0415 - only the foreground logs
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
     from natgw.config import ConfigError, load_config  # noqa: PLC0415
     from natgw.gateway import Gateway, GatewayError  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="natgw: %(message)s")
+    log = logging.getLogger("natgw")
     stop = threading.Event()
     reload = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -180,10 +180,12 @@ def _foreground(gw: Gateway, file: Path, netns: str | None) -> None:
 
 def _start_metrics(gw: Gateway):
     """Serve Prometheus metrics at the config's `metrics` address."""
+    import logging  # noqa: PLC0415
+
     from natgw.metrics import serve_gateway_metrics  # noqa: PLC0415
 
     try:
         return serve_gateway_metrics(gw)
     except OSError as e:
-        log.error("metrics: cannot listen on %s: %s", gw.cfg.metrics, e)
+        logging.getLogger("natgw").error("metrics: cannot listen on %s: %s", gw.cfg.metrics, e)
         return None
