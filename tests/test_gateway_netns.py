@@ -33,6 +33,9 @@ def clusters(netns_lab, tmp_path):
     return c1, c2
 
 
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python < 3.12 lacks the name
+
+
 @contextlib.contextmanager
 def udp_stream(src, dst, interval: float = 0.005):
     """Datagrams from src's pod to dst's pod while the block runs; yields [sent, received]."""
@@ -40,6 +43,9 @@ def udp_stream(src, dst, interval: float = 0.005):
     stop = threading.Event()
     with netns_socket(dst.pod, socket.AF_INET, socket.SOCK_DGRAM) as srv, \
             netns_socket(src.pod, socket.AF_INET, socket.SOCK_DGRAM) as cli:
+        # The stream is read only after the block: room for all of it, or a slow
+        # block (a loaded machine) overflows the default buffer (256 datagrams).
+        srv.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
         srv.bind((POD, 7100))
         srv.settimeout(2)
 
