@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import yaml
-from typer.main import get_command
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from natgw import keys
-from natgw.cli import Options, app
+from natgw.cli import app
+from natgw.cli.options import Options
 
 NATGW = Path(sys.executable).parent / "natgw"
 runner = CliRunner()
@@ -131,11 +131,10 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
 
 
 def test_netns_option_is_stored_in_context() -> None:
-    command = get_command(app)
     for args, netns in [(["--netns", "blue", "version"], "blue"), (["version"], None)]:
-        ctx = command.make_context("natgw", args)
+        ctx = app.make_context("natgw", args)
         with ctx:
-            command.invoke(ctx)
+            app.invoke(ctx)
         assert ctx.obj == Options(netns=netns)
 
 

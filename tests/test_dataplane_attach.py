@@ -9,8 +9,8 @@ import subprocess
 import time
 
 import pytest
-from netns_util import add_address
 
+from lab.net import add_address
 from natgw.dataplane import Dataplane, Mapping
 from natgw.dataplane.loader import ETH_P_ALL, FILTER_PRIO, PARENTS, ipr_in
 from natgw.netns import netns_socket

@@ -32,8 +32,6 @@ from natgw.state import load_state
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
-SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; Python's socket module does not name it
-
 
 @pytest.fixture()
 def clusters(netns_lab, tmp_path):
@@ -46,6 +44,9 @@ def clusters(netns_lab, tmp_path):
     return c1, c2
 
 
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python < 3.12 lacks the name
+
+
 @contextlib.contextmanager
 def udp_stream(src, dst, interval: float = 0.005):
     """Datagrams from src's pod to dst's pod while the block runs; yields [sent, received]."""
@@ -53,9 +54,9 @@ def udp_stream(src, dst, interval: float = 0.005):
     stop = threading.Event()
     with netns_socket(dst.pod, socket.AF_INET, socket.SOCK_DGRAM) as srv, \
             netns_socket(src.pod, socket.AF_INET, socket.SOCK_DGRAM) as cli:
-        # Read only at the end: the buffer must hold the whole stream, however slow the
-        # re-apply on a busy machine (the default holds ~250 datagrams). Root may force it.
-        srv.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+        # The stream is read only after the block: room for all of it, or a slow
+        # block (a loaded machine) overflows the default buffer (256 datagrams).
+        srv.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
         srv.bind((POD, 7100))
         srv.settimeout(2)
 
@@ -101,7 +102,8 @@ def status(c) -> dict:
 def status_of(netns: str, config) -> dict:
     r = natgw("--netns", netns, "status", str(config), "--json")
     assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    (gateway,) = json.loads(r.stdout)
+    return gateway
 
 
 def wg_pid(c) -> int:

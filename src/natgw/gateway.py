@@ -4,7 +4,7 @@
 previous `apply` recorded (natgw.state): unchanged peers are not touched
 (same device, same WireGuard sessions, same filters, same counters), removed
 peers are torn down, new or edited ones are brought to the config. `down`
-removes everything natgw made. `status` reads it all back.
+removes everything natgw made. natgw.status reads it all back.
 """
 
 from __future__ import annotations
@@ -35,16 +35,15 @@ from natgw.state import (
 )
 from natgw.wireguard import (
     DeviceConfig,
-    DeviceStatus,
     PeerConfig,
     WireGuardError,
     select_engine,
 )
 from natgw.wireguard.engines import Engine
+from natgw.wireguard.model import handshake_fresh
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_FRESH = 180  # seconds: WireGuard rekeys every 120 s; older means the peer is gone
 # Seconds between two lookups of one peer's hostname while its handshake stays stale
 # (the interval of wireguard-tools' reresolve-dns timer).
 RERESOLVE_INTERVAL = 30
@@ -291,7 +290,7 @@ class Gateway:
             except (WireGuardError, NetnsNotFound, OSError):
                 continue  # a dead engine is for dead_tunnels and apply
             latest = max((p.latest_handshake for p in st.peers), default=0)
-            if latest and now - latest < HANDSHAKE_FRESH:
+            if handshake_fresh(latest, now):
                 continue
             try:
                 addr = self._resolve(peer)
@@ -366,100 +365,3 @@ def down(gateway: str, netns: str | None = None) -> bool:
         shutil.rmtree(pins, ignore_errors=True)
     remove_state(gateway)
     return True
-
-
-# -- status ----------------------------------------------------------------
-
-
-@dataclass
-class PeerReport:
-    name: str
-    device: str
-    engine: str
-    public_key: str | None = None  # ours on this tunnel (from the state), None without tunnel
-    endpoint: str | None = None
-    listen_port: int | None = None
-    latest_handshake: int = 0
-    rx_bytes: int = 0
-    tx_bytes: int = 0
-    up: bool = False
-    mappings: list[dict] = field(default_factory=list)
-    routes: list[str] = field(default_factory=list)
-    error: str | None = None
-
-
-def status(gateway: str, netns: str | None = None) -> list[PeerReport]:
-    state = load_state(gateway)
-    if state is None:
-        raise GatewayError(f"gateway {gateway}: not up (no state in /run/natgw)")
-    netns = state.netns if netns is None else netns
-    dp = None
-    try:
-        dp = Dataplane.open(gateway)
-    except (DataplaneError, OSError):
-        dp = None
-    out = []
-    now = time.time()
-    try:
-        for ps in state.peers:
-            rep = PeerReport(ps.name, ps.device, ps.engine, routes=list(ps.routes))
-            engine = engine_for(ps)
-            if engine is not None:
-                rep.public_key = state.public_key
-                try:
-                    st: DeviceStatus = engine.status(ps.device, netns)
-                    rep.listen_port = st.listen_port
-                    if st.peers:
-                        p = st.peers[0]
-                        rep.endpoint = p.endpoint
-                        rep.latest_handshake = p.latest_handshake
-                        rep.rx_bytes, rep.tx_bytes = p.rx_bytes, p.tx_bytes
-                        rep.up = bool(p.latest_handshake) and now - p.latest_handshake < \
-                            HANDSHAKE_FRESH
-                except (WireGuardError, NetnsNotFound, OSError) as e:
-                    rep.error = str(e)
-            else:
-                rep.up = True
-            if dp is not None:
-                for m in dp.mappings(ps.ifindex):
-                    c = dp.tables.counters(m.mapping_id)
-                    rep.mappings.append({
-                        "kind": m.mapping.kind, "cidr": str(m.mapping.cidr),
-                        "as": str(m.mapping.as_),
-                        **{f"{d}_{k}": getattr(c[d], k) for d in c for k in ("packets", "bytes")},
-                    })
-            out.append(rep)
-    finally:
-        if dp is not None:
-            dp.close()
-    return out
-
-
-def format_status(gateway: str, reports: list[PeerReport]) -> str:
-    """`wg show`-like text."""
-    lines = [f"gateway: {gateway}"]
-    now = time.time()
-    for r in reports:
-        lines.append("")
-        lines.append(f"peer: {r.name}")
-        lines.append(f"  device: {r.device} ({r.engine})")
-        if r.engine != "interface":
-            if r.public_key:
-                lines.append(f"  public key: {r.public_key}")
-            lines.append(f"  endpoint: {r.endpoint or '(none)'}")
-            if r.listen_port:
-                lines.append(f"  listening port: {r.listen_port}")
-            hs = (f"{int(now - r.latest_handshake)} seconds ago" if r.latest_handshake
-                  else "never")
-            lines.append(f"  latest handshake: {hs}")
-            lines.append(f"  transfer: {r.rx_bytes} B received, {r.tx_bytes} B sent")
-        lines.append(f"  up: {'yes' if r.up else 'no'}")
-        if r.error:
-            lines.append(f"  error: {r.error}")
-        lines.append(f"  routes: {', '.join(r.routes) or '(none)'}")
-        for m in r.mappings:
-            lines.append(
-                f"  {m['kind']} {m['cidr']} as {m['as']}: egress {m['egress_packets']} pkts "
-                f"{m['egress_bytes']} B, ingress {m['ingress_packets']} pkts "
-                f"{m['ingress_bytes']} B")
-    return "\n".join(lines)

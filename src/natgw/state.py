@@ -87,8 +87,29 @@ def save_applied(gateway: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def all_states() -> list[GatewayState]:
+def gateway_names() -> list[str]:
+    """Gateways with a state file, sorted: what `natgw up` set up and `down` did not remove."""
     if not STATE_DIR.is_dir():
         return []
-    states = (load_state(p.stem) for p in sorted(STATE_DIR.glob("*.json")))
+    return sorted(p.stem for p in STATE_DIR.glob("*.json"))
+
+
+def all_states() -> list[GatewayState]:
+    states = (load_state(name) for name in gateway_names())
     return [s for s in states if s is not None]
+
+
+def states_in(netns: str | None) -> list[GatewayState]:
+    """Gateways applied in netns `netns` (None: natgw's own), as `wg show` lists a netns' devices.
+
+    A state file that cannot be read is skipped: it names no netns to filter by.
+    """
+    out = []
+    for name in gateway_names():
+        try:
+            state = load_state(name)
+        except (OSError, ValueError, TypeError):
+            continue
+        if state is not None and state.netns == netns:
+            out.append(state)
+    return out

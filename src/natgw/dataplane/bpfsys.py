@@ -81,8 +81,12 @@ class _TestRunOpts(ctypes.Structure):
 
 @cache
 def _lib() -> ctypes.CDLL:
-    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
-    lib = ctypes.CDLL(name, use_errno=True)
+    # The soname first: find_library runs ldconfig (and maybe a compiler) in
+    # subprocesses, which costs a read-only command more than all its work.
+    try:
+        lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    except OSError:
+        lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so", use_errno=True)
     lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
     lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
     for fn in ("bpf_map_lookup_elem", "bpf_map_update_elem", "bpf_map_delete_elem",

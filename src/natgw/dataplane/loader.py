@@ -20,14 +20,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from ..netns import iproute
 from . import layout as L
 from .bpfsys import BpfError, obj_get, obj_pin
+
+# pyroute2 only where netlink is spoken: reading pins must stay cheap to import.
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 PIN_ROOT = "/sys/fs/bpf/natgw"
 ENTRY = "natgw.c"
@@ -226,6 +228,8 @@ def link_index(ipr: IPRoute, ifname: str) -> int:
 
 def _filter_names(ipr: IPRoute, ifindex: int, parent: int) -> dict[int, str]:
     """prio -> cls_bpf program name of the filters on a clsact hook."""
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+
     out = {}
     try:
         for msg in ipr.get_filters(index=ifindex, parent=parent):
@@ -244,6 +248,8 @@ def attach(ipr: IPRoute, ifindex: int, progs: Programs) -> bool:
     Return: True if natgw created the clsact qdisc. A filter already running
     this build is left alone; another build is replaced atomically.
     """
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+
     created = False
     try:
         ipr.tc("add", "clsact", ifindex)
@@ -266,6 +272,8 @@ def attach(ipr: IPRoute, ifindex: int, progs: Programs) -> bool:
 
 def detach(ipr: IPRoute, ifindex: int, remove_qdisc: bool) -> None:
     """Remove natgw's filters; the clsact qdisc too if natgw made it and it is now empty."""
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+
     for parent in PARENTS.values():
         if FILTER_PRIO not in _filter_names(ipr, ifindex, parent):
             continue

@@ -113,6 +113,18 @@ class DeviceConfig:
                 owner[net] = i
 
 
+# WireGuard's Reject-After-Time: a session this old can no longer carry data,
+# and a live peer rekeys every 120 s (Rekey-After-Time) or on the next packet
+# (persistent keepalive keeps idle tunnels fresh). So a tunnel whose latest
+# handshake is this old, or older, is down.
+HANDSHAKE_FRESH_SECONDS = 180
+
+
+def handshake_fresh(latest_handshake: int | None, now: float) -> bool:
+    """True when a peer's latest handshake (unix seconds, 0/None: never) makes it up."""
+    return bool(latest_handshake) and now - latest_handshake < HANDSHAKE_FRESH_SECONDS
+
+
 @dataclass(frozen=True)
 class PeerStatus:
     """A peer as the device reports it. latest_handshake is unix seconds, 0 = never."""

@@ -1,6 +1,7 @@
 """A running gateway's translation tables, counters and drops, as plain data.
 
-The library behind `natgw maps`, `natgw lookup` and the metrics collector.
+The library behind `natgw maps`, `natgw lookup` and the metrics collector
+(named introspect, not inspect: that is a standard library module).
 Everything is read from the pinned maps (no compiler, no programs loaded),
 so it answers in milliseconds and never changes the dataplane.
 
@@ -55,29 +56,14 @@ from typing import Any
 from natgw.dataplane import layout as L
 from natgw.dataplane.bpfsys import BpfError
 from natgw.dataplane.loader import PIN_ROOT, DataplaneError, pin_dir
-from natgw.dataplane.tables import IPNetwork, TableError, Tables
+from natgw.dataplane.tables import KIND_RULES, TABLE_KIND, IPNetwork, TableError, Tables
 from natgw.netmap import netmap
-from natgw.netns import iproute
+from natgw.netns import link_names
 from natgw.state import GatewayState, load_state
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SIDES = {L.SIDE_DST: "dst", L.SIDE_SRC: "src"}
-
-# Which mapping kind owns each (direction, side) table (see natgw_shared.h).
-_TABLE_KIND = {
-    (L.DIR_EGRESS, L.SIDE_DST): "remote",
-    (L.DIR_INGRESS, L.SIDE_SRC): "remote",
-    (L.DIR_EGRESS, L.SIDE_SRC): "local",
-    (L.DIR_INGRESS, L.SIDE_DST): "local",
-}
-# For each kind and direction: the side translated, and whether the packet
-# carries the "as" prefix there (else the real cidr).
-_RULES = {
-    ("remote", "egress"): ("dst", True),
-    ("remote", "ingress"): ("src", False),
-    ("local", "egress"): ("src", False),
-    ("local", "ingress"): ("dst", True),
-}
+_DIRECTION = {name: d for d, name in L.DIRECTIONS.items()}
 
 
 class InspectError(Exception):
@@ -213,22 +199,16 @@ def _read_error(gateway: str, exc: OSError) -> InspectError:
 def interface_names(netns: str | None) -> dict[int, str]:
     """ifindex -> name in a netns; empty when it cannot be read (names are a nicety)."""
     try:
-        ipr = iproute(netns)
-    except Exception:
+        return link_names(netns)
+    except (OSError, ValueError, LookupError):
         return {}
-    try:
-        return {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-    except Exception:
-        return {}
-    finally:
-        ipr.close()
 
 
 def _rule(kind: str, direction: str, cidr: IPNetwork, as_: IPNetwork, packets: int,
           nbytes: int) -> Rule:
-    side, carries_as = _RULES[(kind, direction)]
+    side, carries_as = KIND_RULES[(kind, _DIRECTION[direction])]
     match, rewrite = (as_, cidr) if carries_as else (cidr, as_)
-    return Rule(side, match, rewrite, packets, nbytes)
+    return Rule(SIDES[side], match, rewrite, packets, nbytes)
 
 
 def read_tables(gateway: str, tables: Tables, state: GatewayState | None,
@@ -441,7 +421,7 @@ def lookup_tables(gateway: str, tables: Tables, address: IPAddress,
                 m = mappings.get(value.mapping_id)
                 out.append(Translation(
                     gateway, ifindex, names.get(ifindex), peer.name if peer else None,
-                    L.DIRECTIONS[direction], SIDES[side], _TABLE_KIND[(direction, side)],
+                    L.DIRECTIONS[direction], SIDES[side], TABLE_KIND[(direction, side)],
                     address, netmap(address, rewrite), match, rewrite, value.mapping_id,
                     m.cidr if m else None, m.as_ if m else None,
                 ))

@@ -1,8 +1,8 @@
-"""natgw.inspect: tables, counters, drops and lookups of a loaded dataplane.
+"""natgw.introspect: tables, counters, drops and lookups of a loaded dataplane.
 
 Known packets run through the compiled programs (BPF_PROG_TEST_RUN on
 loopback, see bpf_run.py); the counters read back must grow by exactly
-their number and IP size. test_metrics and test_cli_inspect reuse the
+their number and IP size. test_metrics and test_cli_maps reuse the
 fixture and the traffic table from here.
 """
 
@@ -18,7 +18,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet, Raw
 
-from natgw import inspect as I
+from natgw import introspect as I
 from natgw import state
 from natgw.dataplane import Dataplane, Mapping
 from natgw.state import GatewayState, PeerState

@@ -1,0 +1,26 @@
+"""`natgw genkey` and `natgw pubkey`: WireGuard keys, as `wg genkey` and `wg pubkey`."""
+
+import sys
+
+import click
+
+from natgw.cli.errors import EXIT_INVALID, fail
+
+
+@click.command()
+def genkey() -> None:
+    """Print a new private key (like `wg genkey`)."""
+    from natgw import keys  # noqa: PLC0415
+
+    click.echo(keys.genkey())
+
+
+@click.command()
+def pubkey() -> None:
+    """Print the public key of the private key on stdin (like `wg pubkey`)."""
+    from natgw import keys  # noqa: PLC0415
+
+    try:
+        click.echo(keys.pubkey(sys.stdin.read()))
+    except ValueError as e:
+        fail(str(e), EXIT_INVALID)
