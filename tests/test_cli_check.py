@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from click.testing import CliRunner
+from typer.main import get_command
+from typer.testing import CliRunner
 
 from natgw import keys
 from natgw.cli import app
@@ -131,10 +132,11 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
 
 
 def test_netns_option_is_stored_in_context() -> None:
+    command = get_command(app)
     for args, netns in [(["--netns", "blue", "version"], "blue"), (["version"], None)]:
-        ctx = app.make_context("natgw", args)
+        ctx = command.make_context("natgw", args)
         with ctx:
-            app.invoke(ctx)
+            command.invoke(ctx)
         assert ctx.obj == Options(netns=netns)
 
 

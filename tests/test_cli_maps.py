@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from test_introspect import PEER, RA, Loaded, expected_deltas, loaded_gateway, send_traffic
+from typer.testing import CliRunner
 
 from natgw import state
 from natgw.cli import app

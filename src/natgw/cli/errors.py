@@ -1,12 +1,12 @@
 """natgw's exit codes, and the one way a command fails.
 
-0 done, 2 invalid file or usage (click's usage errors exit 2 too), 1 runtime
+0 done, 2 invalid file or usage (typer's usage errors exit 2 too), 1 runtime
 failure. An error is one line on stderr, "natgw: ...", never a traceback.
 """
 
 from typing import NoReturn
 
-import click
+import typer
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -15,10 +15,10 @@ EXIT_INVALID = 2
 
 def fail(message: str, code: int = EXIT_RUNTIME) -> NoReturn:
     """Print one error line on stderr and exit with `code`."""
-    click.echo(f"natgw: {message}", err=True)
-    raise click.exceptions.Exit(code)
+    typer.echo(f"natgw: {message}", err=True)
+    raise typer.Exit(code)
 
 
 def warn(message: str) -> None:
     """One line on stderr that does not end the command."""
-    click.echo(f"natgw: {message}", err=True)
+    typer.echo(f"natgw: {message}", err=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
-import click
+import typer
 
 from natgw.cli.errors import EXIT_INVALID, fail
 from natgw.cli.options import netns_of
@@ -19,6 +19,9 @@ from natgw.cli.options import netns_of
 if TYPE_CHECKING:
     from natgw.config import GatewayConfig
     from natgw.gateway import Gateway
+
+# Arguments are typer.Argument(hidden=True): each command's docstring describes
+# them; hidden drops only typer's "Arguments:" list (the usage line keeps them).
 
 SUPERVISE_INTERVAL = 2.0  # seconds between checks of the tunnel engines
 NOTHING_RUNNING = "no natgw gateway is running"
@@ -62,15 +65,15 @@ def _apply(gw: Gateway, quiet: bool = False) -> None:
         fail(str(e))
     if not quiet:
         parts = [f"{k} {', '.join(v)}" for k, v in asdict(report).items() if v]
-        click.echo(f"natgw: gateway {gw.cfg.name} up" + (f" ({'; '.join(parts)})"
+        typer.echo(f"natgw: gateway {gw.cfg.name} up" + (f" ({'; '.join(parts)})"
                                                         if parts else ""))
 
 
-@click.command()
-@click.argument("file", type=click.Path(path_type=Path))
-@click.option("--detach", is_flag=True, help="Apply and return.")
-@click.pass_context
-def up(ctx: click.Context, file: Path, detach: bool) -> None:
+def up(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(hidden=True)],
+    detach: Annotated[bool, typer.Option("--detach", help="Apply and return.")] = False,
+) -> None:
     """Apply FILE (cluster.yaml): tunnels, dataplane, mappings, routes.
 
     In the foreground natgw serves metrics, restarts dead wireguard-go
@@ -87,10 +90,7 @@ def up(ctx: click.Context, file: Path, detach: bool) -> None:
     _foreground(gw, file, netns)
 
 
-@click.command()
-@click.argument("file", type=click.Path(path_type=Path))
-@click.pass_context
-def down(ctx: click.Context, file: Path) -> None:
+def down(ctx: typer.Context, file: Annotated[Path, typer.Argument(hidden=True)]) -> None:
     """Remove what `up` made: devices, filters, routes, pins, processes.
 
     FILE is the cluster.yaml, or the gateway's name.
@@ -103,14 +103,15 @@ def down(ctx: click.Context, file: Path) -> None:
         removed = gw_down(name, ctx.obj.netns)
     except GatewayError as e:
         fail(str(e))
-    click.echo(f"natgw: gateway {name} " + ("down" if removed else "was not up"))
+    typer.echo(f"natgw: gateway {name} " + ("down" if removed else "was not up"))
 
 
-@click.command()
-@click.argument("file", type=click.Path(path_type=Path), required=False)
-@click.option("--json", "-j", "as_json", is_flag=True, help="JSON list of gateways.")
-@click.pass_context
-def status(ctx: click.Context, file: Path | None, as_json: bool) -> None:
+def status(
+    ctx: typer.Context,
+    file: Annotated[Path | None, typer.Argument(hidden=True)] = None,
+    as_json: Annotated[bool, typer.Option("--json", "-j", help="JSON list of gateways.")]
+    = False,
+) -> None:
     """Show running gateways, like `wg show`.
 
     Per gateway and peer: device, engine, endpoint, handshake, transfer,
@@ -130,11 +131,11 @@ def status(ctx: click.Context, file: Path | None, as_json: bool) -> None:
     except st.StatusError as e:
         fail(str(e))
     if as_json:
-        click.echo(json.dumps(st.to_json(reports), indent=2))
+        typer.echo(json.dumps(st.to_json(reports), indent=2))
     elif reports:
-        click.echo(st.format_status(reports))
+        typer.echo(st.format_status(reports))
     else:
-        click.echo(NOTHING_RUNNING + (f" in netns {netns}" if netns else ""))
+        typer.echo(NOTHING_RUNNING + (f" in netns {netns}" if netns else ""))
 
 
 def _foreground(gw: Gateway, file: Path, netns: str | None) -> None:

@@ -2,25 +2,23 @@
 
 import sys
 
-import click
+import typer
 
 from natgw.cli.errors import EXIT_INVALID, fail
 
 
-@click.command()
 def genkey() -> None:
     """Print a new private key (like `wg genkey`)."""
     from natgw import keys  # noqa: PLC0415
 
-    click.echo(keys.genkey())
+    typer.echo(keys.genkey())
 
 
-@click.command()
 def pubkey() -> None:
     """Print the public key of the private key on stdin (like `wg pubkey`)."""
     from natgw import keys  # noqa: PLC0415
 
     try:
-        click.echo(keys.pubkey(sys.stdin.read()))
+        typer.echo(keys.pubkey(sys.stdin.read()))
     except ValueError as e:
         fail(str(e), EXIT_INVALID)

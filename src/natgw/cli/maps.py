@@ -19,9 +19,9 @@ import ipaddress
 import json
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
-import click
+import typer
 
 from natgw.cli.errors import EXIT_INVALID, EXIT_RUNTIME, fail, warn
 from natgw.cli.options import netns_of
@@ -142,18 +142,25 @@ def _rates_json(reports: list[I.GatewayReport],
 
 # -- commands ------------------------------------------------------------------
 
+# Arguments are typer.Argument(hidden=True): each command's docstring describes
+# them; hidden drops only typer's "Arguments:" list (the usage line keeps them).
 
-@click.command()
-@click.argument("gateway", required=False)
-@click.option("--json", "-j", "as_json", is_flag=True, help="JSON output (like ip -j).")
-@click.option("--watch", "-w", is_flag=True, help="Show live rates, refreshed until Ctrl-C.")
-@click.option("--interval", "-i", type=click.FloatRange(min=0.1), default=1.0,
-              show_default=True, metavar="SECONDS", help="Refresh interval of --watch.")
-@click.option("--count", "-c", type=click.IntRange(min=1), metavar="N",
-              help="With --watch: stop after N refreshes.")
-@click.pass_context
-def maps(ctx: click.Context, gateway: str | None, as_json: bool, watch: bool, interval: float,
-         count: int | None) -> None:
+
+def maps(
+    ctx: typer.Context,
+    gateway: Annotated[str | None, typer.Argument(hidden=True)] = None,
+    as_json: Annotated[bool, typer.Option("--json", "-j", help="JSON output (like ip -j).")]
+    = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w",
+                                        help="Show live rates, refreshed until Ctrl-C.")]
+    = False,
+    interval: Annotated[float, typer.Option("--interval", "-i", min=0.1, metavar="SECONDS",
+                                            help="Refresh interval of --watch.")] = 1.0,
+    count: Annotated[int | None, typer.Option("--count", "-c", min=1, metavar="N",
+                                              show_default=False,
+                                              help="With --watch: stop after N refreshes.")]
+    = None,
+) -> None:
     """Translation tables and counters, drops and events per device.
 
     GATEWAY: the gateway to show; default: every loaded gateway (with
@@ -182,13 +189,13 @@ def maps(ctx: click.Context, gateway: str | None, as_json: bool, watch: bool, in
     if not watch:
         reports = read()
         if as_json:
-            click.echo(json.dumps(I.to_json(reports), indent=2))
+            typer.echo(json.dumps(I.to_json(reports), indent=2))
         elif reports:
-            click.echo(render_maps(reports))
+            typer.echo(render_maps(reports))
         elif not failed:
-            click.echo(_nothing(netns))
+            typer.echo(_nothing(netns))
         if failed:
-            raise click.exceptions.Exit(EXIT_RUNTIME)
+            raise typer.Exit(EXIT_RUNTIME)
         return
 
     redraw = not as_json and sys.stdout.isatty()
@@ -196,11 +203,11 @@ def maps(ctx: click.Context, gateway: str | None, as_json: bool, watch: bool, in
     def show(reports: list[I.GatewayReport], rates: dict[I.RateKey, I.Rate | None]) -> None:
         if as_json:
             doc = {"time": time.time(), "interval": interval, "rates": _rates_json(reports, rates)}
-            click.echo(json.dumps(doc))
+            typer.echo(json.dumps(doc))
             return
         header = f"natgw maps: every {interval:g}s, Ctrl-C to stop    {time.strftime('%X')}"
         body = render_maps(reports, rates) if reports else _nothing(netns)
-        click.echo((CLEAR if redraw else "") + header + "\n" + body + ("" if redraw else "\n"))
+        typer.echo((CLEAR if redraw else "") + header + "\n" + body + ("" if redraw else "\n"))
 
     try:
         I.watch(read, show, interval, count)
@@ -208,14 +215,16 @@ def maps(ctx: click.Context, gateway: str | None, as_json: bool, watch: bool, in
         pass  # the way to stop watching, not a failure
 
 
-@click.command()
-@click.argument("address")
-@click.option("--json", "-j", "as_json", is_flag=True, help="JSON output (like ip -j).")
-@click.option("--gateway", "-g", metavar="NAME",
-              help="Only this gateway; default: every loaded gateway (with --netns: those "
-                   "in it).")
-@click.pass_context
-def lookup(ctx: click.Context, address: str, as_json: bool, gateway: str | None) -> None:
+def lookup(
+    ctx: typer.Context,
+    address: Annotated[str, typer.Argument(hidden=True)],
+    as_json: Annotated[bool, typer.Option("--json", "-j", help="JSON output (like ip -j).")]
+    = False,
+    gateway: Annotated[str | None, typer.Option(
+        "--gateway", "-g", metavar="NAME", show_default=False,
+        help="Only this gateway; default: every loaded gateway (with --netns: those in it).")]
+    = None,
+) -> None:
     """How ADDRESS is translated: per direction and side, and where.
 
     ADDRESS is an IPv4 or IPv6 address.
@@ -233,6 +242,6 @@ def lookup(ctx: click.Context, address: str, as_json: bool, gateway: str | None)
     except I.InspectError as e:
         fail(str(e))
     if as_json:
-        click.echo(json.dumps(I.translation_json(items), indent=2))
+        typer.echo(json.dumps(I.translation_json(items), indent=2))
     else:
-        click.echo(render_lookup(str(addr), items))
+        typer.echo(render_lookup(str(addr), items))

@@ -2,19 +2,19 @@
 
 from dataclasses import dataclass
 
-import click
+import typer
 
 from natgw.cli.errors import EXIT_RUNTIME, fail
 
 
 @dataclass(frozen=True)
 class Options:
-    """Global options, stored in the click context's `obj` for every command."""
+    """Global options, stored in the typer context's `obj` for every command."""
 
     netns: str | None = None
 
 
-def netns_of(ctx: click.Context) -> str | None:
+def netns_of(ctx: typer.Context) -> str | None:
     """The --netns of the command line, which must exist (exit 1 otherwise)."""
     from natgw.netns import NetnsNotFound, require_netns  # noqa: PLC0415
 
