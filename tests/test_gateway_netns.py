@@ -25,7 +25,8 @@ from gateways import (
 )
 
 from lab.net import NATGW, natgw, ping
-from natgw import gateway, keys
+from natgw import keys
+from natgw import status as natgw_status
 from natgw.metrics import state_peer_health
 from natgw.netns import netns_socket
 from natgw.state import load_state
@@ -139,8 +140,8 @@ def test_public_key_is_carried_from_apply_not_derived_again(clusters, monkeypatc
     assert status(c1)["peers"][0]["public_key"] == ours
     # Neither status nor a metrics scrape derives it (from the key wireguard-go hands back).
     monkeypatch.setattr(keys, "public_key", lambda _k: pytest.fail("public key derived again"))
-    (rep,) = gateway.status(c1.name, c1.gw)
-    assert rep.public_key == ours and rep.error is None
+    (gw,) = natgw_status.status(c1.name, c1.gw)
+    assert gw.peers[0].public_key == ours and gw.peers[0].error is None
     (health,) = state_peer_health([load_state(c1.name)])
     assert health.latest_handshake is not None
 
