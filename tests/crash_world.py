@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from gateways import NATGW, free_port
+from gateways import free_port
 
+from lab.net import NATGW
 from natgw import keys
 
 STATE_DIR = Path(os.environ.get("NATGW_STATE_DIR", "/run/natgw"))

@@ -14,7 +14,9 @@ import time
 import pytest
 import yaml
 from crash_world import build, converged, run
-from gateways import NATGW, scrape
+from gateways import scrape
+
+from lab.net import NATGW
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
@@ -125,6 +127,6 @@ def test_what_is_removed_by_hand_comes_back(foreground):
                   frozenset({"gateway": s.name, "kind": kind}.items()))] == 1, what
     st = run("--netns", s.gw, "status", s.name, "--json")
     assert st.returncode == 0, st.stderr
-    assert json.loads(st.stdout)["repairs"] == {k: 1 for *_, k, _ in CASES}
+    assert json.loads(st.stdout)[0]["repairs"] == {k: 1 for *_, k, _ in CASES}
     text = run("--netns", s.gw, "status", s.name).stdout
     assert "drift repairs: engine 1, filter 1, mapping 1, pin 1, route 1 (last: " in text

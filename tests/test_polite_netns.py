@@ -10,8 +10,8 @@ import time
 
 import pytest
 from crash_world import build, converged, run
-from netns_util import NetnsLab, netns_unavailable_reason
 
+from lab.netnslab import NetnsLab, netns_unavailable_reason
 from natgw.faults import FAIL_ENV
 from natgw.lock import gateway_lock
 
@@ -83,7 +83,7 @@ def test_concurrent_ups_are_serialised(s):
 
 
 def run_argv(s, tag):
-    from gateways import NATGW
+    from lab.net import NATGW
     return [NATGW, "--netns", s.gw, "up", str(s.files[tag]), "--detach"]
 
 

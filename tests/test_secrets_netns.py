@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 from crash_world import STATE_DIR, build, converged, run
-from netns_util import NetnsLab, netns_unavailable_reason
 
+from lab.netnslab import NetnsLab, netns_unavailable_reason
 from natgw.faults import FAIL_ENV
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
@@ -60,7 +60,7 @@ def s(tmp_path_factory):
 
 
 def natgw_argv():
-    from gateways import NATGW
+    from lab.net import NATGW
     return [NATGW]
 
 

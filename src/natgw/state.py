@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 STATE_DIR = Path(os.environ.get("NATGW_STATE_DIR", "/run/natgw"))
@@ -36,6 +36,9 @@ class GatewayState:
     netns: str | None
     config: str  # absolute path of the cluster.yaml applied
     peers: list[PeerState] = field(default_factory=list)
+    # Ours, base64, derived once at apply: status reads it here instead of pulling
+    # the private key back from the engine to derive it again.
+    public_key: str | None = None
     # sysctl key -> value before natgw first changed it; `down` puts it back.
     sysctls: dict[str, str] = field(default_factory=dict)
     # drift kind ("device", "filter", "route", "pin", "engine", "mapping") -> repairs made.
@@ -101,12 +104,15 @@ def load_state(gateway: str) -> GatewayState | None:
         raw = json.loads(state_path(gateway).read_text())
     except FileNotFoundError:
         return None
-    # Fields this natgw does not know (a newer or other natgw wrote them) are ignored.
-    known = set(GatewayState.__dataclass_fields__)
-    peer_known = set(PeerState.__dataclass_fields__)
-    peers = [PeerState(**{k: v for k, v in p.items() if k in peer_known})
-             for p in raw.pop("peers", [])]
-    return GatewayState(peers=peers, **{k: v for k, v in raw.items() if k in known})
+    peers = [PeerState(**_known(PeerState, p)) for p in raw.pop("peers", [])]
+    return GatewayState(peers=peers, **_known(GatewayState, raw))
+
+
+def _known(cls: type, raw: dict) -> dict:
+    # Fields another natgw version added are left out: every gateway on the host
+    # reads every state (device names are host-wide), whoever wrote it.
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in raw.items() if k in names}
 
 
 def remove_state(gateway: str) -> None:
@@ -125,15 +131,37 @@ def save_applied(gateway: str, text: str) -> None:
     write_private(applied_path(gateway), text)
 
 
-def all_states() -> list[GatewayState]:
+def gateway_names() -> list[str]:
+    """Gateways with a state file, sorted: what `natgw up` set up and `down` did not remove."""
     if not STATE_DIR.is_dir():
         return []
+    return sorted(p.stem for p in STATE_DIR.glob("*.json"))
+
+
+def all_states() -> list[GatewayState]:
+    """Every readable state; a file another program left there is skipped."""
     out = []
-    for p in sorted(STATE_DIR.glob("*.json")):
+    for name in gateway_names():
         try:
-            state = load_state(p.stem)
+            state = load_state(name)
         except (OSError, ValueError, TypeError):
-            continue  # not a state file of this natgw
+            continue
         if state is not None:
+            out.append(state)
+    return out
+
+
+def states_in(netns: str | None) -> list[GatewayState]:
+    """Gateways applied in netns `netns` (None: natgw's own), as `wg show` lists a netns' devices.
+
+    A state file that cannot be read is skipped: it names no netns to filter by.
+    """
+    out = []
+    for name in gateway_names():
+        try:
+            state = load_state(name)
+        except (OSError, ValueError, TypeError):
+            continue
+        if state is not None and state.netns == netns:
             out.append(state)
     return out

@@ -1,6 +1,6 @@
 """The benchmark: natgw against conntrack NAT (iptables, nftables) and plain routing.
 
-`python -m natgw.bench` (or `make bench`) builds the two-gateway topology in
+`python -m bench` (or `make bench`) builds the two-gateway topology in
 network namespaces once per mode and transport, measures them in alternation
 and reports medians, ratios and the targets. See BENCHMARKS.md.
 
