@@ -20,7 +20,9 @@ JSON (`natgw status --json`): a list, one object per gateway, sorted by name:
                                "egress_bytes": 252, "ingress_packets": 0,
                                "ingress_bytes": 0}],
                  "routes": ["10.245.0.0/16"],
-                 "error": null}]}]             # why the tunnel could not be read
+                 "error": null}],              # why the tunnel could not be read
+      "repairs": {"route": 1},                # drift repaired by the foreground up, per kind
+      "last_repair": "2026-01-01 10:00:00 route 10.245.0.0/16 dev gw1-cluster2"}]
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class GatewayReport:
     gateway: str
     netns: str | None
     peers: list[PeerReport]
+    # Drift the foreground `up` repaired: kind -> count, and the newest repair in one line.
+    repairs: dict[str, int] = field(default_factory=dict)
+    last_repair: str = ""
 
 
 def _engine(name: str) -> Any:
@@ -121,7 +126,8 @@ def report(state: GatewayState, now: float | None = None) -> GatewayReport:
     finally:
         if dp is not None:
             dp.close()
-    return GatewayReport(state.gateway, state.netns, peers)
+    return GatewayReport(state.gateway, state.netns, peers, dict(state.repairs),
+                         state.last_repair)
 
 
 def status(gateway: str | None = None, netns: str | None = None,
@@ -162,6 +168,9 @@ def _format_gateway(g: GatewayReport, now: float) -> str:
     lines = [f"gateway: {g.gateway}"]
     if g.netns:
         lines.append(f"  netns: {g.netns}")
+    if g.repairs:
+        lines.append("  drift repairs: " + ", ".join(f"{k} {v}" for k, v in sorted(
+            g.repairs.items())) + (f" (last: {g.last_repair})" if g.last_repair else ""))
     for r in g.peers:
         lines.append("")
         lines.append(f"peer: {r.name}")

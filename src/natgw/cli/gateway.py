@@ -43,6 +43,11 @@ def _gateway_name(file: Path) -> str:
     file no longer validates (a key file gone, an edit half done).
     """
     if not file.exists():
+        import re  # noqa: PLC0415
+
+        # The gateway-name rule of natgw.config (a plain name: no "/", no "..").
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(file)):
+            fail(f"{file}: no such file, and not a gateway name", EXIT_INVALID)
         return str(file)
     import yaml  # noqa: PLC0415 - only a FILE argument needs YAML
 
@@ -84,10 +89,13 @@ def up(
 
     netns = ctx.obj.netns
     gw = Gateway(_load(file), netns, file)
+    # In the foreground, SIGTERM/SIGINT/SIGHUP during the first apply are kept for
+    # the loop: the apply finishes (or rolls back) instead of dying half-way.
+    signals = None if detach else _catch_signals()
     _apply(gw)
-    if detach:
+    if signals is None:
         return
-    _foreground(gw, file, netns)
+    _foreground(gw, file, netns, *signals)
 
 
 def down(ctx: typer.Context, file: Annotated[Path, typer.Argument(hidden=True)]) -> None:
@@ -138,22 +146,34 @@ def status(
         typer.echo(NOTHING_RUNNING + (f" in netns {netns}" if netns else ""))
 
 
-def _foreground(gw: Gateway, file: Path, netns: str | None) -> None:
-    """Supervise until SIGTERM/SIGINT; SIGHUP reloads the file."""
-    import logging  # noqa: PLC0415 - only the foreground logs
+def _catch_signals():
+    """(stop, reload) events set by SIGTERM/SIGINT and SIGHUP from now on."""
     import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
-    from natgw.config import ConfigError, load_config  # noqa: PLC0415
-    from natgw.gateway import Gateway, GatewayError  # noqa: PLC0415
-
-    logging.basicConfig(level=logging.INFO, format="natgw: %(message)s")
-    log = logging.getLogger("natgw")
     stop = threading.Event()
     reload = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    return stop, reload
+
+
+def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload) -> None:
+    """Supervise until SIGTERM/SIGINT; SIGHUP reloads the file.
+
+    Every SUPERVISE_INTERVAL: drift (a pin, engine, device, filter, route or
+    mapping entry removed by hand) is repaired with one log line each time;
+    otherwise stale hostname endpoints are looked up again.
+    """
+    import logging  # noqa: PLC0415 - only the foreground logs
+
+    from natgw.config import ConfigError, load_config  # noqa: PLC0415
+    from natgw.failure import one_line  # noqa: PLC0415
+    from natgw.gateway import Gateway, GatewayError  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="natgw: %(message)s")
+    log = logging.getLogger("natgw")
     server = _start_metrics(gw)
     log.info("running in the foreground (SIGHUP reloads %s)", file)
     try:
@@ -168,13 +188,15 @@ def _foreground(gw: Gateway, file: Path, netns: str | None) -> None:
                         continue
                     gw.apply()
                     log.info("reloaded %s", file)
-                elif dead := gw.dead_tunnels():
-                    log.warning("engine of %s died: restarting", ", ".join(dead))
-                    gw.apply()
+                elif drift := gw.drift():
+                    if gw.repair(drift):
+                        log.warning("drift repaired: %s", "; ".join(drift))
                 else:
                     gw.reresolve_stale()
             except GatewayError as e:
                 log.error("%s", e)
+            except Exception as e:  # noqa: BLE001 - the supervisor must keep running
+                log.error("%s", one_line(e))
     finally:
         if server is not None:
             server.shutdown()
