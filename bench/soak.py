@@ -216,6 +216,8 @@ class Soak:
             f["send_errors"] = agents[i]["udp_send_errors"][str(j)]
             outside = f.pop("outside_times")
             f["outside_at"] = [round(t - self.out["start"], 3) for t in outside[:50]]
+            f["outside_since_window"] = [None if d is None else round(d, 3)
+                                         for d in f["outside_since_window"]]
             outside_times += outside
             flows[f"{i}->{j}"] = f
             dups += agents[j]["udp_dups"].get(str(i), 0)
@@ -317,6 +319,16 @@ class Soak:
         return f
 
 
+def udp_rcvbuf_errors(netns: str) -> int:
+    """UDP datagrams a namespace dropped for a full receive buffer (/proc/net/snmp)."""
+    r = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"],
+                       capture_output=True, text=True, timeout=20)
+    rows = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("Udp:")]
+    if len(rows) < 2 or "RcvbufErrors" not in rows[0]:
+        return 0
+    return int(rows[1][rows[0].index("RcvbufErrors")])
+
+
 # --- report -------------------------------------------------------------------------------
 
 
@@ -339,8 +351,12 @@ def render(o: dict, md: bool) -> str:
     lines.append(table(["UDP flow", "sent", "lost", "in fault windows", "outside",
                         "send errors"], rows, md))
     lines.append("")
-    lines.append(f"UDP duplicates: {o['udp']['dups']}; lost outside windows while an "
-                 f"apply ran: {o['udp']['outside_during_edits']}.  ")
+    since = [d for f in u.values() for d in f["outside_since_window"]]
+    soon = sum(1 for d in since if d is not None and d <= 10)
+    lines.append(f"UDP duplicates: {o['udp']['dups']}; of the datagrams lost outside fault "
+                 f"windows, {o['udp']['outside_during_edits']} were sent while an apply ran "
+                 f"and {soon} within 10 s after a window of their tunnel closed; pods' UDP "
+                 f"receive-buffer errors: {o.get('rcvbuf_errors', '-')}.  ")
     lines.append(f"TCP bulk: {b['connections']} connections, {b['bytes_sent']} bytes sent, "
                  f"{b['bytes_received']} received, {b['corrupted_bytes']} corrupted, "
                  f"{b['hash_mismatches']} hash mismatches, {b['incomplete']} broke early"
@@ -390,6 +406,11 @@ def render(o: dict, md: bool) -> str:
     lines.append(table(["gateway", "RSS KiB launch/warm/end", "RSS warm->end",
                         "fds launch/warm/end", "map entries pinned/configured", "differ"],
                        rows, md))
+    fds = o.get("fds_end") or {}
+    lines.append("")
+    lines.append("Open fds at the end: " + "; ".join(
+        f"c{i}: " + ", ".join(f"{k} {n}" for k, n in sorted(v.items())) for i, v in fds.items())
+        + ".")
     diffs = [f"c{i}: missing {m['missing']} extra {m['extra']}"
              for i, m in o["maps"].items() if m["missing"] or m["extra"]]
     if diffs:
@@ -490,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)
         soak.out["maps"] = soak.check_maps()
         soak.sample()
+        soak.out["fds_end"] = {i: fg.fd_kinds() for i, fg in soak.fgs.items()}
         run_end = time.monotonic()
         for proc in procs:
             try:
@@ -499,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
             run.forget(proc.pid)
         soak.summarise_faults()
         soak.collect(run_end)
+        soak.out["rcvbuf_errors"] = sum(udp_rcvbuf_errors(run.pod(i)) for i in range(1, N + 1))
         soak.out["load"] = Path("/proc/loadavg").read_text().split()[0]
     except LabError as e:
         print(f"soak: {e}", file=sys.stderr)

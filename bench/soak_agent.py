@@ -44,6 +44,7 @@ UDP_SIZE = 64
 BULK_HEADER = struct.Struct("!BIQ")  # sender, connection number, seed
 BLOCK = 65536
 CHUNK = 16384
+SNDBUF = 65536
 SHORT_SIZE = 32
 LINGER = 3.0
 
@@ -168,7 +169,13 @@ class Agent:
                    "error": "", "start": time.monotonic()}
             stream, sha = Stream(seed), hashlib.sha256()
             try:
-                with socket.create_connection((self.peers[j], BULK_PORT), timeout=5) as s:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    # A small send buffer and no catching up after a stall: when a
+                    # fault ends, the stream resumes at its pace instead of bursting
+                    # a backlog through the tunnel (which would drown the UDP).
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+                    s.settimeout(5)
+                    s.connect((self.peers[j], BULK_PORT))
                     s.settimeout(30)
                     s.sendall(BULK_HEADER.pack(self.me, conn_no, seed))
                     due = time.monotonic()
@@ -177,7 +184,7 @@ class Agent:
                         s.sendall(chunk)
                         sha.update(chunk)
                         rec["sent"] += len(chunk)
-                        due += interval
+                        due = max(due + interval, time.monotonic() - interval)
                         if (d := due - time.monotonic()) > 0:
                             time.sleep(d)
                     s.shutdown(socket.SHUT_WR)

@@ -95,6 +95,18 @@ class Foreground:
         return {"t": time.monotonic(), "rss_kib": rss,
                 "fds": len(os.listdir(f"/proc/{self.pid}/fd"))}
 
+    def fd_kinds(self) -> dict[str, int]:
+        """The open fds by what they point to (socket, pipe, anon_inode:bpf-map, a path)."""
+        kinds: dict[str, int] = {}
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+            except OSError:
+                continue
+            kind = target.split(":[", 1)[0] if ":[" in target else target
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return kinds
+
     def metrics(self, port: int) -> dict[str, float]:
         """natgw_drift_repairs_total by kind, scraped from the metrics endpoint."""
         out: dict[str, float] = {}

@@ -67,6 +67,18 @@ def attribute(lost_times: Iterable[float], src: int, dst: int, windows: Sequence
     return inside, outside
 
 
+def since_window(times: Iterable[float], src: int, dst: int,
+                 windows: Sequence[Window]) -> list[float | None]:
+    """For each time: seconds since the last closed window of the flow's tunnel ended
+    (None: no window of that tunnel had closed before it)."""
+    ends = sorted(w.end for w in windows if w.pair == frozenset((src, dst)) and w.end is not None)
+    out: list[float | None] = []
+    for t in times:
+        before = [e for e in ends if e <= t]
+        out.append(t - before[-1] if before else None)
+    return out
+
+
 def during(times: Iterable[float], spans: Sequence[tuple[float, float]]) -> int:
     """How many of `times` fall inside one of the closed `spans` (e.g. applies)."""
     return sum(1 for t in times if any(s <= t <= e for s, e in spans))
@@ -180,10 +192,11 @@ def udp_flow(sent: int, received: Iterable[int], send_times: Sequence[float], sr
     lost = lost_seqs(sent, received)
     times = [send_times[s] for s in lost]
     inside, outside = attribute(times, src, dst, windows, run_end)
+    out_times = [t for t in times if not any(w.covers(t, run_end) for w in windows
+                                             if w.pair == frozenset((src, dst)))]
     return {"sent": sent, "lost": len(lost), "inside": inside, "outside": outside,
-            "outside_times": [t for t in times
-                              if not any(w.covers(t, run_end) for w in windows
-                                         if w.pair == frozenset((src, dst)))]}
+            "outside_times": out_times,
+            "outside_since_window": since_window(out_times, src, dst, windows)}
 
 
 def bulk(sent: Sequence[dict], received: Sequence[dict]) -> dict:

@@ -46,6 +46,7 @@ def test_udp_flow_splits_loss_by_send_time():
     f = S.udp_flow(10, received, times, 1, 2, w, run_end=5.0)
     assert (f["lost"], f["inside"], f["outside"]) == (4, 2, 2)
     assert f["outside_times"] == [3.5, 4.5]
+    assert f["outside_since_window"] == [1.5, 2.5]
 
 
 def test_during_counts_times_inside_any_span():
@@ -148,3 +149,9 @@ def test_corrupted_counts_differing_bytes():
     assert corrupted(b"abcd", b"abcd") == 0
     assert corrupted(b"abXd", b"abcd") == 1
     assert corrupted(b"XYcd", b"abcd") == 2
+
+
+def test_since_window_measures_from_the_last_closed_window_of_the_tunnel():
+    w = [Window("engine", 1, 2, 10.0, 12.0), Window("filter", 1, 2, 20.0, 21.0),
+         Window("route", 1, 3, 30.0, 31.0), Window("filter", 1, 2, 40.0, None)]
+    assert S.since_window([5.0, 15.0, 25.0, 35.0], 2, 1, w) == [None, 3.0, 4.0, 14.0]
