@@ -393,7 +393,10 @@ def render(o: dict, md: bool) -> str:
 
     lines.append("natgw's own account (log lines `drift repaired` / `engine ... died`; metric "
                  "natgw_drift_repairs_total by kind): "
-                 + "; ".join(f"c{i}: {account(v)}" for i, v in o["natgw_log"].items()) + ".")
+                 + "; ".join(f"c{i}: {account(v)}" for i, v in o["natgw_log"].items()) + ".  ")
+    undone = sum(v["metric"].get("mapping", 0) for v in o["natgw_log"].values())
+    lines.append(f"The soak removes no mapping entry by hand: natgw's {int(undone)} mapping "
+                 "repairs re-installed mappings that an edit had changed or removed.")
     lines.append("")
     lines.append(f"{h}natgw processes and pinned maps")
     rows = []
@@ -426,10 +429,11 @@ def render(o: dict, md: bool) -> str:
     lines.append("")
     left = o.get("leftovers") or {}
     kept = left.get("files", [])
-    kinds = ", ".join(sorted({Path(f).suffix for f in kept})) or "-"
+    logs = sum(1 for f in kept if f.endswith(".log"))
     lines.append("Left after cleanup: processes, namespaces, sockets, pin dirs, state files: "
-                 f"{', '.join(left.get('objects', [])) or 'none'}; logs and locks: "
-                 f"{len(kept)} ({kinds}).")
+                 f"{', '.join(left.get('objects', [])) or 'none'}; left by `natgw down` on "
+                 f"purpose or not: {len(kept) - logs} lock files, {logs} wireguard-go logs "
+                 "(/run/natgw/wg/<dev>.log), removed by the soak after counting.")
     return "\n".join(lines)
 
 
@@ -542,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
             destroy(run)
             if soak is not None:
                 soak.out["leftovers"] = leftovers(run.prefix)
+                for f in soak.out["leftovers"]["files"]:  # counted; ours: not left behind
+                    Path(f).unlink(missing_ok=True)
+                print(f"soak: logs of the run in {keep}", flush=True)
     o = soak.out
     o["figures"] = soak.figures()
     o["targets"] = [{"name": g.name, "value": g.value, "op": g.op, "limit": g.limit,
