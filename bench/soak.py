@@ -141,9 +141,9 @@ class Soak:
                     self.log.add("edits", {"error": str(e), "ok": False,
                                            "start": time.monotonic(), "end": time.monotonic()})
 
-    def sample(self) -> None:
+    def sample(self, tag: str = "") -> None:
         for i, fg in self.fgs.items():
-            self.samples[i].append(fg.sample())
+            self.samples[i].append(fg.sample() | {"tag": tag})
 
     def faults(self, start: float) -> None:
         duration = self.minutes * 60
@@ -154,7 +154,7 @@ class Soak:
         kills = deletions = 0
         warm = start + min(100.0, duration / 2)
         next_sample = start + 30
-        self.sample()  # launch
+        self.sample("launch")
         warm_taken = False
         while (now := time.monotonic()) < until:
             if now >= start + KILL_FIRST + kills * KILL_EVERY:
@@ -167,7 +167,7 @@ class Soak:
                             self.log)
                 deletions += 1
             if not warm_taken and now >= warm:
-                self.sample()
+                self.sample("warm")
                 warm_taken = True
             if now >= next_sample:
                 self.sample()
@@ -284,12 +284,16 @@ class Soak:
         self.out["natgw_log"] = {
             i: {"drift repaired": fg.count("drift repaired"),
                 "engine died": fg.count("engine of"),
+                "mapping_lines": [line.removeprefix("natgw: drift repaired: ")
+                                  for _, line in fg.lines if "drift repaired: mapping" in line],
                 "metric": fg.metrics(self.ports[i])} for i, fg in self.fgs.items()}
         procs = {}
         for i, s in self.samples.items():
-            if len(s) < 2:
+            if not {"launch", "end"} <= {x["tag"] for x in s}:
                 continue
-            launch, warm, end = s[0], s[1] if len(s) > 2 else s[0], s[-1]
+            tagged = {x["tag"]: x for x in s if x["tag"]}
+            launch, end = tagged["launch"], tagged["end"]
+            warm = tagged.get("warm", launch)
             procs[i] = {"pid": self.fgs[i].pid,
                         "rss_kib": [launch["rss_kib"], warm["rss_kib"], end["rss_kib"]],
                         "fds": [launch["fds"], warm["fds"], end["fds"]],
@@ -297,6 +301,8 @@ class Soak:
                         "rss_growth_from_launch_pct": S.growth_pct(launch["rss_kib"],
                                                                    end["rss_kib"]),
                         "fd_growth": end["fds"] - warm["fds"],
+                        "trend": [[round(x["t"] - self.out["start"]), x["rss_kib"], x["fds"]]
+                                  for x in s],
                         "alive": self.fgs[i].proc.poll() is None}
         self.out["natgw_procs"] = procs
 
@@ -394,9 +400,12 @@ def render(o: dict, md: bool) -> str:
     lines.append("natgw's own account (log lines `drift repaired` / `engine ... died`; metric "
                  "natgw_drift_repairs_total by kind): "
                  + "; ".join(f"c{i}: {account(v)}" for i, v in o["natgw_log"].items()) + ".  ")
-    undone = sum(v["metric"].get("mapping", 0) for v in o["natgw_log"].values())
-    lines.append(f"The soak removes no mapping entry by hand: natgw's {int(undone)} mapping "
-                 "repairs re-installed mappings that an edit had changed or removed.")
+    repaired = [f"c{i}: {line}" for i, v in o["natgw_log"].items()
+                for line in v["mapping_lines"]]
+    lines.append("The soak removes no mapping entry by hand; natgw's mapping repairs: "
+                 + ("; ".join(f"`{x}`" for x in repaired[:6])
+                    + (f" and {len(repaired) - 6} more" if len(repaired) > 6 else "")
+                    if repaired else "none") + ".")
     lines.append("")
     lines.append(f"{h}natgw processes and pinned maps")
     rows = []
@@ -409,6 +418,10 @@ def render(o: dict, md: bool) -> str:
     lines.append(table(["gateway", "RSS KiB launch/warm/end", "RSS warm->end",
                         "fds launch/warm/end", "map entries pinned/configured", "differ"],
                        rows, md))
+    lines.append("")
+    lines.append("RSS every 30 s (MiB): " + "; ".join(
+        f"c{i}: " + " ".join(f"{x[1] / 1024:.1f}" for x in p["trend"])
+        for i, p in o["natgw_procs"].items()) + ".")
     fds = o.get("fds_end") or {}
     lines.append("")
     lines.append("Open fds at the end: " + "; ".join(
@@ -514,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         while time.monotonic() < settle_until:
             time.sleep(0.5)
         soak.out["maps"] = soak.check_maps()
-        soak.sample()
+        soak.sample("end")
         soak.out["fds_end"] = {i: fg.fd_kinds() for i, fg in soak.fgs.items()}
         run_end = time.monotonic()
         for proc in procs:

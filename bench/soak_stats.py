@@ -158,7 +158,7 @@ class Goal:
         """How far a missed goal is off its limit, e.g. "+1.3 s"; "" when met or n/a."""
         if self.met is not False or self.value is None:
             return ""
-        return f"{self.value - self.limit:+g}{(' ' + self.unit) if self.unit else ''}"
+        return f"{self.value - self.limit:+.3g}{(' ' + self.unit) if self.unit else ''}"
 
 
 def judge(f: dict) -> list[Goal]:
