@@ -141,9 +141,15 @@ class Soak:
                     self.log.add("edits", {"error": str(e), "ok": False,
                                            "start": time.monotonic(), "end": time.monotonic()})
 
-    def sample(self, tag: str = "") -> None:
-        for i, fg in self.fgs.items():
-            self.samples[i].append(fg.sample() | {"tag": tag})
+    def sample(self, tag: str = "", wait: bool = False) -> None:
+        """Sample every foreground process (3 s each; in a thread unless wait)."""
+        def take() -> None:
+            for i, fg in self.fgs.items():
+                self.samples[i].append(fg.sample() | {"tag": tag})
+        if wait:
+            take()
+        else:
+            self._spawn(take)
 
     def faults(self, start: float) -> None:
         duration = self.minutes * 60
@@ -154,7 +160,7 @@ class Soak:
         kills = deletions = 0
         warm = start + min(100.0, duration / 2)
         next_sample = start + 30
-        self.sample("launch")
+        self.sample("launch", wait=True)
         warm_taken = False
         while (now := time.monotonic()) < until:
             if now >= start + KILL_FIRST + kills * KILL_EVERY:
@@ -302,7 +308,7 @@ class Soak:
                                                                    end["rss_kib"]),
                         "fd_growth": end["fds"] - warm["fds"],
                         "trend": [[round(x["t"] - self.out["start"]), x["rss_kib"], x["fds"]]
-                                  for x in s],
+                                  for x in sorted(s, key=lambda x: x["t"])],
                         "alive": self.fgs[i].proc.poll() is None}
         self.out["natgw_procs"] = procs
 
@@ -527,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         while time.monotonic() < settle_until:
             time.sleep(0.5)
         soak.out["maps"] = soak.check_maps()
-        soak.sample("end")
+        soak.sample("end", wait=True)
         soak.out["fds_end"] = {i: fg.fd_kinds() for i, fg in soak.fgs.items()}
         run_end = time.monotonic()
         for proc in procs:

@@ -86,14 +86,20 @@ class Foreground:
     def count(self, text: str) -> int:
         return sum(1 for _, line in list(self.lines) if text in line)
 
-    def sample(self) -> dict:
-        """RSS (KiB) and open fds of the process, from /proc."""
-        rss = 0
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-        return {"t": time.monotonic(), "rss_kib": rss,
-                "fds": len(os.listdir(f"/proc/{self.pid}/fd"))}
+    def sample(self, readings: int = 12, every: float = 0.25) -> dict:
+        """RSS (KiB) and open fds of the process, from /proc: the least of `readings`
+        over a span longer than a supervision cycle (2 s), so that what a drift
+        check or an apply holds for a moment (its lock, netlink sockets, map fds)
+        is not taken for growth; a leak stays in every reading."""
+        t, rss, fds = time.monotonic(), [], []
+        for k in range(readings):
+            if k:
+                time.sleep(every)
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss.append(int(line.split()[1]))
+            fds.append(len(os.listdir(f"/proc/{self.pid}/fd")))
+        return {"t": t, "rss_kib": min(rss), "fds": min(fds), "fds_max": max(fds)}
 
     def fd_kinds(self) -> dict[str, int]:
         """The open fds by what they point to (socket, pipe, anon_inode:bpf-map, a path)."""
