@@ -33,3 +33,10 @@ FUZZ_CASES ?= 100000
 .PHONY: fuzz
 fuzz: setup
 	cd tests && $(CURDIR)/$(PY) fuzz_dataplane.py --cases $(FUZZ_CASES) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
+
+# The soak (a benchmark, not a test): three gateways under traffic and constant
+# faults for SOAK_MINUTES (10); figures in BENCHMARKS.md between the soak markers.
+SOAK_MINUTES ?= 10
+.PHONY: soak
+soak: setup
+	PYTHONPATH=$(CURDIR) $(PY) -m bench.soak --minutes $(SOAK_MINUTES)
