@@ -204,6 +204,7 @@ def test_delete_leaves_nothing_behind(tunnel: Tunnel) -> None:
         engine.delete(side.ifname, side.netns)
         wait_gone(pid, timeout=0.5)
         assert not engine.pid_path(side.ifname).exists()
+        assert not engine.log_path(side.ifname).exists()
         assert not socket_path(side.ifname).exists()
         assert not link_exists(side.netns, side.ifname)
         assert not engine.is_alive(side.ifname, side.netns)
@@ -240,6 +241,7 @@ def test_delete_after_the_netns_lost_its_name(tunnel: Tunnel) -> None:
     engine.delete(ifname, ns_c)
     wait_gone(pid, timeout=0.5)
     assert not engine.pid_path(ifname).exists() and not socket_path(ifname).exists()
+    assert not engine.log_path(ifname).exists()
 
 
 def test_wireguard_go_outlives_the_process_that_started_it(tunnel: Tunnel) -> None:

@@ -193,7 +193,7 @@ class WireGuardGoEngine:
             return False
 
     def delete(self, ifname: str, netns: str | None) -> None:
-        """Stop the device's process and remove its pid file, stale socket and link."""
+        """Stop the device's process and remove its pid and log files, stale socket and link."""
         check_ifname(ifname)
         if netns is not None and not ns.netns_exists(netns):
             self._delete_in_vanished_netns(ifname)
@@ -206,7 +206,7 @@ class WireGuardGoEngine:
         if owner is not None and self._is_our_process(owner, ifname, netns):
             self._stop(ifname, owner)
         self._stop_recorded(ifname, netns)
-        self.pid_path(ifname).unlink(missing_ok=True)
+        self._forget_files(ifname)
         if self._client(ifname).server_pid() is None:
             socket_path(ifname).unlink(missing_ok=True)
         self._delete_link(ifname, netns)
@@ -220,9 +220,15 @@ class WireGuardGoEngine:
             if ns.pid_netns_id(pid) in ns.named_netns_ids():
                 return
             self._stop(ifname, pid)
-        self.pid_path(ifname).unlink(missing_ok=True)
+        self._forget_files(ifname)
         if self._client(ifname).server_pid() is None:
             socket_path(ifname).unlink(missing_ok=True)
+
+    def _forget_files(self, ifname: str) -> None:
+        # The log only explains a process that failed; once the device is deleted
+        # nothing is left for it to explain, and /run must not fill with them.
+        self.pid_path(ifname).unlink(missing_ok=True)
+        self.log_path(ifname).unlink(missing_ok=True)
 
     # --- process control -----------------------------------------------------
 
