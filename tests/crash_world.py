@@ -106,14 +106,24 @@ def _links(ns: str) -> dict[str, int]:
                                                                        "link"))}
 
 
+def _tc_show(ns: str, *args: str) -> str:
+    """`tc ... show` output; "" for a device that went since the links were listed (a
+    killed wireguard-go takes its device with it)."""
+    r = subprocess.run(["ip", "netns", "exec", ns, "tc", *args], capture_output=True,
+                       text=True, timeout=20)
+    if r.returncode != 0 and "Cannot find device" in r.stderr:
+        return ""
+    r.check_returncode()
+    return r.stdout
+
+
 def _natgw_filter(ns: str, dev: str) -> bool:
-    both = [_out("ip", "netns", "exec", ns, "tc", "filter", "show", "dev", dev, d)
-            for d in ("ingress", "egress")]
+    both = [_tc_show(ns, "filter", "show", "dev", dev, d) for d in ("ingress", "egress")]
     return all("natgw_" in f for f in both)
 
 
 def _clsact(ns: str, dev: str) -> bool:
-    return "clsact" in _out("ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", dev)
+    return "clsact" in _tc_show(ns, "qdisc", "show", "dev", dev)
 
 
 def wireguard_go_processes(devices: list[str]) -> list[int]:
