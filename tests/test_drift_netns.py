@@ -3,6 +3,7 @@ within 5 s, with one log line, a metric and a line in `status`."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -78,19 +79,25 @@ CASES = [  # (what is removed, how, the kind it counts as, within)
 
 @pytest.fixture()
 def foreground(netns_lab, tmp_path):
+    with _foreground(netns_lab, tmp_path) as (s, logfile, _):
+        yield s, logfile
+
+
+@contextlib.contextmanager
+def _foreground(netns_lab, tmp_path, env=None):
     if shutil.which("wireguard-go") is None:
         pytest.skip("needs wireguard-go")
     s = build(netns_lab, tmp_path)
     log = open(tmp_path / "natgw.log", "w+")
     fg = subprocess.Popen([NATGW, "--netns", s.gw, "up", str(s.files["A"])],
-                          stdout=log, stderr=subprocess.STDOUT, text=True)
+                          stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and "running in the foreground" not in \
                 (tmp_path / "natgw.log").read_text():
             time.sleep(0.2)
         assert converged(s, "A") == []
-        yield s, tmp_path / "natgw.log"
+        yield s, tmp_path / "natgw.log", fg
     finally:
         fg.send_signal(signal.SIGTERM)
         fg.wait(timeout=30)
@@ -130,3 +137,35 @@ def test_what_is_removed_by_hand_comes_back(foreground):
     assert json.loads(st.stdout)[0]["repairs"] == {k: 1 for *_, k, _ in CASES}
     text = run("--netns", s.gw, "status", s.name).stdout
     assert "drift repairs: engine 1, filter 1, mapping 1, pin 1, route 1 (last: " in text
+
+
+def _new_lines(logfile, since: int) -> list[str]:
+    return logfile.read_text().splitlines()[since:]
+
+
+def _wait_converged(s, tag: str, within: float) -> list[str]:
+    t0 = time.monotonic()
+    while (diffs := converged(s, tag)) and time.monotonic() - t0 < within:
+        time.sleep(0.2)
+    return diffs
+
+
+def test_a_second_up_is_kept_not_reverted(foreground):
+    s, logfile = foreground
+    since = len(logfile.read_text().splitlines())
+    # File B drops peer i1 and t1's local mapping, adds t2 and i2.
+    r = run("--netns", s.gw, "up", "--detach", str(s.files["B"]))
+    assert r.returncode == 0, r.stderr
+    time.sleep(5)  # more than two drift checks
+    assert converged(s, "B") == []
+    assert not [line for line in _new_lines(logfile, since) if "repair" in line]
+    # Drift is now repaired to B, what was applied last.
+    _ip("-n", s.gw, "route", "del", "10.247.0.0/16", "proto", "78")
+    assert _wait_converged(s, "B", REPAIR_WITHIN + 5) == []
+    assert [line for line in _new_lines(logfile, since) if "drift repaired: route" in line]
+    # down ends the engines and leaves no file of theirs in /run/natgw/wg.
+    assert run("--netns", s.gw, "down", s.name).returncode == 0
+    left = [f for f in os.listdir("/run/natgw/wg") for dev in s.tunnels["B"]
+            if f.startswith(dev + ".")]
+    assert left == []
+

@@ -96,6 +96,9 @@ class Gateway:
         self._engine: Engine | None = None
         self._endpoints: dict[str, str] = {}  # peer name -> its endpoint resolved (ip:port)
         self._resolved_at: dict[str, float] = {}  # peer name -> time.monotonic() of the lookup
+        # The applied record as this Gateway last wrote or read it (None: never):
+        # another natgw's `up` replaces the file, and this Gateway is then superseded.
+        self._applied: tuple[int, int] | None = None
 
     @property
     def engine(self) -> Engine:
@@ -185,6 +188,7 @@ class Gateway:
             raise GatewayError(f"{msg}; {self._restore_previous()}") from None
         if self.config_path:
             save_applied(self.cfg.name, applied_record(Path(self.config_path)))
+        self._applied = _applied_stamp(self.cfg.name)
         faults.step("applied")
         return report
 
@@ -192,6 +196,8 @@ class Gateway:
         """Apply again to repair drift; count each kind repaired in the state. False: busy."""
         try:
             with gateway_lock(self.cfg.name, timeout=0):
+                if self.superseded():
+                    return False  # never put back what a newer `up` changed
                 self._apply_or_restore()
                 state = load_state(self.cfg.name)
                 if state is not None:
@@ -205,28 +211,62 @@ class Gateway:
         return True
 
     def drift(self) -> list[str] | None:
-        """What was removed by hand, one "kind what" string each; None while locked."""
+        """What was removed by hand, one "kind what" string each; None while locked or
+        superseded."""
         from natgw.drift import detect  # noqa: PLC0415
 
         try:
             with gateway_lock(self.cfg.name, timeout=0):
+                if self.superseded():
+                    return None
                 state = load_state(self.cfg.name)
                 return detect(self, state) if state is not None else []
         except LockTimeout:
             return None
 
-    def _restore_previous(self) -> str:
+    def superseded(self) -> bool:
+        """Another natgw applied (or removed) this gateway after this Gateway applied it."""
+        return self._applied is not None and _applied_stamp(self.cfg.name) != self._applied
+
+    def adopt_record(self) -> bool:
+        """Take the configuration last applied by any natgw as this Gateway's own, so that
+        supervision keeps it instead of reverting it. False: locked, or no record (down)."""
+        try:
+            with gateway_lock(self.cfg.name, timeout=0):
+                stamp = _applied_stamp(self.cfg.name)
+                try:
+                    cfg = self._recorded_config()
+                except ConfigError as e:
+                    raise GatewayError(f"the applied record: {e}") from None
+                self._applied = stamp
+        except LockTimeout:
+            return False
+        if cfg is None:
+            return False
+        # No config_path: a repair re-applies the record and never rewrites it.
+        self.cfg, self.config_path, self._engine = cfg, "", None
+        self._endpoints.clear()
+        self._resolved_at.clear()
+        return True
+
+    def _recorded_config(self) -> GatewayConfig | None:
+        """The configuration last applied in full, from its record; None if there is none."""
         previous = load_state(self.cfg.name)
         path = applied_path(self.cfg.name)
         if previous is None or not path.exists() or not previous.config:
-            return "nothing to restore"
+            return None
+        data = yaml.safe_load(path.read_text())
+        if isinstance(data, dict) and "privateKey" not in data \
+                and "privateKeyFile" not in data and self.cfg.private_key is not None:
+            # The record never holds an inline key: the gateway's key is the same.
+            data["privateKey"] = encode_key(self.cfg.private_key.get_secret_value())
+        return parse_config(data, Path(previous.config).parent)
+
+    def _restore_previous(self) -> str:
         try:
-            data = yaml.safe_load(path.read_text())
-            if isinstance(data, dict) and "privateKey" not in data \
-                    and "privateKeyFile" not in data and self.cfg.private_key is not None:
-                # The record never holds an inline key: the gateway's key is the same.
-                data["privateKey"] = encode_key(self.cfg.private_key.get_secret_value())
-            cfg = parse_config(data, Path(previous.config).parent)
+            cfg = self._recorded_config()
+            if cfg is None:
+                return "nothing to restore"
             Gateway(cfg, self.netns, None)._apply()
         except Exception as e:  # noqa: BLE001
             msg = str(e) if isinstance(e, (ConfigError, GatewayError)) else one_line(e)
@@ -413,6 +453,15 @@ class Gateway:
                      peer.endpoint.host, addr)
             moved.append(peer.name)
         return moved
+
+
+def _applied_stamp(gateway: str) -> tuple[int, int]:
+    """Identity of the applied record: every write replaces the file (a new inode)."""
+    try:
+        st = applied_path(gateway).stat()
+    except FileNotFoundError:
+        return (0, 0)
+    return (st.st_ino, st.st_mtime_ns)
 
 
 def applied_record(config: Path) -> str:

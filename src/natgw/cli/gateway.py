@@ -163,8 +163,9 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload) -> Non
     """Supervise until SIGTERM/SIGINT; SIGHUP reloads the file.
 
     Every SUPERVISE_INTERVAL: drift (a pin, engine, device, filter, route or
-    mapping entry removed by hand) is repaired with one log line each time;
-    otherwise stale hostname endpoints are looked up again.
+    mapping entry removed by hand) is repaired to what was last applied, with
+    one log line each time; a newer apply by another `natgw up` is adopted,
+    never reverted; otherwise stale hostname endpoints are looked up again.
     """
     import logging  # noqa: PLC0415 - only the foreground logs
 
@@ -188,6 +189,9 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload) -> Non
                         continue
                     gw.apply()
                     log.info("reloaded %s", file)
+                elif gw.superseded():
+                    if gw.adopt_record():
+                        log.info("supervising the configuration another natgw up applied")
                 elif drift := gw.drift():
                     if gw.repair(drift):
                         log.warning("drift repaired: %s", "; ".join(drift))
