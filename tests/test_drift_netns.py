@@ -4,6 +4,7 @@ within 5 s, with one log line, a metric and a line in `status`."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -14,7 +15,7 @@ import time
 
 import pytest
 import yaml
-from crash_world import build, converged, run
+from crash_world import build, converged, expected, run
 from gateways import scrape
 
 from lab.net import NATGW
@@ -81,6 +82,13 @@ CASES = [  # (what is removed, how, the kind it counts as, within)
 def foreground(netns_lab, tmp_path):
     with _foreground(netns_lab, tmp_path) as (s, logfile, _):
         yield s, logfile
+
+
+@pytest.fixture()
+def foreground_lock_1s(netns_lab, tmp_path):
+    # Waits of 1 s for the gateway's lock: a reload meets a busy gateway quickly.
+    with _foreground(netns_lab, tmp_path, dict(os.environ, NATGW_LOCK_TIMEOUT="1")) as fg:
+        yield fg
 
 
 @contextlib.contextmanager
@@ -169,3 +177,26 @@ def test_a_second_up_is_kept_not_reverted(foreground):
             if f.startswith(dev + ".")]
     assert left == []
 
+
+def test_a_reload_that_failed_is_tried_again(foreground_lock_1s, tmp_path):
+    s, logfile, fg = foreground_lock_1s
+    data = yaml.safe_load(s.files["A"].read_text())
+    data["peers"][0].pop("local")  # the edit: t1 loses its local mapping
+    s.files["A"].write_text(yaml.safe_dump(data, sort_keys=False))
+    s.expect["A2"] = expected(data)
+    since = len(logfile.read_text().splitlines())
+    from natgw.lock import lock_path
+
+    # Another natgw busy with the gateway when SIGHUP comes: that reload fails.
+    with open(lock_path(s.name), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.kill(fg.pid, signal.SIGHUP)
+        t0 = time.monotonic()
+        while not [line for line in _new_lines(logfile, since) if "is busy" in line]:
+            assert time.monotonic() - t0 < 30, _new_lines(logfile, since)
+            time.sleep(0.1)
+    t0 = time.monotonic()
+    while not [line for line in _new_lines(logfile, since) if "reloaded" in line]:
+        assert time.monotonic() - t0 < 8, _new_lines(logfile, since)
+        time.sleep(0.1)
+    assert converged(s, "A2") == []

@@ -23,7 +23,10 @@ if TYPE_CHECKING:
 # Arguments are typer.Argument(hidden=True): each command's docstring describes
 # them; hidden drops only typer's "Arguments:" list (the usage line keeps them).
 
-SUPERVISE_INTERVAL = 2.0  # seconds between checks of the tunnel engines
+SUPERVISE_INTERVAL = 2.0  # seconds between drift checks (and retries of a failed reload)
+# Seconds between checks that each wireguard-go still runs (a pid file, /proc and a
+# socket: cheap), so that a dead one is restarted well within SUPERVISE_INTERVAL.
+ENGINE_INTERVAL = 0.5
 NOTHING_RUNNING = "no natgw gateway is running"
 
 
@@ -162,12 +165,15 @@ def _catch_signals():
 def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload) -> None:
     """Supervise until SIGTERM/SIGINT; SIGHUP reloads the file.
 
-    Every SUPERVISE_INTERVAL: drift (a pin, engine, device, filter, route or
-    mapping entry removed by hand) is repaired to what was last applied, with
-    one log line each time; a newer apply by another `natgw up` is adopted,
-    never reverted; otherwise stale hostname endpoints are looked up again.
+    Every SUPERVISE_INTERVAL, and as soon as a wireguard-go is found dead: a
+    reload that failed (e.g. it met a dying engine) is tried again; a newer
+    apply by another `natgw up` is adopted, never reverted; drift (a pin,
+    engine, device, filter, route or mapping entry removed by hand) is
+    repaired to what was last applied, with one log line each time; otherwise
+    stale hostname endpoints are looked up again.
     """
     import logging  # noqa: PLC0415 - only the foreground logs
+    import time  # noqa: PLC0415
 
     from natgw.config import ConfigError, load_config  # noqa: PLC0415
     from natgw.failure import one_line  # noqa: PLC0415
@@ -177,17 +183,27 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload) -> Non
     log = logging.getLogger("natgw")
     server = _start_metrics(gw)
     log.info("running in the foreground (SIGHUP reloads %s)", file)
+    pending = False  # a SIGHUP not yet applied: kept until it succeeds or the file is invalid
+    next_check = time.monotonic() + SUPERVISE_INTERVAL
     try:
-        while not stop.wait(SUPERVISE_INTERVAL):
+        while not stop.wait(ENGINE_INTERVAL):
             try:
                 if reload.is_set():
                     reload.clear()
+                    pending, next_check = True, 0.0
+                now = time.monotonic()
+                if now < next_check and not gw.dead_tunnels():
+                    continue
+                next_check = now + SUPERVISE_INTERVAL
+                if pending:
                     try:
-                        gw = Gateway(load_config(file), netns, file)
+                        new = Gateway(load_config(file), netns, file)
                     except ConfigError as e:
+                        pending = False
                         log.error("reload: %s (keeping the running config)", e)
                         continue
-                    gw.apply()
+                    new.apply()  # GatewayError: still pending, tried again next check
+                    gw, pending = new, False
                     log.info("reloaded %s", file)
                 elif gw.superseded():
                     if gw.adopt_record():

@@ -1,0 +1,70 @@
+"""The foreground's supervision loop (natgw.cli.gateway._foreground) with a stand-in gateway:
+a dead engine is noticed well within a drift period, and drift checks keep their cadence."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from natgw.cli import gateway as cli
+
+
+class StandIn:
+    """The part of natgw.gateway.Gateway the loop uses; one tunnel whose engine can die."""
+
+    def __init__(self) -> None:
+        self.died_at: float | None = None
+        self.repaired_at: float | None = None
+        self.checks: list[float] = []
+
+    def dead_tunnels(self) -> list[str]:
+        return ["t1"] if self.died_at is not None and self.repaired_at is None else []
+
+    def superseded(self) -> bool:
+        return False
+
+    def drift(self) -> list[str]:
+        self.checks.append(time.monotonic())
+        return ["engine d1"] if self.dead_tunnels() else []
+
+    def repair(self, drift: list[str]) -> bool:
+        self.repaired_at = time.monotonic()
+        return True
+
+    def reresolve_stale(self) -> list[str]:
+        return []
+
+
+@pytest.fixture()
+def loop(monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "_start_metrics", lambda gw: None)
+    gw, stop, reload = StandIn(), threading.Event(), threading.Event()
+    t = threading.Thread(target=cli._foreground,
+                         args=(gw, Path(tmp_path / "cluster.yaml"), None, stop, reload))
+    t.start()
+    try:
+        yield gw
+    finally:
+        stop.set()
+        t.join(10)
+
+
+def test_a_dead_engine_is_repaired_well_within_a_drift_period(loop):
+    gw = loop
+    time.sleep(0.3)  # between two drift checks
+    gw.died_at = time.monotonic()
+    while gw.repaired_at is None and time.monotonic() - gw.died_at < 5:
+        time.sleep(0.05)
+    assert gw.repaired_at is not None
+    # The engine check runs every ENGINE_INTERVAL (0.5 s); the drift check only
+    # every SUPERVISE_INTERVAL (2 s) would have come 1.7 s after the death.
+    assert gw.repaired_at - gw.died_at < 1.2
+
+
+def test_drift_checks_keep_their_cadence(loop):
+    time.sleep(3 * cli.SUPERVISE_INTERVAL + 0.5)
+    # A drift check per SUPERVISE_INTERVAL, not per engine check.
+    assert 2 <= len(loop.checks) <= 3
