@@ -11,7 +11,14 @@ import ipaddress
 import re
 import stat
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -32,6 +39,7 @@ from natgw import keys
 
 IPNetwork = IPv4Network | IPv6Network
 IPAddress = IPv4Address | IPv6Address
+IPInterface = IPv4Interface | IPv6Interface
 
 MAX_DEVICE_NAME = 15  # IFNAMSIZ - 1
 DEFAULT_MTU = 1420
@@ -112,6 +120,24 @@ def _parse_address(value: Any) -> IPAddress:
         raise ValueError(f"invalid IP address {s}") from None
 
 
+def _parse_interface(value: Any) -> IPInterface:
+    s = _expect_str(value)
+    try:
+        iface = ipaddress.ip_interface(s)
+    except ValueError:
+        raise ValueError(
+            f"invalid address {s}: expected address/prefix, e.g. 10.192.0.2/24"
+        ) from None
+    if "/" not in s:
+        raise ValueError(f"{s} has no prefix length (write {s}/{iface.max_prefixlen})")
+    net = iface.network
+    if iface.ip == net.network_address and net.num_addresses > 2:
+        raise ValueError(f"{iface.ip} is the network address of {net}")
+    if iface.version == 4 and iface.ip == net.broadcast_address and net.num_addresses > 2:
+        raise ValueError(f"{iface.ip} is the broadcast address of {net}")
+    return iface
+
+
 def _parse_port(text: str) -> int:
     if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
         raise ValueError(f"invalid port {text!r}: expected 1..65535")
@@ -180,6 +206,8 @@ Name = Annotated[str, PlainValidator(_parse_name)]
 DeviceName = Annotated[str, PlainValidator(_parse_device)]
 Network = Annotated[IPNetwork, PlainValidator(_parse_network)]
 Address = Annotated[IPAddress, PlainValidator(_parse_address)]
+# An address with its prefix (`10.192.0.2/24`), as `ip address add` takes it.
+Interface = Annotated[IPInterface, PlainValidator(_parse_interface)]
 # Serialized back to its YAML form, not as a (host, port) list.
 Endpoint = Annotated[HostPort, PlainValidator(parse_host_port), PlainSerializer(str)]
 PublicKey = Annotated[str, PlainValidator(_parse_public_key)]
@@ -230,6 +258,8 @@ class Peer(_Model):
     persistent_keepalive: Keepalive | None = Field(None, alias="persistentKeepalive")
     interface: DeviceName | None = None
     via: Address | None = None
+    # Our own address on the tunnel (like wg-quick's Address): set on the device.
+    address: Interface | None = None
     device_override: DeviceName | None = Field(None, alias="device")
     remote: list[Remote]
     local: list[Local] = []
@@ -255,8 +285,12 @@ class Peer(_Model):
 
     @property
     def routed_networks(self) -> list[IPNetwork]:
-        """What we route into the peer's device (`as`, or `cidr` where not remapped)."""
-        return [r.routed for r in self.remote]
+        """What we route into the peer's device: `as` (or `cidr` where not remapped),
+        and the network of our `address` on it."""
+        nets = [r.routed for r in self.remote]
+        if self.address is not None and self.address.network not in nets:
+            nets.append(self.address.network)
+        return nets
 
 
 class GatewayConfig(_Model):
@@ -420,6 +454,7 @@ _TUNNEL_ONLY = {
     "endpoint": "endpoint",
     "listenPort": "listen_port",
     "persistentKeepalive": "persistent_keepalive",
+    "address": "address",
 }
 
 
@@ -523,6 +558,34 @@ def _check_remote(cfg: GatewayConfig) -> list[tuple[str, IPNetwork]]:
     return routed
 
 
+def _check_addresses(cfg: GatewayConfig, routed: list[tuple[str, IPNetwork]]
+                     ) -> list[tuple[str, IPNetwork]]:
+    """Check our tunnel addresses; return their networks (routed into their devices)."""
+    own = [(f"our cidrs[{k}]", c) for k, c in enumerate(cfg.cidrs)]
+    seen: list[tuple[str, IPNetwork]] = []
+    for i, p in enumerate(cfg.peers):
+        if p.address is None:
+            continue
+        at = f"peers[{i}].address"
+        net = p.address.network
+        # The peer's own unmapped ranges may hold the tunnel network (the hub and the
+        # other clients): same device, same addresses. Anything else would mix up
+        # routes, or translate traffic to or from our own address.
+        same_peer_ok = {f"peers[{i}].remote[{k}].cidr" for k, r in enumerate(p.remote)
+                        if not r.remapped}
+        others = [(path, n) for path, n in routed if path not in same_peer_ok]
+        note = _overlap_note(net, own) or _overlap_note(net, others) or _overlap_note(net, seen)
+        if note:
+            raise ConfigError(at, f"{note}; routes would collide")
+        remapped = [(f"peers[{i}].remote[{k}].cidr", r.cidr) for k, r in enumerate(p.remote)
+                    if r.remapped]
+        note = _overlap_note(net, remapped)
+        if note:
+            raise ConfigError(at, f"{note}, which as: remaps; the address would be translated")
+        seen.append((at, net))
+    return seen
+
+
 def _check_local(cfg: GatewayConfig, routed: list[tuple[str, IPNetwork]]) -> None:
     own = [(f"our cidrs[{k}]", c) for k, c in enumerate(cfg.cidrs)]
     for i, p in enumerate(cfg.peers):
@@ -564,7 +627,8 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> GatewayConfig:
     for i, p in enumerate(cfg.peers):
         _check_peer_shape(i, p)
     _check_unique(cfg)
-    _check_local(cfg, _check_remote(cfg))
+    routed = _check_remote(cfg)
+    _check_local(cfg, routed + _check_addresses(cfg, routed))
     return cfg
 
 

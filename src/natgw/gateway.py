@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from natgw import routes
+from natgw import addresses, routes
 from natgw.config import ConfigError, GatewayConfig, Peer, parse_config
 from natgw.dataplane import Dataplane, DataplaneError, Mapping, TableError
 from natgw.dataplane.loader import pin_dir
@@ -191,11 +191,14 @@ class Gateway:
             created = True
             self.engine.configure(dev, self.netns, device_config(self.cfg, peer))
             routes.set_link(self.netns, dev, self.cfg.mtu)
+            readdressed = addresses.set_addresses(
+                self.netns, dev, [peer.address] if peer.address else [])
             mtu = self.cfg.mtu
             engine_name = self.engine.name
         else:
             mtu = self._link_mtu(dev)
             engine_name = "interface"
+            readdressed = False
         ifindex = dp.ifindex(dev, self.netns)
         if before is not None and before.ifindex != ifindex:
             # The device was recreated (e.g. wireguard-go restarted): drop stale entries.
@@ -208,7 +211,8 @@ class Gateway:
         old_routes = before.routes if before else []
         via = str(peer.via) if peer.via else None
         routes.set_routes(self.netns, dev, wanted_routes, via=via, stale=old_routes)
-        changed = (before is None or before.ifindex != ifindex or installed != set(mappings)
+        changed = (before is None or readdressed or before.ifindex != ifindex
+                   or installed != set(mappings)
                    or sorted(old_routes) != sorted(wanted_routes))
         return PeerState(peer.name, dev, ifindex, engine_name, wanted_routes, created), changed
 
