@@ -293,6 +293,49 @@ class Peer(_Model):
         return nets
 
 
+class HubClient(_Model):
+    """A WireGuard client of the hub: one peer on the hub's shared device."""
+
+    name: Name
+    public_key: PublicKey = Field(alias="publicKey")
+    address: Address | None = None  # None: taken from the pool (recorded, natgw.pool)
+    remote: list[Remote] = []
+
+    @property
+    def routed_networks(self) -> list[IPNetwork]:
+        """What the hub routes to this client (`as`, or `cidr` where not remapped)."""
+        return [r.routed for r in self.remote]
+
+
+class Hub(_Model):
+    """One device and one UDP port for many clients, with an address pool."""
+
+    address: Interface  # the hub's own address; the rest of its network is the pool
+    listen_port: Port = Field(alias="listenPort")
+    endpoint: Endpoint | None = None  # how clients reach the hub, for client-config
+    device_override: DeviceName | None = Field(None, alias="device")
+    local: list[Local] = []
+    clients: list[HubClient] = []
+
+    _device: str | None = PrivateAttr(None)
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            raise RuntimeError("hub is not part of a GatewayConfig")
+        return self._device
+
+    @property
+    def pool(self) -> IPNetwork:
+        return self.address.network
+
+    def client(self, name: str) -> HubClient:
+        for c in self.clients:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
 class GatewayConfig(_Model):
     """A validated cluster.yaml. Build it with `load_config` or `parse_config`.
 
@@ -308,10 +351,13 @@ class GatewayConfig(_Model):
     mtu: Mtu = DEFAULT_MTU
     metrics: Endpoint = HostPort("127.0.0.1", 9000)
     peers: list[Peer] = []
+    hub: Hub | None = None
 
     def model_post_init(self, context: Any) -> None:
         for p in self.peers:
             p._device = p.interface or p.device_override or default_device_name(self.name, p.name)
+        if self.hub is not None:
+            self.hub._device = self.hub.device_override or default_device_name(self.name, "hub")
 
     @property
     def tunnel_peers(self) -> list[Peer]:
@@ -433,10 +479,9 @@ def _resolve_private_key(cfg: GatewayConfig, base_dir: Path) -> GatewayConfig:
         path = (base_dir / cfg.private_key_file).absolute()
         secret = SecretBytes(_read_key_file(path))
         return cfg.model_copy(update={"private_key": secret, "private_key_file": path})
-    if cfg.private_key is None and cfg.tunnel_peers:
-        raise ConfigError(
-            "privateKeyFile", "required for WireGuard peers (or an inline privateKey)"
-        )
+    if cfg.private_key is None and (cfg.tunnel_peers or cfg.hub is not None):
+        what = "WireGuard peers" if cfg.tunnel_peers else "a hub"
+        raise ConfigError("privateKeyFile", f"required for {what} (or an inline privateKey)")
     return cfg
 
 
@@ -613,6 +658,147 @@ def _check_local(cfg: GatewayConfig, routed: list[tuple[str, IPNetwork]]) -> Non
             seen_as.append((f"{at}.as", loc.as_))
 
 
+# --- the hub ---
+
+_UNIQUE_DEVICE = ("device names must be unique on the whole host, since wireguard-go's UAPI "
+                  "sockets in /var/run/wireguard are shared by all network namespaces")
+
+
+def pool_capacity(pool: IPNetwork) -> int:
+    """Client addresses in a hub's pool: its hosts minus the hub's own address."""
+    reserved = 2 if pool.version == 4 and pool.prefixlen <= 30 else (
+        1 if pool.version == 6 and pool.prefixlen <= 126 else 0)
+    return max(pool.num_addresses - reserved - 1, 0)
+
+
+def _check_hub_unique(cfg: GatewayConfig, hub: Hub) -> None:
+    """Names, keys, port and device: distinct among clients and from the peers'."""
+    peer_names = {p.name: i for i, p in enumerate(cfg.peers)}
+    peer_keys = {p.public_key: i for i, p in enumerate(cfg.peers) if p.public_key}
+    for i, p in enumerate(cfg.peers):
+        if p.listen_port == hub.listen_port:
+            raise ConfigError("hub.listenPort", f"{hub.listen_port} is also the listenPort of "
+                              f"peers[{i}] ({p.name})")
+        if p.device == hub.device:
+            hint = "" if hub.device_override else "; set hub.device: to choose another"
+            raise ConfigError("hub.device", f"device {hub.device} is also the device of "
+                              f"peers[{i}] ({p.name}); {_UNIQUE_DEVICE}{hint}")
+    names: dict[str, int] = {}
+    pubkeys: dict[str, int] = {}
+    for i, c in enumerate(hub.clients):
+        at = f"hub.clients[{i}]"
+        if c.name in names:
+            raise ConfigError(f"{at}.name",
+                              f"duplicate client name (also hub.clients[{names[c.name]}])")
+        if c.name in peer_names:
+            raise ConfigError(f"{at}.name", f"{c.name} is also the name of "
+                              f"peers[{peer_names[c.name]}]; status and metrics name clients "
+                              "and peers alike")
+        names[c.name] = i
+        if c.public_key == cfg.public_key:
+            raise ConfigError(f"{at}.publicKey", "is our own public key, not the client's")
+        if c.public_key in pubkeys:
+            j = pubkeys[c.public_key]
+            raise ConfigError(f"{at}.publicKey",
+                              f"same key as hub.clients[{j}] ({hub.clients[j].name})")
+        if c.public_key in peer_keys:
+            j = peer_keys[c.public_key]
+            raise ConfigError(f"{at}.publicKey", f"same key as peers[{j}] ({cfg.peers[j].name})")
+        pubkeys[c.public_key] = i
+
+
+def _check_hub_addresses(hub: Hub) -> None:
+    pool, own = hub.pool, hub.address.ip
+    where = f"the pool {pool} (hub.address)"
+    taken: dict[IPAddress, int] = {}
+    for i, c in enumerate(hub.clients):
+        if c.address is None:
+            continue
+        at = f"hub.clients[{i}].address"
+        if c.address.version != pool.version or c.address not in pool:
+            raise ConfigError(at, f"{c.address} is outside {where}")
+        if c.address == own:
+            raise ConfigError(at, f"{c.address} is the hub's own address (hub.address)")
+        if pool.num_addresses > 2 and c.address == pool.network_address:
+            raise ConfigError(at, f"{c.address} is the network address of {where}")
+        if pool.version == 4 and pool.num_addresses > 2 and c.address == pool.broadcast_address:
+            raise ConfigError(at, f"{c.address} is the broadcast address of {where}")
+        if c.address in taken:
+            j = taken[c.address]
+            raise ConfigError(at, f"{c.address} is also the address of hub.clients[{j}] "
+                              f"({hub.clients[j].name})")
+        taken[c.address] = i
+    room = pool_capacity(pool)
+    if len(hub.clients) > room:
+        raise ConfigError("hub.address", f"the pool {pool} has room for {room} client"
+                          f"{'' if room == 1 else 's'}, not {len(hub.clients)}; "
+                          "use a shorter prefix")
+
+
+def _check_hub(cfg: GatewayConfig, routed: list[tuple[str, IPNetwork]]
+               ) -> list[tuple[str, IPNetwork]]:
+    """Check the hub section; return its routed ranges (the pool, the clients' ranges)."""
+    hub = cfg.hub
+    if hub is None:
+        return []
+    _check_hub_unique(cfg, hub)
+    _check_hub_addresses(hub)
+    own = [(f"our cidrs[{k}]", c) for k, c in enumerate(cfg.cidrs)]
+    pool = ("hub.address", hub.pool)
+    note = _overlap_note(hub.pool, own) or _overlap_note(hub.pool, routed)
+    if note:
+        raise ConfigError("hub.address", f"{note}; routes would collide")
+    # Every client's real ranges share the device's allowed-ips with the others' and the pool.
+    reals: list[tuple[str, IPNetwork]] = [pool]
+    hub_routed: list[tuple[str, IPNetwork]] = [pool]
+    for i, c in enumerate(hub.clients):
+        for j, r in enumerate(c.remote):
+            at = f"hub.clients[{i}].remote[{j}]"
+            _check_mapping(at, r.cidr, r.as_)
+            note = _overlap_note(r.cidr, reals)
+            if note:
+                raise ConfigError(f"{at}.cidr", f"{note}: the clients share one device and its "
+                                  "allowed-ips, so their networks must not overlap; make this "
+                                  "client a separate peer under peers: instead")
+            reals.append((f"{at}.cidr", r.cidr))
+            if r.remapped:
+                path, hint = f"{at}.as", "; routes would collide"
+            else:
+                path, hint = f"{at}.cidr", "; add an as: to remap it"
+            # (An unmapped cidr inside the pool was refused above.)
+            note = (_overlap_note(r.routed, own) or _overlap_note(r.routed, routed)
+                    or _overlap_note(r.routed, hub_routed))
+            if note:
+                raise ConfigError(path, note + hint)
+            hub_routed.append((path, r.routed))
+    _check_hub_local(cfg, hub, routed + hub_routed, reals[1:])
+    return hub_routed
+
+
+def _check_hub_local(cfg: GatewayConfig, hub: Hub, routed: list[tuple[str, IPNetwork]],
+                     theirs: list[tuple[str, IPNetwork]]) -> None:
+    own = [(f"our cidrs[{k}]", c) for k, c in enumerate(cfg.cidrs)]
+    seen_cidrs: list[tuple[str, IPNetwork]] = []
+    seen_as: list[tuple[str, IPNetwork]] = []
+    for j, loc in enumerate(hub.local):
+        at = f"hub.local[{j}]"
+        _check_mapping(at, loc.cidr, loc.as_)
+        if not any(loc.cidr.version == c.version and loc.cidr.subnet_of(c) for c in cfg.cidrs):
+            raise ConfigError(f"{at}.cidr", f"{loc.cidr} is not inside our cidrs")
+        note = _overlap_note(loc.cidr, seen_cidrs)
+        if note:
+            raise ConfigError(f"{at}.cidr", note)
+        seen_cidrs.append((f"{at}.cidr", loc.cidr))
+        note = (_overlap_note(loc.as_, own) or _overlap_note(loc.as_, routed)
+                or _overlap_note(loc.as_, seen_as))
+        if note:
+            raise ConfigError(f"{at}.as", note)
+        note = _overlap_note(loc.as_, theirs)
+        if note:
+            raise ConfigError(f"{at}.as", f"{note}, a client's own network")
+        seen_as.append((f"{at}.as", loc.as_))
+
+
 # --- entry points ---
 
 
@@ -628,7 +814,8 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> GatewayConfig:
         _check_peer_shape(i, p)
     _check_unique(cfg)
     routed = _check_remote(cfg)
-    _check_local(cfg, routed + _check_addresses(cfg, routed))
+    routed += _check_addresses(cfg, routed)
+    _check_local(cfg, routed + _check_hub(cfg, routed))
     return cfg
 
 
