@@ -70,7 +70,11 @@ def check(file: Annotated[Path, typer.Argument(help="cluster.yaml to validate")]
     except ConfigError as e:
         fail(str(e), EXIT_INVALID)
     n = len(cfg.peers)
-    typer.echo(f"{file}: ok ({n} peer{'' if n == 1 else 's'})")
+    hub = ""
+    if cfg.hub is not None:
+        k = len(cfg.hub.clients)
+        hub = f", a hub with {k} client{'' if k == 1 else 's'}"
+    typer.echo(f"{file}: ok ({n} peer{'' if n == 1 else 's'}{hub})")
 
 
 @app.command()
@@ -96,3 +100,7 @@ _register_gateway(app)
 from natgw.cli_inspect import register as _register_inspect  # noqa: E402
 
 _register_inspect(app)
+
+from natgw.cli_hub import register as _register_hub  # noqa: E402
+
+_register_hub(app)

@@ -58,9 +58,16 @@ def _apply(gw, quiet: bool = False) -> None:
     except GatewayError as e:
         fail(str(e))
     if not quiet:
-        parts = [f"{k} {', '.join(v)}" for k, v in asdict(report).items() if v]
+        parts = [f"{k} {_names(v)}" for k, v in asdict(report).items() if v]
         typer.echo(f"natgw: gateway {gw.cfg.name} up" + (f" ({'; '.join(parts)})"
                                                         if parts else ""))
+
+
+def _names(names: list[str], most: int = 10) -> str:
+    """A list of peer and client names, shortened: a hub may have a thousand."""
+    if len(names) <= most:
+        return ", ".join(names)
+    return f"{', '.join(names[:most])} and {len(names) - most} more"
 
 
 def register(app: typer.Typer) -> None:
@@ -108,21 +115,26 @@ def register(app: typer.Typer) -> None:
         file: Annotated[Path, typer.Argument(help="cluster.yaml (or the gateway name)")],
         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     ) -> None:
-        """Per peer: device, engine, endpoint, handshake, transfer, routes, mappings."""
+        """Per peer and hub client: device, endpoint, handshake, transfer, routes, mappings."""
         from natgw.cli import fail  # noqa: PLC0415
         from natgw.gateway import GatewayError, format_status  # noqa: PLC0415
         from natgw.gateway import status as gw_status  # noqa: PLC0415
+        from natgw.hub import format_hub, read_hub_status  # noqa: PLC0415
 
         name = _gateway_name(file)
         try:
             reports = gw_status(name, ctx.obj.netns)
         except GatewayError as e:
             fail(str(e))
+        hub = read_hub_status(name, ctx.obj.netns)
         if as_json:
-            typer.echo(json.dumps({"gateway": name, "peers": [asdict(r) for r in reports]},
-                                  indent=2))
+            doc = {"gateway": name, "peers": [asdict(r) for r in reports]}
+            if hub is not None:
+                doc["hub"] = asdict(hub)
+            typer.echo(json.dumps(doc, indent=2))
         else:
-            typer.echo(format_status(name, reports))
+            lines = [format_status(name, reports), *(format_hub(hub) if hub else [])]
+            typer.echo("\n".join(lines))
 
 
 def _foreground(gw, file: Path, netns: str | None) -> None:

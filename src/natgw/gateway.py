@@ -24,6 +24,7 @@ from natgw.dataplane.loader import pin_dir
 from natgw.netns import NetnsNotFound, iproute, require_netns
 from natgw.state import (
     GatewayState,
+    HubState,
     PeerState,
     applied_path,
     load_state,
@@ -100,7 +101,7 @@ class Gateway:
             require_netns(self.netns)
         except NetnsNotFound as e:
             raise GatewayError(str(e)) from None
-        if self.cfg.tunnel_peers:
+        if self.cfg.tunnel_peers or self.cfg.hub is not None:
             try:
                 _ = self.engine
             except WireGuardError as e:
@@ -150,6 +151,8 @@ class Gateway:
         old = {p.name: p for p in (previous.peers if previous else [])}
         state = GatewayState(self.cfg.name, self.netns,
                              self.config_path or (previous.config if previous else ""))
+        # What the state file must say of the hub if this apply fails (see _apply_hub).
+        self._hub_record = previous.hub if previous else None
         try:
             routes.enable_forwarding(self.netns)
             for peer in self.cfg.peers:
@@ -173,14 +176,40 @@ class Gateway:
             for gone in old.values():
                 self._remove_peer(dp, gone)
                 report.removed.append(gone.name)
+            state.hub = self._apply_hub(dp, previous.hub if previous else None, report)
         finally:
             # Record what exists even after a failure, so `down` can remove it.
             done = {p.name for p in state.peers}
             state.peers += [p for p in old.values() if p.name not in done
                             and p.name not in report.removed]
+            if state.hub is None:
+                state.hub = self._hub_record
             save_state(state)
             dp.close()
         return report
+
+    def _apply_hub(self, dp: Dataplane, before: HubState | None,
+                   report: ApplyReport) -> HubState | None:
+        """The hub's part of an apply (natgw.hub); its clients join the report."""
+        from natgw import hub  # noqa: PLC0415
+        from natgw.pool import PoolError  # noqa: PLC0415
+
+        if before is not None and (self.cfg.hub is None
+                                   or before.device.device != self.cfg.hub.device):
+            hub.remove_hub(self.netns, before, dp, engine_for(before.device))
+            report.removed += [c.name for c in before.clients]
+            before = self._hub_record = None
+        if self.cfg.hub is None:
+            return None
+        self._hub_record = hub.provisional_state(self.cfg, self.engine, before)
+        try:
+            state, changes = hub.apply_hub(self.cfg, self.netns, self.engine, dp, before)
+        except (PoolError, WireGuardError, DataplaneError, TableError, routes.RouteError,
+                OSError) as e:
+            raise GatewayError(f"hub: {e}") from e
+        for kind in ("added", "updated", "removed", "unchanged"):
+            getattr(report, kind).extend(getattr(changes, kind))
+        return state
 
     def _apply_peer(self, dp: Dataplane, peer: Peer,
                     before: PeerState | None) -> tuple[PeerState, bool]:
@@ -226,9 +255,12 @@ class Gateway:
     # -- supervision -------------------------------------------------------
 
     def dead_tunnels(self) -> list[str]:
-        """Tunnel peers whose engine process died (wireguard-go)."""
-        return [p.name for p in self.cfg.tunnel_peers
+        """Tunnel peers (and the hub) whose engine process died (wireguard-go)."""
+        dead = [p.name for p in self.cfg.tunnel_peers
                 if not self.engine.is_alive(p.device, self.netns)]
+        if self.cfg.hub is not None and not self.engine.is_alive(self.cfg.hub.device, self.netns):
+            dead.append("hub")
+        return dead
 
 
 def engine_for(ps: PeerState) -> Engine | None:
@@ -277,6 +309,8 @@ def down(gateway: str, netns: str | None = None) -> bool:
             dp = None
     for ps in state.peers if state else []:
         remove_peer(netns, ps, dp, engine_for(ps))
+    if state is not None and state.hub is not None:
+        remove_peer(netns, state.hub.device, dp, engine_for(state.hub.device))
     if dp is not None:
         dp.destroy()
     else:

@@ -25,13 +25,38 @@ class PeerState:
 
 
 @dataclass
+class ClientState:
+    """One hub client as applied: what its WireGuard peer, mappings and routes are."""
+
+    name: str
+    public_key: str  # base64
+    address: str  # in the pool
+    routes: list[str] = field(default_factory=list)  # its routed ranges (in the hub device)
+    mappings: list[str] = field(default_factory=list)  # its mapping labels, "remote:<as>"
+
+
+@dataclass
+class HubState:
+    device: PeerState  # the shared device, named after it (status/maps label)
+    address: str  # the hub's own address/prefix
+    clients: list[ClientState] = field(default_factory=list)
+
+    def client_of_mapping(self, label: str) -> str | None:
+        return next((c.name for c in self.clients if label in c.mappings), None)
+
+
+@dataclass
 class GatewayState:
     gateway: str
     netns: str | None
     config: str  # absolute path of the cluster.yaml applied
     peers: list[PeerState] = field(default_factory=list)
+    hub: HubState | None = None
 
     def peer_by_ifindex(self, ifindex: int) -> PeerState | None:
+        """The peer (or the hub's device) of a device."""
+        if self.hub is not None and self.hub.device.ifindex == ifindex:
+            return self.hub.device
         return next((p for p in self.peers if p.ifindex == ifindex), None)
 
 
@@ -53,7 +78,11 @@ def load_state(gateway: str) -> GatewayState | None:
     except FileNotFoundError:
         return None
     peers = [PeerState(**p) for p in raw.pop("peers", [])]
-    return GatewayState(peers=peers, **raw)
+    hub = raw.pop("hub", None)
+    if hub is not None:
+        hub = HubState(device=PeerState(**hub["device"]), address=hub["address"],
+                       clients=[ClientState(**c) for c in hub.get("clients", [])])
+    return GatewayState(peers=peers, hub=hub, **raw)
 
 
 def remove_state(gateway: str) -> None:

@@ -1,0 +1,264 @@
+"""The hub: one WireGuard device and one UDP port for many clients.
+
+`apply_hub` reconciles the hub's device to the config as a difference: the
+engines write only the WireGuard peers that changed (natgw.wireguard.plan), the
+dataplane only the mappings that changed (Tables.set_mappings keeps ids and
+counters), and the routes only those that changed (routes.sync_routes). So
+adding, editing or removing one client leaves every other client's session,
+counters and routes alone. Client addresses come from natgw.pool, recorded
+before they are configured.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass, field
+
+from natgw import addresses, pool, routes
+from natgw.config import GatewayConfig, Hub, HubClient, IPAddress
+from natgw.dataplane import Dataplane, Mapping
+from natgw.keys import decode_key, encode_key
+from natgw.netns import NetnsNotFound
+from natgw.state import ClientState, HubState, PeerState
+from natgw.wireguard import DeviceConfig, PeerConfig, WireGuardError
+from natgw.wireguard.engines import Engine
+
+HANDSHAKE_FRESH = 180  # seconds, as for peers (gateway.HANDSHAKE_FRESH)
+
+
+def host_network(addr: IPAddress) -> str:
+    return f"{addr}/{addr.max_prefixlen}"
+
+
+def client_mappings(client: HubClient) -> list[Mapping]:
+    return [Mapping("remote", r.cidr, r.as_) for r in client.remote if r.as_ is not None]
+
+
+def hub_mappings(hub: Hub) -> list[Mapping]:
+    """Every client's remote mappings and hub.local, all on the one device."""
+    out = [m for c in hub.clients for m in client_mappings(c)]
+    return out + [Mapping("local", loc.cidr, loc.as_) for loc in hub.local]
+
+
+def mapping_label(m: Mapping) -> str:
+    """The label natgw.inspect and the metrics give a mapping: "<kind>:<as>"."""
+    return f"{m.kind}:{m.as_}"
+
+
+def device_config(cfg: GatewayConfig, assigned: dict[str, IPAddress]) -> DeviceConfig:
+    """One WireGuard peer per client: allowed-ips its address plus its remote cidrs.
+
+    No endpoint: clients dial in, and the hub answers wherever they roam.
+    """
+    assert cfg.hub is not None and cfg.private_key is not None
+    peers = tuple(
+        PeerConfig(public_key=decode_key(c.public_key),
+                   allowed_ips=(ipaddress.ip_network(host_network(assigned[c.name])),
+                                *(r.cidr for r in c.remote)))
+        for c in cfg.hub.clients
+    )
+    return DeviceConfig(private_key=cfg.private_key.get_secret_value(),
+                        listen_port=cfg.hub.listen_port, peers=peers)
+
+
+def wanted_routes(hub: Hub) -> list[str]:
+    """The pool, then each client's routed ranges."""
+    return [str(hub.pool), *(str(n) for c in hub.clients for n in c.routed_networks)]
+
+
+def client_states(hub: Hub, assigned: dict[str, IPAddress]) -> list[ClientState]:
+    return [ClientState(c.name, c.public_key, str(assigned[c.name]),
+                        [str(n) for n in c.routed_networks],
+                        [mapping_label(m) for m in client_mappings(c)])
+            for c in hub.clients]
+
+
+@dataclass
+class HubChanges:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+def diff_clients(before: list[ClientState], after: list[ClientState],
+                 device_changed: bool) -> HubChanges:
+    """Which clients an apply added, changed, removed or left alone."""
+    old = {c.name: c for c in before}
+    out = HubChanges()
+    for c in after:
+        prev = old.pop(c.name, None)
+        if prev is None:
+            out.added.append(c.name)
+        elif device_changed or prev != c:
+            out.updated.append(c.name)
+        else:
+            out.unchanged.append(c.name)
+    out.removed = list(old)
+    return out
+
+
+def provisional_state(cfg: GatewayConfig, engine: Engine,
+                      before: HubState | None) -> HubState:
+    """What to record if applying fails half-way, so that `down` or the rollback removes it."""
+    if before is not None:
+        return before
+    hub = cfg.hub
+    assert hub is not None
+    return HubState(PeerState(hub.device, hub.device, 0, engine.name, wanted_routes(hub), True),
+                    str(hub.address))
+
+
+def apply_hub(cfg: GatewayConfig, netns: str | None, engine: Engine, dp: Dataplane,
+              before: HubState | None) -> tuple[HubState, HubChanges]:
+    """Bring the hub's device to the config, writing only differences.
+
+    Raises PoolError, WireGuardError, DataplaneError, TableError, RouteError, OSError.
+    """
+    hub = cfg.hub
+    assert hub is not None
+    dev = hub.device
+    assigned = pool.assign_for(cfg)  # recorded before anything uses it
+    engine.ensure_device(dev, netns)
+    engine.configure(dev, netns, device_config(cfg, assigned))
+    routes.set_link(netns, dev, cfg.mtu)
+    addresses.set_addresses(netns, dev, [hub.address])
+    ifindex = dp.ifindex(dev, netns)
+    if before is not None and before.device.ifindex != ifindex:
+        # Recreated (wireguard-go restarted): its entries and routes went with it.
+        dp.forget_device(before.device.ifindex)
+    dp.attach(dev, netns, mtu=cfg.mtu)
+    dp.set_mappings(dev, hub_mappings(hub), netns)
+    wanted = wanted_routes(hub)
+    routes.sync_routes(netns, dev, wanted)
+    clients = client_states(hub, assigned)
+    state = HubState(PeerState(dev, dev, ifindex, engine.name, wanted, True), str(hub.address),
+                     clients)
+    recreated = before is None or before.device.ifindex != ifindex
+    return state, diff_clients(before.clients if before else [], clients, recreated)
+
+
+def remove_hub(netns: str | None, hs: HubState, dp: Dataplane | None,
+               engine: Engine | None) -> None:
+    """Undo the hub: its routes, filters, map entries and device (pool records stay)."""
+    from natgw.gateway import remove_peer  # noqa: PLC0415
+
+    remove_peer(netns, hs.device, dp, engine)
+
+
+# -- status ----------------------------------------------------------------
+
+
+@dataclass
+class ClientReport:
+    name: str
+    address: str
+    public_key: str
+    endpoint: str | None = None
+    latest_handshake: int = 0
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    up: bool = False
+    routes: list[str] = field(default_factory=list)
+    mappings: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class HubReport:
+    device: str
+    engine: str
+    address: str
+    listen_port: int | None = None
+    mappings: list[dict] = field(default_factory=list)  # hub.local, shared by every client
+    error: str | None = None
+    clients: list[ClientReport] = field(default_factory=list)
+
+
+def _mapping_dicts(dp: Dataplane | None, ifindex: int) -> dict[str, dict]:
+    """Installed mappings of a device by label, with their counters."""
+    out = {}
+    if dp is None:
+        return out
+    for m in dp.mappings(ifindex):
+        c = dp.tables.counters(m.mapping_id)
+        out[mapping_label(m.mapping)] = {
+            "kind": m.mapping.kind, "cidr": str(m.mapping.cidr), "as": str(m.mapping.as_),
+            **{f"{d}_{k}": getattr(c[d], k) for d in c for k in ("packets", "bytes")},
+        }
+    return out
+
+
+def hub_status(hs: HubState, netns: str | None, dp: Dataplane | None,
+               engine: Engine | None) -> HubReport:
+    """Per client: address, endpoint, handshake, transfer, routes, mappings."""
+    rep = HubReport(hs.device.device, hs.device.engine, hs.address)
+    by_key = {}
+    if engine is not None:
+        try:
+            st = engine.status(hs.device.device, netns)
+            rep.listen_port = st.listen_port
+            by_key = {encode_key(p.public_key): p for p in st.peers}
+        except (WireGuardError, NetnsNotFound, OSError) as e:
+            rep.error = str(e)
+    mappings = _mapping_dicts(dp, hs.device.ifindex)
+    owned = {label for c in hs.clients for label in c.mappings}
+    rep.mappings = [m for label, m in mappings.items() if label not in owned]
+    now = time.time()
+    for c in hs.clients:
+        cr = ClientReport(c.name, c.address, c.public_key, routes=list(c.routes),
+                          mappings=[mappings[label] for label in c.mappings if label in mappings])
+        p = by_key.get(c.public_key)
+        if p is not None:
+            cr.endpoint = p.endpoint
+            cr.latest_handshake = p.latest_handshake
+            cr.rx_bytes, cr.tx_bytes = p.rx_bytes, p.tx_bytes
+            cr.up = bool(p.latest_handshake) and now - p.latest_handshake < HANDSHAKE_FRESH
+        rep.clients.append(cr)
+    return rep
+
+
+def read_hub_status(gateway: str, netns: str | None = None) -> HubReport | None:
+    """The hub's status from the gateway's state; None when the gateway has no hub."""
+    from natgw.dataplane import DataplaneError  # noqa: PLC0415
+    from natgw.gateway import engine_for  # noqa: PLC0415
+    from natgw.state import load_state  # noqa: PLC0415
+
+    state = load_state(gateway)
+    if state is None or state.hub is None:
+        return None
+    netns = state.netns if netns is None else netns
+    try:
+        dp = Dataplane.open(gateway)
+    except (DataplaneError, OSError):
+        dp = None
+    try:
+        return hub_status(state.hub, netns, dp, engine_for(state.hub.device))
+    finally:
+        if dp is not None:
+            dp.close()
+
+
+def _mapping_line(m: dict) -> str:
+    return (f"  {m['kind']} {m['cidr']} as {m['as']}: egress {m['egress_packets']} pkts "
+            f"{m['egress_bytes']} B, ingress {m['ingress_packets']} pkts {m['ingress_bytes']} B")
+
+
+def format_hub(rep: HubReport) -> list[str]:
+    """`wg show`-like lines: the hub, then one block per client."""
+    now = time.time()
+    lines = ["", f"hub: {rep.device} ({rep.engine})", f"  address: {rep.address}"]
+    if rep.listen_port:
+        lines.append(f"  listening port: {rep.listen_port}")
+    if rep.error:
+        lines.append(f"  error: {rep.error}")
+    lines += [_mapping_line(m) for m in rep.mappings]
+    for c in rep.clients:
+        hs = f"{int(now - c.latest_handshake)} seconds ago" if c.latest_handshake else "never"
+        lines += ["", f"client: {c.name}", f"  address: {c.address}",
+                  f"  endpoint: {c.endpoint or '(none)'}", f"  latest handshake: {hs}",
+                  f"  transfer: {c.rx_bytes} B received, {c.tx_bytes} B sent",
+                  f"  up: {'yes' if c.up else 'no'}",
+                  f"  routes: {', '.join(c.routes) or '(none)'}"]
+        lines += [_mapping_line(m) for m in c.mappings]
+    return lines
