@@ -13,8 +13,8 @@ from natgw import keys
 from natgw.config import parse_config, pool_capacity
 
 
-def client(name: str, key: str, *remote: dict[str, str], **extra: Any) -> dict[str, Any]:
-    return {"name": name, "publicKey": key, **({"remote": list(remote)} if remote else {}), **extra}
+def client(name: str, key: str | None, *remote: dict[str, str], **extra: Any) -> dict[str, Any]:
+    return {"name": name, **({"publicKey": key} if key else {}), **({"remote": list(remote)} if remote else {}), **extra}
 
 
 def hub(*clients: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -34,7 +34,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("hub without listenPort", cfg(hub={"address": "10.192.0.1/24"}), "hub.listenPort: field required"),
     ("hub address without prefix", cfg(hub=hub() | {"address": "10.192.0.1"}), "hub.address: 10.192.0.1 has no prefix length (write 10.192.0.1/32)"),
     ("hub address is the network", cfg(hub=hub() | {"address": "10.192.0.0/24"}), "hub.address: 10.192.0.0 is the network address of 10.192.0.0/24"),
-    ("client without key", hubcfg({"name": "x"}), "hub.clients[0].publicKey: field required"),
+    ("client without name", hubcfg({"publicKey": PUB_A}), "hub.clients[0].name: field required"),
     ("unknown client field", hubcfg(CLOUD | {"endpoint": "192.0.2.1:1"}), "hub.clients[0].endpoint: unknown field"),
     ("client address with prefix", hubcfg(CLOUD | {"address": "10.192.0.2/32"}), "hub.clients[0].address: invalid IP address 10.192.0.2/32"),
     ("hub endpoint without port", hubcfg(endpoint="gw.example.net"), "hub.endpoint: expected host:port, got 'gw.example.net'"),
@@ -97,6 +97,12 @@ def test_valid_hub_and_accessors() -> None:
     assert cfg_.hub.client("laptop").address is None and cfg_.hub.client("laptop").remote == []
     assert cfg_.hub.client("cloud").routed_networks == [ip_network("10.201.0.0/16")]
     assert cfg_.peer("site").device != cfg_.hub.device
+
+
+def test_a_client_without_a_key_yet_is_valid() -> None:
+    # Its address is reserved; `natgw client-config --genkey` makes its keys.
+    cfg_ = parse_config(hubcfg(client("new", None), client("new2", None)), Path("."))
+    assert cfg_.hub is not None and cfg_.hub.client("new").public_key is None
 
 
 def test_clients_may_share_a_real_range_only_as_separate_peers() -> None:

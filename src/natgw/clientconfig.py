@@ -44,7 +44,7 @@ def render(cfg: GatewayConfig, client: str, private_key: str | None = None) -> s
     if hub is None:
         raise ClientConfigError("hub: the file has no hub: section")
     try:
-        hub.client(client)
+        entry = hub.client(client)
     except KeyError:
         known = ", ".join(c.name for c in hub.clients) or "none"
         raise ClientConfigError(f"hub.clients: no client named {client} (clients: {known})"
@@ -55,9 +55,13 @@ def render(cfg: GatewayConfig, client: str, private_key: str | None = None) -> s
         f"# Save as /etc/wireguard/{cfg.name}.conf (chmod 600); then: wg-quick up {cfg.name}",
         "[Interface]",
     ]
-    if private_key is None:
-        lines.append("# Put the client's own private key here: the one whose public key is "
-                     f"hub.clients[].publicKey of {client}.")
+    if private_key is None and entry.public_key is None:
+        lines.append(f"# {client} has no publicKey in the hub's file yet: run natgw "
+                     "client-config with --genkey, or put a private key here and its public "
+                     "key into the file.")
+    elif private_key is None:
+        lines.append(f"# Put {client}'s own private key here: the one whose public key is "
+                     f"{client}'s publicKey in the hub's file.")
     lines += [
         f"PrivateKey = {private_key or PRIVATE_KEY_PLACEHOLDER}",
         f"Address = {address}/{address.max_prefixlen}",

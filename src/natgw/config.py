@@ -297,7 +297,9 @@ class HubClient(_Model):
     """A WireGuard client of the hub: one peer on the hub's shared device."""
 
     name: Name
-    public_key: PublicKey = Field(alias="publicKey")
+    # None: a client being set up (its address is reserved; `natgw client-config
+    # --genkey` makes its keys): not yet a WireGuard peer of the device.
+    public_key: PublicKey | None = Field(None, alias="publicKey")
     address: Address | None = None  # None: taken from the pool (recorded, natgw.pool)
     remote: list[Remote] = []
 
@@ -695,6 +697,8 @@ def _check_hub_unique(cfg: GatewayConfig, hub: Hub) -> None:
                               f"peers[{peer_names[c.name]}]; status and metrics name clients "
                               "and peers alike")
         names[c.name] = i
+        if c.public_key is None:
+            continue
         if c.public_key == cfg.public_key:
             raise ConfigError(f"{at}.publicKey", "is our own public key, not the client's")
         if c.public_key in pubkeys:

@@ -56,7 +56,7 @@ def device_config(cfg: GatewayConfig, assigned: dict[str, IPAddress]) -> DeviceC
         PeerConfig(public_key=decode_key(c.public_key),
                    allowed_ips=(ipaddress.ip_network(host_network(assigned[c.name])),
                                 *(r.cidr for r in c.remote)))
-        for c in cfg.hub.clients
+        for c in cfg.hub.clients if c.public_key is not None
     )
     return DeviceConfig(private_key=cfg.private_key.get_secret_value(),
                         listen_port=cfg.hub.listen_port, peers=peers)
@@ -68,7 +68,7 @@ def wanted_routes(hub: Hub) -> list[str]:
 
 
 def client_states(hub: Hub, assigned: dict[str, IPAddress]) -> list[ClientState]:
-    return [ClientState(c.name, c.public_key, str(assigned[c.name]),
+    return [ClientState(c.name, c.public_key or "", str(assigned[c.name]),
                         [str(n) for n in c.routed_networks],
                         [mapping_label(m) for m in client_mappings(c)])
             for c in hub.clients]
@@ -208,7 +208,7 @@ def hub_status(hs: HubState, netns: str | None, dp: Dataplane | None,
     for c in hs.clients:
         cr = ClientReport(c.name, c.address, c.public_key, routes=list(c.routes),
                           mappings=[mappings[label] for label in c.mappings if label in mappings])
-        p = by_key.get(c.public_key)
+        p = by_key.get(c.public_key) if c.public_key else None
         if p is not None:
             cr.endpoint = p.endpoint
             cr.latest_handshake = p.latest_handshake
@@ -256,6 +256,7 @@ def format_hub(rep: HubReport) -> list[str]:
     for c in rep.clients:
         hs = f"{int(now - c.latest_handshake)} seconds ago" if c.latest_handshake else "never"
         lines += ["", f"client: {c.name}", f"  address: {c.address}",
+                  f"  public key: {c.public_key or '(none yet: natgw client-config --genkey)'}",
                   f"  endpoint: {c.endpoint or '(none)'}", f"  latest handshake: {hs}",
                   f"  transfer: {c.rx_bytes} B received, {c.tx_bytes} B sent",
                   f"  up: {'yes' if c.up else 'no'}",
