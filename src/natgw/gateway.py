@@ -106,6 +106,8 @@ class Gateway:
                 _ = self.engine
             except WireGuardError as e:
                 raise GatewayError(str(e)) from None
+        if not self.cfg.interface_peers:
+            return  # (a netns socket costs tens of ms: only open one to look something up)
         with iproute(self.netns) as ipr:
             for i, peer in enumerate(self.cfg.peers):
                 if not peer.is_tunnel and not ipr.link_lookup(ifname=peer.interface):
@@ -220,8 +222,11 @@ class Gateway:
             created = True
             self.engine.configure(dev, self.netns, device_config(self.cfg, peer))
             routes.set_link(self.netns, dev, self.cfg.mtu)
-            readdressed = addresses.set_addresses(
-                self.netns, dev, [peer.address] if peer.address else [])
+            # Only when there is or was an address: each netns socket costs tens of ms.
+            readdressed = False
+            if peer.address is not None or (before is not None and before.address):
+                readdressed = addresses.set_addresses(
+                    self.netns, dev, [peer.address] if peer.address else [])
             mtu = self.cfg.mtu
             engine_name = self.engine.name
         else:
@@ -243,7 +248,8 @@ class Gateway:
         changed = (before is None or readdressed or before.ifindex != ifindex
                    or installed != set(mappings)
                    or sorted(old_routes) != sorted(wanted_routes))
-        return PeerState(peer.name, dev, ifindex, engine_name, wanted_routes, created), changed
+        return PeerState(peer.name, dev, ifindex, engine_name, wanted_routes, created,
+                         str(peer.address) if peer.address else None), changed
 
     def _link_mtu(self, dev: str) -> int:
         with iproute(self.netns) as ipr:

@@ -89,46 +89,7 @@ def enable_forwarding(netns: str | None) -> None:
 
     from natgw.netns import exec_argv  # noqa: PLC0415
 
-    for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"):
-        subprocess.run(exec_argv(netns, ["sysctl", "-qw", key]), check=True,
-                       capture_output=True, timeout=10)
+    keys = ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]
+    subprocess.run(exec_argv(netns, ["sysctl", "-qw", *keys]), check=True,
+                   capture_output=True, timeout=10)
 
-
-def sync_routes(netns: str | None, ifname: str, networks: list[str]) -> bool:
-    """Make the natgw routes into ifname exactly `networks`, writing only the difference.
-
-    One dump, then the changes: for devices with many routes (a hub, a route per
-    client range), where rewriting every route on each apply would cost a netlink
-    call per client. Only this device's routes are removed, never a range that
-    moved to another device. True if anything changed.
-    """
-    with iproute(netns) as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
-            raise RouteError(f"routes: device {ifname} not found")
-        have = set()
-        for family in (2, 10):
-            for r in ipr.get_routes(family=family, proto=RTPROT_NATGW, oif=idx[0]):
-                if r.get_attr("RTA_OIF") == idx[0]:
-                    have.add(str(ipaddress.ip_network(f"{r.get_attr('RTA_DST')}/{r['dst_len']}")))
-        wanted = [str(ipaddress.ip_network(n)) for n in networks]
-        changed = False
-        for net in wanted:
-            if net in have:
-                continue
-            family = 2 if ipaddress.ip_network(net).version == 4 else 10
-            try:
-                ipr.route("replace", dst=net, oif=idx[0], proto=RTPROT_NATGW, family=family)
-            except NetlinkError as e:
-                raise RouteError(f"route {net} dev {ifname}: {e.args[1] if len(e.args) > 1 else e}"
-                                 ) from e
-            changed = True
-        for net in sorted(have - set(wanted)):
-            family = 2 if ipaddress.ip_network(net).version == 4 else 10
-            try:
-                ipr.route("del", dst=net, oif=idx[0], proto=RTPROT_NATGW, family=family)
-            except NetlinkError as e:
-                if e.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
-                    raise
-            changed = True
-        return changed

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 STATE_DIR = Path(os.environ.get("NATGW_STATE_DIR", "/run/natgw"))
@@ -22,6 +22,7 @@ class PeerState:
     engine: str  # "kernel", "wireguard-go" or "interface" (no tunnel)
     routes: list[str] = field(default_factory=list)  # destinations natgw routed into device
     created_device: bool = False  # natgw made the device, so `down` removes it
+    address: str | None = None  # our own address on the tunnel (peers[].address)
 
 
 @dataclass
@@ -40,6 +41,7 @@ class HubState:
     device: PeerState  # the shared device, named after it (status/maps label)
     address: str  # the hub's own address/prefix
     clients: list[ClientState] = field(default_factory=list)
+    mappings: list[str] = field(default_factory=list)  # installed: "<kind> <cidr> <as>"
 
     def client_of_mapping(self, label: str) -> str | None:
         return next((c.name for c in self.clients if label in c.mappings), None)
@@ -68,8 +70,19 @@ def save_state(state: GatewayState) -> None:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     path = state_path(state.gateway)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2) + "\n")
+    # No indent: json's C encoder only runs without one (a hub's state is large).
+    tmp.write_text(json.dumps(_plain(state)) + "\n")
     os.replace(tmp, path)
+
+
+def _plain(obj):
+    """asdict for the state's dataclasses, without asdict's deep copies (a hub's
+    thousand clients made it the slowest part of an edit)."""
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: _plain(v) for k, v in vars(obj).items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 def load_state(gateway: str) -> GatewayState | None:
@@ -81,7 +94,8 @@ def load_state(gateway: str) -> GatewayState | None:
     hub = raw.pop("hub", None)
     if hub is not None:
         hub = HubState(device=PeerState(**hub["device"]), address=hub["address"],
-                       clients=[ClientState(**c) for c in hub.get("clients", [])])
+                       clients=[ClientState(**c) for c in hub.get("clients", [])],
+                       mappings=hub.get("mappings", []))
     return GatewayState(peers=peers, hub=hub, **raw)
 
 

@@ -298,8 +298,9 @@ class Tables:
         for m in wanted:
             if m not in installed:
                 next_id = self._install(ifindex, m, used, next_id).mapping_id + 1
+        keep = set(wanted)  # a set: with thousands of mappings a list scan is quadratic
         for m in installed:
-            if m in wanted:
+            if m in keep:
                 continue
             for tbl, net in _entry_keys(m):
                 if (tbl, net) not in owner:
