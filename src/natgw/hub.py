@@ -11,7 +11,9 @@ before they are configured.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +25,7 @@ from natgw.netns import NetnsNotFound
 from natgw.state import ClientState, HubState, PeerState
 from natgw.wireguard import DeviceConfig, PeerConfig, WireGuardError
 from natgw.wireguard.engines import Engine
+from natgw.wireguard.plan import Plan
 
 HANDSHAKE_FRESH = 180  # seconds, as for peers (gateway.HANDSHAKE_FRESH)
 
@@ -46,32 +49,63 @@ def mapping_label(m: Mapping) -> str:
     return f"{m.kind}:{m.as_}"
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def text(net) -> str:
+    """str() of an IPv4 network or address, in C and remembered: with a thousand
+    clients ipaddress's own str() was the largest cost of an apply that changes nothing."""
+    if net.version == 4:
+        if hasattr(net, "prefixlen"):
+            return f"{socket.inet_ntoa(net.network_address.packed)}/{net.prefixlen}"
+        return socket.inet_ntoa(net.packed)
+    return str(net)
+
+
+def client_allowed_ips(c: HubClient, address: IPAddress) -> list:
+    """Its address (a /32 or /128) and its remote cidrs."""
+    return [ipaddress.ip_network(address), *(r.cidr for r in c.remote)]
+
+
 def device_config(cfg: GatewayConfig, assigned: dict[str, IPAddress]) -> DeviceConfig:
-    """One WireGuard peer per client: allowed-ips its address plus its remote cidrs.
+    """One WireGuard peer per client with a key.
 
     No endpoint: clients dial in, and the hub answers wherever they roam.
     """
     assert cfg.hub is not None and cfg.private_key is not None
     peers = tuple(
         PeerConfig(public_key=decode_key(c.public_key),
-                   allowed_ips=(ipaddress.ip_network(assigned[c.name]),  # a /32 or /128
-                                *(r.cidr for r in c.remote)))
+                   allowed_ips=tuple(client_allowed_ips(c, assigned[c.name])))
         for c in cfg.hub.clients if c.public_key is not None
     )
     return DeviceConfig(private_key=cfg.private_key.get_secret_value(),
                         listen_port=cfg.hub.listen_port, peers=peers)
 
 
+def client_plan(before: list[ClientState], after: list[ClientState]) -> Plan:
+    """The WireGuard peers to write, from the recorded clients and the wanted ones."""
+    old = {c.public_key: c for c in before if c.public_key}
+    new = {c.public_key: c for c in after if c.public_key}
+    return Plan(
+        remove=tuple(decode_key(k) for k in old if k not in new),
+        upsert=tuple(PeerConfig(public_key=decode_key(k), allowed_ips=tuple(c.allowed_ips))
+                     for k, c in new.items()
+                     if k not in old or old[k].allowed_ips != c.allowed_ips),
+    )
+
+
 def wanted_routes(hub: Hub) -> list[str]:
     """The pool, then each client's routed ranges."""
-    return [str(hub.pool), *(str(n) for c in hub.clients for n in c.routed_networks)]
+    return [text(hub.pool), *(text(n) for c in hub.clients for n in c.routed_networks)]
 
 
 def client_states(hub: Hub, assigned: dict[str, IPAddress]) -> list[ClientState]:
-    return [ClientState(c.name, c.public_key or "", str(assigned[c.name]),
-                        [str(n) for n in c.routed_networks],
-                        [mapping_label(m) for m in client_mappings(c)])
-            for c in hub.clients]
+    out = []
+    for c in hub.clients:
+        addr = assigned[c.name]
+        out.append(ClientState(
+            c.name, c.public_key or "", text(addr), [text(n) for n in c.routed_networks],
+            [f"remote:{text(r.as_)}" for r in c.remote if r.as_ is not None],
+            [f"{text(addr)}/{addr.max_prefixlen}", *(text(r.cidr) for r in c.remote)]))
+    return out
 
 
 @dataclass
@@ -135,7 +169,7 @@ def route_lines(dev: str, wanted: list[str], have: list[str]) -> tuple[list[str]
 
 
 def mapping_text(m: Mapping) -> str:
-    return f"{m.kind} {m.cidr} {m.as_}"
+    return f"{m.kind} {text(m.cidr)} {text(m.as_)}"
 
 
 def _mapping_of(text: str) -> Mapping:
@@ -155,8 +189,9 @@ def _sync_mappings(dp: Dataplane, ifindex: int, wanted: list[Mapping],
         dp.tables.set_mappings(ifindex, wanted)
         return
     had = set(recorded)  # compared as text: parsing a thousand back costs more
-    new = [m for m in wanted if mapping_text(m) not in had]
-    gone = had - {mapping_text(m) for m in wanted}
+    texts = [mapping_text(m) for m in wanted]
+    new = [m for m, t in zip(wanted, texts, strict=True) if t not in had]
+    gone = had - set(texts)
     if new:
         dp.tables.add_mappings(ifindex, new)
     for text in gone:
@@ -178,9 +213,15 @@ def apply_hub(cfg: GatewayConfig, netns: str | None, engine: Engine, dp: Datapla
     dev = hub.device
     assigned = pool.assign_for(cfg)  # recorded before anything uses it
     engine.ensure_device(dev, netns)
-    engine.configure(dev, netns, device_config(cfg, assigned))
     ifindex = ipbatch.link_index(netns, dev)
     recreated = before is None or before.device.ifindex != ifindex
+    clients = client_states(hub, assigned)
+    if (recreated or before.listen_port != hub.listen_port
+            or before.public_key != cfg.public_key):
+        engine.configure(dev, netns, device_config(cfg, assigned))  # reads the device back
+    else:
+        # Same device as recorded: write only the clients that changed, unread.
+        engine.apply_plan(dev, netns, client_plan(before.clients, clients))
     if before is not None and recreated:
         # Recreated (wireguard-go restarted): its entries and routes went with it.
         dp.forget_device(before.device.ifindex)
@@ -193,9 +234,9 @@ def apply_hub(cfg: GatewayConfig, netns: str | None, engine: Engine, dp: Datapla
         dp.attach(dev, netns, mtu=cfg.mtu)  # a netns socket: only when something changed
     mappings = hub_mappings(hub)
     _sync_mappings(dp, ifindex, mappings, None if recreated else before.mappings)
-    clients = client_states(hub, assigned)
     state = HubState(PeerState(dev, dev, ifindex, engine.name, wanted, True), str(hub.address),
-                     clients, [mapping_text(m) for m in mappings])
+                     clients, [mapping_text(m) for m in mappings], hub.listen_port,
+                     cfg.public_key or "")
     return state, diff_clients(before.clients if before else [], clients, recreated)
 
 

@@ -14,6 +14,7 @@ rename) before anything is configured with the result.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -84,6 +85,7 @@ def assign(hub: Hub, recorded: dict[str, str]) -> dict[str, IPAddress]:
     return {c.name: out[c.name] for c in hub.clients}
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the same records are read on every apply
 def _parse(text: str | None) -> IPAddress | None:
     try:
         return ipaddress.ip_address(text) if text else None

@@ -34,6 +34,7 @@ class ClientState:
     address: str  # in the pool
     routes: list[str] = field(default_factory=list)  # its routed ranges (in the hub device)
     mappings: list[str] = field(default_factory=list)  # its mapping labels, "remote:<as>"
+    allowed_ips: list[str] = field(default_factory=list)  # of its WireGuard peer
 
 
 @dataclass
@@ -42,6 +43,8 @@ class HubState:
     address: str  # the hub's own address/prefix
     clients: list[ClientState] = field(default_factory=list)
     mappings: list[str] = field(default_factory=list)  # installed: "<kind> <cidr> <as>"
+    listen_port: int = 0
+    public_key: str = ""  # ours, base64: the device's key (a change rewrites the device)
 
     def client_of_mapping(self, label: str) -> str | None:
         return next((c.name for c in self.clients if label in c.mappings), None)
@@ -80,7 +83,7 @@ def _plain(obj):
     thousand clients made it the slowest part of an edit)."""
     if hasattr(obj, "__dataclass_fields__"):
         return {k: _plain(v) for k, v in vars(obj).items()}
-    if isinstance(obj, list):
+    if isinstance(obj, list) and obj and hasattr(obj[0], "__dataclass_fields__"):
         return [_plain(v) for v in obj]
     return obj
 
@@ -95,7 +98,9 @@ def load_state(gateway: str) -> GatewayState | None:
     if hub is not None:
         hub = HubState(device=PeerState(**hub["device"]), address=hub["address"],
                        clients=[ClientState(**c) for c in hub.get("clients", [])],
-                       mappings=hub.get("mappings", []))
+                       mappings=hub.get("mappings", []),
+                       listen_port=hub.get("listen_port", 0),
+                       public_key=hub.get("public_key", ""))
     return GatewayState(peers=peers, hub=hub, **raw)
 
 
