@@ -76,3 +76,26 @@ def test_device_config_one_peer_per_keyed_client() -> None:
     assert all(p.endpoint is None for p in dc.peers)  # clients dial in
     assert [str(m) for m in hub_mappings(c.hub)] == [
         "remote 10.9.0.0/16 as 10.201.0.0/16", "local 10.244.0.0/16 as 10.250.0.0/16"]
+
+
+def test_status_text_has_a_block_per_client() -> None:
+    from natgw.hub import ClientReport, HubReport, format_hub
+
+    m = {"kind": "remote", "cidr": "10.9.0.0/16", "as": "10.201.0.0/16", "egress_packets": 3,
+         "egress_bytes": 300, "ingress_packets": 4, "ingress_bytes": 400}
+    rep = HubReport("c1-hub", "wireguard-go", "10.192.0.1/24", 8765, clients=[
+        ClientReport("a", "10.192.0.2", "KEY=", "198.18.1.2:4000", 0, 10, 20, False,
+                     ["10.201.0.0/16"], [m]),
+        ClientReport("new", "10.192.0.3", ""),
+    ])
+    assert format_hub(rep) == [
+        "", "hub: c1-hub (wireguard-go)", "  address: 10.192.0.1/24", "  listening port: 8765",
+        "", "client: a", "  address: 10.192.0.2", "  public key: KEY=",
+        "  endpoint: 198.18.1.2:4000", "  latest handshake: never",
+        "  transfer: 10 B received, 20 B sent", "  up: no", "  routes: 10.201.0.0/16",
+        "  remote 10.9.0.0/16 as 10.201.0.0/16: egress 3 pkts 300 B, ingress 4 pkts 400 B",
+        "", "client: new", "  address: 10.192.0.3",
+        "  public key: (none yet: natgw client-config --genkey)", "  endpoint: (none)",
+        "  latest handshake: never", "  transfer: 0 B received, 0 B sent", "  up: no",
+        "  routes: (none)",
+    ]
