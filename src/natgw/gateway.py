@@ -316,7 +316,9 @@ def down(gateway: str, netns: str | None = None) -> bool:
     for ps in state.peers if state else []:
         remove_peer(netns, ps, dp, engine_for(ps))
     if state is not None and state.hub is not None:
-        remove_peer(netns, state.hub.device, dp, engine_for(state.hub.device))
+        from natgw.hub import remove_hub  # noqa: PLC0415
+
+        remove_hub(netns, state.hub, dp, engine_for(state.hub.device))
     if dp is not None:
         dp.destroy()
     else:

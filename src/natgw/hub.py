@@ -11,6 +11,8 @@ before they are configured.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import ipaddress
 import socket
@@ -21,7 +23,7 @@ from natgw import ipbatch, pool, routes
 from natgw.config import GatewayConfig, Hub, HubClient, IPAddress
 from natgw.dataplane import Dataplane, Mapping, mss_for_mtu
 from natgw.keys import decode_key, encode_key
-from natgw.netns import NetnsNotFound
+from natgw.netns import NetnsNotFound, netns_exists
 from natgw.state import ClientState, HubState, PeerState
 from natgw.wireguard import DeviceConfig, PeerConfig, WireGuardError
 from natgw.wireguard.engines import Engine
@@ -242,10 +244,19 @@ def apply_hub(cfg: GatewayConfig, netns: str | None, engine: Engine, dp: Datapla
 
 def remove_hub(netns: str | None, hs: HubState, dp: Dataplane | None,
                engine: Engine | None) -> None:
-    """Undo the hub: its routes, filters, map entries and device (pool records stay)."""
+    """Undo the hub: its routes, filters, map entries and device (pool records stay).
+
+    The routes go in one `ip -batch` (a route per client: one netlink call each
+    would take seconds), then the device as for a peer.
+    """
     from natgw.gateway import remove_peer  # noqa: PLC0415
 
-    remove_peer(netns, hs.device, dp, engine)
+    dev = hs.device.device
+    lines = [f"route del {n} dev {dev} proto {routes.RTPROT_NATGW}" for n in hs.device.routes]
+    if netns is None or netns_exists(netns):
+        with contextlib.suppress(routes.RouteError):
+            ipbatch.run_batch(netns, lines, force=True)
+    remove_peer(netns, dataclasses.replace(hs.device, routes=[]), dp, engine)
 
 
 # -- status ----------------------------------------------------------------
