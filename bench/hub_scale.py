@@ -97,8 +97,8 @@ def run_wireguard_go(n: int, rounds: int) -> dict[str, list[Sample]]:
     from natgw import keys
     from natgw.config import parse_config
     from natgw.dataplane import Dataplane
-    from natgw.gateway import Gateway, down, status
-    from natgw.hub import read_hub_status
+    from natgw.gateway import Gateway, down
+    from natgw.status import status
 
     prefix = f"b{os.getpid() % 10000}{secrets.token_hex(1)}"
     netns, name, device = f"{prefix}hub", f"{prefix}legacy", f"{prefix}hub"
@@ -125,7 +125,8 @@ def run_wireguard_go(n: int, rounds: int) -> dict[str, list[Sample]]:
             return parse_config(hub_data(name, key_file, device, cl), tmp)
 
         def both_status(gw: str, ns: str) -> tuple[Any, Any]:
-            return status(gw, ns), read_hub_status(gw, ns)
+            report = status(gw, ns)[0]
+            return report.peers, report.hub
 
         extra = n
         for r in range(rounds):

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from gateways import natgw, wait_ping, write_config
-from netns_util import NetnsLab, ping
+from gateways import wait_ping, write_config
 
-from natgw import keys
+from lab.keys import new_key
+from lab.net import natgw, ping
+from lab.netnslab import NetnsLab
 from natgw.netns import exec_argv, netns_socket
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
@@ -87,7 +88,7 @@ def up(ns: str, cfg: Path) -> subprocess.CompletedProcess:
 
 def hub_status(ns: str, cfg: Path) -> dict:
     r = natgw("--netns", ns, "status", str(cfg), "--json")
-    return json.loads(r.stdout)["hub"]
+    return json.loads(r.stdout)[0]["hub"]
 
 
 def clients_by_name(ns: str, cfg: Path) -> dict[str, dict]:
@@ -96,10 +97,7 @@ def clients_by_name(ns: str, cfg: Path) -> dict[str, dict]:
 
 def keyfile(tmp: Path, name: str) -> tuple[Path, str]:
     path = tmp / f"{name}.key"
-    private = keys.genkey()
-    path.write_text(private + "\n")
-    path.chmod(0o600)
-    return path, keys.pubkey(private)
+    return path, new_key(path)
 
 
 @pytest.fixture()
@@ -265,7 +263,7 @@ def test_hub_and_clients(world):
         assert [m["as"] for m in c["mappings"]] == [f"10.20{name[1]}.0.0/16"]
         assert c["mappings"][0]["ingress_packets"] > 0
     # Metrics: the client is the `peer` label of its mapping and of its tunnel health.
-    from natgw import inspect as I
+    from natgw import introspect as I
     from natgw.metrics import dataplane_metrics, state_peer_health
     from natgw.state import load_state
 

@@ -79,7 +79,7 @@ def test_device_config_one_peer_per_keyed_client() -> None:
 
 
 def test_status_text_has_a_block_per_client() -> None:
-    from natgw.hub import ClientReport, HubReport, format_hub
+    from natgw.hubstatus import ClientReport, HubReport, format_hub
 
     m = {"kind": "remote", "cidr": "10.9.0.0/16", "as": "10.201.0.0/16", "egress_packets": 3,
          "egress_bytes": 300, "ingress_packets": 4, "ingress_bytes": 400}
@@ -88,7 +88,7 @@ def test_status_text_has_a_block_per_client() -> None:
                      ["10.201.0.0/16"], [m]),
         ClientReport("new", "10.192.0.3", ""),
     ])
-    assert format_hub(rep) == [
+    assert format_hub(rep, 0) == [
         "", "hub: c1-hub (wireguard-go)", "  address: 10.192.0.1/24", "  listening port: 8765",
         "", "client: a", "  address: 10.192.0.2", "  public key: KEY=",
         "  endpoint: 198.18.1.2:4000", "  latest handshake: never",

@@ -16,20 +16,17 @@ import dataclasses
 import functools
 import ipaddress
 import socket
-import time
 from dataclasses import dataclass, field
 
 from natgw import ipbatch, pool, routes
 from natgw.config import GatewayConfig, Hub, HubClient, IPAddress
 from natgw.dataplane import Dataplane, Mapping, mss_for_mtu
-from natgw.keys import decode_key, encode_key
-from natgw.netns import NetnsNotFound, netns_exists
+from natgw.keys import decode_key
+from natgw.netns import netns_exists
 from natgw.state import ClientState, HubState, PeerState
-from natgw.wireguard import DeviceConfig, PeerConfig, WireGuardError
+from natgw.wireguard import DeviceConfig, PeerConfig
 from natgw.wireguard.engines import Engine
 from natgw.wireguard.plan import Plan
-
-HANDSHAKE_FRESH = 180  # seconds, as for peers (gateway.HANDSHAKE_FRESH)
 
 
 def host_network(addr: IPAddress) -> str:
@@ -47,7 +44,7 @@ def hub_mappings(hub: Hub) -> list[Mapping]:
 
 
 def mapping_label(m: Mapping) -> str:
-    """The label natgw.inspect and the metrics give a mapping: "<kind>:<as>"."""
+    """The label natgw.introspect and the metrics give a mapping: "<kind>:<as>"."""
     return f"{m.kind}:{m.as_}"
 
 
@@ -257,121 +254,3 @@ def remove_hub(netns: str | None, hs: HubState, dp: Dataplane | None,
         with contextlib.suppress(routes.RouteError):
             ipbatch.run_batch(netns, lines, force=True)
     remove_peer(netns, dataclasses.replace(hs.device, routes=[]), dp, engine)
-
-
-# -- status ----------------------------------------------------------------
-
-
-@dataclass
-class ClientReport:
-    name: str
-    address: str
-    public_key: str
-    endpoint: str | None = None
-    latest_handshake: int = 0
-    rx_bytes: int = 0
-    tx_bytes: int = 0
-    up: bool = False
-    routes: list[str] = field(default_factory=list)
-    mappings: list[dict] = field(default_factory=list)
-
-
-@dataclass
-class HubReport:
-    device: str
-    engine: str
-    address: str
-    listen_port: int | None = None
-    mappings: list[dict] = field(default_factory=list)  # hub.local, shared by every client
-    error: str | None = None
-    clients: list[ClientReport] = field(default_factory=list)
-
-
-def _mapping_dicts(dp: Dataplane | None, ifindex: int) -> dict[str, dict]:
-    """Installed mappings of a device by label, with their counters."""
-    out = {}
-    if dp is None:
-        return out
-    for m in dp.mappings(ifindex):
-        c = dp.tables.counters(m.mapping_id)
-        out[mapping_label(m.mapping)] = {
-            "kind": m.mapping.kind, "cidr": str(m.mapping.cidr), "as": str(m.mapping.as_),
-            **{f"{d}_{k}": getattr(c[d], k) for d in c for k in ("packets", "bytes")},
-        }
-    return out
-
-
-def hub_status(hs: HubState, netns: str | None, dp: Dataplane | None,
-               engine: Engine | None) -> HubReport:
-    """Per client: address, endpoint, handshake, transfer, routes, mappings."""
-    rep = HubReport(hs.device.device, hs.device.engine, hs.address)
-    by_key = {}
-    if engine is not None:
-        try:
-            st = engine.status(hs.device.device, netns)
-            rep.listen_port = st.listen_port
-            by_key = {encode_key(p.public_key): p for p in st.peers}
-        except (WireGuardError, NetnsNotFound, OSError) as e:
-            rep.error = str(e)
-    mappings = _mapping_dicts(dp, hs.device.ifindex)
-    owned = {label for c in hs.clients for label in c.mappings}
-    rep.mappings = [m for label, m in mappings.items() if label not in owned]
-    now = time.time()
-    for c in hs.clients:
-        cr = ClientReport(c.name, c.address, c.public_key, routes=list(c.routes),
-                          mappings=[mappings[label] for label in c.mappings if label in mappings])
-        p = by_key.get(c.public_key) if c.public_key else None
-        if p is not None:
-            cr.endpoint = p.endpoint
-            cr.latest_handshake = p.latest_handshake
-            cr.rx_bytes, cr.tx_bytes = p.rx_bytes, p.tx_bytes
-            cr.up = bool(p.latest_handshake) and now - p.latest_handshake < HANDSHAKE_FRESH
-        rep.clients.append(cr)
-    return rep
-
-
-def read_hub_status(gateway: str, netns: str | None = None) -> HubReport | None:
-    """The hub's status from the gateway's state; None when the gateway has no hub."""
-    from natgw.dataplane import DataplaneError  # noqa: PLC0415
-    from natgw.gateway import engine_for  # noqa: PLC0415
-    from natgw.state import load_state  # noqa: PLC0415
-
-    state = load_state(gateway)
-    if state is None or state.hub is None:
-        return None
-    netns = state.netns if netns is None else netns
-    try:
-        dp = Dataplane.open(gateway)
-    except (DataplaneError, OSError):
-        dp = None
-    try:
-        return hub_status(state.hub, netns, dp, engine_for(state.hub.device))
-    finally:
-        if dp is not None:
-            dp.close()
-
-
-def _mapping_line(m: dict) -> str:
-    return (f"  {m['kind']} {m['cidr']} as {m['as']}: egress {m['egress_packets']} pkts "
-            f"{m['egress_bytes']} B, ingress {m['ingress_packets']} pkts {m['ingress_bytes']} B")
-
-
-def format_hub(rep: HubReport) -> list[str]:
-    """`wg show`-like lines: the hub, then one block per client."""
-    now = time.time()
-    lines = ["", f"hub: {rep.device} ({rep.engine})", f"  address: {rep.address}"]
-    if rep.listen_port:
-        lines.append(f"  listening port: {rep.listen_port}")
-    if rep.error:
-        lines.append(f"  error: {rep.error}")
-    lines += [_mapping_line(m) for m in rep.mappings]
-    for c in rep.clients:
-        hs = f"{int(now - c.latest_handshake)} seconds ago" if c.latest_handshake else "never"
-        lines += ["", f"client: {c.name}", f"  address: {c.address}",
-                  f"  public key: {c.public_key or '(none yet: natgw client-config --genkey)'}",
-                  f"  endpoint: {c.endpoint or '(none)'}", f"  latest handshake: {hs}",
-                  f"  transfer: {c.rx_bytes} B received, {c.tx_bytes} B sent",
-                  f"  up: {'yes' if c.up else 'no'}",
-                  f"  routes: {', '.join(c.routes) or '(none)'}"]
-        lines += [_mapping_line(m) for m in c.mappings]
-    return lines

@@ -1,0 +1,284 @@
+"""Tables of a benchmark run: plain text for stdout, markdown for BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from bench.stats import (
+    capacity_ratio,
+    evaluate_control_targets,
+    evaluate_targets,
+    fmt,
+    fmt_rate,
+    ratio,
+    table,
+)
+from bench.topology import MODES
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+TRANSPORT_TITLE = {"underlay": "direct underlay (veth, no tunnel)",
+                   "wg": "WireGuard tunnel (wireguard-go in every mode)"}
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.0f}%"
+
+
+def _saturated(d: dict, key: str, measure: str) -> str:
+    flags = d["samples"].get(key, {}).get(f"{measure}_sat") or []
+    return f"{int(sum(flags))}/{len(flags)}" if flags else "-"
+
+
+def forwarding_table(d: dict, transport: str, md: bool) -> str:
+    m, sp = d["medians"], d["spreads"]
+
+    def g(mode: str, measure: str) -> float | None:
+        return m.get(f"{mode}/{transport}/{measure}")
+
+    rows = []
+    for mode in MODES:
+        if g(mode, "udp1_pps") is None:
+            continue
+        row = [mode]
+        for flow in ("udp1", "udpn"):
+            row += [fmt_rate(g(mode, f"{flow}_pps")),
+                    fmt(ratio(g(mode, f"{flow}_pps"), g("route", f"{flow}_pps"))),
+                    _pct(sp.get(f"{mode}/{transport}/{flow}_pps")),
+                    fmt(g(mode, f"{flow}_ns"), 0),
+                    fmt(capacity_ratio(g(mode, f"{flow}_ns"), g("route", f"{flow}_ns"))),
+                    _saturated(d, f"{mode}/{transport}", flow)]
+        rows.append(row)
+    headers = ["mode"]
+    for flow in ("1 flow", "new flow/pkt"):
+        headers += [f"{flow} pps", "x route", "spread", "gw ns/pkt", "capacity x route",
+                    "gw-bound"]
+    return table(headers, rows, md)
+
+
+def tcp_table(d: dict, transport: str, md: bool) -> str:
+    m = d["medians"]
+
+    def g(mode: str, measure: str) -> float | None:
+        return m.get(f"{mode}/{transport}/{measure}")
+
+    rows = [[mode, fmt(g(mode, "tcp_gbps")),
+             fmt(ratio(g(mode, "tcp_gbps"), g("route", "tcp_gbps"))),
+             fmt(g(mode, "rr_p50_us"), 0), fmt(g(mode, "rr_p99_us"), 0)]
+            for mode in MODES if g(mode, "tcp_gbps") is not None or g(mode, "rr_p50_us")]
+    return table(["mode", "TCP bulk Gbit/s", "x route", "RR p50 us", "RR p99 us"], rows, md)
+
+
+def mappings_table(d: dict, md: bool) -> str | None:
+    m = d["medians"]
+    counts = sorted({int(k.split("/")[0][len("natgw-m"):]) for k in m
+                     if k.startswith("natgw-m") and k.endswith("/underlay/udp1_pps")})
+    if not counts:
+        return None
+    rows = []
+    for n in [1, *counts]:
+        k = "natgw/underlay" if n == 1 else f"natgw-m{n}/underlay"
+        row = [f"{n:,}"]
+        for flow in ("udp1", "udpn"):
+            base_pps, base_ns = (m.get(f"natgw/underlay/{flow}_pps"),
+                                 m.get(f"natgw/underlay/{flow}_ns"))
+            row += [fmt_rate(m.get(f"{k}/{flow}_pps")),
+                    fmt(ratio(m.get(f"{k}/{flow}_pps"), base_pps)),
+                    fmt(m.get(f"{k}/{flow}_ns"), 0),
+                    fmt(capacity_ratio(m.get(f"{k}/{flow}_ns"), base_ns))]
+        rows.append(row)
+    return table(["mappings per gateway", "1 flow pps", "x 1 mapping", "gw ns/pkt",
+                  "capacity x 1 mapping", "new flow pps", "x 1 mapping", "gw ns/pkt",
+                  "capacity x 1 mapping"], rows, md)
+
+
+def overhead_table(d: dict, md: bool) -> str | None:
+    """route, route with natgw's programs matching nothing, natgw translating."""
+    m = d["medians"]
+    if m.get("route+natgw-hooks/underlay/udp1_ns") is None:
+        return None
+    base = {f: m.get(f"route/underlay/{f}_ns") for f in ("udp1", "udpn")}
+    rows = []
+    for label, key in (("route", "route"), ("route + natgw programs, no match",
+                                            "route+natgw-hooks"),
+                       ("natgw, translating", "natgw")):
+        row = [label]
+        for f in ("udp1", "udpn"):
+            ns = m.get(f"{key}/underlay/{f}_ns")
+            extra = None if ns is None or base[f] is None else ns - base[f]
+            row += [fmt_rate(m.get(f"{key}/underlay/{f}_pps")), fmt(ns, 0),
+                    "-" if extra is None else f"{extra:+.0f}"]
+        rows.append(row)
+    return table(["underlay", "1 flow pps", "gw ns/pkt", "vs route", "new flow pps",
+                  "gw ns/pkt", "vs route"], rows, md)
+
+
+def _kib(b: float | None) -> str:
+    return "-" if b is None else f"{b / 1024:,.0f} KiB"
+
+
+def control_table(d: dict, md: bool) -> str | None:
+    c = d.get("control") or {}
+    if not c:
+        return None
+    transports = [t for t in ("underlay", "wg") if t in c]
+
+    def row(label: str, f) -> list[str]:
+        out = [label]
+        for t in transports:
+            try:
+                out.append(f(c[t]))
+            except (KeyError, TypeError):
+                out.append("-")
+        return out
+
+    def s(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1000:.0f} ms"
+
+    rows = [
+        row("natgw up, file unchanged (CLI wall time)", lambda x: s(x["noop_up_s"])),
+        row("config change, one mapping added: natgw up (CLI wall time)",
+            lambda x: s(x["config_change"]["add_cli_s"])),
+        row("... same change through the library (Gateway.apply)",
+            lambda x: s(x["config_change"]["add_library_s"])),
+        row("... mapping removed: CLI / library",
+            lambda x: f"{s(x['config_change']['remove_cli_s'])} / "
+                      f"{s(x['config_change']['remove_library_s'])}"),
+        row("first packet through the added mapping after start: CLI / library",
+            lambda x: f"{s(x['config_change']['add_cli_first_packet_s'])} / "
+                      f"{s(x['config_change']['add_library_first_packet_s'])}"),
+        row("lost on other flows while a change ran",
+            lambda x: f"{x['config_change']['lost_in_changes']} "
+                      f"({x['config_change']['cycles'] * 4} changes, "
+                      f"{x['config_change']['stream_pps'] / 1000:.0f}k pps in 8 flows)"),
+        row("... lost outside the changes / sent in all",
+            lambda x: f"{x['config_change']['stream_lost'] - x['config_change']['lost_in_changes']}"
+                      f" / {x['config_change']['stream_sent']:,}"),
+        row("cold natgw up (compile included): CLI wall time",
+            lambda x: s(x["cold_up"]["up_s"])),
+        row("cold natgw up to first translated packet",
+            lambda x: s(x["cold_up"]["first_packet_s"])
+            + ("" if x["cold_up"]["all_translated"] else " (untranslated!)")),
+        row("RSS of foreground natgw up",
+            lambda x: f"{x['memory']['natgw_rss_kb'] / 1024:.1f} MiB"),
+        row("RSS of wireguard-go (gw1, gw2)",
+            lambda x: ", ".join(f"{v / 1024:.1f} MiB" for v in x["memory"]["wireguard_go_rss_kb"])
+            or "-"),
+        row("pinned maps memlock, 1 mapping", lambda x: _kib(x["pinned"]["1"]["maps_memlock"])),
+        row("pinned programs memlock", lambda x: _kib(x["pinned"]["1"]["progs_memlock"])),
+    ]
+    under = c.get("underlay", {}).get("pinned", {})
+    for n in sorted((k for k in under if k != "1"), key=int):
+        rows.append([f"pinned maps memlock, {int(n):,} mappings", _kib(under[n]["maps_memlock"])]
+                    + ["-"] * (len(transports) - 1))
+    return table(["natgw control plane", *transports], rows, md)
+
+
+def install_table(d: dict, md: bool) -> str | None:
+    rows = []
+    for key, b in sorted(d.get("build", {}).items()):
+        for i, t in enumerate(b.get("install_mappings") or []):
+            per = t["public_s"] / t["public_calls"] if t["public_calls"] else None
+            rows.append([f"{key} gw{i + 1}",
+                         f"{t['public_calls']}", s_ms(per),
+                         f"{t['bulk_calls']}", s_ms(t["bulk_s"]),
+                         s_ms(t["last_call_s"]) if t["last_call_s"] else "-"])
+    if not rows:
+        return None
+    return table(["extra mappings", "add_mapping calls", "ms per call", "bulk add_mappings",
+                  "bulk total", "last add_mapping (all installed)"], rows, md)
+
+
+def s_ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1000:.1f} ms"
+
+
+def micro_table(d: dict, md: bool) -> str | None:
+    mc = d.get("micro") or {}
+    if not mc:
+        return None
+    names = list(next(iter(mc.values())).keys())
+    rows = [[f"{int(n):,}"] + [f"{mc[n][c]}" for c in names] for n in mc]
+    return table(["mappings", *[f"{c} ns" for c in names]], rows, md)
+
+
+def targets(d: dict) -> list:
+    m = d["medians"]
+    out = []
+    for transport in ("underlay", "wg"):
+        if any(k.endswith(f"/{transport}/udp1_pps") for k in m):
+            out += evaluate_targets(m, transport)
+    return out + evaluate_control_targets(m)
+
+
+def targets_text(d: dict, md: bool) -> str:
+    lines = []
+    for t in targets(d):
+        mark = {True: "met", False: "MISSED", None: "n/a"}[t.met]
+        if t.value is None:
+            val = "-"
+        elif t.unit == "packets":
+            val = f"{t.value:.0f}"
+        else:
+            val = f"{t.value:.3f}"
+        margin = "" if t.margin is None else f", margin {t.margin * 100:+.1f}%"
+        what = f"{t.name}: {val} {t.unit} (target {t.op} {t.limit}{margin})"
+        lines.append(f"- **{mark}**: {what}" if md else f"  [{mark:>6}] {what}")
+    return "\n".join(lines)
+
+
+def render(d: dict, md: bool = False) -> str:
+    mach, opt = d["machine"], d["options"]
+    h = "### " if md else "== "
+    parts = [
+        f"{'**Machine:** ' if md else '== Machine: '}{mach['cpu_model']}, {mach['cores']} "
+        f"cores, {mach['memory_gib']} GiB, "
+        f"kernel {mach['kernel']}; load average {_load(mach.get('loadavg_start'))} at start, "
+        f"{_load(mach.get('loadavg_end'))} at end; natgw {mach['natgw_commit']}, "
+        f"{mach['wireguard_go']}, {mach['iptables']}, {mach['nft']}",
+        f"Median of {opt['rounds']} rounds (modes interleaved); UDP: {opt['window']} s windows, "
+        f"64-byte payload (92-byte IP packets); TCP bulk: iperf3 {opt['tcp_window']} s; "
+        f"RR: 64-byte request/response over one TCP connection, {opt['rr_window']} s. "
+        f"'gw ns/pkt': the gateway CPU's busy time (less other processes) per forwarded "
+        f"packet; 'capacity x route' = route's ns/pkt / the mode's; 'gw-bound': rounds in "
+        f"which the gateway CPU, not the generator, was the bottleneck. Run "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(d['started']))}"
+        f", {(d['finished'] - d['started']) / 60:.1f} min.",
+    ]
+    for transport in ("underlay", "wg"):
+        if any(k.split("/")[1] == transport for k in d["medians"] if "/" in k
+               and not k.startswith("control/")):
+            parts += [f"{h}UDP forwarding, {TRANSPORT_TITLE[transport]}",
+                      forwarding_table(d, transport, md),
+                      f"{h}TCP, {TRANSPORT_TITLE[transport]}", tcp_table(d, transport, md)]
+    for title, fn in (("Where natgw's cost goes (two hops: gw1 egress, gw2 ingress)",
+                       overhead_table),
+                      ("natgw forwarding with many mappings (underlay)", mappings_table),
+                      ("Installing the extra mappings through the library", install_table),
+                      ("natgw's programs alone (BPF_PROG_TEST_RUN, per packet per hop)",
+                       micro_table),
+                      ("natgw control plane and memory", control_table)):
+        body = fn(d, md)
+        if body:
+            parts += [f"{h}{title}", body]
+    parts += [f"{h}Targets", targets_text(d, md)]
+    return "\n\n".join(parts) + "\n"
+
+
+def _load(v) -> str:
+    return "-" if not v else "/".join(f"{x:.1f}" for x in v)
+
+
+def update_markdown(path: str, d: dict, command: str) -> None:
+    """Replace the generated block of a markdown file (or create it with the block)."""
+    block = (f"{BEGIN}\n<!-- generated by `{command}`; edit outside the markers -->\n\n"
+             f"{render(d, md=True)}\n{END}")
+    p = Path(path)
+    text = p.read_text() if p.exists() else ""
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text,
+                      flags=re.S)
+    else:
+        text = (text + "\n\n" if text else "") + block + "\n"
+    p.write_text(text)

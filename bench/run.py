@@ -1,0 +1,244 @@
+"""One benchmark run: build every topology, measure them in alternation, report.
+
+Rounds interleave the modes (route, iptables, nftables, natgw, route, ...; the
+starting mode rotates each round) so that a change in the machine's load hits
+every mode alike; the report gives the median over rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bench import control, generator, micro, traffic
+from bench.stats import median, spread
+from bench.topology import MODES, POD_CPU, Topology, cleanup, new_record
+from lab.net import LabError
+from lab.record import Record
+
+
+@dataclass
+class Options:
+    rounds: int = 6
+    window: float = 2.0       # seconds per UDP rate sample
+    tcp_window: float = 3.0   # seconds per iperf3 sample (after 1 s omitted)
+    rr_window: float = 1.5    # seconds of request/response per sample
+    modes: tuple[str, ...] = MODES
+    transports: tuple[str, ...] = ("underlay", "wg")
+    mapping_counts: tuple[int, ...] = (100, 10000)  # besides natgw's own single mapping
+    control: bool = True
+    change_cycles: int = 3
+    cold_repeats: int = 2
+    micro: bool = True
+    hooks: bool = True  # route + natgw's programs matching nothing: where natgw's cost goes
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class Results:
+    options: dict
+    machine: dict
+    samples: dict = field(default_factory=dict)    # "<key>" -> measure -> [per round]
+    details: dict = field(default_factory=dict)    # "<key>" -> measure -> [raw dicts]
+    build: dict = field(default_factory=dict)
+    control: dict = field(default_factory=dict)
+    micro: dict = field(default_factory=dict)
+    started: float = 0.0
+    finished: float = 0.0
+    command: str = ""
+
+    def add(self, key: str, measure: str, value: float | None, raw: dict | None = None) -> None:
+        self.samples.setdefault(key, {}).setdefault(measure, []).append(value)
+        if raw is not None:
+            self.details.setdefault(key, {}).setdefault(measure, []).append(raw)
+
+    def medians(self) -> dict[str, float | None]:
+        """"<key>/<measure>" -> median over rounds, plus control-plane figures."""
+        out = {f"{k}/{m}": median(v) for k, ms in self.samples.items() for m, v in ms.items()}
+        for transport, c in self.control.items():
+            ch = c.get("config_change") or {}
+            out[f"control/{transport}/config_change_s"] = ch.get("add_cli_s")
+            out[f"control/{transport}/config_change_lost"] = ch.get("lost_in_changes")
+        return out
+
+    def spreads(self) -> dict[str, float | None]:
+        return {f"{k}/{m}": spread(v) for k, ms in self.samples.items() for m, v in ms.items()}
+
+    def as_dict(self) -> dict:
+        return {"command": self.command, "options": self.options, "machine": self.machine,
+                "started": self.started,
+                "finished": self.finished, "medians": self.medians(),
+                "spreads": self.spreads(), "samples": self.samples,
+                "details": self.details, "build": self.build, "control": self.control,
+                "micro": self.micro}
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return (r.stdout or r.stderr).strip().splitlines()[0] if (r.stdout or r.stderr) else "?"
+
+
+def machine_info() -> dict:
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    commit = _version(["git", "-C", os.path.dirname(__file__), "rev-parse", "--short", "HEAD"])
+    return {
+        "kernel": platform.release(), "cpu_model": cpu, "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 2**20, 1), "loadavg_start": os.getloadavg(),
+        "natgw_commit": commit,
+        "wireguard_go": _version(["wireguard-go", "--version"]),
+        "iptables": _version(["iptables-legacy", "--version"]),
+        "nft": _version(["nft", "--version"]), "iperf3": _version(["iperf3", "--version"]),
+        "python": platform.python_version(),
+    }
+
+
+def preflight() -> None:
+    if os.geteuid() != 0:
+        raise LabError("run as root: network namespaces, tc, BPF")
+    missing = [t for t in ("ip", "nft", "iptables-legacy", "wireguard-go", "wg", "iperf3",
+                           "bpftool", "taskset", "timeout")
+               if shutil.which(t) is None]
+    if missing:
+        raise LabError(f"missing tools: {', '.join(missing)} (make setup installs them)")
+    if (os.cpu_count() or 1) < 2:
+        raise LabError("needs 2 CPUs: one for the pods, one for the gateways")
+    generator.binary()
+
+
+def _topologies(rec: Record, opt: Options) -> list[Topology]:
+    topos = [Topology(rec, m, t) for t in opt.transports for m in opt.modes]
+    if "natgw" in opt.modes and "underlay" in opt.transports:
+        topos += [Topology(rec, "natgw", "underlay", extra=n - 1) for n in opt.mapping_counts]
+        if opt.hooks:
+            topos.append(Topology(rec, "route", "underlay", hooks=True))
+    return topos
+
+
+def measure_round(r: int, topos: list[Topology], counters: traffic.Counters,
+                  res: Results, opt: Options) -> None:
+    main = [t for t in topos if not t.extra and not t.hooks]
+    k = r % len(main) if main else 0
+    order = main[k:] + main[:k]
+    with_counts = order + [t for t in topos if t.extra or t.hooks]
+    for measure, new_flow in (("udp1", False), ("udpn", True)):
+        for t in with_counts:
+            try:
+                f = traffic.udp_flood(t, counters, new_flow, opt.window)
+                res.add(t.key, f"{measure}_pps", f.pps, f.as_dict())
+                res.add(t.key, f"{measure}_ns", f.gw_ns_per_packet)
+                res.add(t.key, f"{measure}_sat", 1.0 if f.saturated else 0.0)
+            except LabError as e:
+                opt.log(f"  {t.key} {measure}: {e}")
+                res.add(t.key, f"{measure}_pps", None)
+    for t in order:
+        try:
+            res.add(t.key, "tcp_gbps", traffic.tcp_bulk(t, opt.tcp_window))
+        except LabError as e:
+            opt.log(f"  {t.key} tcp: {e}")
+            res.add(t.key, "tcp_gbps", None)
+    for t in order:
+        try:
+            rr = traffic.tcp_rr(t, opt.rr_window)
+            res.add(t.key, "rr_p50_us", rr["p50_us"], rr)
+            res.add(t.key, "rr_p99_us", rr["p99_us"])
+        except LabError as e:
+            opt.log(f"  {t.key} rr: {e}")
+            res.add(t.key, "rr_p50_us", None)
+            res.add(t.key, "rr_p99_us", None)
+
+
+def run(opt: Options) -> Results:
+    preflight()
+    res = Results(options={k: v for k, v in opt.__dict__.items() if k != "log"},
+                  machine=machine_info())
+    res.started = time.time()
+    os.sched_setaffinity(0, {POD_CPU})  # the orchestrator stays off the gateway CPU
+    rec = new_record()
+    topos: list[Topology] = []
+    counters = traffic.Counters()
+    main_pid = os.getpid()
+
+    def on_term(*_: object) -> None:
+        # pyroute2 forks helpers (netns sockets) that inherit this handler and get
+        # SIGTERM when done: they must die, not unwind into the cleanup below.
+        if os.getpid() != main_pid:
+            os._exit(0)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        opt.log(f"natgw bench: run {rec.prefix}, {opt.rounds} rounds, machine "
+                f"{res.machine['cpu_model']} x{res.machine['cores']}, "
+                f"kernel {res.machine['kernel']}")
+        for t in _topologies(rec, opt):
+            t0 = time.monotonic()
+            t.build()
+            topos.append(t)
+            t.check()
+            res.build[t.key] = {"seconds": time.monotonic() - t0,
+                                "install_mappings": t.install_times}
+            opt.log(f"  built and checked {t.key} ({time.monotonic() - t0:.1f} s)")
+        for r in range(opt.rounds):
+            t0 = time.monotonic()
+            measure_round(r, topos, counters, res, opt)
+            opt.log(f"  round {r + 1}/{opt.rounds} done ({time.monotonic() - t0:.0f} s)")
+        if opt.control:
+            for t in topos:
+                if t.mode == "natgw" and not t.extra:  # the product itself
+                    opt.log(f"  control plane on {t.key}")
+                    res.control[t.transport] = run_control(t, opt, topos)
+        if opt.micro:
+            opt.log("  natgw programs alone (BPF_PROG_TEST_RUN)")
+            res.micro = micro.run_programs(f"{rec.prefix}x")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        counters.close()
+        for t in topos:
+            try:
+                t.teardown()
+            except LabError as e:
+                opt.log(f"  teardown {t.key}: {e}")
+        cleanup(rec)
+        res.finished = time.time()
+        res.machine["loadavg_end"] = os.getloadavg()
+    return res
+
+
+def run_control(t: Topology, opt: Options, topos: list[Topology]) -> dict:
+    out: dict = {"noop_up_s": control.noop_up(t, 3)}
+    out["config_change"] = control.config_change(t, opt.change_cycles)
+    out["cold_up"] = control.cold_up(t, opt.cold_repeats)
+    out["memory"] = control.memory(t)
+    out["pinned"] = {"1": control.pinned_memory(t.gateways[0])}
+    if t.transport == "underlay":
+        for other in topos:
+            if other.extra and other.transport == t.transport:
+                out["pinned"][str(other.extra + 1)] = control.pinned_memory(other.gateways[0])
+    return out
+
+
+def write_json(res: Results, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(res.as_dict(), f, indent=1, default=str)
+        f.write("\n")

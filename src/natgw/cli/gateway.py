@@ -1,0 +1,201 @@
+"""`natgw up`, `down`, `status`: the gateway commands (thin over natgw.gateway, natgw.status).
+
+`status` is read-only and imports only natgw.status; `up` and `down` load
+the rest (config validation, netlink, the compiler) when they run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from natgw.cli.errors import EXIT_INVALID, fail
+from natgw.cli.options import netns_of
+
+if TYPE_CHECKING:
+    from natgw.config import GatewayConfig
+    from natgw.gateway import Gateway
+
+# Arguments are typer.Argument(hidden=True): each command's docstring describes
+# them; hidden drops only typer's "Arguments:" list (the usage line keeps them).
+
+SUPERVISE_INTERVAL = 2.0  # seconds between checks of the tunnel engines
+NOTHING_RUNNING = "no natgw gateway is running"
+
+
+def _load(file: Path) -> GatewayConfig:
+    from natgw.config import ConfigError, load_config  # noqa: PLC0415
+
+    try:
+        return load_config(file)
+    except ConfigError as e:
+        fail(str(e), EXIT_INVALID)
+
+
+def _gateway_name(file: Path) -> str:
+    """The gateway a file names, or the argument itself as a name.
+
+    Only `name:` is read: down and status must work even when the rest of the
+    file no longer validates (a key file gone, an edit half done).
+    """
+    if not file.exists():
+        return str(file)
+    import yaml  # noqa: PLC0415 - only a FILE argument needs YAML
+
+    try:
+        data = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        fail(f"{file}: {e}".splitlines()[0], EXIT_INVALID)
+    name = data.get("name") if isinstance(data, dict) else None
+    if not isinstance(name, str):
+        fail(f"{file}: name: field required", EXIT_INVALID)
+    return name
+
+
+def _names(names: list[str], most: int = 10) -> str:
+    """Peer and hub client names, shortened: a hub may have a thousand."""
+    if len(names) <= most:
+        return ", ".join(names)
+    return f"{', '.join(names[:most])} and {len(names) - most} more"
+
+
+def _apply(gw: Gateway, quiet: bool = False) -> None:
+    from natgw.gateway import GatewayError  # noqa: PLC0415
+
+    try:
+        report = gw.apply()
+    except GatewayError as e:
+        fail(str(e))
+    if not quiet:
+        parts = [f"{k} {_names(v)}" for k, v in asdict(report).items() if v]
+        typer.echo(f"natgw: gateway {gw.cfg.name} up" + (f" ({'; '.join(parts)})"
+                                                        if parts else ""))
+
+
+def up(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(hidden=True)],
+    detach: Annotated[bool, typer.Option("--detach", help="Apply and return.")] = False,
+) -> None:
+    """Apply FILE (cluster.yaml): tunnels, dataplane, mappings, routes.
+
+    In the foreground natgw serves metrics, restarts dead wireguard-go
+    processes, reloads FILE on SIGHUP, and exits on SIGTERM/SIGINT leaving
+    the dataplane forwarding.
+    """
+    from natgw.gateway import Gateway  # noqa: PLC0415
+
+    netns = ctx.obj.netns
+    gw = Gateway(_load(file), netns, file)
+    _apply(gw)
+    if detach:
+        return
+    _foreground(gw, file, netns)
+
+
+def down(ctx: typer.Context, file: Annotated[Path, typer.Argument(hidden=True)]) -> None:
+    """Remove what `up` made: devices, filters, routes, pins, processes.
+
+    FILE is the cluster.yaml, or the gateway's name.
+    """
+    from natgw.gateway import GatewayError  # noqa: PLC0415
+    from natgw.gateway import down as gw_down  # noqa: PLC0415
+
+    name = _gateway_name(file)
+    try:
+        removed = gw_down(name, ctx.obj.netns)
+    except GatewayError as e:
+        fail(str(e))
+    typer.echo(f"natgw: gateway {name} " + ("down" if removed else "was not up"))
+
+
+def status(
+    ctx: typer.Context,
+    file: Annotated[Path | None, typer.Argument(hidden=True)] = None,
+    as_json: Annotated[bool, typer.Option("--json", "-j", help="JSON list of gateways.")]
+    = False,
+) -> None:
+    """Show running gateways, like `wg show`.
+
+    Per gateway and peer: device, engine, endpoint, handshake, transfer,
+    routes, mappings; for a hub, the same per client, with its address.
+
+    Without FILE (a cluster.yaml or a gateway name), like `wg show`: every
+    gateway natgw runs in the netns (--netns, else natgw's own), or "no natgw
+    gateway is running" (exit 0; --json prints []).
+    """
+    from natgw import status as st  # noqa: PLC0415
+
+    netns = netns_of(ctx)
+    name = _gateway_name(file) if file is not None else None
+    try:
+        # A named gateway is found wherever it runs unless --netns says where.
+        reports = st.status(name, netns, any_netns=ctx.obj.netns is None)
+    except st.StatusError as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(st.to_json(reports), indent=2))
+    elif reports:
+        typer.echo(st.format_status(reports))
+    else:
+        typer.echo(NOTHING_RUNNING + (f" in netns {netns}" if netns else ""))
+
+
+def _foreground(gw: Gateway, file: Path, netns: str | None) -> None:
+    """Supervise until SIGTERM/SIGINT; SIGHUP reloads the file."""
+    import logging  # noqa: PLC0415 - only the foreground logs
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from natgw.config import ConfigError, load_config  # noqa: PLC0415
+    from natgw.gateway import Gateway, GatewayError  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="natgw: %(message)s")
+    log = logging.getLogger("natgw")
+    stop = threading.Event()
+    reload = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    server = _start_metrics(gw)
+    log.info("running in the foreground (SIGHUP reloads %s)", file)
+    try:
+        while not stop.wait(SUPERVISE_INTERVAL):
+            try:
+                if reload.is_set():
+                    reload.clear()
+                    try:
+                        gw = Gateway(load_config(file), netns, file)
+                    except ConfigError as e:
+                        log.error("reload: %s (keeping the running config)", e)
+                        continue
+                    gw.apply()
+                    log.info("reloaded %s", file)
+                elif dead := gw.dead_tunnels():
+                    log.warning("engine of %s died: restarting", ", ".join(dead))
+                    gw.apply()
+                else:
+                    gw.reresolve_stale()
+            except GatewayError as e:
+                log.error("%s", e)
+    finally:
+        if server is not None:
+            server.shutdown()
+    log.info("exiting; the dataplane keeps forwarding (natgw down removes it)")
+
+
+def _start_metrics(gw: Gateway):
+    """Serve Prometheus metrics at the config's `metrics` address."""
+    import logging  # noqa: PLC0415
+
+    from natgw.metrics import serve_gateway_metrics  # noqa: PLC0415
+
+    try:
+        return serve_gateway_metrics(gw)
+    except OSError as e:
+        logging.getLogger("natgw").error("metrics: cannot listen on %s: %s", gw.cfg.metrics, e)
+        return None
