@@ -1,12 +1,14 @@
 """The hub: one WireGuard device and one UDP port for many clients.
 
-`apply_hub` reconciles the hub's device to the config as a difference: the
-engines write only the WireGuard peers that changed (natgw.wireguard.plan), the
-dataplane only the mappings that changed (Tables.set_mappings keeps ids and
-counters), and the routes only those that changed (routes.sync_routes). So
-adding, editing or removing one client leaves every other client's session,
-counters and routes alone. Client addresses come from natgw.pool, recorded
-before they are configured.
+`apply_hub` reconciles the hub's device as a difference against what the last
+apply recorded for it (natgw.state.HubState): only the WireGuard peers whose key
+or allowed-ips changed are written (Engine.apply_plan), only the mappings that
+changed are installed or removed (unchanged ones keep their ids and counters),
+only the routes that changed are added or deleted (one `ip -batch`). So adding,
+editing or removing one client leaves every other client's session, counters and
+routes alone, and costs little with a thousand clients. A device that was
+recreated, or a changed port or key, gets a full, read-back configure. Client
+addresses come from natgw.pool, recorded before they are configured.
 """
 
 from __future__ import annotations
@@ -29,10 +31,6 @@ from natgw.wireguard.engines import Engine
 from natgw.wireguard.plan import Plan
 
 
-def host_network(addr: IPAddress) -> str:
-    return f"{addr}/{addr.max_prefixlen}"
-
-
 def client_mappings(client: HubClient) -> list[Mapping]:
     return [Mapping("remote", r.cidr, r.as_) for r in client.remote if r.as_ is not None]
 
@@ -41,11 +39,6 @@ def hub_mappings(hub: Hub) -> list[Mapping]:
     """Every client's remote mappings and hub.local, all on the one device."""
     out = [m for c in hub.clients for m in client_mappings(c)]
     return out + [Mapping("local", loc.cidr, loc.as_) for loc in hub.local]
-
-
-def mapping_label(m: Mapping) -> str:
-    """The label natgw.introspect and the metrics give a mapping: "<kind>:<as>"."""
-    return f"{m.kind}:{m.as_}"
 
 
 @functools.lru_cache(maxsize=1 << 16)
