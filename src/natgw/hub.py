@@ -9,6 +9,11 @@ editing or removing one client leaves every other client's session, counters and
 routes alone, and costs little with a thousand clients. A device that was
 recreated, or a changed port or key, gets a full, read-back configure. Client
 addresses come from natgw.pool, recorded before they are configured.
+
+As for peers (natgw.gateway), the hub's device and every route an apply may add
+are recorded (incomplete) before anything is created, and filters and mappings
+come before the WireGuard peers and routes. An incomplete record (a kill) or a
+drift repair makes the next apply reconcile the whole device.
 """
 
 from __future__ import annotations
