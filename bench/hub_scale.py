@@ -303,6 +303,10 @@ ROWS = [
 ]
 
 
+def _other_states() -> int:
+    return len(list(Path("/run/natgw").glob("*.json"))) if Path("/run/natgw").is_dir() else 0
+
+
 def render(n: int, results: dict[str, list[Sample]]) -> str:
     lines = [
         BEGIN,
@@ -311,8 +315,10 @@ def render(n: int, results: dict[str, list[Sample]]) -> str:
         f"`python -m bench.hub_scale` on {time.strftime('%Y-%m-%d')}; the machine is shared "
         "with other jobs, so spreads are wide.",
         "",
-        f"Load average while it ran: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs. "
-        "CPU is natgw's own process and its `ip` children (not wireguard-go's).",
+        f"Load average while it ran: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
+        f"{_other_states()} other gateways' state files in /run/natgw (every apply reads "
+        "them: the host-wide device-name check). CPU is natgw's own process and its `ip` "
+        "children (not wireguard-go's).",
         "",
         "| what | wall time | CPU time (median) | target (wall) |",
         "|---|---|---|---|",
