@@ -106,14 +106,22 @@ def _links(ns: str) -> dict[str, int]:
                                                                        "link"))}
 
 
+def _tc(ns: str, *args: str) -> str:
+    """tc's output; "" when the device went since it was listed (a killed wireguard-go
+    takes its TUN with it a moment later)."""
+    try:
+        return _out("ip", "netns", "exec", ns, "tc", *args)
+    except subprocess.CalledProcessError:
+        return ""
+
+
 def _natgw_filter(ns: str, dev: str) -> bool:
-    both = [_out("ip", "netns", "exec", ns, "tc", "filter", "show", "dev", dev, d)
-            for d in ("ingress", "egress")]
+    both = [_tc(ns, "filter", "show", "dev", dev, d) for d in ("ingress", "egress")]
     return all("natgw_" in f for f in both)
 
 
 def _clsact(ns: str, dev: str) -> bool:
-    return "clsact" in _out("ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", dev)
+    return "clsact" in _tc(ns, "qdisc", "show", "dev", dev)
 
 
 def wireguard_go_processes(devices: list[str]) -> list[int]:
