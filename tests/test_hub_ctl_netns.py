@@ -195,12 +195,13 @@ def test_down_after_a_hub_kill_leaves_nothing(hub, step):
 
 def test_foreign_device_and_route_are_refused_and_kept(hub):
     h = hub
-    subprocess.run(["ip", "-n", h.gw, "link", "add", h.dev, "type", "dummy"], check=True)
+    subprocess.run(["ip", "-n", h.gw, "link", "add", h.dev, "type", "veth", "peer", "name",
+                    h.dev + "x"], check=True)
     r = up(h, "A")
     assert r.returncode == 1 and "exists and natgw did not create it" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert json.loads(_out("ip", "-n", h.gw, "-j", "link", "show", h.dev))[0]["link_type"] \
-        == "ether"  # the dummy, kept
+    assert json.loads(_out("ip", "-n", h.gw, "-j", "-d", "link", "show", h.dev))[0][
+        "linkinfo"]["info_kind"] == "veth"  # someone else's, kept
     subprocess.run(["ip", "-n", h.gw, "link", "del", h.dev], check=True)
     assert up(h, "A").returncode == 0
     # B routes 10.203.0.0/16 into the hub; someone else routes it already.
