@@ -7,6 +7,7 @@ By hand (as root, from the repository root; scripts/netns/up.sh and down.sh wrap
     python -m lab up 2 --plain 2        # cluster 2's gateway is plain WireGuard
     python -m lab up 2 --interface      # gateways on the bare underlay, no tunnel
     python -m lab up 2 --routed         # distinct pod CIDRs, peers without `as`
+    python -m lab up --hub 3            # one natgw hub and 3 clients (see lab.hub)
     python -m lab list                  # runs that exist
     python -m lab down [PREFIX]         # remove one run, or every run not in use
     python -m lab demo                  # two clusters, an HTTP fetch (make demo)
@@ -105,8 +106,15 @@ class Topology:
     plain: tuple[int, ...] = ()  # clusters whose gateway is plain WireGuard, no natgw
     link: str = "tunnel"  # tunnel: WireGuard over the underlay; interface: no tunnel
     overlap: bool = True  # every cluster on the same pod CIDR, remapped with `as`
+    hub: int = 0  # N > 0: one natgw hub and N clients instead (lab.hub), nothing else applies
 
     def check(self) -> None:
+        if self.hub:
+            if not 1 <= self.hub <= 9:
+                raise ValueError("hub: 1 to 9 clients (names and addresses use one digit)")
+            if self.ipv6 or self.plain or self.link != "tunnel" or not self.overlap:
+                raise ValueError("--hub takes no other option")
+            return
         if not 2 <= self.clusters <= 9:
             raise ValueError("clusters: 2 to 9 (names and addresses use one digit)")
         if self.link not in ("tunnel", "interface"):
@@ -194,7 +202,7 @@ class Run(Record):
 
     @property
     def n(self) -> int:
-        return self.topology.clusters
+        return self.topology.hub or self.topology.clusters
 
     def gw(self, i: int) -> str:
         """Cluster i's gateway netns."""
@@ -257,6 +265,11 @@ def build(topology: Topology | int = 2, prefix: str | None = None, label: str = 
 
 
 def _build(run: Run) -> None:
+    if run.topology.hub:
+        from lab.hub import build_hub  # noqa: PLC0415
+
+        build_hub(run)
+        return
     topo, n = run.topology, run.topology.clusters
     for i in range(1, n + 1):
         run.netns(run.gw(i))

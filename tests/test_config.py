@@ -321,6 +321,19 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("local as is the peer's network", cfg(tunnel("a", PUB_A, m("10.9.0.0/16", "10.245.0.0/16"), local=[m("10.244.0.0/16", "10.9.0.0/16")])), "peers[0].local[0].as: 10.9.0.0/16 overlaps peers[0].remote[0].cidr 10.9.0.0/16, the peer's own network"),
     ("local cidrs overlap", cfg(PEER_A | {"local": [m("10.244.0.0/16", "10.246.0.0/16"), m("10.244.1.0/24", "10.247.1.0/24")]}), "peers[0].local[1].cidr: 10.244.1.0/24 overlaps peers[0].local[0].cidr 10.244.0.0/16"),
     ("local as overlap", cfg(PEER_A | {"local": [m("10.244.0.0/16", "10.246.0.0/16"), m("10.248.0.0/16", "10.246.0.0/16")]}, cidrs=["10.244.0.0/16", "10.248.0.0/16"]), "peers[0].local[1].as: 10.246.0.0/16 overlaps peers[0].local[0].as 10.246.0.0/16"),
+    # our address on a tunnel (peers[].address)
+    ("address without prefix", cfg(PEER_A | {"address": "10.192.0.2"}), "peers[0].address: 10.192.0.2 has no prefix length (write 10.192.0.2/32)"),
+    ("address not an address", cfg(PEER_A | {"address": "10.192.0.300/24"}), "peers[0].address: invalid address 10.192.0.300/24: expected address/prefix, e.g. 10.192.0.2/24"),
+    ("address is the network", cfg(PEER_A | {"address": "10.192.0.0/24"}), "peers[0].address: 10.192.0.0 is the network address of 10.192.0.0/24"),
+    ("address is the broadcast", cfg(PEER_A | {"address": "10.192.0.255/24"}), "peers[0].address: 10.192.0.255 is the broadcast address of 10.192.0.0/24"),
+    ("address v6 is the subnet", cfg(PEER_A | {"address": "fd00:192::/64"}), "peers[0].address: fd00:192:: is the network address of fd00:192::/64"),
+    ("address on interface peer", cfg(link("lab", "eth1", m("10.1.0.0/16"), address="10.192.0.2/24")), "peers[0].address: not allowed with interface: (no tunnel)"),
+    ("address in our cidrs", cfg(PEER_A | {"address": "10.244.7.1/24"}), "peers[0].address: 10.244.7.0/24 overlaps our cidrs[0] 10.244.0.0/16; routes would collide"),
+    ("address in own as", cfg(PEER_A | {"address": "10.245.0.1/24"}), "peers[0].address: 10.245.0.0/24 overlaps peers[0].remote[0].as 10.245.0.0/16; routes would collide"),
+    ("address in other peer's range", cfg(tunnel("a", PUB_A, m("10.192.0.0/24")), tunnel("b", PUB_B, m("10.1.0.0/16"), address="10.192.0.2/24")), "peers[1].address: 10.192.0.0/24 overlaps peers[0].remote[0].cidr 10.192.0.0/24; routes would collide"),
+    ("same address network twice", cfg(PEER_A | {"address": "10.192.0.2/24"}, tunnel("b", PUB_B, m("10.1.0.0/16"), address="10.192.0.3/24")), "peers[1].address: 10.192.0.0/24 overlaps peers[0].address 10.192.0.0/24; routes would collide"),
+    ("address in remapped cidr", cfg(tunnel("a", PUB_A, m("10.192.0.0/24", "10.50.0.0/24"), address="10.192.0.2/24")), "peers[0].address: 10.192.0.0/24 overlaps peers[0].remote[0].cidr 10.192.0.0/24, which as: remaps; the address would be translated"),
+    ("local as overlaps an address", cfg(PEER_A | {"address": "10.192.0.2/24"}, tunnel("b", PUB_B, m("10.1.0.0/16"), local=[m("10.244.0.0/16", "10.192.0.0/16")])), "peers[1].local[0].as: 10.192.0.0/16 overlaps peers[0].address 10.192.0.0/24"),
 ]  # fmt: skip
 
 
@@ -343,8 +356,12 @@ def test_invalid_config(data: dict[str, Any], message: str) -> None:
         ),
         cfg(PEER_A | {"endpoint": "gw-2.example.org:51820", "persistentKeepalive": 0}),
         cfg(),
+        # A hub client: our address in the hub's pool, which is also routed as a remote range.
+        cfg(PEER_A | {"address": "10.192.0.2/24", "remote": [m("10.192.0.0/24"), m("10.250.0.0/16")]}),
+        cfg(PEER_A | {"address": "10.192.0.2/32"}, tunnel("b", PUB_B, m("10.1.0.0/16"), address="fd00:192::2/64")),
     ],
-    ids=["interface peer", "same real range twice", "dual stack", "hostname endpoint", "no peers"],
+    ids=["interface peer", "same real range twice", "dual stack", "hostname endpoint", "no peers",
+         "hub client address", "addresses /32 and v6"],
 )
 def test_valid_config(data: dict[str, Any]) -> None:
     parse_config(data, Path("."))

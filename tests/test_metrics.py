@@ -244,3 +244,29 @@ def test_gateway_server_reads_peers_from_the_state_at_each_scrape(tmp_path, monk
         state.save_state(GatewayState("g1", None, "/c.yaml",
                                       [PeerState("p", "natgw-absent0", 0, "interface")]))
         assert value(scrape(server.port), "natgw_peer_up", gateway="g1", peer="p") == 0
+
+
+def test_hub_clients_are_peers_of_their_own():
+    """Each hub client is a `peer`: its own handshake and bytes, from one status read."""
+    from natgw.keys import encode_key
+    from natgw.state import ClientState, HubState
+
+    k1, k2, k3 = bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32
+    engine = FakeEngine({"hubdev": DeviceStatus("hubdev", "wireguard-go", None, 8765, (
+        PeerStatus(k1, "198.18.1.2:4000", (), 1000, 10, 20, None),
+        PeerStatus(k2, None, (), 0, 0, 0, None),
+    ), 42)})
+    hub = HubState(PeerState("hubdev", "hubdev", 9, "wireguard-go"), "10.192.0.1/24", [
+        ClientState("cloud", encode_key(k1), "10.192.0.2"),
+        ClientState("laptop", encode_key(k2), "10.192.0.3"),
+        ClientState("gone", encode_key(k3), "10.192.0.4"),  # not on the device
+        ClientState("new", "", "10.192.0.5"),  # no key yet
+    ])
+    st = GatewayState("gw", "ns1", "/c.yaml", [], hub=hub)
+    assert state_peer_health([st], lambda name: engine) == [
+        PeerHealth("gw", "cloud", 1000, 10, 20),
+        PeerHealth("gw", "laptop", 0, 0, 0),
+        PeerHealth("gw", "gone"),
+        PeerHealth("gw", "new"),
+    ]
+    assert engine.calls == [("hubdev", "ns1")]  # one read for every client

@@ -385,6 +385,21 @@ def test_kernel_engine_lifecycle() -> None:
     assert "wg0" not in ipr.links and not engine.is_alive("wg0", None)
 
 
+def test_kernel_engine_apply_plan_writes_without_reading_back() -> None:
+    """A hub's edit: the caller knows the difference; the device is not dumped."""
+    engine, _, wg = fake_engine()
+    engine.ensure_device("wg0", None)
+    assert engine.is_alive("wg0", None)
+    engine.configure("wg0", None, CFG)
+    wg.calls.clear()
+    wg.info = None  # type: ignore[method-assign]  # a read-back would now fail
+    engine.apply_plan("wg0", None, Plan(remove=(K2,),
+                                        upsert=(PeerConfig(K3, None, nets("10.3.0.0/16")),)))
+    assert [(c["peer"]["public_key"], c["peer"].get("remove")) for c in wg.calls] == [
+        (b64(K2), True), (b64(K3), None)]
+    assert set(wg.peers) == {K1, K3}
+
+
 def test_kernel_engine_refuses_to_take_over_another_link() -> None:
     engine, ipr, _ = fake_engine({"lo": None, "wg0": "veth"})
     with pytest.raises(WireGuardError, match="a veth link of that name exists"):

@@ -12,7 +12,14 @@ import os
 import re
 import stat
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -33,6 +40,7 @@ from natgw import keys
 
 IPNetwork = IPv4Network | IPv6Network
 IPAddress = IPv4Address | IPv6Address
+IPInterface = IPv4Interface | IPv6Interface
 
 MAX_DEVICE_NAME = 15  # IFNAMSIZ - 1
 DEFAULT_MTU = 1420
@@ -113,6 +121,24 @@ def _parse_address(value: Any) -> IPAddress:
         raise ValueError(f"invalid IP address {s}") from None
 
 
+def _parse_interface(value: Any) -> IPInterface:
+    s = _expect_str(value)
+    try:
+        iface = ipaddress.ip_interface(s)
+    except ValueError:
+        raise ValueError(
+            f"invalid address {s}: expected address/prefix, e.g. 10.192.0.2/24"
+        ) from None
+    if "/" not in s:
+        raise ValueError(f"{s} has no prefix length (write {s}/{iface.max_prefixlen})")
+    net = iface.network
+    if iface.ip == net.network_address and net.num_addresses > 2:
+        raise ValueError(f"{iface.ip} is the network address of {net}")
+    if iface.version == 4 and iface.ip == net.broadcast_address and net.num_addresses > 2:
+        raise ValueError(f"{iface.ip} is the broadcast address of {net}")
+    return iface
+
+
 def _parse_port(text: str) -> int:
     if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
         raise ValueError(f"invalid port {text!r}: expected 1..65535")
@@ -181,6 +207,8 @@ Name = Annotated[str, PlainValidator(_parse_name)]
 DeviceName = Annotated[str, PlainValidator(_parse_device)]
 Network = Annotated[IPNetwork, PlainValidator(_parse_network)]
 Address = Annotated[IPAddress, PlainValidator(_parse_address)]
+# An address with its prefix (`10.192.0.2/24`), as `ip address add` takes it.
+Interface = Annotated[IPInterface, PlainValidator(_parse_interface)]
 # Serialized back to its YAML form, not as a (host, port) list.
 Endpoint = Annotated[HostPort, PlainValidator(parse_host_port), PlainSerializer(str)]
 PublicKey = Annotated[str, PlainValidator(_parse_public_key)]
@@ -231,6 +259,8 @@ class Peer(_Model):
     persistent_keepalive: Keepalive | None = Field(None, alias="persistentKeepalive")
     interface: DeviceName | None = None
     via: Address | None = None
+    # Our own address on the tunnel (like wg-quick's Address): set on the device.
+    address: Interface | None = None
     device_override: DeviceName | None = Field(None, alias="device")
     remote: list[Remote]
     local: list[Local] = []
@@ -256,8 +286,57 @@ class Peer(_Model):
 
     @property
     def routed_networks(self) -> list[IPNetwork]:
-        """What we route into the peer's device (`as`, or `cidr` where not remapped)."""
+        """What we route into the peer's device: `as` (or `cidr` where not remapped),
+        and the network of our `address` on it."""
+        nets = [r.routed for r in self.remote]
+        if self.address is not None and self.address.network not in nets:
+            nets.append(self.address.network)
+        return nets
+
+
+class HubClient(_Model):
+    """A WireGuard client of the hub: one peer on the hub's shared device."""
+
+    name: Name
+    # None: a client being set up (its address is reserved; `natgw client-config
+    # --genkey` makes its keys): not yet a WireGuard peer of the device.
+    public_key: PublicKey | None = Field(None, alias="publicKey")
+    address: Address | None = None  # None: taken from the pool (recorded, natgw.pool)
+    remote: list[Remote] = []
+
+    @property
+    def routed_networks(self) -> list[IPNetwork]:
+        """What the hub routes to this client (`as`, or `cidr` where not remapped)."""
         return [r.routed for r in self.remote]
+
+
+class Hub(_Model):
+    """One device and one UDP port for many clients, with an address pool."""
+
+    address: Interface  # the hub's own address; the rest of its network is the pool
+    listen_port: Port = Field(alias="listenPort")
+    endpoint: Endpoint | None = None  # how clients reach the hub, for client-config
+    device_override: DeviceName | None = Field(None, alias="device")
+    local: list[Local] = []
+    clients: list[HubClient] = []
+
+    _device: str | None = PrivateAttr(None)
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            raise RuntimeError("hub is not part of a GatewayConfig")
+        return self._device
+
+    @property
+    def pool(self) -> IPNetwork:
+        return self.address.network
+
+    def client(self, name: str) -> HubClient:
+        for c in self.clients:
+            if c.name == name:
+                return c
+        raise KeyError(name)
 
 
 class GatewayConfig(_Model):
@@ -276,12 +355,15 @@ class GatewayConfig(_Model):
     mtu: Mtu = DEFAULT_MTU
     metrics: Endpoint = HostPort("127.0.0.1", 9000)
     peers: list[Peer] = []
+    hub: Hub | None = None
 
     _public_key: str | None = PrivateAttr(None)
 
     def model_post_init(self, context: Any) -> None:
         for p in self.peers:
             p._device = p.interface or p.device_override or default_device_name(self.name, p.name)
+        if self.hub is not None:
+            self.hub._device = self.hub.device_override or default_device_name(self.name, "hub")
         self._derive_public_key()
 
     def _derive_public_key(self) -> None:
@@ -437,10 +519,9 @@ def _resolve_private_key(cfg: GatewayConfig, base_dir: Path) -> GatewayConfig:
         resolved = cfg.model_copy(update={"private_key": secret, "private_key_file": path})
         resolved._derive_public_key()
         return resolved
-    if cfg.private_key is None and cfg.tunnel_peers:
-        raise ConfigError(
-            "privateKeyFile", "required for WireGuard peers (or an inline privateKey)"
-        )
+    if cfg.private_key is None and (cfg.tunnel_peers or cfg.hub is not None):
+        what = "WireGuard peers" if cfg.tunnel_peers else "a hub"
+        raise ConfigError("privateKeyFile", f"required for {what} (or an inline privateKey)")
     return cfg
 
 
@@ -458,6 +539,7 @@ _TUNNEL_ONLY = {
     "endpoint": "endpoint",
     "listenPort": "listen_port",
     "persistentKeepalive": "persistent_keepalive",
+    "address": "address",
 }
 
 
@@ -561,6 +643,34 @@ def _check_remote(cfg: GatewayConfig) -> list[tuple[str, IPNetwork]]:
     return routed
 
 
+def _check_addresses(cfg: GatewayConfig, routed: list[tuple[str, IPNetwork]]
+                     ) -> list[tuple[str, IPNetwork]]:
+    """Check our tunnel addresses; return their networks (routed into their devices)."""
+    own = [(f"our cidrs[{k}]", c) for k, c in enumerate(cfg.cidrs)]
+    seen: list[tuple[str, IPNetwork]] = []
+    for i, p in enumerate(cfg.peers):
+        if p.address is None:
+            continue
+        at = f"peers[{i}].address"
+        net = p.address.network
+        # The peer's own unmapped ranges may hold the tunnel network (the hub and the
+        # other clients): same device, same addresses. Anything else would mix up
+        # routes, or translate traffic to or from our own address.
+        same_peer_ok = {f"peers[{i}].remote[{k}].cidr" for k, r in enumerate(p.remote)
+                        if not r.remapped}
+        others = [(path, n) for path, n in routed if path not in same_peer_ok]
+        note = _overlap_note(net, own) or _overlap_note(net, others) or _overlap_note(net, seen)
+        if note:
+            raise ConfigError(at, f"{note}; routes would collide")
+        remapped = [(f"peers[{i}].remote[{k}].cidr", r.cidr) for k, r in enumerate(p.remote)
+                    if r.remapped]
+        note = _overlap_note(net, remapped)
+        if note:
+            raise ConfigError(at, f"{note}, which as: remaps; the address would be translated")
+        seen.append((at, net))
+    return seen
+
+
 def _check_local(cfg: GatewayConfig, routed: list[tuple[str, IPNetwork]]) -> None:
     own = [(f"our cidrs[{k}]", c) for k, c in enumerate(cfg.cidrs)]
     for i, p in enumerate(cfg.peers):
@@ -588,6 +698,168 @@ def _check_local(cfg: GatewayConfig, routed: list[tuple[str, IPNetwork]]) -> Non
             seen_as.append((f"{at}.as", loc.as_))
 
 
+# --- the hub ---
+
+_UNIQUE_DEVICE = ("device names must be unique on the whole host, since wireguard-go's UAPI "
+                  "sockets in /var/run/wireguard are shared by all network namespaces")
+
+
+def pool_capacity(pool: IPNetwork) -> int:
+    """Client addresses in a hub's pool: its hosts minus the hub's own address."""
+    reserved = 2 if pool.version == 4 and pool.prefixlen <= 30 else (
+        1 if pool.version == 6 and pool.prefixlen <= 126 else 0)
+    return max(pool.num_addresses - reserved - 1, 0)
+
+
+def _check_hub_unique(cfg: GatewayConfig, hub: Hub) -> None:
+    """Names, keys, port and device: distinct among clients and from the peers'."""
+    peer_names = {p.name: i for i, p in enumerate(cfg.peers)}
+    peer_keys = {p.public_key: i for i, p in enumerate(cfg.peers) if p.public_key}
+    for i, p in enumerate(cfg.peers):
+        if p.listen_port == hub.listen_port:
+            raise ConfigError("hub.listenPort", f"{hub.listen_port} is also the listenPort of "
+                              f"peers[{i}] ({p.name})")
+        if p.device == hub.device:
+            hint = "" if hub.device_override else "; set hub.device: to choose another"
+            raise ConfigError("hub.device", f"device {hub.device} is also the device of "
+                              f"peers[{i}] ({p.name}); {_UNIQUE_DEVICE}{hint}")
+    names: dict[str, int] = {}
+    pubkeys: dict[str, int] = {}
+    own_key = cfg.public_key  # derived once: an X25519 multiplication
+    for i, c in enumerate(hub.clients):
+        at = f"hub.clients[{i}]"
+        if c.name in names:
+            raise ConfigError(f"{at}.name",
+                              f"duplicate client name (also hub.clients[{names[c.name]}])")
+        if c.name in peer_names:
+            raise ConfigError(f"{at}.name", f"{c.name} is also the name of "
+                              f"peers[{peer_names[c.name]}]; status and metrics name clients "
+                              "and peers alike")
+        names[c.name] = i
+        if c.public_key is None:
+            continue
+        if c.public_key == own_key:
+            raise ConfigError(f"{at}.publicKey", "is our own public key, not the client's")
+        if c.public_key in pubkeys:
+            j = pubkeys[c.public_key]
+            raise ConfigError(f"{at}.publicKey",
+                              f"same key as hub.clients[{j}] ({hub.clients[j].name})")
+        if c.public_key in peer_keys:
+            j = peer_keys[c.public_key]
+            raise ConfigError(f"{at}.publicKey", f"same key as peers[{j}] ({cfg.peers[j].name})")
+        pubkeys[c.public_key] = i
+
+
+def _check_hub_addresses(hub: Hub) -> None:
+    pool, own = hub.pool, hub.address.ip
+    where = f"the pool {pool} (hub.address)"
+    taken: dict[IPAddress, int] = {}
+    for i, c in enumerate(hub.clients):
+        if c.address is None:
+            continue
+        at = f"hub.clients[{i}].address"
+        if c.address.version != pool.version or c.address not in pool:
+            raise ConfigError(at, f"{c.address} is outside {where}")
+        if c.address == own:
+            raise ConfigError(at, f"{c.address} is the hub's own address (hub.address)")
+        if pool.num_addresses > 2 and c.address == pool.network_address:
+            raise ConfigError(at, f"{c.address} is the network address of {where}")
+        if pool.version == 4 and pool.num_addresses > 2 and c.address == pool.broadcast_address:
+            raise ConfigError(at, f"{c.address} is the broadcast address of {where}")
+        if c.address in taken:
+            j = taken[c.address]
+            raise ConfigError(at, f"{c.address} is also the address of hub.clients[{j}] "
+                              f"({hub.clients[j].name})")
+        taken[c.address] = i
+    room = pool_capacity(pool)
+    if len(hub.clients) > room:
+        raise ConfigError("hub.address", f"the pool {pool} has room for {room} client"
+                          f"{'' if room == 1 else 's'}, not {len(hub.clients)}; "
+                          "use a shorter prefix")
+
+
+def _any_overlap(nets: list[IPNetwork]) -> bool:
+    """Whether any two of `nets` overlap: sorted, one pass (a hub has thousands)."""
+    for version in (4, 6):
+        spans = sorted((int(n.network_address), int(n.broadcast_address))
+                       for n in nets if n.version == version)
+        end = -1
+        for first, last in spans:
+            if first <= end:
+                return True
+            end = max(end, last)
+    return False
+
+
+def _check_hub(cfg: GatewayConfig, routed: list[tuple[str, IPNetwork]]
+               ) -> list[tuple[str, IPNetwork]]:
+    """Check the hub section; return its routed ranges (the pool, the clients' ranges)."""
+    hub = cfg.hub
+    if hub is None:
+        return []
+    _check_hub_unique(cfg, hub)
+    _check_hub_addresses(hub)
+    own = [(f"our cidrs[{k}]", c) for k, c in enumerate(cfg.cidrs)]
+    pool = ("hub.address", hub.pool)
+    note = _overlap_note(hub.pool, own) or _overlap_note(hub.pool, routed)
+    if note:
+        raise ConfigError("hub.address", f"{note}; routes would collide")
+    # Pairwise checks are quadratic: with thousands of clients, look for the first
+    # conflict (to name both sides) only when a sorted pass says there is one.
+    remotes = [r for c in hub.clients for r in c.remote]
+    reals_clash = _any_overlap([hub.pool, *(r.cidr for r in remotes)])
+    routed_clash = _any_overlap([hub.pool, *(r.routed for r in remotes)])
+    # Every client's real ranges share the device's allowed-ips with the others' and the pool.
+    reals: list[tuple[str, IPNetwork]] = [pool]
+    hub_routed: list[tuple[str, IPNetwork]] = [pool]
+    for i, c in enumerate(hub.clients):
+        for j, r in enumerate(c.remote):
+            at = f"hub.clients[{i}].remote[{j}]"
+            _check_mapping(at, r.cidr, r.as_)
+            note = _overlap_note(r.cidr, reals) if reals_clash else None
+            if note:
+                raise ConfigError(f"{at}.cidr", f"{note}: the clients share one device and its "
+                                  "allowed-ips, so their networks must not overlap; make this "
+                                  "client a separate peer under peers: instead")
+            reals.append((f"{at}.cidr", r.cidr))
+            if r.remapped:
+                path, hint = f"{at}.as", "; routes would collide"
+            else:
+                path, hint = f"{at}.cidr", "; add an as: to remap it"
+            # (An unmapped cidr inside the pool was refused above.)
+            note = (_overlap_note(r.routed, own) or _overlap_note(r.routed, routed)
+                    or (_overlap_note(r.routed, hub_routed) if routed_clash else None))
+            if note:
+                raise ConfigError(path, note + hint)
+            hub_routed.append((path, r.routed))
+    _check_hub_local(cfg, hub, routed + hub_routed, reals[1:])
+    return hub_routed
+
+
+def _check_hub_local(cfg: GatewayConfig, hub: Hub, routed: list[tuple[str, IPNetwork]],
+                     theirs: list[tuple[str, IPNetwork]]) -> None:
+    own = [(f"our cidrs[{k}]", c) for k, c in enumerate(cfg.cidrs)]
+    seen_cidrs: list[tuple[str, IPNetwork]] = []
+    seen_as: list[tuple[str, IPNetwork]] = []
+    for j, loc in enumerate(hub.local):
+        at = f"hub.local[{j}]"
+        _check_mapping(at, loc.cidr, loc.as_)
+        if not any(loc.cidr.version == c.version and loc.cidr.subnet_of(c) for c in cfg.cidrs):
+            raise ConfigError(f"{at}.cidr", f"{loc.cidr} is not inside our cidrs")
+        note = _overlap_note(loc.cidr, seen_cidrs)
+        if note:
+            raise ConfigError(f"{at}.cidr", note)
+        seen_cidrs.append((f"{at}.cidr", loc.cidr))
+        note = (_overlap_note(loc.as_, own) or _overlap_note(loc.as_, routed)
+                or _overlap_note(loc.as_, seen_as))
+        if note:
+            raise ConfigError(f"{at}.as", note)
+        note = _overlap_note(loc.as_, theirs)
+        if note:
+            raise ConfigError(f"{at}.as", f"{note}, a client's own network")
+        seen_as.append((f"{at}.as", loc.as_))
+
+
 # --- entry points ---
 
 
@@ -602,7 +874,9 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> GatewayConfig:
     for i, p in enumerate(cfg.peers):
         _check_peer_shape(i, p)
     _check_unique(cfg)
-    _check_local(cfg, _check_remote(cfg))
+    routed = _check_remote(cfg)
+    routed += _check_addresses(cfg, routed)
+    _check_local(cfg, routed + _check_hub(cfg, routed))
     return cfg
 
 

@@ -2,15 +2,16 @@
 
 The foreground `natgw up` compares the world with its record every few
 seconds (level-triggered, like a Kubernetes controller): the pins, and for
-every peer its engine, device, filters, routes and mapping entries. Each
-finding is "<kind> <what>"; the repair is an ordinary apply of the file.
+every peer (and a hub's one device) its engine, device, filters, routes and
+mapping entries. Each finding is "<kind> <what>"; the repair is an ordinary
+apply of the file (in full for a hub: Gateway.repair).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from natgw.dataplane import Dataplane, DataplaneError
+from natgw.dataplane import Dataplane, DataplaneError, Mapping
 from natgw.dataplane.loader import missing_pins, natgw_filters, pin_dir
 from natgw.netns import NetnsNotFound, iproute
 from natgw.routes import RTPROT_NATGW
@@ -44,7 +45,16 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
             for r in ipr.get_routes(family=family, proto=RTPROT_NATGW):
                 ours[f"{r.get_attr('RTA_DST')}/{r['dst_len']}"] = r.get_attr("RTA_OIF")
         tunnels = {p.device for p in gw.cfg.tunnel_peers}
-        for ps in state.peers:
+        wanted: dict[str, list[Mapping]] = {p.device: peer_mappings(p) for p in gw.cfg.peers}
+        recorded = list(state.peers)
+        if state.hub is not None and gw.cfg.hub is not None \
+                and state.hub.device.device == gw.cfg.hub.device:
+            from natgw.hub import hub_mappings  # noqa: PLC0415
+
+            tunnels.add(state.hub.device.device)
+            recorded.append(state.hub.device)
+            wanted[state.hub.device.device] = hub_mappings(gw.cfg.hub)
+        for ps in recorded:
             if ps.device in tunnels and not gw.engine.is_alive(ps.device, netns):
                 out.append(f"engine {ps.device}")
                 continue
@@ -62,11 +72,9 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
             if dp is not None:
                 out += [f"mapping {d} entry {net} on {ps.device} has no twin"
                         for _, d, net in dp.tables.orphans(idx[0])]
-                peer = next((p for p in gw.cfg.peers if p.name == ps.name), None)
                 installed = {m.mapping for m in dp.mappings(idx[0])}
-                if peer is not None:
-                    out += [f"mapping {m} on {ps.device}" for m in peer_mappings(peer)
-                            if m not in installed]
+                out += [f"mapping {m} on {ps.device}" for m in wanted.get(ps.device, [])
+                        if m not in installed]
     finally:
         ipr.close()
         if dp is not None:

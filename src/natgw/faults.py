@@ -7,7 +7,7 @@ Failure kinds are the exceptions natgw must turn into one line and a rollback:
 `subprocess` (CalledProcessError), `netlink` (NetlinkError), `index`
 (IndexError), `oserror` (FileNotFoundError). Unset (as in production), a step
 costs one dictionary lookup. The names of every step are in STEPS, so a test
-can walk all of them.
+can walk all of them (HUB_STEPS: a hub's).
 """
 
 from __future__ import annotations
@@ -46,6 +46,22 @@ STEPS = (
     "applied",
     "down-peers-removed",
     "down-unpinned",
+)
+
+# The hub's steps (natgw.hub), reached only by a gateway with a hub: the kill
+# test of a hub walks these, the one of peers walks STEPS.
+HUB_STEPS = (
+    "hub-intent",
+    "hub-device-created",
+    "hub-device-entry",
+    "hub-filters-attached",
+    "hub-mappings-set",
+    "hub-tunnel-configured",
+    "hub-link-up",
+    "hub-routes-set",
+    "hub-recorded",
+    "hub-remove-intent",
+    "hub-removed",
 )
 
 

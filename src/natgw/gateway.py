@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from natgw import faults, routes
+from natgw import addresses, faults, routes
 from natgw.config import ConfigError, GatewayConfig, Peer, parse_config
 from natgw.dataplane import Dataplane, DataplaneError, Mapping
 from natgw.dataplane.layout import DEV_F_OWN_QDISC
@@ -30,6 +30,7 @@ from natgw.netns import NetnsNotFound, iproute, netns_exists, require_netns
 from natgw.resolve import ResolveError, is_hostname, resolve
 from natgw.state import (
     GatewayState,
+    HubState,
     PeerState,
     all_states,
     applied_path,
@@ -99,6 +100,9 @@ class Gateway:
         # The applied record as this Gateway last wrote or read it (None: never):
         # another natgw's `up` replaces the file, and this Gateway is then superseded.
         self._applied: tuple[int, int] | None = None
+        # Reconcile the hub's device in full, not as a difference against the record
+        # (a drift repair: the record says what should be, not what is).
+        self._full = False
 
     @property
     def engine(self) -> Engine:
@@ -115,11 +119,13 @@ class Gateway:
             require_netns(self.netns)
         except NetnsNotFound as e:
             raise GatewayError(str(e)) from None
-        if self.cfg.tunnel_peers:
+        if self.cfg.tunnel_peers or self.cfg.hub is not None:
             try:
                 _ = self.engine
             except WireGuardError as e:
                 raise GatewayError(str(e)) from None
+        if not self.cfg.interface_peers:
+            return  # (a netns socket costs tens of ms: only open one to look something up)
         with iproute(self.netns) as ipr:
             for i, peer in enumerate(self.cfg.peers):
                 if not peer.is_tunnel and not ipr.link_lookup(ifname=peer.interface):
@@ -132,11 +138,19 @@ class Gateway:
 
         Adopting it would make `down` delete someone else's link.
         """
-        ours = {p.device for p in (previous.peers if previous else []) if p.created_device}
+        recorded = [*previous.peers, *([previous.hub.device] if previous.hub else [])] \
+            if previous else []
+        ours = {p.device for p in recorded if p.created_device}
+        wanted = [p.device for p in self.cfg.tunnel_peers]
+        if self.cfg.hub is not None:
+            wanted.append(self.cfg.hub.device)
+        check = [d for d in wanted if d not in ours]
+        if not check:
+            return  # (a netns socket costs tens of ms: a hub's edit opens none)
         with iproute(self.netns) as ipr:
-            for peer in self.cfg.tunnel_peers:
-                if peer.device not in ours and ipr.link_lookup(ifname=peer.device):
-                    raise GatewayError(f"device {peer.device} exists and natgw did not create it"
+            for dev in check:
+                if ipr.link_lookup(ifname=dev):
+                    raise GatewayError(f"device {dev} exists and natgw did not create it"
                                        + (f" (netns {self.netns})" if self.netns else ""))
 
     def _check_devices_free(self) -> None:
@@ -147,13 +161,18 @@ class Gateway:
         UAPI sockets share one directory.
         """
         taken = {ps.device: st for st in all_states() if st.gateway != self.cfg.name
-                 for ps in st.peers if ps.engine != "interface"}
-        for i, peer in enumerate(self.cfg.peers):
-            other = taken.get(peer.device) if peer.is_tunnel else None
+                 for ps in [*st.peers, *([st.hub.device] if st.hub else [])]
+                 if ps.engine != "interface"}
+        wanted = [(f"peers[{i}]", peer.device, "device:") for i, peer in
+                  enumerate(self.cfg.peers) if peer.is_tunnel]
+        if self.cfg.hub is not None:
+            wanted.append(("hub", self.cfg.hub.device, "hub.device:"))
+        for path, device, setting in wanted:
+            other = taken.get(device)
             if other is not None:
                 where = f" in netns {other.netns}" if other.netns else ""
-                raise GatewayError(f"peers[{i}]: device {peer.device} is used by gateway "
-                                   f"{other.gateway}{where}; set device: to choose another")
+                raise GatewayError(f"{path}: device {device} is used by gateway "
+                                   f"{other.gateway}{where}; set {setting} to choose another")
 
     def resolve_endpoints(self) -> None:
         """Resolve every peer endpoint now; GatewayError (one line) names one that fails."""
@@ -198,7 +217,11 @@ class Gateway:
             with gateway_lock(self.cfg.name, timeout=0):
                 if self.superseded():
                     return False  # never put back what a newer `up` changed
-                self._apply_or_restore()
+                self._full = True
+                try:
+                    self._apply_or_restore()
+                finally:
+                    self._full = False
                 state = load_state(self.cfg.name)
                 if state is not None:
                     for kind in sorted({d.split()[0] for d in drift}):
@@ -289,6 +312,7 @@ class Gateway:
                              public_key=self.cfg.public_key)
         if previous is not None:
             state.peers = list(previous.peers)
+            state.hub = previous.hub
             state.sysctls, state.repairs = previous.sysctls, previous.repairs
             state.last_repair = previous.last_repair
         save_state(state)
@@ -302,7 +326,8 @@ class Gateway:
         if previous is not None and missing_pins(pin_dir(self.cfg.name)):
             # Pins removed by hand while the filters still run: pin those again, so
             # that mappings and counters are kept and nothing is recompiled.
-            repin_attached(self.cfg.name, self.netns, [p.device for p in previous.peers])
+            repin_attached(self.cfg.name, self.netns, [p.device for p in previous.peers]
+                           + ([previous.hub.device.device] if previous.hub else []))
         try:
             dp = Dataplane.load(self.cfg.name)
         except (DataplaneError, OSError) as e:
@@ -327,9 +352,42 @@ class Gateway:
             for gone in old.values():
                 self._remove_recorded(dp, state, gone)
                 report.removed.append(gone.name)
+            self._apply_hub(dp, state, report)
         finally:
             dp.close()
         return report
+
+    def _apply_hub(self, dp: Dataplane, state: GatewayState, report: ApplyReport) -> None:
+        """The hub's part of an apply (natgw.hub), recorded as it goes; its clients join
+        the report."""
+        from natgw import hub  # noqa: PLC0415
+
+        before = state.hub
+        if before is not None and (self.cfg.hub is None
+                                   or before.device.device != self.cfg.hub.device):
+            faults.step("hub-remove-intent")
+            try:
+                hub.remove_hub(self.netns, before, dp, engine_for(before.device))
+            except Exception as e:  # noqa: BLE001 - one line, rolled back
+                raise GatewayError(f"hub: {one_line(e)}") from None
+            report.removed += [c.name for c in before.clients]
+            state.hub = before = None
+            save_state(state)
+            faults.step("hub-removed")
+        if self.cfg.hub is None:
+            return
+
+        def record(hs: HubState) -> None:
+            state.hub = hs
+            save_state(state)
+
+        try:
+            changes = hub.apply_hub(self.cfg, self.netns, self.engine, dp, before, record,
+                                    full=self._full)
+        except Exception as e:  # noqa: BLE001 - one line, rolled back
+            raise GatewayError(f"hub: {one_line(e)}") from None
+        for kind in ("added", "updated", "removed", "unchanged"):
+            getattr(report, kind).extend(getattr(changes, kind))
 
     def _remove_recorded(self, dp: Dataplane, state: GatewayState, ps: PeerState) -> None:
         faults.step("peer-remove-intent")
@@ -353,7 +411,8 @@ class Gateway:
         ps = PeerState(peer.name, dev, before.ifindex if before else 0, engine_name,
                        sorted(set(old_routes) | set(wanted_routes)),
                        created_device=peer.is_tunnel or bool(before and before.created_device),
-                       own_qdisc=bool(before and before.own_qdisc))
+                       own_qdisc=bool(before and before.own_qdisc),
+                       address=before.address if before else None)
         state.put_peer(ps)
         save_state(state)
         faults.step("peer-intent")
@@ -387,14 +446,20 @@ class Gateway:
             faults.step("tunnel-configured")
             routes.set_link(self.netns, dev, self.cfg.mtu)
             faults.step("link-up")
+        # Only when there is or was an address: each netns socket costs tens of ms.
+        readdressed = False
+        if peer.is_tunnel and (peer.address is not None or (before and before.address)):
+            readdressed = addresses.set_addresses(
+                self.netns, dev, [peer.address] if peer.address else [])
         via = str(peer.via) if peer.via else None
         routes.set_routes(self.netns, dev, wanted_routes, via=via, stale=old_routes)
         faults.step("routes-set")
         ps.routes = wanted_routes
+        ps.address = str(peer.address) if peer.address else None
         save_state(state)
         faults.step("peer-recorded")
-        return (before is None or before.ifindex != ifindex or installed != set(mappings)
-                or sorted(old_routes) != sorted(wanted_routes))
+        return (before is None or readdressed or before.ifindex != ifindex
+                or installed != set(mappings) or sorted(old_routes) != sorted(wanted_routes))
 
     def _link_mtu(self, dev: str) -> int:
         with iproute(self.netns) as ipr:
@@ -409,9 +474,12 @@ class Gateway:
     # -- supervision -------------------------------------------------------
 
     def dead_tunnels(self) -> list[str]:
-        """Tunnel peers whose engine process died (wireguard-go)."""
-        return [p.name for p in self.cfg.tunnel_peers
+        """Tunnel peers (and the hub) whose engine process died (wireguard-go)."""
+        dead = [p.name for p in self.cfg.tunnel_peers
                 if not self.engine.is_alive(p.device, self.netns)]
+        if self.cfg.hub is not None and not self.engine.is_alive(self.cfg.hub.device, self.netns):
+            dead.append("hub")
+        return dead
 
     def reresolve_stale(self, now: float | None = None) -> list[str]:
         """Look up again the hostname endpoints of peers whose handshake went stale.
@@ -560,6 +628,15 @@ def _down(gateway: str, netns: str | None, pins: str) -> bool:
             except Exception as e:  # noqa: BLE001 - one line; the record stays for a retry
                 raise GatewayError(f"peer {ps.name}: {one_line(e)}") from None
             state.peers.remove(ps)
+            save_state(state)
+        if state is not None and state.hub is not None:
+            from natgw.hub import remove_hub  # noqa: PLC0415
+
+            try:
+                remove_hub(netns, state.hub, dp, engine_for(state.hub.device))
+            except Exception as e:  # noqa: BLE001 - one line; the record stays for a retry
+                raise GatewayError(f"hub: {one_line(e)}") from None
+            state.hub = None
             save_state(state)
         faults.step("down-peers-removed")
     finally:

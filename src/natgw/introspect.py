@@ -93,6 +93,7 @@ class MappingReport:
     as_: IPNetwork
     egress: Rule
     ingress: Rule
+    peer: str | None = None  # a hub client's mapping: the client (the device is shared)
 
     @property
     def label(self) -> str:
@@ -215,13 +216,17 @@ def read_tables(gateway: str, tables: Tables, state: GatewayState | None,
                 names: dict[int, str], build: str | None = None) -> GatewayReport:
     """Everything `natgw maps` shows, from already opened tables."""
     by_dev: dict[int, list[MappingReport]] = {}
+    hub = state.hub if state else None
+    owners = {label: c.name for c in hub.clients for label in c.mappings} if hub else {}
     for entry in tables.mappings():
         m = entry.mapping
         c = tables.counters(entry.mapping_id)
+        on_hub = hub is not None and entry.ifindex == hub.device.ifindex
         by_dev.setdefault(entry.ifindex, []).append(MappingReport(
             entry.mapping_id, m.kind, m.cidr, m.as_,
             _rule(m.kind, "egress", m.cidr, m.as_, c["egress"].packets, c["egress"].bytes),
             _rule(m.kind, "ingress", m.cidr, m.as_, c["ingress"].packets, c["ingress"].bytes),
+            owners.get(f"{m.kind}:{m.as_}") if on_hub else None,
         ))
     devices = []
     for ifindex in sorted(tables.all_devices()):

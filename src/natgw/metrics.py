@@ -151,7 +151,8 @@ def dataplane_metrics(reports: Iterable[I.GatewayReport]) -> list[Metric]:
             for m in d.mappings:
                 for direction in ("egress", "ingress"):
                     rule = m.rule(direction)
-                    labels = [g.gateway, peer, direction, m.label]
+                    # On a hub's device a client's mapping carries the client's name.
+                    labels = [g.gateway, m.peer or peer, direction, m.label]
                     packets.add_metric(labels, rule.packets)
                     nbytes.add_metric(labels, rule.bytes)
             for name, count in d.stats.items():
@@ -240,6 +241,29 @@ def state_peer_health(states: Iterable[GatewayState],
                 rx_bytes=sum(w.rx_bytes for w in wg),
                 tx_bytes=sum(w.tx_bytes for w in wg),
             ))
+        if state.hub is not None:
+            out += hub_client_health(state, engine_for)
+    return out
+
+
+def hub_client_health(state: GatewayState,
+                      engine_for: Callable[[str], Any] = _default_engine) -> list[PeerHealth]:
+    """One PeerHealth per hub client (the client is the `peer` label), from one status read."""
+    from natgw.keys import encode_key  # noqa: PLC0415
+
+    hub = state.hub
+    assert hub is not None
+    try:
+        status = engine_for(hub.device.engine).status(hub.device.device, state.netns)
+    except Exception:
+        return [PeerHealth(state.gateway, c.name) for c in hub.clients]
+    by_key = {encode_key(w.public_key): w for w in status.peers}
+    out = []
+    for c in hub.clients:
+        w = by_key.get(c.public_key)
+        out.append(PeerHealth(state.gateway, c.name) if w is None else PeerHealth(
+            state.gateway, c.name, latest_handshake=w.latest_handshake,
+            rx_bytes=w.rx_bytes, tx_bytes=w.tx_bytes))
     return out
 
 

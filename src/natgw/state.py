@@ -10,10 +10,11 @@ creation. It never holds keys.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 STATE_DIR = Path(os.environ.get("NATGW_STATE_DIR", "/run/natgw"))
@@ -28,6 +29,34 @@ class PeerState:
     routes: list[str] = field(default_factory=list)  # destinations natgw routed into device
     created_device: bool = False  # natgw made the device, so `down` removes it
     own_qdisc: bool = False  # natgw added the device's clsact qdisc, so `down` removes it
+    address: str | None = None  # our own address on the tunnel (peers[].address)
+
+
+@dataclass
+class ClientState:
+    """One hub client as applied: what its WireGuard peer, mappings and routes are."""
+
+    name: str
+    public_key: str  # base64
+    address: str  # in the pool
+    routes: list[str] = field(default_factory=list)  # its routed ranges (in the hub device)
+    mappings: list[str] = field(default_factory=list)  # its mapping labels, "remote:<as>"
+    allowed_ips: list[str] = field(default_factory=list)  # of its WireGuard peer
+
+
+@dataclass
+class HubState:
+    device: PeerState  # the shared device, named after it (status/maps label)
+    address: str  # the hub's own address/prefix
+    clients: list[ClientState] = field(default_factory=list)
+    mappings: list[str] = field(default_factory=list)  # installed: "<kind> <cidr> <as>"
+    listen_port: int = 0
+    public_key: str = ""  # ours, base64: the device's key (a change rewrites the device)
+    # False in the intent recorded before an apply: the next apply reconciles everything.
+    complete: bool = True
+
+    def client_of_mapping(self, label: str) -> str | None:
+        return next((c.name for c in self.clients if label in c.mappings), None)
 
 
 @dataclass
@@ -44,8 +73,12 @@ class GatewayState:
     # drift kind ("device", "filter", "route", "pin", "engine", "mapping") -> repairs made.
     repairs: dict[str, int] = field(default_factory=dict)
     last_repair: str = ""  # one line: what the newest repair fixed, and when
+    hub: HubState | None = None
 
     def peer_by_ifindex(self, ifindex: int) -> PeerState | None:
+        """The peer (or the hub's device) of a device."""
+        if self.hub is not None and self.hub.device.ifindex == ifindex:
+            return self.hub.device
         return next((p for p in self.peers if p.ifindex == ifindex), None)
 
     def peer(self, name: str) -> PeerState | None:
@@ -96,7 +129,18 @@ def write_private(path: Path, text: str) -> None:
 
 def save_state(state: GatewayState) -> None:
     private_dir()
-    write_private(state_path(state.gateway), json.dumps(asdict(state), indent=2) + "\n")
+    # No indent: json's C encoder only runs without one (a hub's state is large).
+    write_private(state_path(state.gateway), json.dumps(_plain(state)) + "\n")
+
+
+def _plain(obj):
+    """asdict for the state's dataclasses, without asdict's deep copies (a hub's
+    thousand clients made it the slowest part of an edit)."""
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: _plain(v) for k, v in vars(obj).items()}
+    if isinstance(obj, list) and obj and hasattr(obj[0], "__dataclass_fields__"):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 def load_state(gateway: str) -> GatewayState | None:
@@ -105,14 +149,28 @@ def load_state(gateway: str) -> GatewayState | None:
     except FileNotFoundError:
         return None
     peers = [PeerState(**_known(PeerState, p)) for p in raw.pop("peers", [])]
-    return GatewayState(peers=peers, **_known(GatewayState, raw))
+    hub = raw.pop("hub", None)
+    if not (isinstance(hub, dict) and isinstance(hub.get("device"), dict)):
+        hub = None  # none, or of a natgw that wrote it differently
+    if hub is not None:
+        clients = [ClientState(**_known(ClientState, c)) for c in hub.pop("clients", [])]
+        device = PeerState(**_known(PeerState, hub.pop("device")))
+        hub = HubState(device=device, clients=clients, **_known(HubState, hub))
+    return GatewayState(peers=peers, hub=hub, **_known(GatewayState, raw))
 
 
 def _known(cls: type, raw: dict) -> dict:
     # Fields another natgw version added are left out: every gateway on the host
     # reads every state (device names are host-wide), whoever wrote it.
-    names = {f.name for f in fields(cls)}
+    names = _field_names(cls)
+    if raw.keys() <= names:
+        return raw  # the common case, and a hub's thousand clients: no copy
     return {k: v for k, v in raw.items() if k in names}
+
+
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
 
 
 def remove_state(gateway: str) -> None:

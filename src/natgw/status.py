@@ -22,7 +22,8 @@ JSON (`natgw status --json`): a list, one object per gateway, sorted by name:
                  "routes": ["10.245.0.0/16"],
                  "error": null}],              # why the tunnel could not be read
       "repairs": {"route": 1},                # drift repaired by the foreground up, per kind
-      "last_repair": "2026-01-01 10:00:00 route 10.245.0.0/16 dev gw1-cluster2"}]
+      "last_repair": "2026-01-01 10:00:00 route 10.245.0.0/16 dev gw1-cluster2",
+      "hub": {...}}]                          # only with a hub: natgw.hubstatus
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from natgw.dataplane import Dataplane, DataplaneError
+from natgw.hubstatus import HubReport, format_hub, hub_status
 from natgw.netns import NetnsNotFound
 from natgw.state import GatewayState, PeerState, load_state, states_in
 from natgw.wireguard.model import WireGuardError, handshake_fresh
@@ -66,6 +68,7 @@ class GatewayReport:
     # Drift the foreground `up` repaired: kind -> count, and the newest repair in one line.
     repairs: dict[str, int] = field(default_factory=dict)
     last_repair: str = ""
+    hub: HubReport | None = None  # natgw.hubstatus; left out of the JSON when None
 
 
 def _engine(name: str) -> Any:
@@ -123,11 +126,13 @@ def report(state: GatewayState, now: float | None = None) -> GatewayReport:
     now = time.time() if now is None else now
     try:
         peers = [_peer(state, ps, dp, now) for ps in state.peers]
+        hub = None if state.hub is None else hub_status(
+            state.hub, state.netns, dp, _engine(state.hub.device.engine), now)
     finally:
         if dp is not None:
             dp.close()
     return GatewayReport(state.gateway, state.netns, peers, dict(state.repairs),
-                         state.last_repair)
+                         state.last_repair, hub)
 
 
 def status(gateway: str | None = None, netns: str | None = None,
@@ -155,7 +160,11 @@ def status(gateway: str | None = None, netns: str | None = None,
 
 def to_json(reports: list[GatewayReport]) -> list[dict[str, Any]]:
     """The `natgw status --json` document (shape in the module docstring)."""
-    return [asdict(r) for r in reports]
+    out = [asdict(r) for r in reports]
+    for doc in out:
+        if doc["hub"] is None:
+            del doc["hub"]
+    return out
 
 
 def format_status(reports: list[GatewayReport], now: float | None = None) -> str:
@@ -194,4 +203,6 @@ def _format_gateway(g: GatewayReport, now: float) -> str:
                 f"  {m['kind']} {m['cidr']} as {m['as']}: egress {m['egress_packets']} pkts "
                 f"{m['egress_bytes']} B, ingress {m['ingress_packets']} pkts "
                 f"{m['ingress_bytes']} B")
+    if g.hub is not None:
+        lines += format_hub(g.hub, now)
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from natgw.cli import check, gateway, keys, maps
+from natgw.cli import check, gateway, hub, keys, maps
 from natgw.cli.options import Options
 
 
@@ -57,5 +57,6 @@ def main(
 
 # Listed in this order by `natgw --help`.
 for _command in (check.version, check.check, keys.genkey, keys.pubkey,
-                 gateway.up, gateway.down, gateway.status, maps.maps, maps.lookup):
+                 gateway.up, gateway.down, gateway.status, maps.maps, maps.lookup,
+                 hub.client_config):
     app.command()(_command)

@@ -28,4 +28,8 @@ def check(file: Annotated[Path, typer.Argument(hidden=True)]) -> None:
     except ConfigError as e:
         fail(str(e), EXIT_INVALID)
     n = len(cfg.peers)
-    typer.echo(f"{file}: ok ({n} peer{'' if n == 1 else 's'})")
+    hub = ""
+    if cfg.hub is not None:
+        k = len(cfg.hub.clients)
+        hub = f", a hub with {k} client{'' if k == 1 else 's'}"
+    typer.echo(f"{file}: ok ({n} peer{'' if n == 1 else 's'}{hub})")

@@ -64,6 +64,13 @@ def _gateway_name(file: Path) -> str:
     return name
 
 
+def _names(names: list[str], most: int = 10) -> str:
+    """Peer and hub client names, shortened: a hub may have a thousand."""
+    if len(names) <= most:
+        return ", ".join(names)
+    return f"{', '.join(names[:most])} and {len(names) - most} more"
+
+
 def _apply(gw: Gateway, quiet: bool = False) -> None:
     from natgw.gateway import GatewayError  # noqa: PLC0415
 
@@ -72,7 +79,7 @@ def _apply(gw: Gateway, quiet: bool = False) -> None:
     except GatewayError as e:
         fail(str(e))
     if not quiet:
-        parts = [f"{k} {', '.join(v)}" for k, v in asdict(report).items() if v]
+        parts = [f"{k} {_names(v)}" for k, v in asdict(report).items() if v]
         typer.echo(f"natgw: gateway {gw.cfg.name} up" + (f" ({'; '.join(parts)})"
                                                         if parts else ""))
 
@@ -126,7 +133,7 @@ def status(
     """Show running gateways, like `wg show`.
 
     Per gateway and peer: device, engine, endpoint, handshake, transfer,
-    routes, mappings.
+    routes, mappings; for a hub, the same per client, with its address.
 
     Without FILE (a cluster.yaml or a gateway name), like `wg show`: every
     gateway natgw runs in the netns (--netns, else natgw's own), or "no natgw

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from natgw.wireguard.kernel import MODULE_MISSING, KernelEngine
 from natgw.wireguard.model import DeviceConfig, DeviceStatus, WireGuardError
+from natgw.wireguard.plan import Plan
 from natgw.wireguard.userspace import WireGuardGoEngine
 
 ENGINE_NAMES = ("auto", "kernel", "wireguard-go")
@@ -30,6 +31,10 @@ class Engine(Protocol):
 
     def configure(self, ifname: str, netns: str | None, cfg: DeviceConfig) -> None:
         """Make the device's WireGuard state equal `cfg`, touching only what differs."""
+        ...
+
+    def apply_plan(self, ifname: str, netns: str | None, plan: Plan) -> None:
+        """Write a known difference without reading the device back (a hub's edits)."""
         ...
 
     def status(self, ifname: str, netns: str | None) -> DeviceStatus: ...

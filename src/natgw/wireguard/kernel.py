@@ -214,6 +214,16 @@ class KernelEngine:
         if not plan.is_empty():
             log.info("kernel %s: -%d +/~%d peers", ifname, len(plan.remove), len(plan.upsert))
 
+    def apply_plan(self, ifname: str, netns: str | None, plan: Plan) -> None:
+        """Write a difference the caller already knows (no read-back of the device)."""
+        check_ifname(ifname)
+        with self._open(self._wireguard, netns) as wg:
+            for call in set_calls(ifname, plan):
+                try:
+                    wg.set(**call)
+                except NetlinkError as exc:
+                    raise self._fail(ifname, "setting keys/peers", exc) from None
+
     def status(self, ifname: str, netns: str | None) -> DeviceStatus:
         with self._open(self._wireguard, netns) as wg:
             state, pub = self._read(wg, ifname)

@@ -59,7 +59,9 @@ def normalize_endpoint(endpoint: str) -> str:
 def _networks(values: tuple[IPNetwork | str, ...]) -> tuple[IPNetwork, ...]:
     try:
         # strict=False: WireGuard masks host bits itself and reports the network.
-        nets = [ipaddress.ip_network(v, strict=False) for v in values]
+        # Network objects are kept as they are: re-parsing a hub's thousands costs.
+        nets = [v if isinstance(v, ipaddress.IPv4Network | ipaddress.IPv6Network)
+                else ipaddress.ip_network(v, strict=False) for v in values]
     except ValueError as exc:
         raise WireGuardError(f"allowed-ips: {exc}") from None
     return tuple(dict.fromkeys(nets))

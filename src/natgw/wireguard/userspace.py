@@ -25,7 +25,7 @@ from pathlib import Path
 from natgw import netns as ns
 from natgw import proc
 from natgw.wireguard.model import DeviceConfig, DeviceStatus, WireGuardError, check_ifname
-from natgw.wireguard.plan import plan_changes
+from natgw.wireguard.plan import Plan, plan_changes
 from natgw.wireguard.uapi import SOCKET_DIR, UapiClient, socket_path
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,15 @@ class WireGuardGoEngine:
                 len(plan.upsert),
             )
             client.set(plan)
+
+    def apply_plan(self, ifname: str, netns: str | None, plan: Plan) -> None:
+        """Write a difference the caller already knows (no read-back of the device)."""
+        check_ifname(ifname)
+        self._require_netns(netns)
+        if self._socket_owner(ifname, netns) is None:
+            raise WireGuardError(f"wireguard-go {ifname}: device not running (ensure_device first)")
+        if not plan.is_empty():
+            self._client(ifname).set(plan)
 
     def status(self, ifname: str, netns: str | None) -> DeviceStatus:
         check_ifname(ifname)
