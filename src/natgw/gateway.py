@@ -59,11 +59,17 @@ def device_config(cfg: GatewayConfig, peer: Peer) -> DeviceConfig:
     from natgw.keys import decode_key  # noqa: PLC0415
 
     endpoint = str(peer.endpoint) if peer.endpoint else None
+    allowed = tuple(peer.allowed_ips)
+    if cfg.pipes:
+        # The peer's pipe address: cryptokey routing then vouches for who asks for a pipe.
+        from natgw.pipes.addressing import pipe_network  # noqa: PLC0415
+
+        allowed += (pipe_network(peer.public_key),)
     return DeviceConfig(
         private_key=cfg.private_key.get_secret_value(),
         listen_port=peer.listen_port,
         peers=(PeerConfig(public_key=decode_key(peer.public_key), endpoint=endpoint,
-                          allowed_ips=tuple(peer.allowed_ips),
+                          allowed_ips=allowed,
                           persistent_keepalive=peer.persistent_keepalive),),
     )
 
@@ -191,6 +197,10 @@ class Gateway:
             created = True
             self.engine.configure(dev, self.netns, device_config(self.cfg, peer))
             routes.set_link(self.netns, dev, self.cfg.mtu)
+            if self.cfg.pipes:
+                from natgw.pipes.addressing import ensure_address, pipe_address  # noqa: PLC0415
+
+                ensure_address(self.netns, dev, pipe_address(self.cfg.public_key))
             mtu = self.cfg.mtu
             engine_name = self.engine.name
         else:

@@ -1,0 +1,82 @@
+"""The pipe state the serving `natgw up` shares with `natgw status` and `up --detach`.
+
+One JSON file per gateway, /run/natgw/pipes/<gateway>.json, mode 0600, written
+with write, fsync and rename whenever it changes (active connections included,
+at most once a second). It names the serving process, so a reader can tell a
+live server from a file left behind by one that was killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from natgw import state
+
+
+def pipes_path(gateway: str) -> Path:
+    return state.STATE_DIR / "pipes" / f"{gateway}.json"
+
+
+def write(snapshot: dict) -> None:
+    path = pipes_path(snapshot["gateway"])
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(snapshot, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def remove(gateway: str) -> None:
+    pipes_path(gateway).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"natgw" in cmdline
+
+
+def read(gateway: str) -> dict | None:
+    """The published state of a live server of this gateway, or None."""
+    try:
+        data = json.loads(pipes_path(gateway).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("pid"), int):
+        return None
+    return data if _alive(data["pid"]) else None
+
+
+def format_pipes(data: dict | None) -> list[str]:
+    """The pipes part of `natgw status` text."""
+    if data is None:
+        return ["", "pipes: not served (no foreground natgw up for this gateway)"]
+    lines = []
+    for p in data["pipes"]:
+        lines.append("")
+        lines.append(f"pipe: {p['name']}")
+        lines.append(f"  listens: {p['listen'] or '(no own port: only relays for peers)'}")
+        lines.append(f"  goes to: {p['to']}" + (f" via {p['via']}" if p.get("via") else ""))
+        if p.get("from") is not None:
+            lines.append(f"  from: {', '.join(p['from']) or '(nobody)'}")
+        lines.append(f"  active connections: {p['active']}")
+        if p["connections"]:
+            lines.append("  connections: " + ", ".join(
+                f"{k} {v}" for k, v in p["connections"].items()))
+        lines.append(f"  bytes: {p['bytes']['upstream']} upstream, "
+                     f"{p['bytes']['downstream']} downstream")
+        if p.get("error"):
+            lines.append(f"  error: {p['error']}")
+    if data.get("address"):
+        lines.append("")
+        lines.append(f"pipe address: {data['address']} port {data['pipe_port']} "
+                     f"(served by pid {data['pid']})")
+    return lines
