@@ -8,9 +8,10 @@ reverse:   edge --- server ==wg== cloud --- web ; edge ==wg== server
 
 Each demo carries the same extra pipes, so one battery of tests runs on both:
     nginx  8080 -> web:80      (from: the asking peer)
-    data   8081 -> web:9000    (upload: sha256 back after EOF) / 9001 (download)
+    data   8081 -> web:9000    (upload: sha256 back after EOF; download 8086 -> web:9001)
     echo   8082 -> web:9002    (echo)
     closed 8083 -> web:9999    (nothing listens: refused)
+    reset  8087 -> web:9003    (the service resets the connection)
     ghost  8084 -> a pipe the far side does not name
     secret 8085 -> far pipe whose from: names only another peer
 Test services run in threads of the test process that entered the web netns.
@@ -24,6 +25,7 @@ import os
 import signal
 import socket
 import socketserver
+import struct
 import subprocess
 import threading
 import time
@@ -44,7 +46,7 @@ WEB = "172.25.0.3"
 PAGE = b"<html><body>natgw pipe: legacy nginx</body></html>\n"
 SIZE = 20 * 1024 * 1024
 PORTS = {"nginx": (8080, 80), "data": (8081, 9000), "download": (8086, 9001),
-         "echo": (8082, 9002), "closed": (8083, 9999)}
+         "echo": (8082, 9002), "closed": (8083, 9999), "reset": (8087, 9003)}
 
 
 def in_netns(netns: str, fn: Callable[[], Any]) -> Any:
@@ -124,6 +126,15 @@ class _Echo(socketserver.BaseRequestHandler):
             self.request.sendall(chunk)
 
 
+class _Reset(socketserver.BaseRequestHandler):
+    """Reads something, then resets the connection (SO_LINGER 0)."""
+
+    def handle(self) -> None:
+        self.request.recv(100)
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.request.close()
+
+
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -132,7 +143,7 @@ class _Server(socketserver.ThreadingTCPServer):
 
 def start_services(lab: NetnsLab, netns: str) -> None:
     _Download.data = pattern(SIZE)
-    handlers = {80: _Page, 9000: _Upload, 9001: _Download, 9002: _Echo}
+    handlers = {80: _Page, 9000: _Upload, 9001: _Download, 9002: _Echo, 9003: _Reset}
     for port, handler in handlers.items():
         srv = in_netns(netns, lambda p=port, h=handler: _Server((WEB, p), h))
         threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -258,6 +269,7 @@ def _pipes_far(asker: str, other: str) -> list[dict]:
         {"name": "download", "remote": f"{WEB}:9001"},
         {"name": "echo", "remote": f"{WEB}:9002"},
         {"name": "closed", "remote": f"{WEB}:9999"},
+        {"name": "reset", "remote": f"{WEB}:9003"},
         {"name": "secret", "remote": f"{WEB}:80", "from": [other]},
     ]
 
@@ -297,7 +309,7 @@ def build(kind: str, lab: NetnsLab, tmp: Path) -> Demo:
         # server: relays every pipe to cloud; cloud dials the service.
         server.data["pipes"] = [{"name": n, "peer": cloud.name}
                                 for n in ("nginx", "data", "download", "echo", "closed",
-                                          "secret")]
+                                          "reset", "secret")]
         cloud.data["pipes"] = _pipes_far(server.name, "nobody-else")
         cloud.data["pipes"][-1]["from"] = [edge.name]  # edge is not cloud's peer at all
         cloud.data["peers"].append({"name": edge.name, "publicKey": _keypair(tmp, "x")[1],
