@@ -34,7 +34,7 @@ MAGIC = b"NGP1"
 PREFIX_LEN = len(MAGIC) + 2
 MAX_HOPS = 8
 MAX_NAME = 64
-MAX_TEXT = MAX_NAME + 1 + MAX_HOPS * (KEY_LEN_BASE64 + 1)
+MAX_TEXT = MAX_NAME + 1 + MAX_HOPS * KEY_LEN_BASE64 + (MAX_HOPS - 1)  # name, space, keys, commas
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _KEY_RE = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")  # canonical base64 of 32 bytes
