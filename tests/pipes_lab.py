@@ -280,7 +280,9 @@ def _pipes_near(peer: str) -> list[dict]:
                   {"name": "secret", "port": 8085, "peer": peer}]
 
 
-def build(kind: str, lab: NetnsLab, tmp: Path) -> Demo:
+def build(kind: str, lab: NetnsLab, tmp: Path,
+          extra: list[tuple[str, int, int]] = ()) -> Demo:
+    """The demo `kind`; extra: more pipes (name, near port, service port on web)."""
     web = lab.netns("web")
     pod = lab.netns("pod")
     if kind == "minimal":
@@ -318,6 +320,13 @@ def build(kind: str, lab: NetnsLab, tmp: Path) -> Demo:
         cloud.data["pipes"][0]["from"] = [server.name]
         edge.data["pipes"] = _pipes_near(server.name)
         gws, near, far = [server, edge, cloud], edge, cloud
+    for name, port, service in extra:
+        hop = near.data["pipes"][0]["peer"]
+        near.data["pipes"].append({"name": name, "port": port, "peer": hop})
+        far.data["pipes"].append({"name": name, "remote": f"{WEB}:{service}"})
+        for g in gws:
+            if g not in (near, far) and g.data["pipes"]:
+                g.data["pipes"].append({"name": name, "peer": far.name})
     subprocess.run(["ip", "-n", web, "route", "add", "default", "via", "172.25.0.1"], check=True)
     lab.veth(near.netns, "10.244.0.1/16", pod, "10.244.0.10/16")
     demo = Demo(kind, lab, near, far, gws, pod, "10.244.0.1", web)

@@ -1,0 +1,1 @@
+"""natgw benchmarks run from the source tree (`python -m bench.<name>`)."""
