@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from gateways import scrape
+from gateways import free_port, scrape
 from netns_util import NetnsLab, netns_unavailable_reason
 from pipes_lab import PAGE, SIZE, build, connect, in_netns, pattern, wait_for
 
@@ -214,3 +214,53 @@ def test_detach_with_pipes_hands_over_to_the_foreground(demo) -> None:
     r = demo.near.natgw("up", str(demo.near.config), check=False)
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "already served by natgw up" in r.stderr
+
+
+def test_removing_a_pipe_resets_its_connections_only(demo) -> None:
+    with connect(demo.pod, demo.near_lan, 8082) as doomed, \
+            connect(demo.pod, demo.near_lan, 8081) as kept:
+        doomed.sendall(b"before\n")
+        assert doomed.recv(100) == b"before\n"
+        kept.sendall(b"before ")
+        demo.near.data["pipes"] = [p for p in demo.near.data["pipes"] if p["name"] != "echo"]
+        demo.near.write()
+        demo.near.reload()
+        with pytest.raises(ConnectionResetError):
+            doomed.recv(100)
+        kept.sendall(b"after")
+        kept.shutdown(socket.SHUT_WR)
+        assert read_all(kept).decode() == hashlib.sha256(b"before after").hexdigest()
+    with pytest.raises(ConnectionRefusedError):
+        connect(demo.pod, demo.near_lan, 8082)
+
+
+def test_a_port_already_taken(demo, tmp_path) -> None:
+    """At up: exit 1 naming the port. On a reload: logged, the other pipes go on."""
+    if demo.kind != "minimal":
+        pytest.skip("the same code on every demo")
+    taken = in_netns(demo.near.netns, lambda: socket.create_server(("127.0.0.1", 8095)))
+    try:
+        demo.near.data["pipes"].append({"name": "busy", "listen": "127.0.0.1:8095",
+                                        "peer": demo.far.name})
+        demo.near.write()
+        demo.near.reload()
+        assert demo.near.published()["reload_error"] == (
+            "pipe busy: cannot listen on 127.0.0.1:8095: address already in use")
+        assert get_page(demo.pod, demo.near_lan, 8080).endswith(PAGE)
+        solo = demo.lab.name("solo")
+        path = tmp_path / "solo.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": solo, "cidrs": ["10.250.0.0/16"], "metrics": f"127.0.0.1:{free_port()}",
+            "pipes": [{"name": "busy", "listen": "127.0.0.1:8095", "remote": "172.25.0.3:80"}]}))
+        try:
+            r = demo.near.natgw("up", str(path), check=False)
+            assert r.returncode == 1
+            assert r.stderr == ("natgw: pipe busy: cannot listen on 127.0.0.1:8095: "
+                                "address already in use\n")
+        finally:
+            demo.near.natgw("down", str(path), check=False)
+    finally:
+        taken.close()
+        demo.near.data["pipes"] = [p for p in demo.near.data["pipes"] if p["name"] != "busy"]
+        demo.near.write()
+        demo.near.reload()

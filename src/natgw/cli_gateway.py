@@ -49,6 +49,15 @@ def _gateway_name(file: Path) -> str:
     return name
 
 
+def _names_pipes(file: Path) -> bool:
+    """Does the file (read loosely, like its name) have pipes? Then status says who serves them."""
+    try:
+        data = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and bool(data.get("pipes"))
+
+
 def _apply(gw, quiet: bool = False) -> None:
     from natgw.cli import fail  # noqa: PLC0415
     from natgw.gateway import GatewayError  # noqa: PLC0415
@@ -141,7 +150,8 @@ def register(app: typer.Typer) -> None:
                                    "pipes_served_by": served["pid"] if served else None},
                                   indent=2))
         else:
-            typer.echo("\n".join([format_status(name, reports), *publish.format_pipes(served)]))
+            pipes = publish.format_pipes(served) if served or _names_pipes(file) else []
+            typer.echo("\n".join([format_status(name, reports), *pipes]))
 
 
 HANDOVER_TIMEOUT = 60.0  # seconds `up --detach` waits for the serving process to reload

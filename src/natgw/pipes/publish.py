@@ -60,6 +60,8 @@ def format_pipes(data: dict | None) -> list[str]:
     if data is None:
         return ["", "pipes: not served (no foreground natgw up for this gateway)"]
     lines = []
+    if not data["pipes"]:
+        return lines
     for p in data["pipes"]:
         lines.append("")
         lines.append(f"pipe: {p['name']}")
