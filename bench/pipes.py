@@ -138,6 +138,11 @@ def proc_memory(pid: int) -> dict:
             "fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def kernel_pipe_kib() -> int:
     # Socket buffers and pipe pages are kernel memory, not the process's RSS.
     meminfo = Path("/proc/meminfo").read_text()
@@ -174,9 +179,12 @@ def measure(rounds: int, seconds: float, setups: int, held: int) -> dict:
                     tp.setdefault(key, []).append(bps)
                     print(f"round {r + 1}: {key} {bps / 1e6:.0f} Mbit/s", flush=True)
         res["throughput"] = tp
-        times = setup_times(demo.pod, [(WEB, ECHO_PORT), (demo.near_lan, PIPE_ECHO)], setups)
-        res["setup"] = {"l3": times[0], "pipe": times[1]}
         near_pid, far_pid = demo.near.proc.pid, demo.far.proc.pid
+        cpu0 = cpu_seconds(near_pid) + cpu_seconds(far_pid)
+        times = setup_times(demo.pod, [(WEB, ECHO_PORT), (demo.near_lan, PIPE_ECHO)], setups)
+        # L3 connections never touch the natgw processes: all their CPU is the pipe's.
+        res["setup_cpu_seconds"] = cpu_seconds(near_pid) + cpu_seconds(far_pid) - cpu0
+        res["setup"] = {"l3": times[0], "pipe": times[1]}
         before = {"near": proc_memory(near_pid), "far": proc_memory(far_pid),
                   "slab_kib": kernel_pipe_kib()}
         t0 = time.monotonic()
@@ -211,6 +219,7 @@ def summarize(res: dict) -> dict:
         "setup_ms": setup,
         "setup_added_p50_ms": setup["pipe"]["p50"] - setup["l3"]["p50"],
         "setup_added_p99_ms": setup["pipe"]["p99"] - setup["l3"]["p99"],
+        "setup_cpu_ms_per_conn": res["setup_cpu_seconds"] * 1000 / len(res["setup"]["pipe"]),
         "held": {"connections": n, "active_in_status": h["active_in_status"],
                  "open_seconds": h["open_seconds"], "memory": mem,
                  "slab_kib_per_conn": (h["after"]["slab_kib"] - h["before"]["slab_kib"]) / n},
@@ -250,6 +259,8 @@ def render(s: dict, res: dict) -> str:
         f"| added by the pipe at p50 (p99) | {s['setup_added_p50_ms']:.2f} "
         f"({s['setup_added_p99_ms']:.2f}) ms | <= 1 ms at p50: "
         f"{ok(s['setup_added_p50_ms'] <= 1.0)} |",
+        f"| natgw CPU per pipe connection set up and closed (both gateways) | "
+        f"{s['setup_cpu_ms_per_conn']:.2f} ms | |",
         f"| {h['connections']} connections held (status shows {h['active_in_status']} active),"
         f" opened in | {h['open_seconds']:.1f} s | held: "
         f"{ok(h['active_in_status'] == h['connections'])} |",

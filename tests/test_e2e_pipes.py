@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -264,3 +265,20 @@ def test_a_port_already_taken(demo, tmp_path) -> None:
         demo.near.data["pipes"] = [p for p in demo.near.data["pipes"] if p["name"] != "busy"]
         demo.near.write()
         demo.near.reload()
+
+
+def test_legs_have_keepalive(demo) -> None:
+    """An idle connection stays open: every leg natgw holds probes its peer."""
+    with connect(demo.pod, demo.near_lan, 8081):
+        def legs(netns: str) -> list[str]:
+            out = subprocess.run(["ip", "netns", "exec", netns, "ss", "-tnoH", "state",
+                                  "established"], capture_output=True, text=True, check=True)
+            return [line for line in out.stdout.splitlines() if ":8081 " in line
+                    or ":51870 " in line]
+
+        wait_for(lambda: len(legs(demo.near.netns)) >= 2, 10, "both legs on the near gateway")
+        near = legs(demo.near.netns)
+        # The accepted leg (local port 8081) and the leg to the next gateway (port 51870).
+        assert any(line.split()[2].endswith(":8081") for line in near), near
+        assert any(line.split()[3].endswith(":51870") for line in near), near
+        assert all("timer:(keepalive" in line for line in near), near

@@ -186,6 +186,7 @@ class PipeServer:
         self.listen_errors: dict[str, str] = {}
         self.tunnel_listeners: dict[str, tuple[int, socket.socket]] = {}  # device -> ifindex
         self.tunnels: dict[str, Tunnel] = {}  # peer name -> tunnel
+        self.ifindex: dict[str, int] = {}  # tunnel device -> ifindex, as of the last apply
         self.by_source: dict[tuple[str, IPv6Address], str] = {}  # (device, address) -> peer
         self.conns: dict[str, set[_Conn]] = {}
         self.stats = Stats()
@@ -318,6 +319,7 @@ class PipeServer:
                 wanted[t.device] = socket.if_nametoindex(t.device)
             except OSError:
                 errors.append(f"pipes: tunnel device {t.device} (peer {t.peer}) not found")
+        self.ifindex = wanted
         for device, (ifindex, sock) in list(self.tunnel_listeners.items()):
             if wanted.get(device) != ifindex or plan.address is None:
                 relay.close(self.loop, sock)
@@ -542,12 +544,12 @@ class PipeServer:
     async def _dial_peer(self, pipe: Pipe) -> tuple[Status, socket.socket | None]:
         tunnel = self.tunnels.get(pipe.peer or "")
         own = self.plan.address
-        if tunnel is None or own is None:
+        ifindex = self.ifindex.get(tunnel.device) if tunnel else None
+        if tunnel is None or own is None or ifindex is None:
             return Status.FAILED, None
         sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             relay.tune(sock)
-            ifindex = socket.if_nametoindex(tunnel.device)
             # From our own pipe address: the far side knows us by it.
             sock.bind((str(own), 0, 0, ifindex))
             await self._connect(sock, (str(tunnel.address), PIPE_PORT, 0, ifindex))
