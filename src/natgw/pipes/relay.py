@@ -33,15 +33,45 @@ UPSTREAM = "upstream"  # from the connection that was accepted toward the far en
 DOWNSTREAM = "downstream"
 
 
-def tune(sock: socket.socket) -> None:
-    """Non-blocking, no Nagle delay, keepalive on."""
+def tune(sock: socket.socket, inherited: bool = False) -> None:
+    """Non-blocking, no Nagle delay, keepalive on.
+
+    inherited: an accepted socket, which has the options of its listener (Linux
+    copies them), so only blocking mode is left to set.
+    """
     sock.setblocking(False)
+    if inherited:
+        return
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     idle, interval, count = KEEPALIVE
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+
+
+# Empty pipes kept for the next connection: making one is four syscalls.
+_PIPES: list[tuple[int, int]] = []
+PIPE_POOL = 256
+
+
+def _take_pipe() -> tuple[int, int]:
+    if _PIPES:
+        return _PIPES.pop()
+    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(wfd, F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        pass  # the default pipe size works, just with more wakeups
+    return rfd, wfd
+
+
+def _give_pipe(rfd: int, wfd: int, empty: bool) -> None:
+    if empty and len(_PIPES) < PIPE_POOL:
+        _PIPES.append((rfd, wfd))
+    else:
+        os.close(rfd)
+        os.close(wfd)
 
 
 def forget(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
@@ -73,11 +103,7 @@ class _Direction:
         self.loop = joint.loop
         self.src, self.dst = src, dst
         self.name = name
-        self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            fcntl.fcntl(self.wfd, F_SETPIPE_SZ, PIPE_BYTES)
-        except OSError:
-            pass  # the default pipe size works, just with more wakeups
+        self.rfd, self.wfd = _take_pipe()
         self.pending = 0  # bytes in the pipe
         self.eof = False
         self.done = False
@@ -153,8 +179,7 @@ class _Direction:
     def release(self) -> None:
         self._unwait()
         self.done = True
-        os.close(self.rfd)
-        os.close(self.wfd)
+        _give_pipe(self.rfd, self.wfd, empty=self.pending == 0)
 
 
 class Joint:

@@ -350,7 +350,7 @@ class PipeServer:
             except OSError as e:  # e.g. out of file descriptors: try again on the next wakeup
                 self._log_once("accept", name, _strerror(e))
                 return
-            relay.tune(sock)
+            relay.tune(sock, inherited=True)
             conn = self._track(name, LOCAL, sock)
             self.loop.create_task(self._serve_local(conn))
 
@@ -363,7 +363,7 @@ class PipeServer:
             except OSError as e:
                 self._log_once("accept", device, _strerror(e))
                 return
-            relay.tune(sock)
+            relay.tune(sock, inherited=True)
             source = IPv6Address(addr[0].split("%", 1)[0])
             peer = self.by_source.get((device, source))
             if peer is None:
@@ -677,9 +677,9 @@ def _listening_socket(bind: HostPort) -> socket.socket:
         addr = (bind.host, bind.port)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        relay.tune(sock)  # accepted sockets inherit these options
         sock.bind(addr)
         sock.listen(BACKLOG)
-        sock.setblocking(False)
     except OSError:
         sock.close()
         raise
@@ -693,9 +693,9 @@ def _tunnel_socket(address: IPv6Address, device: str, ifindex: int) -> socket.so
         # Bound to the device as well as to its link-local address: only what the
         # tunnel delivers reaches this socket.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+        relay.tune(sock)  # accepted sockets inherit these options
         sock.bind((str(address), PIPE_PORT, 0, ifindex))
         sock.listen(BACKLOG)
-        sock.setblocking(False)
     except OSError:
         sock.close()
         raise
