@@ -280,9 +280,8 @@ def write_markdown(path: Path, body: str) -> None:
     if BEGIN in text and END in text:
         text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
     else:
-        text = text.rstrip("\n") + "\n\n## Pipes: natgw's TCP relay against its L3 path\n\n" \
-            + "`python -m bench.pipes` (part of `make bench`). " + __doc__.split("\n\n")[1] \
-            .replace("\n", "\n") + "\n\n" + block + "\n"
+        text = (text.rstrip("\n") + "\n\n## Pipes: natgw's TCP relay against its L3 path\n\n"
+                + block + "\n")
     path.write_text(text)
 
 
