@@ -13,6 +13,7 @@ Each demo carries the same extra pipes, so one battery of tests runs on both:
     closed 8083 -> web:9999    (nothing listens: refused)
     reset  8087 -> web:9003    (the service resets the connection)
     ghost  8084 -> a pipe the far side does not name
+    loop   8088 -> the first hop sends it back to the near gateway (a loop, refused)
     secret 8085 -> far pipe whose from: names only another peer
 Test services run in threads of the test process that entered the web netns.
 """
@@ -320,8 +321,11 @@ def build(kind: str, lab: NetnsLab, tmp: Path,
         cloud.data["pipes"][0]["from"] = [server.name]
         edge.data["pipes"] = _pipes_near(server.name)
         gws, near, far = [server, edge, cloud], edge, cloud
+    # A loop: the first hop sends pipe "loop" back to the near gateway, already on the chain.
+    hop = near.data["pipes"][0]["peer"]
+    near.data["pipes"].append({"name": "loop", "port": 8088, "peer": hop})
+    next(g for g in gws if g.name == hop).data["pipes"].append({"name": "loop", "peer": near.name})
     for name, port, service in extra:
-        hop = near.data["pipes"][0]["peer"]
         near.data["pipes"].append({"name": name, "port": port, "peer": hop})
         far.data["pipes"].append({"name": name, "remote": f"{WEB}:{service}"})
         for g in gws:

@@ -137,6 +137,16 @@ def test_pipe_the_far_side_does_not_name_is_refused(demo) -> None:
     assert counted(first_hop(demo), "(unknown)", demo.near.name, "unknown_pipe") >= 1
 
 
+def test_a_chain_back_to_a_gateway_on_it_is_refused(demo) -> None:
+    assert refused_within(demo.pod, demo.near_lan, 8088) < 1.0
+    hop = first_hop(demo)
+    # The near gateway refuses the request the first hop passed back, and the client
+    # learns why through the hop's relayed reply.
+    assert counted(demo.near, "loop", hop.name, "loop") >= 1
+    assert counted(hop, "loop", demo.near.name, "loop") >= 1
+    assert counted(demo.near, "loop", "local", "loop") >= 1
+
+
 def test_from_excluding_the_asking_peer_is_refused(demo) -> None:
     assert refused_within(demo.pod, demo.near_lan, 8085) < 1.0
     assert counted(demo.near, "secret", "local", "forbidden") >= 1
