@@ -352,7 +352,7 @@ class PipeServer:
                 return
             relay.tune(sock, inherited=True)
             conn = self._track(name, LOCAL, sock)
-            self.loop.create_task(self._serve_local(conn))
+            self.loop.create_task(self._guarded(conn, self._serve_local(conn)))
 
     def _accept_tunnel(self, device: str, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BURST):
@@ -371,7 +371,8 @@ class PipeServer:
                 self._refuse(sock, UNKNOWN, f"{source}%{device}", Status.BAD_REQUEST,
                              "not a peer's pipe address")
                 continue
-            self.loop.create_task(self._serve_tunnel(peer, sock))
+            conn = _Conn(self, UNKNOWN, peer, sock)  # tracked once the request names a pipe
+            self.loop.create_task(self._guarded(conn, self._serve_tunnel(conn)))
 
     def _track(self, pipe: str, asker: str, sock: socket.socket) -> _Conn:
         conn = _Conn(self, pipe, asker, sock)
@@ -394,7 +395,17 @@ class PipeServer:
             return
         await self._open(conn, pipe, None)
 
-    async def _serve_tunnel(self, peer: str, sock: socket.socket) -> None:
+    async def _guarded(self, conn: _Conn, work: Any) -> None:
+        """Run a connection's coroutine; whatever goes wrong, its sockets are closed."""
+        try:
+            await work
+        except Exception as e:  # e.g. out of file descriptors for its pipes
+            self._log_once(conn.asker, conn.pipe, f"failed: {_strerror(e)}")
+            self.stats.connections[(conn.pipe, conn.asker, Status.FAILED.label)] += 1
+            conn.close(reset=True)
+
+    async def _serve_tunnel(self, conn: _Conn) -> None:
+        peer, sock = conn.asker, conn.near
         try:
             prefix = await self._read_exact(sock, PREFIX_LEN)
             text = await self._read_exact(sock, text_length(prefix))
@@ -423,7 +434,8 @@ class PipeServer:
                          f"pipe {pipe.name}: the chain already passed this gateway "
                          f"or is {MAX_HOPS} gateways long")
             return
-        conn = self._track(pipe.name, peer, sock)
+        conn.pipe = pipe.name
+        self.conns.setdefault(pipe.name, set()).add(conn)
         await self._open(conn, pipe, request)
 
     def _refuse(self, sock: socket.socket, pipe: str, peer: str, status: Status,
@@ -702,7 +714,7 @@ def _tunnel_socket(address: IPv6Address, device: str, ifindex: int) -> socket.so
     return sock
 
 
-def _strerror(e: OSError) -> str:
+def _strerror(e: BaseException) -> str:
     return (e.strerror or str(e)).lower() if isinstance(e, OSError) else str(e)
 
 
