@@ -109,6 +109,8 @@ class _Direction:
         self.done = False
         self.started = False
         self.waiting: tuple[str, int] | None = None
+        # Bytes to send on dst before anything else (a pipe's one-byte reply), if any.
+        self.prefix = b""
 
     def start(self) -> None:
         self.started = True
@@ -120,6 +122,8 @@ class _Direction:
         src, dst = self.src.fileno(), self.dst.fileno()
         for _ in range(BURST):
             if self.pending:
+                if self.prefix and not self._send_prefix(socket.MSG_MORE):
+                    return
                 try:
                     n = os.splice(self.rfd, dst, self.pending, flags=SPLICE_FLAGS)
                 except BlockingIOError:
@@ -132,6 +136,8 @@ class _Direction:
                 self.joint.count(self.name, n)
                 continue
             if self.eof:
+                if self.prefix and not self._send_prefix(0):
+                    return
                 self._unwait()
                 self.done = True
                 try:
@@ -155,6 +161,21 @@ class _Direction:
         # A long transfer: let the other connections run, then go on.
         self._unwait()
         self.loop.call_soon(self.run)
+
+    def _send_prefix(self, flags: int) -> bool:
+        # Sent before any other byte on a fresh socket: its send buffer has room.
+        try:
+            self.dst.send(self.prefix, flags)
+        except OSError as e:
+            self.joint.fail(e)
+            return False
+        self.prefix = b""
+        return True
+
+    def flush_prefix(self) -> None:
+        """Send the prefix now if no bytes have carried it yet."""
+        if self.prefix and not self.done and not self.joint.closed:
+            self._send_prefix(0)
 
     def _wait(self, kind: str, fd: int) -> None:
         if self.waiting == (kind, fd):

@@ -59,6 +59,7 @@ CONNECT_TIMEOUT = 5.0  # seconds to connect to a far end or the next gateway
 RESOLVE_TIMEOUT = 5.0  # seconds to resolve a remote's host name
 REQUEST_TIMEOUT = 5.0  # a peer has this long to send its whole request
 REPLY_TIMEOUT = 15.0  # the far side's reply: its own connect, or a chain's
+OK_DELAY = 0.05  # seconds an OK reply may wait to share a segment with the first bytes back
 BACKLOG = 1024
 ACCEPT_BURST = 64
 LOGGED_MAX = 1024  # refusals logged once per (peer, pipe, reason), up to this many
@@ -491,15 +492,14 @@ class PipeServer:
             # a gateway gets its reply byte first (a reset would discard it).
             conn.close(reset=True, near_reset=not reply)
             return
-        if reply:
-            try:
-                conn.near.send(bytes([Status.OK]))
-            except OSError:
-                conn.close(reset=True)
-                return
         conn.established = True
         self.stats.active[pipe.name] += 1
         assert joint is not None
+        if reply:
+            # OK goes out in the same segment as the first bytes back (one packet and
+            # one wakeup less for the asking gateway), or alone after OK_DELAY.
+            joint.down.prefix = bytes([Status.OK])
+            self.loop.call_later(OK_DELAY, joint.down.flush_prefix)
         if pipe.remote is not None:
             joint.start_up()
         joint.start_down()
