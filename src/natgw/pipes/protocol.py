@@ -14,8 +14,9 @@ the receiving gateway dials only what its own file names for that pipe.
 
 The reply is one byte (Status): OK, then the connection's bytes; anything else,
 then the connection is closed. OK shares a segment with the first bytes back
-when they come within 50 ms (natgw.pipes.server.OK_DELAY); a failure is sent at once. A gateway that passes a request on relays the
-next gateway's reply, so the first gateway learns why the far end failed.
+when they come within 50 ms (natgw.pipes.server.OK_DELAY); a failure is sent at
+once. A gateway that passes a request on relays the next gateway's reply, so the
+first gateway learns why the far end failed.
 The client's first bytes may follow the request at once: they wait in the
 socket until the far side has its own connection.
 """

@@ -706,6 +706,8 @@ def _tunnel_socket(address: IPv6Address, device: str, ifindex: int) -> socket.so
         # tunnel delivers reaches this socket.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
         relay.tune(sock)  # accepted sockets inherit these options
+        # A gateway always speaks first (its request): accept when it has, one wakeup less.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, int(REQUEST_TIMEOUT))
         sock.bind((str(address), PIPE_PORT, 0, ifindex))
         sock.listen(BACKLOG)
     except OSError:
