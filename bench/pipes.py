@@ -156,7 +156,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def measure(rounds: int, seconds: float, setups: int, held: int) -> dict:
-    with NetnsLab() as lab, tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, NetnsLab() as lab:
         demo = build("minimal", lab, Path(tmp),
                      extra=[("iperf", PIPE_IPERF, IPERF_PORT), ("echo2", PIPE_ECHO, ECHO_PORT)])
         subprocess.run(["ip", "-n", demo.pod, "route", "add", "172.25.0.0/16", "via",

@@ -247,7 +247,8 @@ def _gateway(lab: NetnsLab, tmp: Path, tag: str, netns: str, cidrs: list[str]) -
     data = {"name": name, "cidrs": cidrs, "privateKeyFile": keyfile, "engine": "wireguard-go",
             "metrics": f"127.0.0.1:{free_port()}", "peers": [], "pipes": []}
     gw = Gw(name, netns, tmp / f"{name}.yaml", data, pub, log=tmp / f"{name}.log")
-    lab.on_cleanup(lambda: gw.natgw("down", str(gw.config), check=False))
+    # By name: the config file may be gone by then (a temporary directory closed first).
+    lab.on_cleanup(lambda: gw.natgw("down", gw.name, check=False))
     lab.on_cleanup(gw.stop)
     return gw
 

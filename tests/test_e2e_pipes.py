@@ -32,7 +32,7 @@ def demo(request):
         pytest.skip(reason)
     if shutil.which("wireguard-go") is None:
         pytest.skip("needs wireguard-go")
-    with NetnsLab() as lab, tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, NetnsLab() as lab:
         yield build(request.param, lab, Path(tmp))
 
 
@@ -269,7 +269,7 @@ def test_a_port_already_taken(demo, tmp_path) -> None:
             assert r.stderr == ("natgw: pipe busy: cannot listen on 127.0.0.1:8095: "
                                 "address already in use\n")
         finally:
-            demo.near.natgw("down", str(path), check=False)
+            demo.near.natgw("down", solo, check=False)
     finally:
         taken.close()
         demo.near.data["pipes"] = [p for p in demo.near.data["pipes"] if p["name"] != "busy"]
