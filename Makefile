@@ -2,27 +2,35 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint demo demo-down clean
+.PHONY: setup test lint demo bench demo-down clean
 
 setup:
 	bash scripts/setup.sh
 
 test: setup
-	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff check src lab bench tests scripts
 	$(VENV)/bin/pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff check src lab bench tests scripts
 
 demo: setup
 	bash scripts/netns/demo.sh
 
 bench: setup
-	$(PY) -m natgw.bench --json bench-results/latest.json --markdown BENCHMARKS.md
-	$(PY) -m bench.pipes --json bench-results/pipes.json --markdown BENCHMARKS.md
+	PYTHONPATH=$(CURDIR) $(PY) -m bench --json bench-results/latest.json --markdown BENCHMARKS.md
+	PYTHONPATH=$(CURDIR) $(PY) -m bench.pipes --json bench-results/pipes.json --markdown BENCHMARKS.md
 
 demo-down:
 	bash scripts/netns/down.sh
 
 clean:
 	rm -rf $(VENV) src/*.egg-info
+
+# The dataplane fuzz (BPF_PROG_TEST_RUN): every seed cut at every length, then
+# FUZZ_CASES random mutations; prints the count, the rate and each failure as
+# a replayable case. Not a test: pytest runs a bounded sample.
+FUZZ_CASES ?= 100000
+.PHONY: fuzz
+fuzz: setup
+	cd tests && $(CURDIR)/$(PY) fuzz_dataplane.py --cases $(FUZZ_CASES) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))

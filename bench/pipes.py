@@ -30,11 +30,10 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the demo topology lives with the e2e tests
+from lab.netnslab import NetnsLab
+from lab.pipes import WEB, build, in_netns
 
-from netns_util import NetnsLab  # noqa: E402
-from pipes_lab import WEB, build, in_netns  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 IPERF_PORT, ECHO_PORT = 5201, 9004
 PIPE_IPERF, PIPE_ECHO = 8091, 8092

@@ -10,8 +10,8 @@
  * A packet's journey: find the device, parse IP, look both addresses up,
  * plan the ICMP error quote if there is one, check that every checksum to
  * fix is present, then rewrite and count. Packets matching no mapping pass
- * unchanged; packets that match but cannot be translated correctly are
- * dropped and counted by reason.
+ * unchanged (TC_ACT_UNSPEC: see NATGW_PASS); packets that match but cannot be
+ * translated correctly are dropped and counted by reason.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -32,6 +32,14 @@
 #include "natgw_icmp.h"
 #include "natgw_mss.h"
 
+/*
+ * Every packet natgw lets through, translated or not, continues down the tc
+ * chain: natgw rewrites addresses, it does not decide a packet's fate, so a
+ * filter at a later priority on the same hook still sees every packet (and
+ * sees it translated). TC_ACT_OK would end the chain. Only drops end it.
+ */
+#define NATGW_PASS TC_ACT_UNSPEC
+
 static __always_inline int drop(const struct natgw_device *dev, __u32 reason)
 {
 	dev_stat_inc(dev, reason);
@@ -45,13 +53,13 @@ static __always_inline int finish_tcp(struct __sk_buff *skb, const struct natgw_
 	int ret;
 
 	if (proto != IPPROTO_TCP || !first)
-		return TC_ACT_OK;
+		return NATGW_PASS;
 	ret = tcp_clamp_mss(skb, l4_off, mss_max);
 	if (ret < 0)
 		return drop(dev, NATGW_DROP_REWRITE);
 	if (ret > 0)
 		dev_stat_inc(dev, NATGW_EV_MSS_CLAMPED);
-	return TC_ACT_OK;
+	return NATGW_PASS;
 }
 
 static __always_inline void count(struct __sk_buff *skb, __u32 l3, __u32 dir,
@@ -78,7 +86,7 @@ static __always_inline int handle_v4(struct __sk_buff *skb, const struct natgw_d
 
 	if (bpf_skb_load_bytes(skb, l3, &ip, sizeof(ip)) < 0 || ip.version != 4 || ip.ihl < 5) {
 		dev_stat_inc(dev, NATGW_EV_UNPARSED);
-		return TC_ACT_OK;
+		return NATGW_PASS;
 	}
 	l4_off = l3 + ip.ihl * 4;
 	first = !(ip.frag_off & bpf_htons(NATGW_IP_OFFSET));
@@ -137,7 +145,7 @@ static __always_inline int handle_v6(struct __sk_buff *skb, const struct natgw_d
 
 	if (bpf_skb_load_bytes(skb, l3, &ip6, sizeof(ip6)) < 0 || ip6.version != 6) {
 		dev_stat_inc(dev, NATGW_EV_UNPARSED);
-		return TC_ACT_OK;
+		return NATGW_PASS;
 	}
 	l4_err = ipv6_find_l4(skb, l3 + sizeof(ip6), ip6.nexthdr, &l4);
 	xs = xlate_v6_lookup(ifindex, NATGW_TABLE(dir, NATGW_SIDE_SRC), &ip6.saddr);
@@ -158,7 +166,7 @@ static __always_inline int handle_v6(struct __sk_buff *skb, const struct natgw_d
 	if (!has_quote && !either_hit(xs, xd)) {
 		dev_stat_inc(dev, NATGW_EV_UNMATCHED);
 		if (l4_err)
-			return TC_ACT_OK;
+			return NATGW_PASS;
 		return finish_tcp(skb, dev, l4.proto, l4.first, l4.off, dev->mss_v6);
 	}
 
@@ -167,6 +175,12 @@ static __always_inline int handle_v6(struct __sk_buff *skb, const struct natgw_d
 		return drop(dev, NATGW_DROP_EXTHDR);
 	if (l4_err)
 		return drop(dev, NATGW_DROP_TRUNCATED);
+	/*
+	 * Segments left: daddr is the next hop, the L4 checksum covers the final
+	 * destination inside the routing header, which natgw does not translate.
+	 */
+	if (l4.routed)
+		return drop(dev, NATGW_DROP_IPV6_ROUTING);
 	if (l4.first) {
 		csum_off = l4_csum_offset(l4.proto, l4.off);
 		if (csum_off && !skb_has(skb, l4.off, l4_min_len(l4.proto)))
@@ -193,12 +207,12 @@ static __always_inline int natgw_handle(struct __sk_buff *skb, __u32 dir)
 	struct natgw_device *dev = devices.lookup(&ifindex);
 
 	if (!dev)
-		return TC_ACT_OK;
+		return NATGW_PASS;
 	if (skb->protocol == bpf_htons(ETH_P_IP))
 		return handle_v4(skb, dev, ifindex, dir);
 	if (skb->protocol == bpf_htons(ETH_P_IPV6))
 		return handle_v6(skb, dev, ifindex, dir);
-	return TC_ACT_OK;
+	return NATGW_PASS;
 }
 
 int natgw_egress(struct __sk_buff *skb)

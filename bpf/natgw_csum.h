@@ -6,6 +6,12 @@
  * pseudo-header sum and the kernel knows how to update it; hand-rolled
  * arithmetic would corrupt such packets. Checksums inside an ICMP error's
  * quoted packet are plain data and use bpf_l3_csum_replace (no skb state).
+ *
+ * On CHECKSUM_COMPLETE skbs (receive, skb->csum sums the packet) every rewrite
+ * must leave skb->csum equal to the new packet's sum. IPv4 address changes are
+ * cancelled inside the packet by the header checksum, and changes covered by
+ * an ICMP checksum by that checksum, so skb->csum only follows the L4 field
+ * (which BPF_F_PSEUDO_HDR does); IPv6 addresses see rewrite_v6_addr.
  */
 #ifndef NATGW_CSUM_H
 #define NATGW_CSUM_H
@@ -100,7 +106,18 @@ static __always_inline int rewrite_v6_addr(struct __sk_buff *skb, __u32 off, __u
 	__builtin_memcpy(from.b, addr, 16);
 	to = from;
 	netmap_v6(&to, x);
-	if (bpf_skb_store_bytes(skb, off, to.b, 16, 0) < 0)
+	/*
+	 * On a CHECKSUM_COMPLETE skb, skb->csum sums the whole packet. IPv6 has
+	 * no header checksum to absorb the new address, so the store must add
+	 * its difference to skb->csum (BPF_F_RECOMPUTE_CSUM); the pseudo-header
+	 * update below then takes off the L4 field's opposite change, and the
+	 * two cancel as they do in the packet. Stored with flags 0, skb->csum
+	 * was left off by the L4 change alone. The kernel's BPF_F_IPV6 (6.16+)
+	 * makes bpf_l4_csum_replace skip skb->csum instead; it is refused by
+	 * older kernels and leaves skb->csum stale when no L4 checksum is
+	 * updated (later fragments, a UDP zero checksum).
+	 */
+	if (bpf_skb_store_bytes(skb, off, to.b, 16, BPF_F_RECOMPUTE_CSUM) < 0)
 		return -1;
 	if (!l4_csum_off)
 		return 0;

@@ -16,6 +16,7 @@ struct l4_info {
 	__u32 off;	/* from skb->data */
 	__u8 proto;
 	__u8 first;	/* 1 when this packet holds the L4 header (not a later fragment) */
+	__u8 routed;	/* 1 when a routing header has segments left: daddr is not final */
 };
 
 struct ipv6_frag {
@@ -30,7 +31,8 @@ struct ipv6_frag {
  * @skb: the packet
  * @off: offset of the first header after the fixed IPv6 header
  * @nexthdr: the fixed header's next header
- * @l4: filled with the L4 offset, protocol and whether this is a first fragment
+ * @l4: filled with the L4 offset, protocol, whether this is a first fragment
+ *      and whether a routing header still has segments to visit
  *
  * Return: 0, -1 when the chain is longer than NATGW_V6_MAX_EXT, -2 when truncated.
  */
@@ -38,14 +40,23 @@ static __always_inline int ipv6_find_l4(struct __sk_buff *skb, __u32 off, __u8 n
 					struct l4_info *l4)
 {
 	l4->first = 1;
+	l4->routed = 0;
 #pragma unroll
 	for (int i = 0; i < NATGW_V6_MAX_EXT; i++) {
-		__u8 h[2];
+		__u8 h[4];
 		struct ipv6_frag frag;
 
 		switch (nexthdr) {
-		case IPPROTO_HOPOPTS:
 		case IPPROTO_ROUTING:
+			/* next header, length, routing type, segments left */
+			if (bpf_skb_load_bytes(skb, off, h, 4) < 0)
+				return -2;
+			if (h[3])
+				l4->routed = 1;
+			nexthdr = h[0];
+			off += ((__u32)h[1] + 1) * 8;
+			break;
+		case IPPROTO_HOPOPTS:
 		case IPPROTO_DSTOPTS:
 			if (bpf_skb_load_bytes(skb, off, h, 2) < 0)
 				return -2;

@@ -32,18 +32,19 @@
 #define NATGW_DEV_F_OWN_QDISC	0x8000	/* natgw created the clsact qdisc: detach removes it */
 
 /*
- * Per-device counters (natgw_dev_stats), drops first. A drop is a packet that
+ * Per-device counters (natgw_dev_stats) by reason. A drop is a packet that
  * needed translation but could not be translated correctly: passing it would
- * leak real addresses or deliver a corrupt packet.
+ * leak real addresses or deliver a corrupt packet. Indices never change: the
+ * pinned counters outlive a program upgrade, so a new reason takes a free slot.
  */
 #define NATGW_DROP_TRUNCATED	0	/* matched, but its L4 header is cut short */
 #define NATGW_DROP_ICMP_INNER	1	/* matched ICMP error whose quoted packet is unreadable */
 #define NATGW_DROP_EXTHDR	2	/* matched IPv6 packet with too many extension headers */
 #define NATGW_DROP_REWRITE	3	/* a store or checksum helper failed */
-#define NATGW_DROP_MAX		4
 #define NATGW_EV_UNMATCHED	4	/* passed unchanged: no mapping */
 #define NATGW_EV_UNPARSED	5	/* passed unchanged: not a readable IP header */
 #define NATGW_EV_MSS_CLAMPED	6	/* TCP SYN whose MSS option was lowered */
+#define NATGW_DROP_IPV6_ROUTING	7	/* matched IPv6 packet whose routing header has segments left */
 #define NATGW_DEV_STAT_MAX	8
 
 /* Longest IPv6 extension header chain walked to find the L4 header. */

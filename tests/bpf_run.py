@@ -3,10 +3,17 @@
 Test runs see an Ethernet frame on loopback (ifindex 1), so the test gateway
 configures ifindex 1 as an L2 device. Its pins live under a run-unique
 gateway name and are removed at the end.
+
+Every run is CHECKSUM_COMPLETE by default (BPF_F_TEST_SKB_CHECKSUM_COMPLETE,
+Linux 6.11+): the kernel sets skb->csum to the input's sum and fails the run
+with EBADMSG if the program leaves skb->csum different from the output's sum,
+the state a receiving NIC with checksum offload hands to tc ingress.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import struct
 from dataclasses import dataclass
@@ -15,13 +22,22 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
 from natgw.dataplane import Dataplane
-from natgw.dataplane.bpfsys import prog_test_run
+from natgw.dataplane.bpfsys import BpfError, prog_test_run
 
+# Verdicts as the program returns them (pkt_cls.h); natgw passes with UNSPEC.
+TC_ACT_UNSPEC = -1
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
 LO_IFINDEX = 1
 SKB_CTX_SIZE = 192  # sizeof(struct __sk_buff)
 SKB_IFINDEX_OFF = 40
+ETH_HLEN = 14
+BPF_F_TEST_SKB_CHECKSUM_COMPLETE = 1 << 2
+ETHER = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02"))[:12]
+
+
+class StaleSkbCsum(AssertionError):
+    """The program left skb->csum out of step with the packet (CHECKSUM_COMPLETE)."""
 
 
 def skb_ctx(ifindex: int) -> bytes:
@@ -30,23 +46,38 @@ def skb_ctx(ifindex: int) -> bytes:
     return bytes(ctx)
 
 
+def ethertype(raw: bytes) -> int:
+    return 0x86DD if raw and raw[0] >> 4 == 6 else 0x0800
+
+
 @dataclass
 class Result:
     verdict: int
     out: bytes  # the IP packet (Ethernet header stripped)
 
 
+def run_frame(prog_fd: int, frame: bytes, csum_complete: bool = True) -> tuple[int, bytes]:
+    """(signed verdict, output frame) of one run; StaleSkbCsum on EBADMSG."""
+    flags = BPF_F_TEST_SKB_CHECKSUM_COMPLETE if csum_complete else 0
+    try:
+        res = prog_test_run(prog_fd, frame, skb_ctx(LO_IFINDEX), flags=flags)
+    except BpfError as e:
+        if e.errno == errno.EBADMSG:
+            raise StaleSkbCsum(f"skb->csum stale after the run on {frame.hex()}") from e
+        raise
+    return ctypes.c_int32(res.retval).value, res.data
+
+
 class Runner:
-    def __init__(self, dp: Dataplane) -> None:
+    def __init__(self, dp: Dataplane, csum_complete: bool = True) -> None:
         self.dp = dp
+        self.csum_complete = csum_complete
 
     def run(self, direction: str, pkt: Packet | bytes) -> Result:
         raw = bytes(pkt)
-        ethertype = 0x86DD if raw and raw[0] >> 4 == 6 else 0x0800
-        frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02",
-                            type=ethertype)) + raw
-        res = prog_test_run(self.dp.programs.fd(direction), frame, skb_ctx(LO_IFINDEX))
-        return Result(res.retval, res.data[14:])
+        frame = ETHER + ethertype(raw).to_bytes(2, "big") + raw
+        verdict, out = run_frame(self.dp.programs.fd(direction), frame, self.csum_complete)
+        return Result(verdict, out[ETH_HLEN:])
 
 
 def run_gateway_name() -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
-from netns_util import netns_lab  # noqa: F401 - shared fixture
+
+from lab.netnslab import NetnsLab, netns_unavailable_reason
 
 
 def pytest_collection_modifyitems(config, items):
@@ -15,3 +17,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "netns" in item.keywords or "bpf" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def netns_lab() -> Iterator[NetnsLab]:
+    """A NetnsLab removed after the test; skips when netns cannot be used."""
+    reason = netns_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with NetnsLab() as lab:
+        yield lab

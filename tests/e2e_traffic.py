@@ -31,10 +31,11 @@ from pathlib import Path
 
 import pytest
 from e2e_capture import NOT_LINK_LOCAL, Capture, capturing
-from netns_util import netns_unavailable_reason, ping
 
-from natgw import harness
-from natgw.harness import Run, Topology
+from lab import harness
+from lab.harness import Run, Topology
+from lab.net import ping
+from lab.netnslab import netns_unavailable_reason
 from natgw.netns import netns_socket
 
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}

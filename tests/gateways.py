@@ -10,20 +10,18 @@ their gateway: nothing leaves the namespaces.
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from netns_util import NetnsLab, ping
 
-from natgw import keys
+from lab.keys import new_key
+from lab.net import ip, natgw, ping
+from lab.netnslab import NetnsLab
 
-NATGW = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "natgw")
 POD = "10.244.1.10"
 C2_SEEN_BY_C1 = "10.245.1.10"
 C1_SEEN_BY_C2 = "10.246.1.10"
@@ -36,12 +34,6 @@ class Cluster:
     pod: str  # netns
     device: str
     config: Path
-
-
-def natgw(*args: str, check: bool = True, timeout: float = 120,
-          input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([NATGW, *args], capture_output=True, text=True, timeout=timeout,
-                          check=check, input=input)
 
 
 def free_port() -> int:
@@ -61,18 +53,14 @@ def build(lab: NetnsLab, tmp: Path) -> tuple[Cluster, Cluster]:
     lab.veth(gw1, "192.168.77.1/24", gw2, "192.168.77.2/24")
     for gw, pod in ((gw1, pod1), (gw2, pod2)):
         lab.veth(pod, f"{POD}/24", gw, "10.244.1.1/24")
-    subprocess.run(["ip", "-n", pod1, "route", "add", "10.245.0.0/16", "via", "10.244.1.1"],
-                   check=True)
-    subprocess.run(["ip", "-n", pod2, "route", "add", "10.246.0.0/16", "via", "10.244.1.1"],
-                   check=True)
-    privs = [keys.genkey(), keys.genkey()]
-    pubs = [keys.pubkey(k) for k in privs]
+    ip("-n", pod1, "route", "add", "10.245.0.0/16", "via", "10.244.1.1")
+    ip("-n", pod2, "route", "add", "10.246.0.0/16", "via", "10.244.1.1")
+    keyfiles = [tmp / f"{lab.name(f'c{i}')}.key" for i in (1, 2)]
+    pubs = [new_key(k) for k in keyfiles]
     clusters = []
     for i, (gw, pod) in enumerate(((gw1, pod1), (gw2, pod2))):
         name, peer = lab.name(f"c{i + 1}"), lab.name(f"c{2 - i}")
-        keyfile = tmp / f"{name}.key"
-        keyfile.write_text(privs[i] + "\n")
-        os.chmod(keyfile, 0o600)
+        keyfile = keyfiles[i]
         device = lab.name(f"w{i + 1}")
         data = {
             "name": name,

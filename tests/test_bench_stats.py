@@ -1,4 +1,4 @@
-"""natgw.bench's own arithmetic and text: medians, ratios, targets, addresses, rules.
+"""bench's own arithmetic and text: medians, ratios, targets, addresses, rules.
 
 Pure functions only (no namespaces, no timing): the benchmark's figures are only
 as good as these.
@@ -11,9 +11,9 @@ import struct
 
 import pytest
 
-from natgw.bench import report
-from natgw.bench.micro import udp_frame
-from natgw.bench.stats import (
+from bench import report
+from bench.micro import udp_frame
+from bench.stats import (
     Target,
     evaluate_control_targets,
     evaluate_targets,
@@ -25,7 +25,7 @@ from natgw.bench.stats import (
     spread,
     table,
 )
-from natgw.bench.topology import (
+from bench.topology import (
     C1_SEEN_BY_C2,
     C2_SEEN_BY_C1,
     EXTRA_C2_AS,
@@ -242,7 +242,7 @@ def test_report_renders_a_run():
 
 
 def test_losses_are_attributed_to_the_change_that_was_running():
-    from natgw.bench.control import attribute_loss, loss_bursts
+    from bench.control import attribute_loss, loss_bursts
 
     start, rate = 1_000_000_000, 1000.0  # datagram n left at 1 s + n ms
     changes = [{"how": "cli", "added": True, "t0_ns": 1_100_000_000, "seconds": 0.2},

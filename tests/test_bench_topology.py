@@ -1,4 +1,4 @@
-"""natgw.bench's topologies: each mode really forwards, with the addresses it promises.
+"""bench's topologies: each mode really forwards, with the addresses it promises.
 
 One datagram each way through every mode and transport; the benchmark's UDP
 generator's packets arrive (so their checksums verify) translated as the mode
@@ -16,18 +16,10 @@ import subprocess
 
 import pytest
 
-from natgw.bench import generator, micro
-from natgw.bench.mappings import clear_mappings
-from natgw.bench.topology import (
-    MAC,
-    MODES,
-    POD_ADDR,
-    TRANSPORTS,
-    Topology,
-    cleanup,
-    in_ns,
-    new_record,
-)
+from bench import generator, micro
+from bench.mappings import clear_mappings
+from bench.topology import MAC, MODES, POD_ADDR, TRANSPORTS, Topology, cleanup, new_record
+from lab.net import in_ns
 from natgw.dataplane import Dataplane
 from natgw.netns import netns_socket
 

@@ -13,7 +13,8 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from natgw import keys
-from natgw.cli import Options, app
+from natgw.cli import app
+from natgw.cli.options import Options
 
 NATGW = Path(sys.executable).parent / "natgw"
 runner = CliRunner()
@@ -91,7 +92,8 @@ def test_check_key_file_mode(tmp_path: Path) -> None:
     result = runner.invoke(app, ["check", str(path)])
     assert result.exit_code == 2
     assert result.stderr == (
-        "natgw: privateKeyFile: mode 0644 is readable by group or others; chmod 600 it\n"
+        f"natgw: privateKeyFile: {tmp_path}/gw.key: permissions 0644 are too open "
+        "(must not be readable by group or others; chmod 600 it)\n"
     )
 
 

@@ -135,7 +135,7 @@ def test_full_config_accessors(key_file: Path) -> None:
         ip_network("10.246.0.0/16"),
     )
     assert lab.via == ip_address("192.0.2.9")
-    assert [x.device for x in c.peers] == ["cluste-clus-e29", "wg-c3", "eth1"]
+    assert [x.device for x in c.peers] == ["c1-cluster2", "wg-c3", "eth1"]
     assert c.device_for("lab") == "eth1" and c.device_for(p3) == "wg-c3"
     assert c.peer("c3") is p3
 
@@ -157,15 +157,24 @@ def test_key_not_required_without_wireguard_peers() -> None:
     [
         ("c1", "c2", "c1-c2"),
         ("cluster1", "east12", "cluster1-east12"),  # exactly 15
-        # Longer: 6 + 4 characters and the first 3 hex digits of sha1("gateway/peer").
-        ("cluster1", "cluster2", "cluste-clus-e29"),
-        ("ab", "a-very-long-peer-name", "ab-a-ve-8bb"),
-        ("kubernetes-prod", "db", "kubern-db-e4a"),
+        # Too long: the gateway's initial and trailing digits, then the whole peer name.
+        ("cluster1", "cluster2", "c1-cluster2"),
+        ("cluster12", "cluster13", "c12-cluster13"),
+        ("kubernetes-prod", "db", "k-db"),
+        # A peer name too long even so: cut, with 3 hex of sha1("gateway/peer").
+        ("cluster1", "aws-eu-west-1-prod", "c1-aws-eu-w-c57"),
+        ("42", "a-long-peer-name", "42-a-long-p-3ef"),
     ],
 )
 def test_default_device_name(gateway: str, peer: str, device: str) -> None:
     assert default_device_name(gateway, peer) == device
     assert len(device) <= 15
+
+
+def test_cut_default_names_stay_apart() -> None:
+    a = default_device_name("cluster1", "aws-eu-west-1-prod")
+    b = default_device_name("cluster1", "aws-eu-west-1-test")
+    assert a != b and a[:12] == b[:12]
 
 
 def test_load_config_example_files(tmp_path: Path) -> None:
@@ -345,18 +354,61 @@ def test_valid_config(data: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("mode", "message"),
-    [
-        (0o644, "privateKeyFile: mode 0644 is readable by group or others; chmod 600 it"),
-        (0o604, "privateKeyFile: mode 0604 is readable by group or others; chmod 600 it"),
-        (0o620, "privateKeyFile: mode 0620 is writable by group or others; chmod 600 it"),
-    ],
+    ("mode", "what"),
+    [(0o644, "readable"), (0o640, "readable"), (0o604, "readable"), (0o620, "writable")],
 )
-def test_key_file_mode(key_file: Path, mode: int, message: str) -> None:
+def test_key_file_mode_too_open(key_file: Path, mode: int, what: str) -> None:
     key_file.chmod(mode)
     data = cfg(PEER_A, privateKeyFile=key_file.name)
     del data["privateKey"]
-    assert error_of(data, key_file.parent) == message
+    assert error_of(data, key_file.parent) == (
+        f"privateKeyFile: {key_file}: permissions {mode:04o} are too open "
+        f"(must not be {what} by group or others; chmod 600 it)"
+    )
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_key_file_private_modes_are_accepted(key_file: Path, mode: int) -> None:
+    key_file.chmod(mode)
+    data = cfg(PEER_A, privateKeyFile=key_file.name)
+    del data["privateKey"]
+    assert parse_config(data, key_file.parent).public_key == OWN_PUBLIC
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the file to another user")
+def test_key_file_owned_by_another_user(key_file: Path) -> None:
+    os.chown(key_file, 65534, -1)  # nobody
+    data = cfg(PEER_A, privateKeyFile=key_file.name)
+    del data["privateKey"]
+    assert error_of(data, key_file.parent) == (
+        f"privateKeyFile: {key_file}: owned by uid 65534, not by the user natgw runs as (uid 0)"
+    )
+
+
+def test_key_file_owned_by_another_user_without_root(key_file: Path, monkeypatch) -> None:
+    # The check compares with the effective uid; pretend to be someone else.
+    monkeypatch.setattr(os, "geteuid", lambda: key_file.stat().st_uid + 1)
+    data = cfg(PEER_A, privateKeyFile=key_file.name)
+    del data["privateKey"]
+    assert "owned by uid" in error_of(data, key_file.parent)
+
+
+def test_key_file_must_be_a_regular_file(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.key", 0o600)
+    data = cfg(PEER_A, privateKeyFile="fifo.key")
+    del data["privateKey"]
+    assert error_of(data, tmp_path) == f"privateKeyFile: {tmp_path}/fifo.key is not a regular file"
+
+
+def test_public_key_is_derived_once_per_load(key_file: Path, monkeypatch) -> None:
+    calls = []
+    real = keys.public_key
+    monkeypatch.setattr(keys, "public_key", lambda k: calls.append(1) or real(k))
+    data = cfg(PEER_A, privateKeyFile=key_file.name)
+    del data["privateKey"]
+    c = parse_config(data, key_file.parent)
+    assert [c.public_key, c.public_key, c.public_key] == [OWN_PUBLIC] * 3
+    assert len(calls) == 1
 
 
 def test_key_file_missing(tmp_path: Path) -> None:

@@ -1,8 +1,11 @@
 """The dataplane, packet by packet: a table of input -> expected output.
 
-Every case runs the compiled programs through BPF_PROG_TEST_RUN. Expected
-packets are built by scapy with checksums left empty, so scapy computes them:
-an output equal byte for byte to the expected packet has every checksum right.
+Every case runs the compiled programs through BPF_PROG_TEST_RUN on a
+CHECKSUM_COMPLETE skb (see bpf_run): a program that leaves skb->csum stale
+fails the case. Expected packets are built by scapy with checksums left empty,
+so scapy computes them: an output equal byte for byte to the expected packet
+has every checksum right. Packets natgw lets through, translated or not,
+return TC_ACT_UNSPEC so that later tc filters still run; drops TC_ACT_SHOT.
 
 Addresses (the overlap is the point: both sides use 10.244.0.0/16):
   local  cidr 10.244.0.0/16  as 10.246.0.0/16   (how the peer sees us)
@@ -15,7 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from bpf_run import LO_IFINDEX, TC_ACT_OK, TC_ACT_SHOT, Runner, run_gateway_name
+from bpf_run import (
+    ETHER,
+    LO_IFINDEX,
+    TC_ACT_SHOT,
+    TC_ACT_UNSPEC,
+    Runner,
+    run_frame,
+    run_gateway_name,
+)
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR, fragment
 from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
@@ -27,7 +38,9 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
     IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
 )
+from scapy.layers.l2 import ARP
 from scapy.packet import Packet, Raw
 
 from natgw.dataplane import Dataplane, Mapping
@@ -74,7 +87,7 @@ class Case:
     direction: str
     pkt: Packet | bytes
     expected: Packet | bytes | None  # None: expect the input unchanged
-    verdict: int = TC_ACT_OK
+    verdict: int = TC_ACT_UNSPEC
     stat: str | None = None  # device counter expected to grow by one
 
 
@@ -206,6 +219,26 @@ def cases() -> list[Case]:
              None, verdict=TC_ACT_SHOT, stat="ipv6_exthdr"),
         Case("ipv6 truncated udp dropped", "egress", bytes(v6(L6, RA6, nh=17)) + b"\x00\x01",
              None, verdict=TC_ACT_SHOT, stat="truncated"),
+        # IPv6 has no header checksum: skb->csum must follow the address (CHECKSUM_COMPLETE),
+        # also when no L4 checksum is updated (a zero UDP checksum stays zero).
+        Case("ipv6 udp zero checksum stays zero", "ingress",
+             v6(R6, LA6) / UDP(sport=1, dport=2, chksum=0) / Raw(b"z"),
+             v6(RA6, L6) / UDP(sport=1, dport=2, chksum=0) / Raw(b"z")),
+        # Routing header: with segments left the L4 checksum covers the last
+        # segment, not daddr; natgw does not translate segment lists.
+        Case("ipv6 routing header with segments left dropped", "egress",
+             v6(L6, RA6) / IPv6ExtHdrRouting(addresses=[RA6, "fd00:b::99"], segleft=2)
+             / UDP_DATA, None, verdict=TC_ACT_SHOT, stat="ipv6_routing"),
+        Case("ipv6 routing header, segments left, only src mapped", "egress",
+             v6(L6, "fd00:99::1") / IPv6ExtHdrRouting(addresses=["fd00:99::2"], segleft=1)
+             / TCP_DATA, None, verdict=TC_ACT_SHOT, stat="ipv6_routing"),
+        Case("ipv6 routing header with no segments left translated", "egress",
+             v6(L6, RA6) / IPv6ExtHdrRouting(addresses=["fd00:99::2"], segleft=0) / UDP_DATA,
+             v6(LA6, R6) / IPv6ExtHdrRouting(addresses=["fd00:99::2"], segleft=0) / UDP_DATA),
+        Case("ipv6 routing header unmatched passes", "egress",
+             v6("fd00:99::1", "fd00:98::1") / IPv6ExtHdrRouting(addresses=["fd00:99::2"],
+                                                               segleft=1) / UDP_DATA,
+             None, stat="unmatched"),
     ]
     for i, (frag_in, frag_out) in enumerate(zip(fragments(L, RA), fragments(LA, R),
                                                 strict=True)):
@@ -254,7 +287,7 @@ def test_case(dp, runner, case):
     before = dp.tables.device_stats(LO_IFINDEX)
     res = runner.run(case.direction, case.pkt)
     assert res.verdict == case.verdict
-    if case.verdict == TC_ACT_OK:
+    if case.verdict == TC_ACT_UNSPEC:
         expected = bytes(case.pkt if case.expected is None else case.expected)
         assert_same_packet(res.out, expected)
     if case.stat:
@@ -314,4 +347,15 @@ def test_longest_prefix_wins(dp, runner):
 def test_unknown_device_is_left_alone(dp, runner):
     dp.tables.remove_device(LO_IFINDEX)
     pkt = v4(L, RA) / TCP_DATA
-    assert runner.run("egress", pkt).out == bytes(pkt)
+    res = runner.run("egress", pkt)
+    assert (res.verdict, res.out) == (TC_ACT_UNSPEC, bytes(pkt))
+
+
+@pytest.mark.parametrize("direction", ["egress", "ingress"])
+def test_non_ip_passes_to_later_filters_uncounted(dp, runner, direction):
+    frame = bytes(ARP(psrc=L, pdst=R))
+    frame = ETHER + b"\x08\x06" + frame
+    before = dp.tables.device_stats(LO_IFINDEX)
+    verdict, out = run_frame(dp.programs.fd(direction), frame)
+    assert (verdict, out) == (TC_ACT_UNSPEC, frame)
+    assert dp.tables.device_stats(LO_IFINDEX) == before

@@ -8,7 +8,7 @@ packets carry their real addresses (both 10.244.1.10), in the clear.
 import pytest
 from e2e_traffic import TrafficChecks
 
-from natgw.harness import Topology
+from lab.harness import Topology
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 

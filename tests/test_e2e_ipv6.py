@@ -9,7 +9,7 @@ MTU from an ICMPv6 Packet Too Big.
 import pytest
 from e2e_traffic import TrafficChecks
 
-from natgw.harness import Topology
+from lab.harness import Topology
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 

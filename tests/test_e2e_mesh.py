@@ -8,7 +8,7 @@ wrong device or for the wrong direction fails its pair.
 import pytest
 from e2e_traffic import TrafficChecks
 
-from natgw.harness import Topology
+from lab.harness import Topology
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 

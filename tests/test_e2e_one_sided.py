@@ -11,7 +11,7 @@ Dual stack, so `local` mappings are checked for IPv6 too (fd00:121::/64).
 import pytest
 from e2e_traffic import TrafficChecks
 
-from natgw.harness import Topology
+from lab.harness import Topology
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 

@@ -1,4 +1,4 @@
-"""Pipes end to end: cloud-gateway's minimal and reverse demos (natgw.pipes, tests/pipes_lab.py).
+"""Pipes end to end: cloud-gateway's minimal and reverse demos (natgw.pipes, lab/pipes.py).
 
 Every test runs on both demos: a client of the near gateway (in its netns, or a pod of
 its cluster) reaches a service behind the far gateway through the pipe's port.
@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 from gateways import free_port, scrape
-from netns_util import NetnsLab, netns_unavailable_reason
-from pipes_lab import PAGE, SIZE, build, connect, in_netns, pattern, wait_for
+
+from lab.netnslab import NetnsLab, netns_unavailable_reason
+from lab.pipes import PAGE, SIZE, build, connect, in_netns, pattern, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
@@ -167,7 +168,11 @@ def test_reload_adding_a_pipe_leaves_a_running_transfer_alone(demo) -> None:
                     h.update(chunk)
                     n += len(chunk)
                     if not reloaded.is_set():
-                        time.sleep(0.02)  # keep the transfer running through the reloads
+                        # Slow, so that bytes flow during the reloads; and never done
+                        # before they are (a slow reload must not end the transfer first).
+                        time.sleep(0.02)
+                        if n > SIZE // 2:
+                            reloaded.wait(120)
                 result["digest"], result["n"] = h.digest(), n
         except OSError as e:
             result["error"] = e
@@ -202,7 +207,7 @@ def test_reload_adding_a_pipe_leaves_a_running_transfer_alone(demo) -> None:
 
 def test_status_json_and_metrics(demo) -> None:
     out = demo.near.natgw("status", "--json", str(demo.near.config))
-    data = json.loads(out.stdout)
+    [data] = json.loads(out.stdout)
     nginx = next(p for p in data["pipes"] if p["name"] == "nginx")
     assert nginx["listen"] == "[::]:8080"
     assert nginx["to"] == f"peer {demo.near.data['pipes'][0]['peer']}"

@@ -9,7 +9,7 @@ the pods and in the tunnel. Dual stack, so IPv6 routing is covered too.
 import pytest
 from e2e_traffic import TrafficChecks
 
-from natgw.harness import Topology
+from lab.harness import Topology
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 

@@ -8,7 +8,7 @@ something natgw should not do. No root needed.
 
 import pytest
 
-from natgw.harness import Topology
+from lab.harness import Topology
 
 TWO = Topology(clusters=2, ipv6=True)
 MESH = Topology(clusters=3)

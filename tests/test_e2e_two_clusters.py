@@ -8,7 +8,7 @@ carry their real address. The checks are TrafficChecks' (e2e_traffic).
 import pytest
 from e2e_traffic import TrafficChecks
 
-from natgw.harness import Topology
+from lab.harness import Topology
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 

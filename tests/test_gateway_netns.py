@@ -14,10 +14,22 @@ import time
 
 import pytest
 import yaml
-from gateways import C1_SEEN_BY_C2, C2_SEEN_BY_C1, NATGW, POD, build, natgw, scrape, wait_ping
-from netns_util import ping
+from gateways import (
+    C1_SEEN_BY_C2,
+    C2_SEEN_BY_C1,
+    POD,
+    build,
+    scrape,
+    wait_ping,
+    write_config,
+)
 
+from lab.net import NATGW, natgw, ping
+from natgw import keys
+from natgw import status as natgw_status
+from natgw.metrics import state_peer_health
 from natgw.netns import netns_socket
+from natgw.state import load_state
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
@@ -33,6 +45,9 @@ def clusters(netns_lab, tmp_path):
     return c1, c2
 
 
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python < 3.12 lacks the name
+
+
 @contextlib.contextmanager
 def udp_stream(src, dst, interval: float = 0.005):
     """Datagrams from src's pod to dst's pod while the block runs; yields [sent, received]."""
@@ -40,6 +55,9 @@ def udp_stream(src, dst, interval: float = 0.005):
     stop = threading.Event()
     with netns_socket(dst.pod, socket.AF_INET, socket.SOCK_DGRAM) as srv, \
             netns_socket(src.pod, socket.AF_INET, socket.SOCK_DGRAM) as cli:
+        # The stream is read only after the block: room for all of it, or a slow
+        # block (a loaded machine) overflows the default buffer (256 datagrams).
+        srv.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
         srv.bind((POD, 7100))
         srv.settimeout(2)
 
@@ -79,9 +97,14 @@ def process_gone(pid: int) -> bool:
 
 
 def status(c) -> dict:
-    r = natgw("--netns", c.gw, "status", str(c.config), "--json")
+    return status_of(c.gw, c.config)
+
+
+def status_of(netns: str, config) -> dict:
+    r = natgw("--netns", netns, "status", str(config), "--json")
     assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    (gateway,) = json.loads(r.stdout)
+    return gateway
 
 
 def wg_pid(c) -> int:
@@ -108,6 +131,45 @@ def test_overlapping_pods_reach_each_other(clusters):
     assert st["mappings"][0]["cidr"] == "10.244.0.0/16" and st["mappings"][0]["as"] == \
         "10.245.0.0/16"
     assert st["mappings"][0]["egress_packets"] > 0 and st["mappings"][0]["ingress_packets"] > 0
+
+
+def test_public_key_is_carried_from_apply_not_derived_again(clusters, monkeypatch):
+    c1, _ = clusters
+    data = yaml.safe_load(c1.config.read_text())
+    ours = keys.pubkey(open(data["privateKeyFile"]).read())
+    assert status(c1)["peers"][0]["public_key"] == ours
+    # Neither status nor a metrics scrape derives it (from the key wireguard-go hands back).
+    monkeypatch.setattr(keys, "public_key", lambda _k: pytest.fail("public key derived again"))
+    (gw,) = natgw_status.status(c1.name, c1.gw)
+    assert gw.peers[0].public_key == ours and gw.peers[0].error is None
+    (health,) = state_peer_health([load_state(c1.name)])
+    assert health.latest_handshake is not None
+
+
+def test_endpoint_hostname_is_resolved_at_up(netns_lab, tmp_path):
+    if shutil.which("wireguard-go") is None:
+        pytest.skip("needs wireguard-go")
+    ns, name = netns_lab.netns("h"), netns_lab.name("gh")
+    data = {"name": name, "cidrs": ["10.244.0.0/16"], "privateKey": keys.genkey(),
+            "engine": "wireguard-go",
+            "peers": [{"name": "hub", "device": netns_lab.name("wh"),
+                       "publicKey": keys.pubkey(keys.genkey()),
+                       "endpoint": "no-such-host.invalid:51999",
+                       "remote": [{"cidr": "10.244.0.0/16", "as": "10.245.0.0/16"}]}]}
+    config = write_config(tmp_path / "gw.yaml", data)
+    netns_lab.on_cleanup(lambda: natgw("--netns", ns, "down", str(config), check=False))
+    r = natgw("--netns", ns, "up", str(config), "--detach", check=False)
+    assert r.returncode == 1 and r.stderr.startswith(
+        "natgw: peers[0].endpoint: cannot resolve no-such-host.invalid: "), r.stderr
+    assert r.stderr.count("\n") == 1
+    assert not os.path.exists(f"/run/natgw/{name}.json")  # nothing was made
+    assert not os.path.exists(f"/sys/fs/bpf/natgw/{name}")
+    # A name the host resolves (from /etc/hosts: natgw stays in the root mount namespace).
+    data["peers"][0]["endpoint"] = "localhost:51999"
+    write_config(config, data)
+    r = natgw("--netns", ns, "up", str(config), "--detach", check=False)
+    assert r.returncode == 0, r.stderr
+    assert status_of(ns, config)["peers"][0]["endpoint"] in ("127.0.0.1:51999", "[::1]:51999")
 
 
 def test_reapplying_the_same_file_changes_nothing(clusters):

@@ -1,12 +1,18 @@
-"""keys.py: RFC 7748 test vectors, and agreement with the `wg` binary."""
+"""keys.py: RFC 7748 test vectors, agreement with the `wg` binary, key files."""
 
 import base64
+import os
 import shutil
+import stat
 import subprocess
+from pathlib import Path
 
 import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from natgw import keys
+from natgw.config import load_config
 
 WG = shutil.which("wg") or "/usr/bin/wg"
 needs_wg = pytest.mark.skipif(not shutil.which(WG), reason="wireguard-tools (wg) not installed")
@@ -37,9 +43,17 @@ BOB = (
 SHARED = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
 
 
+def x25519(scalar: bytes, u: bytes) -> bytes:
+    """X25519 of the library natgw's keys are derived with (cryptography, on OpenSSL)."""
+    ours = X25519PrivateKey.from_private_bytes(scalar)
+    return ours.exchange(X25519PublicKey.from_public_bytes(u))
+
+
+# The scalar-multiplication vectors check the backend the installed `cryptography`
+# was built against (Debian's may differ from PyPI's) clamps and masks as RFC 7748 says.
 @pytest.mark.parametrize(("scalar", "u", "out"), X25519_VECTORS)
 def test_x25519_rfc7748_vectors(scalar: str, u: str, out: str) -> None:
-    assert keys.x25519(bytes.fromhex(scalar), bytes.fromhex(u)).hex() == out
+    assert x25519(bytes.fromhex(scalar), bytes.fromhex(u)).hex() == out
 
 
 @pytest.mark.parametrize(
@@ -52,7 +66,7 @@ def test_x25519_rfc7748_vectors(scalar: str, u: str, out: str) -> None:
 def test_x25519_rfc7748_iterated(iterations: int, out: str) -> None:
     k = u = (9).to_bytes(32, "little")
     for _ in range(iterations):
-        k, u = keys.x25519(k, u), k
+        k, u = x25519(k, u), k
     assert k.hex() == out
 
 
@@ -65,8 +79,18 @@ def test_public_key_rfc7748_diffie_hellman(private: str, public: str) -> None:
 
 def test_shared_secret_rfc7748() -> None:
     a, b = bytes.fromhex(ALICE[0]), bytes.fromhex(BOB[0])
-    assert keys.x25519(a, keys.public_key(b)).hex() == SHARED
-    assert keys.x25519(b, keys.public_key(a)).hex() == SHARED
+    assert x25519(a, keys.public_key(b)).hex() == SHARED
+    assert x25519(b, keys.public_key(a)).hex() == SHARED
+
+
+def test_shared_secret_agrees_for_generated_keys() -> None:
+    a, b = keys.new_private_key(), keys.new_private_key()
+    assert x25519(a, keys.public_key(b)) == x25519(b, keys.public_key(a))
+
+
+def test_public_key_wants_32_bytes() -> None:
+    with pytest.raises(ValueError, match="32 bytes, got 31"):
+        keys.public_key(bytes(31))
 
 
 def test_genkey_is_clamped_and_random() -> None:
@@ -125,3 +149,52 @@ def test_wg_rejects_what_we_reject(text: str) -> None:
     with pytest.raises(ValueError):
         keys.pubkey(text)
     assert _wg_pubkey(text + "\n").returncode != 0
+
+
+# -- key files -------------------------------------------------------------------
+
+
+def test_write_private_key_is_0600_from_creation(tmp_path: Path, monkeypatch) -> None:
+    # Watch the open(2) itself: a write-then-chmod would pass a check of the end result.
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, flags, mode=0o777: opened.append((flags, mode))
+                        or real_open(p, flags, mode))
+    path = tmp_path / "gw.key"
+    k = keys.genkey()
+    keys.write_private_key(path, k)
+    ((flags, mode),) = opened
+    assert flags & os.O_CREAT and flags & os.O_EXCL and mode == 0o600
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == k + "\n"
+
+
+def test_write_private_key_never_replaces_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "gw.key"
+    path.write_text("keep me\n")
+    with pytest.raises(FileExistsError):
+        keys.write_private_key(path, keys.genkey())
+    assert path.read_text() == "keep me\n"
+    # Nor follows a planted symlink to write elsewhere.
+    target, link = tmp_path / "elsewhere", tmp_path / "link.key"
+    link.symlink_to(target)
+    with pytest.raises(FileExistsError):
+        keys.write_private_key(link, keys.genkey())
+    assert not target.exists()
+
+
+def test_write_private_key_refuses_a_non_key(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        keys.write_private_key(tmp_path / "gw.key", "hello")
+    assert not (tmp_path / "gw.key").exists()
+
+
+def test_written_key_file_is_accepted_as_it_is(tmp_path: Path) -> None:
+    # No chmod needed after writing: the config loader takes the file as written.
+    key = tmp_path / "gw.key"
+    k = keys.genkey()
+    keys.write_private_key(key, k)
+    config = tmp_path / "gw.yaml"
+    config.write_text(yaml.safe_dump({"name": "gw", "cidrs": ["10.244.0.0/16"],
+                                      "privateKeyFile": "gw.key"}))
+    assert load_config(config).public_key == keys.pubkey(k)

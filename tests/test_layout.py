@@ -14,9 +14,9 @@ import shutil
 import pytest
 
 from natgw.dataplane import layout
-from natgw.dataplane.loader import BPF_DIR, inline_source, pin_dir
+from natgw.dataplane.loader import bpf_dir, inline_source, pin_dir
 
-HEADER = BPF_DIR / "natgw_shared.h"
+HEADER = bpf_dir() / "natgw_shared.h"
 MAP_STRUCTS = {  # map -> (C key struct, C value struct) by their Python mirrors
     layout.MAP_XLATE_V4: (layout.LpmV4Key, layout.Xlate),
     layout.MAP_XLATE_V6: (layout.LpmV6Key, layout.Xlate),
@@ -56,8 +56,10 @@ def test_table_index_agrees():
 
 
 def test_every_drop_and_event_has_a_name():
-    assert set(layout.DEV_STAT_NAMES) == set(range(layout.EV_MSS_CLAMPED + 1))
-    assert set(layout.DROP_REASONS) == set(range(layout.DROP_MAX))
+    assert set(layout.DEV_STAT_NAMES) == set(range(layout.DEV_STAT_MAX))
+    assert len(set(layout.DEV_STAT_NAMES.values())) == layout.DEV_STAT_MAX
+    drops = {v for k, v in header_defines().items() if k.startswith("DROP_")}
+    assert set(layout.DROP_REASONS) == drops
 
 
 def fields(ctype) -> list[tuple[str, int, int]]:

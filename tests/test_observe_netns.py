@@ -16,8 +16,9 @@ import subprocess
 
 import pytest
 import yaml
-from gateways import C1_SEEN_BY_C2, C2_SEEN_BY_C1, NATGW, POD, build, natgw, scrape, wait_ping
+from gateways import C1_SEEN_BY_C2, C2_SEEN_BY_C1, POD, build, scrape, wait_ping
 
+from lab.net import NATGW, natgw
 from natgw.netns import netns_socket
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]

@@ -17,9 +17,9 @@ import pytest
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.generic.wireguard import AsyncWireGuard, wgmsg
 
+from natgw.keys import public_key
 from natgw.wireguard.engines import kernel_module_available, select_engine
 from natgw.wireguard.kernel import MODULE_MISSING, KernelEngine, parse_info, set_calls
-from natgw.wireguard.keys import public_key
 from natgw.wireguard.model import DeviceConfig, PeerConfig, WireGuardError
 from natgw.wireguard.plan import Plan
 from natgw.wireguard.userspace import WireGuardGoEngine

@@ -1,21 +1,14 @@
-"""Keys, config validation and the config -> device diff (no root needed)."""
+"""Config validation and the config -> device diff (no root needed); keys: test_keys.py."""
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import traceback
 from collections.abc import Callable
 
 import pytest
 
-from natgw.wireguard.keys import (
-    generate_private_key,
-    key_from_base64,
-    key_to_base64,
-    public_key,
-    x25519,
-)
+from natgw.keys import encode_key
 from natgw.wireguard.model import (
     DeviceConfig,
     DeviceState,
@@ -33,45 +26,6 @@ K1, K2, K3 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
 
 def net(*cidrs: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     return tuple(ipaddress.ip_network(c) for c in cidrs)
-
-
-# --- keys --------------------------------------------------------------------
-
-# RFC 7748 section 6.1 (Alice, Bob) and section 5.2 (first X25519 vector).
-RFC7748_PUBLIC = [
-    (
-        "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
-        "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a",
-    ),
-    (
-        "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb",
-        "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f",
-    ),
-]
-
-
-@pytest.mark.parametrize("private_hex, public_hex", RFC7748_PUBLIC)
-def test_public_key_matches_rfc7748(private_hex: str, public_hex: str) -> None:
-    assert public_key(bytes.fromhex(private_hex)).hex() == public_hex
-
-
-def test_x25519_matches_rfc7748_scalar_mult_vector() -> None:
-    scalar = bytes.fromhex("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4")
-    u = bytes.fromhex("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c")
-    expected = "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552"
-    assert x25519(scalar, u).hex() == expected
-
-
-def test_shared_secret_agrees_for_generated_keys() -> None:
-    a, b = generate_private_key(), generate_private_key()
-    assert x25519(a, public_key(b)) == x25519(b, public_key(a))
-
-
-def test_base64_round_trip_and_rejects_bad_keys() -> None:
-    assert key_from_base64(key_to_base64(PRIV)) == PRIV
-    for bad in ("not base64!", base64.b64encode(b"\x00" * 31).decode()):
-        with pytest.raises(ValueError):
-            key_from_base64(bad)
 
 
 # --- validation --------------------------------------------------------------
@@ -163,7 +117,7 @@ def test_private_key_never_shown() -> None:
     state = DeviceState(PRIV, 51820, ())
     shown = [repr(cfg), str(cfg), repr(state), repr(Plan(private_key=PRIV))]
     for text in shown:
-        assert PRIV.hex() not in text and key_to_base64(PRIV) not in text and repr(PRIV) not in text
+        assert PRIV.hex() not in text and encode_key(PRIV) not in text and repr(PRIV) not in text
 
 
 def test_validation_error_does_not_carry_key() -> None:

@@ -3,4 +3,4 @@
 # The previous demo is removed first, so running it again is safe.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-exec .venv/bin/python -m natgw.harness demo
+PYTHONPATH=. exec .venv/bin/python -m lab demo

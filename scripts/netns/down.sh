@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -x .venv/bin/python ] || exit 0
-exec .venv/bin/python -m natgw.harness down "$@"
+PYTHONPATH=. exec .venv/bin/python -m lab down "$@"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build overlapping clusters joined by natgw; prints the run prefix.
 #   scripts/netns/up.sh [N] [--ipv6] [--plain I] [--interface] [--routed]
-# (default: two clusters over WireGuard; see `python -m natgw.harness up --help`)
+# (default: two clusters over WireGuard; see `python -m lab up --help`)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-exec .venv/bin/python -m natgw.harness up "$@"
+PYTHONPATH=. exec .venv/bin/python -m lab up "$@"

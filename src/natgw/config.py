@@ -8,6 +8,7 @@ a conflict. Either stage reports its first problem as one `ConfigError`.
 
 import hashlib
 import ipaddress
+import os
 import re
 import stat
 from collections.abc import Callable
@@ -290,6 +291,7 @@ class GatewayConfig(_Model):
 
     After loading, `private_key` holds the key whether it came inline or from
     `privateKeyFile` (then an absolute path). It is a SecretBytes: repr/str hide it.
+    `public_key` is derived from it once, when the config is built.
     """
 
     name: Name
@@ -302,9 +304,18 @@ class GatewayConfig(_Model):
     peers: list[Peer] = []
     pipes: list[Pipe] = []
 
+    _public_key: str | None = PrivateAttr(None)
+
     def model_post_init(self, context: Any) -> None:
         for p in self.peers:
             p._device = p.interface or p.device_override or default_device_name(self.name, p.name)
+        self._derive_public_key()
+
+    def _derive_public_key(self) -> None:
+        # Also called after model_copy(update=...), which does not run model_post_init.
+        secret = self.private_key
+        self._public_key = (None if secret is None
+                            else keys.encode_key(keys.public_key(secret.get_secret_value())))
 
     @property
     def tunnel_peers(self) -> list[Peer]:
@@ -316,10 +327,8 @@ class GatewayConfig(_Model):
 
     @property
     def public_key(self) -> str | None:
-        """Our base64 public key, derived from the private key."""
-        if self.private_key is None:
-            return None
-        return keys.encode_key(keys.public_key(self.private_key.get_secret_value()))
+        """Our base64 public key (derived once from the private key), None without one."""
+        return self._public_key
 
     def peer(self, name: str) -> Peer:
         for p in self.peers:
@@ -332,12 +341,25 @@ class GatewayConfig(_Model):
 
 
 def default_device_name(gateway: str, peer: str) -> str:
-    """`gateway-peer`, or when longer than 15 characters a stable short form with a hash."""
+    """The device of a tunnel peer without `device:`, made to be read in `ip link`.
+
+    `<gateway>-<peer>` when that fits in 15 characters (cluster1-east12). Otherwise the
+    gateway is shortened to a tag, its first character and trailing digits (cluster1 ->
+    c1, kubernetes-prod -> k), followed by the whole peer name: c1-cluster2. Only a peer
+    name too long even then is cut, and ends in 3 hex digits of a hash of the pair so
+    that cut names stay apart: c1-aws-eu-w-c57. Names are checked unique in the file
+    here, and across the host's gateways at apply (natgw.gateway).
+    """
     name = f"{gateway}-{peer}"
     if len(name) <= MAX_DEVICE_NAME:
         return name
+    digits = re.search(r"[0-9]*$", gateway[1:]).group()[-4:]  # type: ignore[union-attr]
+    tag = gateway[0] + digits
+    name = f"{tag}-{peer}"
+    if len(name) <= MAX_DEVICE_NAME:
+        return name
     h = hashlib.sha1(f"{gateway}/{peer}".encode()).hexdigest()[:3]
-    return f"{gateway[:6]}-{peer[:4]}-{h}"
+    return f"{tag}-{peer[:MAX_DEVICE_NAME - len(tag) - 5]}-{h}"
 
 
 # --- pydantic errors into `<path>: <reason>` ---
@@ -393,26 +415,38 @@ def _check_cidrs(cfg: GatewayConfig) -> None:
             raise ConfigError(f"cidrs[{i}]", note)
 
 
+def _key_file_problem(path: Path, st: os.stat_result) -> str | None:
+    """Why a private key file must not be used (as ssh refuses such keys), or None."""
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a regular file"
+    if st.st_uid != os.geteuid():
+        return (f"{path}: owned by uid {st.st_uid}, not by the user natgw runs as "
+                f"(uid {os.geteuid()})")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        what = "readable" if mode & 0o044 else "writable"
+        return (f"{path}: permissions {mode:04o} are too open "
+                f"(must not be {what} by group or others; chmod 600 it)")
+    return None
+
+
 def _read_key_file(path: Path) -> bytes:
+    # Checked on the open file (fstat), so what is checked is what is read.
     try:
-        st = path.stat()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO must not hang us
     except FileNotFoundError:
         raise ConfigError("privateKeyFile", f"{path} does not exist") from None
     except OSError as e:
         raise ConfigError("privateKeyFile", f"cannot read {path}: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError("privateKeyFile", f"{path} is not a regular file")
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        what = "readable" if mode & 0o044 else "writable"
-        raise ConfigError(
-            "privateKeyFile", f"mode {mode:04o} is {what} by group or others; chmod 600 it"
-        )
-    try:
-        text = path.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as e:
-        why = e.strerror if isinstance(e, OSError) else "not ASCII text"
-        raise ConfigError("privateKeyFile", f"cannot read {path}: {why}") from None
+    with os.fdopen(fd, "rb") as f:
+        problem = _key_file_problem(path, os.fstat(fd))
+        if problem:
+            raise ConfigError("privateKeyFile", problem)
+        try:
+            text = f.read(4096).decode("ascii")
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) else "not ASCII text"
+            raise ConfigError("privateKeyFile", f"cannot read {path}: {why}") from None
     try:
         return keys.decode_key(text)
     except ValueError as e:
@@ -425,7 +459,9 @@ def _resolve_private_key(cfg: GatewayConfig, base_dir: Path) -> GatewayConfig:
     if cfg.private_key_file is not None:
         path = (base_dir / cfg.private_key_file).absolute()
         secret = SecretBytes(_read_key_file(path))
-        return cfg.model_copy(update={"private_key": secret, "private_key_file": path})
+        resolved = cfg.model_copy(update={"private_key": secret, "private_key_file": path})
+        resolved._derive_public_key()
+        return resolved
     if cfg.private_key is None and cfg.tunnel_peers:
         raise ConfigError(
             "privateKeyFile", "required for WireGuard peers (or an inline privateKey)"

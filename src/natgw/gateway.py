@@ -4,7 +4,7 @@
 previous `apply` recorded (natgw.state): unchanged peers are not touched
 (same device, same WireGuard sessions, same filters, same counters), removed
 peers are torn down, new or edited ones are brought to the config. `down`
-removes everything natgw made. `status` reads it all back.
+removes everything natgw made. natgw.status reads it all back.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ from natgw.config import ConfigError, GatewayConfig, Peer, parse_config
 from natgw.dataplane import Dataplane, DataplaneError, Mapping, TableError
 from natgw.dataplane.loader import pin_dir
 from natgw.netns import NetnsNotFound, iproute, require_netns
+from natgw.resolve import ResolveError, is_hostname, resolve
 from natgw.state import (
     GatewayState,
     PeerState,
+    all_states,
     applied_path,
     load_state,
     remove_state,
@@ -33,16 +35,18 @@ from natgw.state import (
 )
 from natgw.wireguard import (
     DeviceConfig,
-    DeviceStatus,
     PeerConfig,
     WireGuardError,
     select_engine,
 )
 from natgw.wireguard.engines import Engine
+from natgw.wireguard.model import handshake_fresh
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_FRESH = 180  # seconds: WireGuard rekeys every 120 s; older means the peer is gone
+# Seconds between two lookups of one peer's hostname while its handshake stays stale
+# (the interval of wireguard-tools' reresolve-dns timer).
+RERESOLVE_INTERVAL = 30
 
 
 class GatewayError(Exception):
@@ -55,10 +59,10 @@ def peer_mappings(peer: Peer) -> list[Mapping]:
     return out
 
 
-def device_config(cfg: GatewayConfig, peer: Peer) -> DeviceConfig:
+def device_config(cfg: GatewayConfig, peer: Peer, endpoint: str | None) -> DeviceConfig:
+    """The WireGuard device of a tunnel peer; `endpoint` is peer.endpoint resolved."""
     from natgw.keys import decode_key  # noqa: PLC0415
 
-    endpoint = str(peer.endpoint) if peer.endpoint else None
     allowed = tuple(peer.allowed_ips)
     if cfg.pipes:
         # The peer's pipe address: cryptokey routing then vouches for who asks for a pipe.
@@ -91,6 +95,8 @@ class Gateway:
         self.netns = netns
         self.config_path = str(config_path.resolve()) if config_path else ""
         self._engine: Engine | None = None
+        self._endpoints: dict[str, str] = {}  # peer name -> its endpoint resolved (ip:port)
+        self._resolved_at: dict[str, float] = {}  # peer name -> time.monotonic() of the lookup
 
     @property
     def engine(self) -> Engine:
@@ -102,6 +108,7 @@ class Gateway:
 
     def preflight(self) -> None:
         """Check what can be checked before anything changes."""
+        self._check_devices_free()
         try:
             require_netns(self.netns)
         except NetnsNotFound as e:
@@ -118,8 +125,40 @@ class Gateway:
                         f"peers[{i}].interface: device {peer.interface} not found"
                         + (f" in netns {self.netns}" if self.netns else ""))
 
+    def _check_devices_free(self) -> None:
+        """Refuse a tunnel device name another gateway on this host uses.
+
+        The file's own names are checked unique by natgw.config; across gateways
+        only the states in /run/natgw know. Host-wide, not per netns: wireguard-go's
+        UAPI sockets share one directory.
+        """
+        taken = {ps.device: st for st in all_states() if st.gateway != self.cfg.name
+                 for ps in st.peers if ps.engine != "interface"}
+        for i, peer in enumerate(self.cfg.peers):
+            other = taken.get(peer.device) if peer.is_tunnel else None
+            if other is not None:
+                where = f" in netns {other.netns}" if other.netns else ""
+                raise GatewayError(f"peers[{i}]: device {peer.device} is used by gateway "
+                                   f"{other.gateway}{where}; set device: to choose another")
+
+    def resolve_endpoints(self) -> None:
+        """Resolve every peer endpoint now; GatewayError (one line) names one that fails."""
+        for peer in self.cfg.peers:
+            if peer.endpoint is not None:
+                self._endpoints[peer.name] = self._resolve(peer)
+
+    def _resolve(self, peer: Peer) -> str:
+        assert peer.endpoint is not None
+        self._resolved_at[peer.name] = time.monotonic()
+        try:
+            return resolve(peer.endpoint)
+        except ResolveError as e:
+            raise GatewayError(f"peers[{self.cfg.peers.index(peer)}].endpoint: {e}") from None
+
     def apply(self) -> ApplyReport:
         """Reconcile; on failure, go back to the last configuration applied in full."""
+        # Before anything changes: a hostname that does not resolve leaves the host as it is.
+        self.resolve_endpoints()
         source = Path(self.config_path).read_text() if self.config_path else None
         try:
             report = self._apply()
@@ -155,7 +194,8 @@ class Gateway:
         report = ApplyReport()
         old = {p.name: p for p in (previous.peers if previous else [])}
         state = GatewayState(self.cfg.name, self.netns,
-                             self.config_path or (previous.config if previous else ""))
+                             self.config_path or (previous.config if previous else ""),
+                             public_key=self.cfg.public_key)
         try:
             routes.enable_forwarding(self.netns)
             for peer in self.cfg.peers:
@@ -195,7 +235,10 @@ class Gateway:
         if peer.is_tunnel:
             self.engine.ensure_device(dev, self.netns)
             created = True
-            self.engine.configure(dev, self.netns, device_config(self.cfg, peer))
+            endpoint = None
+            if peer.endpoint is not None:  # resolved by apply, not yet on a restore
+                endpoint = self._endpoints.get(peer.name) or self._resolve(peer)
+            self.engine.configure(dev, self.netns, device_config(self.cfg, peer, endpoint))
             routes.set_link(self.netns, dev, self.cfg.mtu)
             if self.cfg.pipes:
                 from natgw.pipes.addressing import ensure_address, pipe_address  # noqa: PLC0415
@@ -235,6 +278,47 @@ class Gateway:
         """Tunnel peers whose engine process died (wireguard-go)."""
         return [p.name for p in self.cfg.tunnel_peers
                 if not self.engine.is_alive(p.device, self.netns)]
+
+    def reresolve_stale(self, now: float | None = None) -> list[str]:
+        """Look up again the hostname endpoints of peers whose handshake went stale.
+
+        As wireguard-tools' reresolve-dns: a peer whose name now points elsewhere
+        is found again. One lookup per peer every RERESOLVE_INTERVAL seconds at
+        most; a name that fails to resolve keeps its last address (logged). Only a
+        changed address is written to the device. Returns the peers moved.
+        """
+        now = time.time() if now is None else now
+        moved = []
+        for peer in self.cfg.tunnel_peers:
+            if peer.endpoint is None or not is_hostname(peer.endpoint):
+                continue
+            last = self._resolved_at.get(peer.name)
+            if last is not None and time.monotonic() - last < RERESOLVE_INTERVAL:
+                continue
+            try:
+                st = self.engine.status(peer.device, self.netns)
+            except (WireGuardError, NetnsNotFound, OSError):
+                continue  # a dead engine is for dead_tunnels and apply
+            latest = max((p.latest_handshake for p in st.peers), default=0)
+            if handshake_fresh(latest, now):
+                continue
+            try:
+                addr = self._resolve(peer)
+            except GatewayError as e:
+                log.warning("%s (keeping %s)", e, self._endpoints.get(peer.name, "no address"))
+                continue
+            self._endpoints[peer.name] = addr
+            if st.peers and st.peers[0].endpoint == addr:
+                continue
+            try:
+                self.engine.configure(peer.device, self.netns,
+                                      device_config(self.cfg, peer, addr))
+            except WireGuardError as e:
+                raise GatewayError(f"peer {peer.name}: {e}") from e
+            log.info("peer %s: handshake stale, %s now resolves to %s", peer.name,
+                     peer.endpoint.host, addr)
+            moved.append(peer.name)
+        return moved
 
 
 def engine_for(ps: PeerState) -> Engine | None:
@@ -291,96 +375,3 @@ def down(gateway: str, netns: str | None = None) -> bool:
         shutil.rmtree(pins, ignore_errors=True)
     remove_state(gateway)
     return True
-
-
-# -- status ----------------------------------------------------------------
-
-
-@dataclass
-class PeerReport:
-    name: str
-    device: str
-    engine: str
-    endpoint: str | None = None
-    listen_port: int | None = None
-    latest_handshake: int = 0
-    rx_bytes: int = 0
-    tx_bytes: int = 0
-    up: bool = False
-    mappings: list[dict] = field(default_factory=list)
-    routes: list[str] = field(default_factory=list)
-    error: str | None = None
-
-
-def status(gateway: str, netns: str | None = None) -> list[PeerReport]:
-    state = load_state(gateway)
-    if state is None:
-        raise GatewayError(f"gateway {gateway}: not up (no state in /run/natgw)")
-    netns = state.netns if netns is None else netns
-    dp = None
-    try:
-        dp = Dataplane.open(gateway)
-    except (DataplaneError, OSError):
-        dp = None
-    out = []
-    now = time.time()
-    try:
-        for ps in state.peers:
-            rep = PeerReport(ps.name, ps.device, ps.engine, routes=list(ps.routes))
-            engine = engine_for(ps)
-            if engine is not None:
-                try:
-                    st: DeviceStatus = engine.status(ps.device, netns)
-                    rep.listen_port = st.listen_port
-                    if st.peers:
-                        p = st.peers[0]
-                        rep.endpoint = p.endpoint
-                        rep.latest_handshake = p.latest_handshake
-                        rep.rx_bytes, rep.tx_bytes = p.rx_bytes, p.tx_bytes
-                        rep.up = bool(p.latest_handshake) and now - p.latest_handshake < \
-                            HANDSHAKE_FRESH
-                except (WireGuardError, NetnsNotFound, OSError) as e:
-                    rep.error = str(e)
-            else:
-                rep.up = True
-            if dp is not None:
-                for m in dp.mappings(ps.ifindex):
-                    c = dp.tables.counters(m.mapping_id)
-                    rep.mappings.append({
-                        "kind": m.mapping.kind, "cidr": str(m.mapping.cidr),
-                        "as": str(m.mapping.as_),
-                        **{f"{d}_{k}": getattr(c[d], k) for d in c for k in ("packets", "bytes")},
-                    })
-            out.append(rep)
-    finally:
-        if dp is not None:
-            dp.close()
-    return out
-
-
-def format_status(gateway: str, reports: list[PeerReport]) -> str:
-    """`wg show`-like text."""
-    lines = [f"gateway: {gateway}"]
-    now = time.time()
-    for r in reports:
-        lines.append("")
-        lines.append(f"peer: {r.name}")
-        lines.append(f"  device: {r.device} ({r.engine})")
-        if r.engine != "interface":
-            lines.append(f"  endpoint: {r.endpoint or '(none)'}")
-            if r.listen_port:
-                lines.append(f"  listening port: {r.listen_port}")
-            hs = (f"{int(now - r.latest_handshake)} seconds ago" if r.latest_handshake
-                  else "never")
-            lines.append(f"  latest handshake: {hs}")
-            lines.append(f"  transfer: {r.rx_bytes} B received, {r.tx_bytes} B sent")
-        lines.append(f"  up: {'yes' if r.up else 'no'}")
-        if r.error:
-            lines.append(f"  error: {r.error}")
-        lines.append(f"  routes: {', '.join(r.routes) or '(none)'}")
-        for m in r.mappings:
-            lines.append(
-                f"  {m['kind']} {m['cidr']} as {m['as']}: egress {m['egress_packets']} pkts "
-                f"{m['egress_bytes']} B, ingress {m['ingress_packets']} pkts "
-                f"{m['ingress_bytes']} B")
-    return "\n".join(lines)

@@ -1,20 +1,17 @@
 """WireGuard keys: base64 Curve25519 keys, made and checked as `wg genkey` / `wg pubkey` do.
 
-X25519 is RFC 7748 in pure Python, so natgw needs no crypto dependency just to derive a
-public key. Python integers are not constant time; that is acceptable here because natgw
-only derives its own public key once, locally, and never computes shared secrets.
+X25519 comes from `cryptography` (OpenSSL's constant-time implementation); this module
+only speaks WireGuard's key format and writes key files safely.
 """
 
 import base64
 import binascii
 import os
+from pathlib import Path
 
 KEY_LEN = 32
 KEY_LEN_BASE64 = 44  # base64 of 32 bytes, one '=' of padding
-
-_P = 2**255 - 19
-_A24 = 121665
-_BASE_POINT = (9).to_bytes(KEY_LEN, "little")
+KEY_FILE_MODE = 0o600
 
 
 def clamp(scalar: bytes) -> bytes:
@@ -24,40 +21,6 @@ def clamp(scalar: bytes) -> bytes:
     b[31] &= 127
     b[31] |= 64
     return bytes(b)
-
-
-def x25519(scalar: bytes, u: bytes) -> bytes:
-    """RFC 7748 X25519: the Montgomery ladder on Curve25519, 32-byte little-endian in and out."""
-    if len(scalar) != KEY_LEN or len(u) != KEY_LEN:
-        raise ValueError("x25519 takes a 32-byte scalar and a 32-byte u-coordinate")
-    k = int.from_bytes(clamp(scalar), "little")
-    # The top bit of u is ignored and non-canonical values are reduced (RFC 7748 section 5).
-    x1 = int.from_bytes(u, "little") & ((1 << 255) - 1)
-    x1 %= _P
-    x2, z2, x3, z3 = 1, 0, x1, 1
-    swap = 0
-    for t in reversed(range(255)):
-        bit = (k >> t) & 1
-        swap ^= bit
-        if swap:
-            x2, x3, z2, z3 = x3, x2, z3, z2
-        swap = bit
-        a = (x2 + z2) % _P
-        aa = a * a % _P
-        b = (x2 - z2) % _P
-        bb = b * b % _P
-        e = (aa - bb) % _P
-        c = (x3 + z3) % _P
-        d = (x3 - z3) % _P
-        da = d * a % _P
-        cb = c * b % _P
-        x3 = (da + cb) ** 2 % _P
-        z3 = x1 * (da - cb) ** 2 % _P
-        x2 = aa * bb % _P
-        z2 = e * (aa + _A24 * e) % _P
-    if swap:
-        x2, z2 = x3, z3
-    return (x2 * pow(z2, _P - 2, _P) % _P).to_bytes(KEY_LEN, "little")
 
 
 def decode_key(b64: str) -> bytes:
@@ -92,15 +55,43 @@ def encode_key(raw: bytes) -> str:
 
 
 def public_key(private: bytes) -> bytes:
-    """The 32-byte public key of a 32-byte private key."""
-    return x25519(private, _BASE_POINT)
+    """The 32-byte public key of a 32-byte private key (X25519 with the base point 9)."""
+    # Imported here: only commands that derive a key pay for loading OpenSSL.
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: PLC0415
+    from cryptography.hazmat.primitives.serialization import (  # noqa: PLC0415
+        Encoding,
+        PublicFormat,
+    )
+
+    if len(private) != KEY_LEN:
+        raise ValueError(f"a WireGuard key is {KEY_LEN} bytes, got {len(private)}")
+    pub = X25519PrivateKey.from_private_bytes(private).public_key()
+    return pub.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def new_private_key() -> bytes:
+    """A new clamped 32-byte private key, as `wg genkey` makes them."""
+    return clamp(os.urandom(KEY_LEN))
 
 
 def genkey() -> str:
     """A new clamped private key in base64, like `wg genkey`."""
-    return encode_key(clamp(os.urandom(KEY_LEN)))
+    return encode_key(new_private_key())
 
 
 def pubkey(private_b64: str) -> str:
     """The base64 public key of a base64 private key, like `wg pubkey`."""
     return encode_key(public_key(decode_key(private_b64)))
+
+
+def write_private_key(path: Path | str, private_b64: str) -> None:
+    """Write a base64 private key to a new file, mode 0600 from its creation.
+
+    O_EXCL: an existing file (or a symlink planted in its place) is never
+    overwritten; the key is never readable by others, not even for a moment.
+    FileExistsError if the path exists.
+    """
+    decode_key(private_b64)  # refuse to write something that is not a key
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(private_b64.strip() + "\n")

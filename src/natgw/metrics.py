@@ -37,19 +37,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from natgw import __version__
-from natgw import inspect as I
+from natgw import introspect as I
 from natgw.dataplane.layout import DROP_REASONS
 from natgw.dataplane.loader import PIN_ROOT
 from natgw.netns import iproute
 from natgw.state import GatewayState, load_state
+from natgw.wireguard.model import HANDSHAKE_FRESH_SECONDS, handshake_fresh
 
 if TYPE_CHECKING:
     from natgw.gateway import Gateway
 
 DEFAULT_PORT = 9469
-# WireGuard rekeys every 2 minutes while traffic flows and keepalives keep an
-# idle tunnel fresh; no handshake for 3 minutes means the peer is gone.
-HANDSHAKE_UP_SECONDS = 180
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
 
@@ -73,8 +71,7 @@ class PeerHealth:
     def up(self, now: float) -> bool:
         if self.link_up is not None:
             return self.link_up
-        hs = self.latest_handshake
-        return bool(hs) and now - hs <= HANDSHAKE_UP_SECONDS
+        return handshake_fresh(self.latest_handshake, now)
 
 
 PeerSource = Callable[[], Iterable[PeerHealth]]
@@ -152,7 +149,7 @@ def peer_metrics(peers: Iterable[PeerHealth], now: float) -> list[Metric]:
     labels = ["gateway", "peer"]
     up = GaugeMetricFamily("natgw_peer_up",
                            f"1 if the tunnel had a handshake in the last "
-                           f"{HANDSHAKE_UP_SECONDS}s, or the interface link is up",
+                           f"{HANDSHAKE_FRESH_SECONDS}s, or the interface link is up",
                            labels=labels)
     handshake = GaugeMetricFamily("natgw_peer_last_handshake_timestamp_seconds",
                                   "Unix time of the latest WireGuard handshake (0: never)",

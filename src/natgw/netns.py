@@ -8,13 +8,18 @@ and keeps its mount namespace. `netns=None` everywhere means natgw's own netns.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pyroute2 import IPRoute
-from pyroute2 import netns as _pyroute2_netns
+# pyroute2 is imported by the functions that open netlink sockets: importing
+# it costs more than a read-only command may take (`natgw maps`, `status`).
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 NETNS_DIR = Path("/var/run/netns")
 
@@ -98,6 +103,8 @@ def exec_argv(name: str | None, argv: Sequence[str]) -> list[str]:
 
 def iproute(name: str | None) -> IPRoute:
     """An IPRoute socket in netns `name`; never creates a missing netns."""
+    from pyroute2 import IPRoute  # noqa: PLC0415
+
     require_netns(name)
     if name is None:
         return IPRoute()
@@ -107,9 +114,56 @@ def iproute(name: str | None) -> IPRoute:
 
 def netns_socket(name: str | None, family: int, type: int, proto: int = 0) -> socket.socket:
     """A socket created inside netns `name` (e.g. a raw ICMP socket for tests)."""
+    from pyroute2 import netns as _pyroute2_netns  # noqa: PLC0415
+
     require_netns(name)
     if name is None:
         return socket.socket(family, type, proto)
     return _pyroute2_netns.create_socket(
         netns=name, family=family, socket_type=type, proto=proto, flags=0
     )
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def link_names(name: str | None) -> dict[int, str]:
+    """ifindex -> device name in netns `name`, without pyroute2.
+
+    setns(2) into a network namespace changes only the calling thread, so a
+    short-lived thread enters the netns, lists the links with if_nameindex(3)
+    and ends; the process stays where it is. Raises OSError or NetnsNotFound.
+    """
+    if name is None:
+        return dict(socket.if_nameindex())
+    path = netns_path(name)
+    result: dict[int, str] = {}
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            error.append(NetnsNotFound(f"netns {name}: does not exist"))
+            return
+        except OSError as e:
+            error.append(e)
+            return
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                error.append(OSError(err, f"setns {name}: {os.strerror(err)}"))
+                return
+            result.update(socket.if_nameindex())
+        except OSError as e:
+            error.append(e)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=run, name=f"natgw-links-{name}")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result

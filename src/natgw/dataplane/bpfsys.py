@@ -81,8 +81,12 @@ class _TestRunOpts(ctypes.Structure):
 
 @cache
 def _lib() -> ctypes.CDLL:
-    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
-    lib = ctypes.CDLL(name, use_errno=True)
+    # The soname first: find_library runs ldconfig (and maybe a compiler) in
+    # subprocesses, which costs a read-only command more than all its work.
+    try:
+        lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    except OSError:
+        lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so", use_errno=True)
     lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
     lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
     for fn in ("bpf_map_lookup_elem", "bpf_map_update_elem", "bpf_map_delete_elem",
@@ -274,8 +278,8 @@ class TestRunResult:
 
 
 def prog_test_run(prog_fd: int, data: bytes, ctx: bytes | None = None,
-                  repeat: int = 1) -> TestRunResult:
-    """Run a loaded program on one packet with BPF_PROG_TEST_RUN."""
+                  repeat: int = 1, flags: int = 0) -> TestRunResult:
+    """Run a loaded program on one packet with BPF_PROG_TEST_RUN (flags: BPF_F_TEST_*)."""
     data_in = ctypes.create_string_buffer(data, len(data))
     out = ctypes.create_string_buffer(len(data) + 512)
     opts = _TestRunOpts()
@@ -285,6 +289,7 @@ def prog_test_run(prog_fd: int, data: bytes, ctx: bytes | None = None,
     opts.data_out = ctypes.cast(out, ctypes.c_void_p)
     opts.data_size_out = len(out)
     opts.repeat = repeat
+    opts.flags = flags
     if ctx is not None:
         ctx_in = ctypes.create_string_buffer(ctx, len(ctx))
         opts.ctx_in = ctypes.cast(ctx_in, ctypes.c_void_p)

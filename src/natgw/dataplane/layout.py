@@ -24,14 +24,15 @@ KEY_FIXED_BITS = 64
 # Remembers that natgw created the clsact qdisc, so detaching removes only what it added.
 DEV_F_OWN_QDISC = 0x8000
 
+# Counter indices never change (pinned counters outlive upgrades): new reasons take free slots.
 DROP_TRUNCATED = 0
 DROP_ICMP_INNER = 1
 DROP_EXTHDR = 2
 DROP_REWRITE = 3
-DROP_MAX = 4
 EV_UNMATCHED = 4
 EV_UNPARSED = 5
 EV_MSS_CLAMPED = 6
+DROP_IPV6_ROUTING = 7
 DEV_STAT_MAX = 8
 
 V6_MAX_EXT = 6
@@ -45,8 +46,10 @@ DEV_STAT_NAMES = {
     EV_UNMATCHED: "unmatched",
     EV_UNPARSED: "unparsed",
     EV_MSS_CLAMPED: "mss_clamped",
+    DROP_IPV6_ROUTING: "ipv6_routing",
 }
-DROP_REASONS = {i: DEV_STAT_NAMES[i] for i in range(DROP_MAX)}
+DROPS = (DROP_TRUNCATED, DROP_ICMP_INNER, DROP_EXTHDR, DROP_REWRITE, DROP_IPV6_ROUTING)
+DROP_REASONS = {i: DEV_STAT_NAMES[i] for i in DROPS}
 
 # Map names, as pinned under /sys/fs/bpf/natgw/<gateway>/.
 MAP_XLATE_V4 = "xlate_v4"

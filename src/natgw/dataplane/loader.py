@@ -4,27 +4,34 @@ Programs and maps are pinned under /sys/fs/bpf/natgw/<gateway>/. Program pins
 carry a hash of their source, so a second `natgw up` reuses what is loaded
 (no compile, no re-attach) and a new natgw version replaces the filters
 atomically while the maps, and the mappings in them, stay.
+
+The C source is the checkout's top-level bpf/, shipped in the wheel as the
+package data natgw/bpf (see pyproject.toml).
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import metadata, resources
 from pathlib import Path
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 from ..netns import iproute
 from . import layout as L
 from .bpfsys import BpfError, obj_get, obj_pin
 
+# pyroute2 only where netlink is spoken: reading pins must stay cheap to import.
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
 PIN_ROOT = "/sys/fs/bpf/natgw"
-BPF_DIR = Path(os.environ.get("NATGW_BPF_DIR", Path(__file__).resolve().parents[3] / "bpf"))
 ENTRY = "natgw.c"
 
 # tc clsact hook points and the filter natgw owns on each.
@@ -48,12 +55,47 @@ def pin_dir(gateway: str, root: str = PIN_ROOT) -> str:
     return os.path.join(root, gateway)
 
 
-def inline_source(path: Path = BPF_DIR / ENTRY) -> str:
-    """The entry file with its local #include "..." files inlined.
+def bpf_dir() -> Path:
+    """The directory of the dataplane's C source.
+
+    An installed wheel carries it as natgw/bpf. An editable install has no
+    copy (its package is the checkout's src/natgw), so there, and only there,
+    it is the checkout's top-level bpf/.
+    """
+    packaged = resources.files("natgw") / "bpf"
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    checkout = _editable_checkout()
+    if checkout is not None and (checkout / "bpf").is_dir():
+        return checkout / "bpf"
+    raise DataplaneError("the dataplane source natgw/bpf is missing from this installation; "
+                         "reinstall natgw")
+
+
+def _editable_checkout() -> Path | None:
+    """The checkout natgw is installed from in editable mode (PEP 610), else None."""
+    try:
+        raw = metadata.distribution("natgw").read_text("direct_url.json")
+        info = json.loads(raw or "{}")
+    except (metadata.PackageNotFoundError, ValueError):
+        return None
+    url = urlsplit(info.get("url", ""))
+    if not info.get("dir_info", {}).get("editable") or url.scheme != "file":
+        return None
+    root = Path(unquote(url.path))
+    # Only the checkout this very package is imported from: an editable install
+    # of another checkout must not lend its bpf/ to this one.
+    here = Path(__file__).resolve().parents[1]
+    return root if (root / "src" / "natgw").resolve() == here else None
+
+
+def inline_source(path: Path | None = None) -> str:
+    """The entry file (default: bpf/natgw.c) with its local #include "..." files inlined.
 
     bcc rewrites map accesses (map.lookup()) only in the main file, so the
     headers by concern must become part of it.
     """
+    path = path if path is not None else bpf_dir() / ENTRY
     seen: set[Path] = set()
 
     def expand(p: Path) -> list[str]:
@@ -186,6 +228,8 @@ def link_index(ipr: IPRoute, ifname: str) -> int:
 
 def _filter_names(ipr: IPRoute, ifindex: int, parent: int) -> dict[int, str]:
     """prio -> cls_bpf program name of the filters on a clsact hook."""
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+
     out = {}
     try:
         for msg in ipr.get_filters(index=ifindex, parent=parent):
@@ -204,6 +248,8 @@ def attach(ipr: IPRoute, ifindex: int, progs: Programs) -> bool:
     Return: True if natgw created the clsact qdisc. A filter already running
     this build is left alone; another build is replaced atomically.
     """
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+
     created = False
     try:
         ipr.tc("add", "clsact", ifindex)
@@ -226,6 +272,8 @@ def attach(ipr: IPRoute, ifindex: int, progs: Programs) -> bool:
 
 def detach(ipr: IPRoute, ifindex: int, remove_qdisc: bool) -> None:
     """Remove natgw's filters; the clsact qdisc too if natgw made it and it is now empty."""
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+
     for parent in PARENTS.values():
         if FILTER_PRIO not in _filter_names(ipr, ifindex, parent):
             continue

@@ -19,17 +19,26 @@ from .bpfsys import Map
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MappingKind = Literal["remote", "local"]
 
-# (table, whether the key is the mapping's "as" side) for each kind: the
-# key prefix is what a packet carries, the value what it is rewritten to.
+# What each mapping kind does, the one table of it (see natgw_shared.h): per
+# direction, the side of the packet rewritten, and whether the packet carries
+# the mapping's "as" prefix on that side (else its real cidr). A "remote"
+# mapping renames the peer's addresses, a "local" one ours.
+KIND_RULES: dict[tuple[str, int], tuple[int, bool]] = {
+    ("remote", L.DIR_EGRESS): (L.SIDE_DST, True),    # dst as -> cidr
+    ("remote", L.DIR_INGRESS): (L.SIDE_SRC, False),  # src cidr -> as
+    ("local", L.DIR_EGRESS): (L.SIDE_SRC, False),    # src cidr -> as
+    ("local", L.DIR_INGRESS): (L.SIDE_DST, True),    # dst as -> cidr
+}
+# The kind owning each (direction, side) table.
+TABLE_KIND: dict[tuple[int, int], str] = {
+    (direction, side): kind for (kind, direction), (side, _) in KIND_RULES.items()
+}
+# (table, whether the key is the mapping's "as" side) for each kind, egress
+# first: the key prefix is what a packet carries, the value what it becomes.
 _ENTRIES: dict[str, tuple[tuple[int, bool], ...]] = {
-    "remote": (
-        (L.table(L.DIR_EGRESS, L.SIDE_DST), True),    # dst as -> cidr
-        (L.table(L.DIR_INGRESS, L.SIDE_SRC), False),  # src cidr -> as
-    ),
-    "local": (
-        (L.table(L.DIR_EGRESS, L.SIDE_SRC), False),   # src cidr -> as
-        (L.table(L.DIR_INGRESS, L.SIDE_DST), True),   # dst as -> cidr
-    ),
+    kind: tuple((L.table(d, KIND_RULES[(kind, d)][0]), KIND_RULES[(kind, d)][1])
+                for d in (L.DIR_EGRESS, L.DIR_INGRESS))
+    for kind in ("remote", "local")
 }
 # The egress entry identifies a mapping when reading the tables back.
 _EGRESS_TABLE = {kind: entries[0] for kind, entries in _ENTRIES.items()}

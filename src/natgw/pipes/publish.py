@@ -55,14 +55,10 @@ def read(gateway: str) -> dict | None:
     return data if _alive(data["pid"]) else None
 
 
-def format_pipes(data: dict | None) -> list[str]:
-    """The pipes part of `natgw status` text."""
-    if data is None:
-        return ["", "pipes: not served (no foreground natgw up for this gateway)"]
-    lines = []
-    if not data["pipes"]:
-        return lines
-    for p in data["pipes"]:
+def format_pipes(pipes: list[dict], served_by: int | None) -> list[str]:
+    """The pipes part of a gateway's `natgw status` text (nothing while none are served)."""
+    lines = [] if not pipes else ["", f"pipes: served by natgw up (pid {served_by})"]
+    for p in pipes:
         lines.append("")
         lines.append(f"pipe: {p['name']}")
         lines.append(f"  listens: {p['listen'] or '(no own port: only relays for peers)'}")
@@ -77,8 +73,4 @@ def format_pipes(data: dict | None) -> list[str]:
                      f"{p['bytes']['downstream']} downstream")
         if p.get("error"):
             lines.append(f"  error: {p['error']}")
-    if data.get("address"):
-        lines.append("")
-        lines.append(f"pipe address: {data['address']} port {data['pipe_port']} "
-                     f"(served by pid {data['pid']})")
     return lines

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from natgw.wireguard.keys import KEY_LEN
+from natgw.keys import KEY_LEN
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 EngineName = Literal["kernel", "wireguard-go"]
@@ -113,6 +113,18 @@ class DeviceConfig:
                 owner[net] = i
 
 
+# WireGuard's Reject-After-Time: a session this old can no longer carry data,
+# and a live peer rekeys every 120 s (Rekey-After-Time) or on the next packet
+# (persistent keepalive keeps idle tunnels fresh). So a tunnel whose latest
+# handshake is this old, or older, is down.
+HANDSHAKE_FRESH_SECONDS = 180
+
+
+def handshake_fresh(latest_handshake: int | None, now: float) -> bool:
+    """True when a peer's latest handshake (unix seconds, 0/None: never) makes it up."""
+    return bool(latest_handshake) and now - latest_handshake < HANDSHAKE_FRESH_SECONDS
+
+
 @dataclass(frozen=True)
 class PeerStatus:
     """A peer as the device reports it. latest_handshake is unix seconds, 0 = never."""
@@ -128,7 +140,10 @@ class PeerStatus:
 
 @dataclass(frozen=True)
 class DeviceStatus:
-    """A device as an engine reports it. pid is wireguard-go's, None for the kernel."""
+    """A device as an engine reports it. pid is wireguard-go's, None for the kernel.
+
+    public_key is None where the engine does not report it (wireguard-go's UAPI).
+    """
 
     ifname: str
     engine: EngineName

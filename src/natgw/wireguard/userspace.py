@@ -17,15 +17,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 from natgw import netns as ns
-from natgw.wireguard.keys import public_key
+from natgw import proc
 from natgw.wireguard.model import DeviceConfig, DeviceStatus, WireGuardError, check_ifname
 from natgw.wireguard.plan import plan_changes
 from natgw.wireguard.uapi import SOCKET_DIR, UapiClient, socket_path
@@ -33,42 +31,6 @@ from natgw.wireguard.uapi import SOCKET_DIR, UapiClient, socket_path
 log = logging.getLogger(__name__)
 
 RUN_DIR = Path("/run/natgw/wg")
-
-
-def _proc_state(pid: int) -> str | None:
-    """State letter of process `pid` ("Z" for a zombie), None if it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
-
-
-def _proc_argv(pid: int) -> list[str] | None:
-    """argv of a live process, None if it is gone or has exited."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    if _proc_state(pid) in (None, "Z", "X"):
-        return None
-    return raw.decode(errors="replace").split("\0")[:-1]
-
-
-def _wait_exit(pid: int, timeout: float) -> bool:
-    """Wait until all threads of `pid` have exited; True if they did in time.
-
-    Only then are its fds (UAPI socket, TUN) closed: a SIGKILLed wireguard-go's
-    main thread is a zombie while its other threads still hold them.
-    """
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        # A pidfd becomes readable once the whole thread group has exited.
-        return bool(select.select([pidfd], [], [], timeout)[0])
-    finally:
-        os.close(pidfd)
 
 
 class WireGuardGoEngine:
@@ -123,7 +85,7 @@ class WireGuardGoEngine:
 
     def _runs_device(self, pid: int, ifname: str) -> bool:
         """pid is a live `wireguard-go -f <ifname>` (guards against reused PIDs)."""
-        argv = _proc_argv(pid)
+        argv = proc.argv(pid)
         return (
             bool(argv)
             and os.path.basename(argv[0]) == os.path.basename(self.binary)
@@ -143,7 +105,7 @@ class WireGuardGoEngine:
         owner_netns = ns.pid_netns_id(pid)
         if owner_netns is None:
             # Exiting (e.g. killed): once its last thread is gone the socket is stale.
-            _wait_exit(pid, self.stop_timeout)
+            proc.wait_exit(pid, self.stop_timeout)
             self._reap(ifname)
             return None
         if owner_netns != ns.netns_id(netns):
@@ -208,10 +170,13 @@ class WireGuardGoEngine:
         if pid is None:
             raise WireGuardError(f"wireguard-go {ifname}: device not running")
         state = self._client(ifname).get()
+        # UAPI reports only the private key. Deriving the public key from it at every
+        # status and scrape would handle the secret for nothing: natgw derives it once
+        # per apply and keeps it in its state (natgw.gateway).
         return DeviceStatus(
             ifname=ifname,
             engine="wireguard-go",
-            public_key=public_key(state.private_key) if state.private_key else None,
+            public_key=None,
             listen_port=state.listen_port,
             peers=state.peers,
             pid=pid,
@@ -270,7 +235,7 @@ class WireGuardGoEngine:
         env = {k: v for k, v in os.environ.items() if k != "WG_PROCESS_FOREGROUND"}
         argv = ns.exec_argv(netns, [binary, "-f", ifname])
         with open(self.log_path(ifname), "ab") as logf:
-            proc = subprocess.Popen(
+            child = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=logf,
@@ -281,21 +246,21 @@ class WireGuardGoEngine:
         old = self._children.get(ifname)
         if old is not None:
             old.poll()  # reap a predecessor that died (its exit was already waited for)
-        self._children[ifname] = proc
-        self._write_pid(ifname, proc.pid)
-        log.info("wireguard-go %s: started pid %d in %s", ifname, proc.pid, netns or "own netns")
+        self._children[ifname] = child
+        self._write_pid(ifname, child.pid)
+        log.info("wireguard-go %s: started pid %d in %s", ifname, child.pid, netns or "own netns")
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
+            if child.poll() is not None:
                 self.pid_path(ifname).unlink(missing_ok=True)
                 raise WireGuardError(
-                    f"wireguard-go {ifname}: exited with status {proc.returncode} while "
+                    f"wireguard-go {ifname}: exited with status {child.returncode} while "
                     f"starting: {self._last_log_line(ifname)}"
                 )
-            if self._client(ifname).server_pid() == proc.pid:
+            if self._client(ifname).server_pid() == child.pid:
                 return
             time.sleep(0.02)
-        self._stop(ifname, proc.pid)
+        self._stop(ifname, child.pid)
         self.pid_path(ifname).unlink(missing_ok=True)
         raise WireGuardError(
             f"wireguard-go {ifname}: no UAPI socket {socket_path(ifname)} after "
@@ -314,33 +279,18 @@ class WireGuardGoEngine:
         pid = self._read_pid(ifname)
         if pid is None:
             return
-        if _proc_state(pid) == "Z":
+        if proc.state(pid) == "Z":
             # Exited but not reaped, so the PID is not reused yet: wait until its
             # TUN is gone, or a restart could not create the link again.
-            _wait_exit(pid, self.stop_timeout)
+            proc.wait_exit(pid, self.stop_timeout)
             self._reap(ifname)
         elif self._is_our_process(pid, ifname, netns):
             self._stop(ifname, pid)
 
     def _stop(self, ifname: str, pid: int) -> None:
         """SIGTERM, then SIGKILL after stop_timeout; returns once every thread is gone."""
-        try:
-            # A pidfd pins the process: no signal can reach a reused PID.
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            return
-        try:
-            if not self._runs_device(pid, ifname):
-                return  # exited (and the PID maybe reused) since the caller checked
-            for sig, timeout in ((signal.SIGTERM, self.stop_timeout), (signal.SIGKILL, 2.0)):
-                with contextlib.suppress(ProcessLookupError):
-                    signal.pidfd_send_signal(pidfd, sig)
-                if select.select([pidfd], [], [], timeout)[0]:
-                    break
-            else:
-                raise WireGuardError(f"wireguard-go {ifname}: pid {pid} survived SIGKILL")
-        finally:
-            os.close(pidfd)
+        if not proc.end_process(pid, ifname, self.stop_timeout):
+            raise WireGuardError(f"wireguard-go {ifname}: pid {pid} survived SIGKILL")
         self._reap(ifname)
         log.info("wireguard-go %s: stopped pid %d", ifname, pid)
 

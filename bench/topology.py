@@ -30,31 +30,29 @@ generator, are what saturates.
 
 Nothing is linked to the root namespace and no default route is added. Every name
 starts with the run prefix; everything made is recorded in
-/run/natgw/bench/<prefix>.json so that `python -m natgw.bench --cleanup` can remove
-what a killed run left.
+/run/natgw/bench/<prefix>.json (a lab record) so that `python -m bench --cleanup`
+can remove what a killed run left. Namespaces, veths, keys and processes are the
+lab's (lab/), as for the netns harness and the tests.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
-import os
-import secrets
-import signal
 import socket
 import subprocess
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from natgw import keys
+from lab.keys import new_key
+from lab.net import NATGW, LabError, add_address, in_ns, ip, run, sysctl, unique_prefix, veth
+from lab.record import Record
+from natgw.netmap import netmap
 from natgw.netns import netns_socket
 
 RECORD_DIR = Path("/run/natgw/bench")
-NATGW = str(Path(sys.executable).with_name("natgw"))
 MODES = ("route", "iptables", "nftables", "natgw")
 TRANSPORTS = ("underlay", "wg")
 POD_CIDR = "10.244.0.0/16"
@@ -76,15 +74,9 @@ _LETTER = {"route": "r", "iptables": "i", "nftables": "n", "natgw": "g",
            "underlay": "u", "wg": "w"}
 
 
-class BenchError(Exception):
-    """A step of the benchmark failed; one-line message."""
-
-
 def host_in(net: str, ref: str = POD_ADDR) -> str:
-    """The address in `net` with the host bits of `ref` (NETMAP, /16)."""
-    n = ipaddress.ip_network(net)
-    host = int(ipaddress.ip_address(ref)) & int(n.hostmask)
-    return str(ipaddress.ip_address(int(n.network_address) | host))
+    """`ref` (the pod's address by default) moved into `net` by NETMAP."""
+    return str(netmap(ref, net))
 
 
 @dataclass(frozen=True)
@@ -104,7 +96,7 @@ class Plan:
 
 def plan(mode: str, transport: str) -> Plan:
     if mode not in MODES or transport not in TRANSPORTS:
-        raise BenchError(f"unknown mode/transport {mode}/{transport}")
+        raise LabError(f"unknown mode/transport {mode}/{transport}")
     if mode == "route":
         pod2 = host_in(ROUTE_C2_CIDR)
         return Plan(mode, transport, pod2, host_in(ROUTE_C2_CIDR, "0.0.1.1"), pod2, POD_ADDR,
@@ -151,7 +143,7 @@ def extra_mappings(n: int) -> list[tuple[str, str]]:
         POD_CIDR, C2_SEEN_BY_C1, C1_SEEN_BY_C2, ROUTE_C2_CIDR, EXTRA_C2_CIDR, EXTRA_C2_AS)}
     octets = [o for o in range(256) if o not in taken]
     if n > len(octets) * 256:
-        raise BenchError(f"{n} extra mappings: at most {len(octets) * 256}")
+        raise LabError(f"{n} extra mappings: at most {len(octets) * 256}")
     out = []
     for i in range(n):
         second, third = octets[i % len(octets)], i // len(octets)
@@ -161,98 +153,21 @@ def extra_mappings(n: int) -> list[tuple[str, str]]:
     return out
 
 
-# -- processes and commands ------------------------------------------------------
-
-
-def run(argv: list[str], timeout: float = 60, check: bool = True,
-        input: str | None = None) -> subprocess.CompletedProcess:
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
-    except subprocess.TimeoutExpired as e:
-        raise BenchError(f"{' '.join(argv)}: timed out after {timeout} s") from e
-    if check and r.returncode != 0:
-        raise BenchError(f"{' '.join(argv)}: {(r.stderr or r.stdout).strip()[:300]}")
-    return r
-
-
-def in_ns(ns: str, argv: list[str], cpu: int | None = None) -> list[str]:
-    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
-    return ["ip", "netns", "exec", ns, *pin, *argv]
-
-
-def ip(*args: str) -> None:
-    run(["ip", *args], timeout=10)
-
-
-@dataclass
-class Record:
-    """Everything a run made, on disk, for cleanup after a crash."""
-
-    prefix: str
-    workdir: str
-    namespaces: list[str] = field(default_factory=list)
-    pids: list[int] = field(default_factory=list)
-    gateways: dict[str, str] = field(default_factory=dict)  # gateway config -> netns
-
-    @property
-    def path(self) -> Path:
-        return RECORD_DIR / f"{self.prefix}.json"
-
-    def save(self) -> None:
-        RECORD_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(self.path)
+# -- runs ---------------------------------------------------------------------
 
 
 def new_record(prefix: str | None = None) -> Record:
-    prefix = prefix or f"nb{secrets.token_hex(2)}"
-    workdir = RECORD_DIR / prefix
-    workdir.mkdir(parents=True, exist_ok=True)
-    rec = Record(prefix, str(workdir))
-    rec.save()
-    return rec
-
-
-def stop_pid(pid: int, timeout: float = 5.0) -> None:
-    """End a process this run started: SIGTERM, then SIGKILL if it lingers."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:  # not our child (a run being cleaned up): poll
-            done = 0 if os.path.exists(f"/proc/{pid}") else pid
-        if done:
-            return
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
+    """A new lab record under /run/natgw/bench (prefix: "nb" + 4 unused hex digits)."""
+    return Record.create(RECORD_DIR, prefix or unique_prefix("nb", also=(RECORD_DIR,)))
 
 
 def cleanup(rec: Record) -> None:
     """Remove a run: processes by PID, gateways with `natgw down`, then the namespaces."""
-    for pid in rec.pids:
-        stop_pid(pid)
-    for cfg, ns in rec.gateways.items():
-        _natgw_down(ns, cfg)
-    for ns in rec.namespaces:
-        run(["ip", "netns", "del", ns], timeout=10, check=False)
-    run(["rm", "-rf", rec.workdir], check=False)
-    rec.path.unlink(missing_ok=True)
+    rec.remove(_natgw_down)
 
 
 def load_records(prefix: str | None = None) -> list[Record]:
-    if not RECORD_DIR.is_dir():
-        return []
-    return [Record(**json.loads(p.read_text())) for p in sorted(RECORD_DIR.glob("*.json"))
-            if prefix is None or p.stem == prefix]
+    return Record.load(RECORD_DIR, prefix)
 
 
 # -- the topology ------------------------------------------------------------
@@ -267,9 +182,9 @@ class Topology:
         programs attached to the peer devices but no mapping matching the traffic (what
         the tc hooks and programs cost before any translation)."""
         if extra and mode != "natgw":
-            raise BenchError("extra mappings exist only in natgw mode")
+            raise LabError("extra mappings exist only in natgw mode")
         if hooks and mode != "route":
-            raise BenchError("natgw hooks without translation: route mode only")
+            raise LabError("natgw hooks without translation: route mode only")
         self.rec = rec
         self.mode, self.transport, self.extra, self.hooks = mode, transport, extra, hooks
         self.plan = plan(mode, transport)
@@ -280,7 +195,7 @@ class Topology:
         self.dev = {d: p + d for d in ("e1", "p1", "u1", "u2", "p2", "e2", "w1", "w2")}
         for name in self.dev.values():
             if len(name) > 15:
-                raise BenchError(f"device name {name} is longer than 15 characters")
+                raise LabError(f"device name {name} is longer than 15 characters")
         self.gateways = [p + "1", p + "2"]  # natgw gateway names
         self.configs: list[Path] = []
         self.wg_pids: list[int] = []
@@ -305,24 +220,10 @@ class Topology:
 
     # -- build ---------------------------------------------------------------
 
-    def _netns(self, ns: str) -> None:
-        ip("netns", "add", ns)
-        self.rec.namespaces.append(ns)
-        self.rec.save()
-        ip("-n", ns, "link", "set", "lo", "up")
-
     def _veth(self, ns_a: str, a: str, addr_a: str, ns_b: str, b: str, addr_b: str) -> None:
-        da, db = self.dev[a], self.dev[b]
-        extra_a = ["address", MAC[a]] if a in MAC else []
-        extra_b = ["address", MAC[b]] if b in MAC else []
-        ip("link", "add", da, "netns", ns_a, *extra_a, "type", "veth",
-           "peer", db, "netns", ns_b, *extra_b)
-        for ns, dev, addr in ((ns_a, da, addr_a), (ns_b, db, addr_b)):
-            ip("-n", ns, "addr", "add", addr, "dev", dev)
-            ip("-n", ns, "link", "set", dev, "up")
-
-    def _sysctl(self, ns: str, *settings: str) -> None:
-        run(in_ns(ns, ["sysctl", "-q", "-w", *settings]))
+        veth(ns_a, self.dev[a], ns_b, self.dev[b], MAC.get(a), MAC.get(b))
+        add_address(ns_a, self.dev[a], addr_a)
+        add_address(ns_b, self.dev[b], addr_b)
 
     def _rps(self, ns: str, dev: str, cpu: int) -> None:
         path = f"/sys/class/net/{dev}/queues/rx-0/rps_cpus"
@@ -331,7 +232,7 @@ class Topology:
     def build(self) -> None:
         pl = self.plan
         for ns in (self.pod1, self.gw1, self.gw2, self.pod2):
-            self._netns(ns)
+            self.rec.netns(ns)
         self._veth(self.pod1, "e1", f"{POD_ADDR}/24", self.gw1, "p1", "10.244.1.1/24")
         self._veth(self.pod2, "e2", f"{pl.pod2_addr}/24", self.gw2, "p2", f"{pl.pod2_gw}/24")
         self._veth(self.gw1, "u1", f"{UNDERLAY[0]}/24", self.gw2, "u2", f"{UNDERLAY[1]}/24")
@@ -344,10 +245,10 @@ class Topology:
                "dev", self.dev["e2"])
             ip("-n", self.gw2, "route", "add", EXTRA_C2_CIDR, "via", POD_ADDR)
         for ns in (self.gw1, self.gw2):
-            self._sysctl(ns, "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
+            sysctl(ns, "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
                          "net.ipv4.conf.default.rp_filter=0")
         for ns, dev in ((self.gw1, "p1"), (self.gw2, "p2")):
-            self._sysctl(ns, f"net.ipv4.conf.{self.dev[dev]}.rp_filter=0")
+            sysctl(ns, f"net.ipv4.conf.{self.dev[dev]}.rp_filter=0")
             if dev == "p2" or self.transport == "underlay":
                 self._rps(ns, self.dev[dev], GW_CPU)
         # Replies to pod1 are processed on the pods' CPU. What enters pod2 stays on
@@ -415,37 +316,18 @@ class Topology:
                 dp.set_mappings(dev, [Mapping.parse("remote", "10.99.0.0/16", "10.98.0.0/16")],
                                 ns)
 
-    def _keys(self) -> tuple[list[str], list[str]]:
-        privs = [keys.genkey(), keys.genkey()]
-        return privs, [keys.pubkey(k) for k in privs]
-
-    def _keyfile(self, i: int, priv: str) -> Path:
-        path = Path(self.rec.workdir) / f"{self.tag}{i}.key"
-        path.write_text(priv + "\n")
-        os.chmod(path, 0o600)
-        return path
+    def _keys(self, kind: str) -> tuple[list[Path], list[str]]:
+        """Two new key files of this topology (kind: "wg" or "gw"), and their public keys."""
+        paths = [Path(self.rec.workdir) / f"{self.tag}{kind}{i}.key" for i in (0, 1)]
+        return paths, [new_key(p) for p in paths]
 
     def _build_wg(self) -> None:
         """wireguard-go on both gateways, pinned to the gateway CPU, configured with wg."""
-        privs, pubs = self._keys()
+        keyfiles, pubs = self._keys("wg")
         for i, (ns, dev, other, _) in enumerate(self._gw_peer()):
-            log = open(Path(self.rec.workdir) / f"{dev}.log", "wb")
-            env = {k: v for k, v in os.environ.items() if k != "WG_PROCESS_FOREGROUND"}
-            proc = subprocess.Popen(
-                in_ns(ns, ["timeout", "-k", "5", str(MAX_LIFETIME), "wireguard-go", "-f", dev],
-                      cpu=GW_CPU),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-            log.close()
-            self.wg_pids.append(proc.pid)
-            self.rec.pids.append(proc.pid)
-            self.rec.save()
-            sock = Path(f"/var/run/wireguard/{dev}.sock")
-            deadline = time.monotonic() + 10
-            while not sock.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(f"wireguard-go {dev} did not start (see its log)")
-                time.sleep(0.05)
-            run(in_ns(ns, ["wg", "set", dev, "private-key", str(self._keyfile(i, privs[i])),
+            self.wg_pids.append(self.rec.start_wireguard_go(ns, dev, cpu=GW_CPU,
+                                                            lifetime=MAX_LIFETIME))
+            run(in_ns(ns, ["wg", "set", dev, "private-key", str(keyfiles[i]),
                            "listen-port", str(WG_PORT), "peer", pubs[1 - i], "endpoint",
                            f"{other}:{WG_PORT}", "allowed-ips", self.plan.wg_allowed[i]]))
             ip("-n", ns, "link", "set", dev, "mtu", str(WG_MTU), "up")
@@ -476,8 +358,7 @@ class Topology:
     def write_natgw_configs(self, extra_mapping: bool = False) -> None:
         """(Re)write both cluster.yaml files; keys are made once."""
         if not hasattr(self, "_pubs"):
-            privs, self._pubs = self._keys()
-            self._keyfiles = [self._keyfile(i, privs[i]) for i in (0, 1)]
+            self._keyfiles, self._pubs = self._keys("gw")
         self.configs = []
         for i in (0, 1):
             path = Path(self.rec.workdir) / f"{self.gateways[i]}.yaml"
@@ -493,12 +374,12 @@ class Topology:
         the one the benchmark starts in the other modes.
         """
         ns = (self.gw1, self.gw2)[i]
-        argv = ["taskset", "-c", str(GW_CPU), NATGW, "--netns", ns, "up", str(self.configs[i])]
-        if foreground:
-            return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    start_new_session=True)
+        argv = [NATGW, "--netns", ns, "up", str(self.configs[i])]
+        if foreground:  # recorded, so that a killed run still ends it
+            return self.rec.spawn(None, argv, cpu=GW_CPU, marker=str(self.configs[i]),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         t0 = time.monotonic()
-        run([*argv, "--detach"], timeout=180)
+        run([*in_ns(None, argv, GW_CPU), "--detach"], timeout=180)
         return time.monotonic() - t0
 
     def natgw_down(self, i: int) -> None:
@@ -514,7 +395,7 @@ class Topology:
 
     def install_extra_mappings(self) -> list[dict]:
         """self.extra more mappings on both peer devices, through the library."""
-        from natgw.bench.mappings import install  # noqa: PLC0415
+        from bench.mappings import install  # noqa: PLC0415
 
         self.install_times = [
             install(gw, ns, dev, extra_mappings(self.extra)).as_dict()
@@ -559,7 +440,7 @@ class Topology:
             seen2 = seen1 = None
             while seen2 is None:  # WireGuard needs a handshake: retry
                 if time.monotonic() > deadline:
-                    raise BenchError(f"{self.key}: pod1 -> {self.plan.target} got no answer")
+                    raise LabError(f"{self.key}: pod1 -> {self.plan.target} got no answer")
                 tx1.sendto(b"ping", (self.plan.target, port))
                 try:
                     _, (seen2, _) = rx2.recvfrom(100)
@@ -567,7 +448,7 @@ class Topology:
                     continue
             while seen1 is None:
                 if time.monotonic() > deadline:
-                    raise BenchError(f"{self.key}: pod2 -> {seen2} got no answer")
+                    raise LabError(f"{self.key}: pod2 -> {seen2} got no answer")
                 rx2.sendto(b"pong", (seen2, port))
                 try:
                     _, (seen1, _) = tx1.recvfrom(100)
@@ -582,7 +463,7 @@ class Topology:
         """verify(), and insist on the addresses the mode promises."""
         seen2, seen1 = self.verify()
         if (seen2, seen1) != (self.plan.pod1_seen_as, self.plan.target):
-            raise BenchError(f"{self.key}: pod2 saw pod1 as {seen2} (want "
+            raise LabError(f"{self.key}: pod2 saw pod1 as {seen2} (want "
                              f"{self.plan.pod1_seen_as}), pod1 saw pod2 as {seen1} "
                              f"(want {self.plan.target})")
 
@@ -590,9 +471,7 @@ class Topology:
 
     def teardown(self) -> None:
         for pid in self.wg_pids:
-            stop_pid(pid)
-            if pid in self.rec.pids:
-                self.rec.pids.remove(pid)
+            self.rec.end(pid)
         for i, cfg in enumerate(self.configs):
             if str(cfg) in self.rec.gateways:
                 _natgw_down((self.gw1, self.gw2)[i], str(cfg))
@@ -602,14 +481,13 @@ class Topology:
                 _natgw_down(self.rec.gateways.pop(gw), gw)
         for ns in (self.pod1, self.gw1, self.gw2, self.pod2):
             if ns in self.rec.namespaces:
-                run(["ip", "netns", "del", ns], timeout=10, check=False)
-                self.rec.namespaces.remove(ns)
+                self.rec.delete_netns(ns)
         self.rec.save()
 
 
 def _natgw_down(netns: str, config: str) -> None:
     """`natgw down`, after emptying the tables (it removes mappings one by one)."""
-    from natgw.bench.mappings import clear_mappings  # noqa: PLC0415
+    from bench.mappings import clear_mappings  # noqa: PLC0415
 
     clear_mappings(Path(config).stem)
     run([NATGW, "--netns", netns, "down", config], timeout=120, check=False)

@@ -1,7 +1,7 @@
 """`natgw maps` and `natgw lookup`: what the dataplane translates, and how often.
 
-Both read the pinned maps directly (natgw.inspect): no compiler, no state
-change, safe on a busy gateway. JSON shapes are documented in natgw.inspect;
+Both read the pinned maps directly (natgw.introspect): no compiler, no state
+change, safe on a busy gateway. JSON shapes are documented in natgw.introspect;
 `maps --watch --json` prints one JSON object per refresh, one per line:
 
     {"time": 1700000000.0, "interval": 1.0,
@@ -10,6 +10,7 @@ change, safe on a busy gateway. JSON shapes are documented in natgw.inspect;
                 "packets_per_second": 12.0, "bytes_per_second": 1500.0}]}
 
 (rates are null in the first object: there is nothing to compare with yet).
+With no gateway loaded, `maps` says so in one line (exit 0); --json prints [].
 """
 
 from __future__ import annotations
@@ -18,37 +19,25 @@ import ipaddress
 import json
 import sys
 import time
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from natgw.cli.errors import EXIT_INVALID, EXIT_RUNTIME, fail, warn
+from natgw.cli.options import netns_of
+
 if TYPE_CHECKING:
-    from natgw import inspect as I
+    from natgw import introspect as I
 
-# natgw.inspect (and pyroute2 under it) is imported by the commands that use
-# it, so that every other natgw command starts without paying for it.
+# natgw.introspect is imported by the commands that use it, so that every
+# other natgw command starts without paying for it.
 
-EXIT_RUNTIME = 1  # as natgw.cli
-EXIT_INVALID = 2
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: redraw in place like watch(1)
+NOTHING_LOADED = "no natgw gateway is loaded"
 
 
-def _fail(message: str, code: int = EXIT_RUNTIME) -> NoReturn:
-    # Imported at call time: natgw.cli imports this module to register it.
-    from natgw.cli import fail  # noqa: PLC0415
-
-    fail(message, code)
-
-
-def _netns(ctx: typer.Context) -> str | None:
-    from natgw.netns import NetnsNotFound, require_netns  # noqa: PLC0415
-
-    netns = getattr(ctx.obj, "netns", None)
-    try:
-        require_netns(netns)
-    except (NetnsNotFound, ValueError) as e:
-        _fail(str(e))
-    return netns
+def _nothing(netns: str | None) -> str:
+    return NOTHING_LOADED + (f" in netns {netns}" if netns else "")
 
 
 def _check_gateway(gateway: str | None) -> None:
@@ -58,7 +47,7 @@ def _check_gateway(gateway: str | None) -> None:
         try:
             pin_dir(gateway)
         except DataplaneError as e:
-            _fail(str(e), EXIT_INVALID)
+            fail(str(e), EXIT_INVALID)
 
 
 # -- text rendering ------------------------------------------------------------
@@ -153,12 +142,13 @@ def _rates_json(reports: list[I.GatewayReport],
 
 # -- commands ------------------------------------------------------------------
 
+# Arguments are typer.Argument(hidden=True): each command's docstring describes
+# them; hidden drops only typer's "Arguments:" list (the usage line keeps them).
+
 
 def maps(
     ctx: typer.Context,
-    gateway: Annotated[str | None, typer.Argument(
-        help="Gateway to show; default: every loaded gateway (with --netns: those in it).",
-        show_default=False)] = None,
+    gateway: Annotated[str | None, typer.Argument(hidden=True)] = None,
     as_json: Annotated[bool, typer.Option("--json", "-j", help="JSON output (like ip -j).")]
     = False,
     watch: Annotated[bool, typer.Option("--watch", "-w",
@@ -167,29 +157,34 @@ def maps(
     interval: Annotated[float, typer.Option("--interval", "-i", min=0.1, metavar="SECONDS",
                                             help="Refresh interval of --watch.")] = 1.0,
     count: Annotated[int | None, typer.Option("--count", "-c", min=1, metavar="N",
+                                              show_default=False,
                                               help="With --watch: stop after N refreshes.")]
     = None,
 ) -> None:
-    """Translation tables with packet/byte counters, then drops and events per device."""
-    from natgw import inspect as I  # noqa: PLC0415
+    """Translation tables and counters, drops and events per device.
+
+    GATEWAY: the gateway to show; default: every loaded gateway (with
+    --netns: those in it).
+    """
+    from natgw import introspect as I  # noqa: PLC0415
 
     if count is not None and not watch:
-        _fail("--count only applies to --watch", EXIT_INVALID)
-    netns = _netns(ctx)
+        fail("--count only applies to --watch", EXIT_INVALID)
+    netns = netns_of(ctx)
     _check_gateway(gateway)
     failed: list[str] = []
 
-    def warn(_gw: str, message: str) -> None:
+    def on_error(_gw: str, message: str) -> None:
         failed.append(message)
-        typer.echo(f"natgw: {message}", err=True)
+        warn(message)
 
     def read() -> list[I.GatewayReport]:
         try:
             if gateway is not None:
                 return [I.read_gateway(gateway, netns=netns)]
-            return I.read_gateways(I.gateway_names(netns=netns), netns=netns, on_error=warn)
+            return I.read_gateways(I.gateway_names(netns=netns), netns=netns, on_error=on_error)
         except I.InspectError as e:
-            _fail(str(e))
+            fail(str(e))
 
     if not watch:
         reports = read()
@@ -197,6 +192,8 @@ def maps(
             typer.echo(json.dumps(I.to_json(reports), indent=2))
         elif reports:
             typer.echo(render_maps(reports))
+        elif not failed:
+            typer.echo(_nothing(netns))
         if failed:
             raise typer.Exit(EXIT_RUNTIME)
         return
@@ -209,7 +206,7 @@ def maps(
             typer.echo(json.dumps(doc))
             return
         header = f"natgw maps: every {interval:g}s, Ctrl-C to stop    {time.strftime('%X')}"
-        body = render_maps(reports, rates) if reports else "(no gateway loaded)"
+        body = render_maps(reports, rates) if reports else _nothing(netns)
         typer.echo((CLEAR if redraw else "") + header + "\n" + body + ("" if redraw else "\n"))
 
     try:
@@ -220,34 +217,31 @@ def maps(
 
 def lookup(
     ctx: typer.Context,
-    address: Annotated[str, typer.Argument(help="IPv4 or IPv6 address.", show_default=False)],
+    address: Annotated[str, typer.Argument(hidden=True)],
     as_json: Annotated[bool, typer.Option("--json", "-j", help="JSON output (like ip -j).")]
     = False,
     gateway: Annotated[str | None, typer.Option(
-        "--gateway", "-g", metavar="NAME",
-        help="Only this gateway; default: every loaded gateway (with --netns: those in it).",
-        show_default=False)] = None,
+        "--gateway", "-g", metavar="NAME", show_default=False,
+        help="Only this gateway; default: every loaded gateway (with --netns: those in it).")]
+    = None,
 ) -> None:
-    """How ADDRESS is translated, per direction and side, and by which device/peer."""
-    from natgw import inspect as I  # noqa: PLC0415
+    """How ADDRESS is translated: per direction and side, and where.
 
-    netns = _netns(ctx)
+    ADDRESS is an IPv4 or IPv6 address.
+    """
+    from natgw import introspect as I  # noqa: PLC0415
+
+    netns = netns_of(ctx)
     _check_gateway(gateway)
     try:
         addr = ipaddress.ip_address(address)
     except ValueError:
-        _fail(f"{address!r}: not an IPv4 or IPv6 address", EXIT_INVALID)
+        fail(f"{address!r}: not an IPv4 or IPv6 address", EXIT_INVALID)
     try:
         items = I.lookup(addr, [gateway] if gateway else None, netns=netns)
     except I.InspectError as e:
-        _fail(str(e))
+        fail(str(e))
     if as_json:
         typer.echo(json.dumps(I.translation_json(items), indent=2))
     else:
         typer.echo(render_lookup(str(addr), items))
-
-
-def register(app: typer.Typer) -> None:
-    """Add `maps` and `lookup` to natgw's command line."""
-    app.command("maps")(maps)
-    app.command("lookup")(lookup)

@@ -2,7 +2,7 @@
  *
  *   udpgen DEV DST_MAC SRC_MAC SRC_IP DST_IP SPORT DPORT PAYLOAD SECONDS NEW_FLOW
  *
- * Built by the benchmark (natgw.bench.generator) with the system's gcc. A
+ * Built by the benchmark (bench.generator) with the system's gcc. A
  * blocking AF_PACKET socket with PACKET_QDISC_BYPASS and sendmmsg() batches of
  * 64 frames: when the path is saturated the socket's send buffer fills and the
  * sender waits (trafgen's TX_RING aborts on EAGAIN instead). With NEW_FLOW=1

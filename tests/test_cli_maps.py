@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_inspect import PEER, RA, Loaded, expected_deltas, loaded_gateway, send_traffic
+from test_introspect import PEER, RA, Loaded, expected_deltas, loaded_gateway, send_traffic
 from typer.testing import CliRunner
 
 from natgw import state
@@ -115,6 +115,14 @@ def test_maps_netns_filter_uses_the_state(gw, netns_lab):
         assert gw.gateway not in [g["gateway"] for g in json.loads(out)]
     finally:
         state.save_state(saved)
+
+
+def test_maps_with_nothing_loaded_says_so(netns_lab):
+    ns = netns_lab.netns("m")  # a fresh netns: no gateway can be loaded in it
+    assert natgw("--netns", ns, "maps") == (0, f"no natgw gateway is loaded in netns {ns}\n", "")
+    assert natgw("--netns", ns, "maps", "--json") == (0, "[]\n", "")
+    code, out, _ = natgw("--netns", ns, "maps", "--watch", "--count", "1")
+    assert code == 0 and out.endswith(f"\nno natgw gateway is loaded in netns {ns}\n\n")
 
 
 @pytest.mark.bpf

@@ -17,17 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from natgw.bench import control, generator, micro, traffic
-from natgw.bench.stats import median, spread
-from natgw.bench.topology import (
-    MODES,
-    POD_CPU,
-    BenchError,
-    Record,
-    Topology,
-    cleanup,
-    new_record,
-)
+from bench import control, generator, micro, traffic
+from bench.stats import median, spread
+from bench.topology import MODES, POD_CPU, Topology, cleanup, new_record
+from lab.net import LabError
+from lab.record import Record
 
 
 @dataclass
@@ -120,14 +114,14 @@ def machine_info() -> dict:
 
 def preflight() -> None:
     if os.geteuid() != 0:
-        raise BenchError("run as root: network namespaces, tc, BPF")
+        raise LabError("run as root: network namespaces, tc, BPF")
     missing = [t for t in ("ip", "nft", "iptables-legacy", "wireguard-go", "wg", "iperf3",
                            "bpftool", "taskset", "timeout")
                if shutil.which(t) is None]
     if missing:
-        raise BenchError(f"missing tools: {', '.join(missing)} (make setup installs them)")
+        raise LabError(f"missing tools: {', '.join(missing)} (make setup installs them)")
     if (os.cpu_count() or 1) < 2:
-        raise BenchError("needs 2 CPUs: one for the pods, one for the gateways")
+        raise LabError("needs 2 CPUs: one for the pods, one for the gateways")
     generator.binary()
 
 
@@ -153,13 +147,13 @@ def measure_round(r: int, topos: list[Topology], counters: traffic.Counters,
                 res.add(t.key, f"{measure}_pps", f.pps, f.as_dict())
                 res.add(t.key, f"{measure}_ns", f.gw_ns_per_packet)
                 res.add(t.key, f"{measure}_sat", 1.0 if f.saturated else 0.0)
-            except BenchError as e:
+            except LabError as e:
                 opt.log(f"  {t.key} {measure}: {e}")
                 res.add(t.key, f"{measure}_pps", None)
     for t in order:
         try:
             res.add(t.key, "tcp_gbps", traffic.tcp_bulk(t, opt.tcp_window))
-        except BenchError as e:
+        except LabError as e:
             opt.log(f"  {t.key} tcp: {e}")
             res.add(t.key, "tcp_gbps", None)
     for t in order:
@@ -167,7 +161,7 @@ def measure_round(r: int, topos: list[Topology], counters: traffic.Counters,
             rr = traffic.tcp_rr(t, opt.rr_window)
             res.add(t.key, "rr_p50_us", rr["p50_us"], rr)
             res.add(t.key, "rr_p99_us", rr["p99_us"])
-        except BenchError as e:
+        except LabError as e:
             opt.log(f"  {t.key} rr: {e}")
             res.add(t.key, "rr_p50_us", None)
             res.add(t.key, "rr_p99_us", None)
@@ -222,7 +216,7 @@ def run(opt: Options) -> Results:
         for t in topos:
             try:
                 t.teardown()
-            except BenchError as e:
+            except LabError as e:
                 opt.log(f"  teardown {t.key}: {e}")
         cleanup(rec)
         res.finished = time.time()

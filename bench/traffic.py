@@ -14,20 +14,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from natgw.bench import generator
-from natgw.bench.stats import rate
-from natgw.bench.topology import (
-    GW_CPU,
-    MAC,
-    POD_ADDR,
-    POD_CPU,
-    SINK_PORT,
-    BenchError,
-    Topology,
-    in_ns,
-    stop_pid,
-)
+from bench import generator
+from bench.stats import rate
+from bench.topology import GW_CPU, MAC, POD_ADDR, POD_CPU, SINK_PORT, Topology
+from lab.net import LabError, in_ns
 from natgw.netns import iproute
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: bench/ and lab/
 
 UDP_PAYLOAD = 64  # bytes of UDP payload: a 92-byte IP packet, a 106-byte frame
 IPERF_PORT = 5201
@@ -140,15 +133,13 @@ def udp_flood(topo: Topology, counters: Counters, new_flow: bool, window: float,
     """udpgen floods from pod1 on CPU 0; count what reaches pod2 over `window` seconds."""
     gen = generator.argv(topo.dev["e1"], MAC["p1"], MAC["e1"], POD_ADDR, topo.plan.target,
                          40000, SINK_PORT, UDP_PAYLOAD, warmup + window + 1, new_flow)
-    proc = subprocess.Popen(
-        in_ns(topo.pod1, ["timeout", "-k", "3", f"{warmup + window + 5:.1f}", *gen],
-              cpu=POD_CPU),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    topo.rec.pids.append(proc.pid)
+    proc = topo.rec.spawn(topo.pod1, ["timeout", "-k", "3", f"{warmup + window + 5:.1f}", *gen],
+                          cpu=POD_CPU, marker=gen[0], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(warmup)
         if proc.poll() is not None:
-            raise BenchError(f"udpgen: {proc.stderr.read().strip()[:300]}")
+            raise LabError(f"udpgen: {proc.stderr.read().strip()[:300]}")
         pids = topo.engine_pids()
         c0, w0 = read_cpu(), proc_cpu_seconds(pids)
         rx0 = counters.read(topo.pod2, topo.dev["e2"])["rx_packets"]
@@ -160,8 +151,7 @@ def udp_flood(topo: Topology, counters: Counters, new_flow: bool, window: float,
         tx1 = counters.read(topo.pod1, topo.dev["e1"])["tx_packets"]
         c1, w1 = read_cpu(), proc_cpu_seconds(pids)
     finally:
-        stop_pid(proc.pid)
-        topo.rec.pids.remove(proc.pid)
+        topo.rec.end(proc.pid)
     # Gateway work: the gateway CPU's busy time (exact) less what other processes
     # ran there (tick-sampled), wireguard-go being the gateways' own.
     gw, pod = cpu_use(c0, c1, GW_CPU), cpu_use(c0, c1, POD_CPU)
@@ -182,11 +172,10 @@ def conntrack_count(ns: str) -> int | None:
 
 def tcp_bulk(topo: Topology, window: float) -> float:
     """iperf3 TCP from pod1 to pod2 (both on CPU 0): received Gbit/s."""
-    server = subprocess.Popen(
-        in_ns(topo.pod2, ["timeout", "-k", "3", f"{window + 15:.0f}", "iperf3", "-s", "-1",
-                          "-B", topo.plan.pod2_addr, "-p", str(IPERF_PORT)], cpu=POD_CPU),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    topo.rec.pids.append(server.pid)
+    server = topo.rec.spawn(
+        topo.pod2, ["timeout", "-k", "3", f"{window + 15:.0f}", "iperf3", "-s", "-1",
+                    "-B", topo.plan.pod2_addr, "-p", str(IPERF_PORT)],
+        cpu=POD_CPU, marker="iperf3", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         out = None
         for _ in range(30):  # until the server listens
@@ -200,27 +189,26 @@ def tcp_bulk(topo: Topology, window: float) -> float:
                 out = json.loads(r.stdout)
                 break
             if "unable to connect" not in r.stdout + r.stderr:
-                raise BenchError(f"iperf3 {topo.key}: {(r.stdout + r.stderr)[-300:]}")
+                raise LabError(f"iperf3 {topo.key}: {(r.stdout + r.stderr)[-300:]}")
         if out is None:
-            raise BenchError(f"iperf3 {topo.key}: server never listened")
+            raise LabError(f"iperf3 {topo.key}: server never listened")
         return out["end"]["sum_received"]["bits_per_second"] / 1e9
     finally:
-        stop_pid(server.pid)
-        topo.rec.pids.remove(server.pid)
+        topo.rec.end(server.pid)
 
 
 def endpoint_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "natgw.bench.endpoints", *args]
+    """bench.endpoints in a pod: the checkout's root on its path, whatever the cwd."""
+    return ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "bench.endpoints", *args]
 
 
 def tcp_rr(topo: Topology, window: float, size: int = 64) -> dict:
     """Round trips over one TCP connection for `window` seconds: p50/p99 in microseconds."""
-    server = subprocess.Popen(
-        in_ns(topo.pod2, endpoint_argv("rr-server", "--bind", topo.plan.pod2_addr, "--port",
-                                       str(RR_PORT), "--seconds", f"{window + 10:.1f}"),
-              cpu=POD_CPU),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    topo.rec.pids.append(server.pid)
+    server = topo.rec.spawn(
+        topo.pod2, endpoint_argv("rr-server", "--bind", topo.plan.pod2_addr, "--port",
+                                 str(RR_PORT), "--seconds", f"{window + 10:.1f}"),
+        cpu=POD_CPU, marker="bench.endpoints", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
     try:
         server.stdout.readline()  # {"listening": true}
         r = subprocess.run(
@@ -230,8 +218,7 @@ def tcp_rr(topo: Topology, window: float, size: int = 64) -> dict:
             capture_output=True, text=True, timeout=window + 20)
         out = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else {}
         if "error" in out or not out:
-            raise BenchError(f"rr {topo.key}: {out or r.stderr.strip()[-300:]}")
+            raise LabError(f"rr {topo.key}: {out or r.stderr.strip()[-300:]}")
         return out
     finally:
-        stop_pid(server.pid)
-        topo.rec.pids.remove(server.pid)
+        topo.rec.end(server.pid)

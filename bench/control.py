@@ -13,19 +13,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from natgw.bench.stats import median, seq_loss
-from natgw.bench.topology import (
-    EXTRA_C2_AS,
-    EXTRA_C2_CIDR,
-    POD_CPU,
-    BenchError,
-    Topology,
-    host_in,
-    in_ns,
-    run,
-    stop_pid,
-)
-from natgw.bench.traffic import endpoint_argv
+from bench.stats import median, seq_loss
+from bench.topology import EXTRA_C2_AS, EXTRA_C2_CIDR, POD_CPU, Topology, host_in
+from bench.traffic import endpoint_argv
+from lab.net import LabError, in_ns, run
 
 STREAM_PORT, NEW_PORT = 7100, 7101
 PIN_ROOT = Path("/sys/fs/bpf/natgw")
@@ -41,9 +32,8 @@ class _Streams:
         self.recv: subprocess.Popen | None = None
 
     def _start(self, ns: str, argv: list[str]) -> subprocess.Popen:
-        p = subprocess.Popen(in_ns(ns, argv, cpu=POD_CPU), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-        self.topo.rec.pids.append(p.pid)
+        p = self.topo.rec.spawn(ns, argv, cpu=POD_CPU, marker="bench.endpoints",
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
         return p
 
@@ -53,7 +43,7 @@ class _Streams:
             "--seconds", f"{self.seconds + 10:.0f}"))
         line = self.recv.stdout.readline()
         if "listening" not in line:
-            raise BenchError(f"stream-recv: {line or self.recv.stderr.read()[-300:]}")
+            raise LabError(f"stream-recv: {line or self.recv.stderr.read()[-300:]}")
 
     def send(self, dst: str, port: int, rate: float, flows: int = 1) -> subprocess.Popen:
         return self._start(self.topo.pod1, endpoint_argv(
@@ -71,17 +61,16 @@ class _Streams:
         try:
             out, err = p.communicate(timeout=15)
         finally:
-            self.topo.rec.pids.remove(p.pid)
+            self.topo.rec.forget(p.pid)
             self.procs.remove(p)
         lines = [ln for ln in out.splitlines() if ln.startswith("{") and "listening" not in ln]
         if not lines:
-            raise BenchError(f"stream endpoint: no result ({err.strip()[-300:]})")
+            raise LabError(f"stream endpoint: no result ({err.strip()[-300:]})")
         return json.loads(lines[-1])
 
     def close(self) -> None:
         for p in list(self.procs):
-            stop_pid(p.pid)
-            self.topo.rec.pids.remove(p.pid)
+            self.topo.rec.end(p.pid)
         self.procs.clear()
 
 
@@ -213,7 +202,7 @@ def cold_up(topo: Topology, repeats: int) -> dict:
     for _ in range(repeats):
         topo.natgw_down(0)
         if (PIN_ROOT / topo.gateways[0]).exists():
-            raise BenchError(f"{topo.gateways[0]}: pins survived natgw down")
+            raise LabError(f"{topo.gateways[0]}: pins survived natgw down")
         streams = _Streams(topo, 60)
         try:
             streams.receive([f"{topo.plan.pod2_addr}:{STREAM_PORT}"])
@@ -277,15 +266,13 @@ def pinned_memory(gateway: str) -> dict:
 def memory(topo: Topology, settle: float = 3.0) -> dict:
     """RSS of a foreground `natgw up` (after its no-op apply), and of wireguard-go."""
     proc = topo.natgw_up(0, foreground=True)
-    topo.rec.pids.append(proc.pid)
     try:
         time.sleep(settle)
         if proc.poll() is not None:
-            raise BenchError(f"foreground natgw up exited with {proc.returncode}")
+            raise LabError(f"foreground natgw up exited with {proc.returncode}")
         rss, hwm = _status_kb(proc.pid, "VmRSS"), _status_kb(proc.pid, "VmHWM")
     finally:
-        stop_pid(proc.pid, timeout=10)
-        topo.rec.pids.remove(proc.pid)
+        topo.rec.end(proc.pid, timeout=10)
     engines = [_status_kb(pid, "VmRSS") for pid in topo.engine_pids()]
     topo.check()  # SIGTERM leaves the dataplane forwarding
     return {"natgw_rss_kb": rss, "natgw_hwm_kb": hwm,

@@ -1,6 +1,7 @@
 """A running gateway's translation tables, counters and drops, as plain data.
 
-The library behind `natgw maps`, `natgw lookup` and the metrics collector.
+The library behind `natgw maps`, `natgw lookup` and the metrics collector
+(named introspect, not inspect: that is a standard library module).
 Everything is read from the pinned maps (no compiler, no programs loaded),
 so it answers in milliseconds and never changes the dataplane.
 
@@ -21,7 +22,8 @@ sorted by name; keys are stable, counters are exact integers:
                       "rewrite": "10.244.0.0/16", "packets": 3, "bytes": 252},
           "ingress": {"side": "src", "match": "10.244.0.0/16",
                       "rewrite": "10.245.0.0/16", "packets": 0, "bytes": 0}}],
-        "drops":  {"truncated": 0, "icmp_inner": 0, "ipv6_exthdr": 0, "rewrite_failed": 0},
+        "drops":  {"truncated": 0, "icmp_inner": 0, "ipv6_exthdr": 0, "rewrite_failed": 0,
+                   "ipv6_routing": 0},
         "events": {"unmatched": 0, "unparsed": 0, "mss_clamped": 0}}]}]
 
 "match" is the prefix a packet's address must fall in on that side
@@ -54,28 +56,14 @@ from typing import Any
 from natgw.dataplane import layout as L
 from natgw.dataplane.bpfsys import BpfError
 from natgw.dataplane.loader import PIN_ROOT, DataplaneError, pin_dir
-from natgw.dataplane.tables import IPNetwork, TableError, Tables
-from natgw.netns import iproute
+from natgw.dataplane.tables import KIND_RULES, TABLE_KIND, IPNetwork, TableError, Tables
+from natgw.netmap import netmap
+from natgw.netns import link_names
 from natgw.state import GatewayState, load_state
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SIDES = {L.SIDE_DST: "dst", L.SIDE_SRC: "src"}
-
-# Which mapping kind owns each (direction, side) table (see natgw_shared.h).
-_TABLE_KIND = {
-    (L.DIR_EGRESS, L.SIDE_DST): "remote",
-    (L.DIR_INGRESS, L.SIDE_SRC): "remote",
-    (L.DIR_EGRESS, L.SIDE_SRC): "local",
-    (L.DIR_INGRESS, L.SIDE_DST): "local",
-}
-# For each kind and direction: the side translated, and whether the packet
-# carries the "as" prefix there (else the real cidr).
-_RULES = {
-    ("remote", "egress"): ("dst", True),
-    ("remote", "ingress"): ("src", False),
-    ("local", "egress"): ("src", False),
-    ("local", "ingress"): ("dst", True),
-}
+_DIRECTION = {name: d for d, name in L.DIRECTIONS.items()}
 
 
 class InspectError(Exception):
@@ -211,22 +199,16 @@ def _read_error(gateway: str, exc: OSError) -> InspectError:
 def interface_names(netns: str | None) -> dict[int, str]:
     """ifindex -> name in a netns; empty when it cannot be read (names are a nicety)."""
     try:
-        ipr = iproute(netns)
-    except Exception:
+        return link_names(netns)
+    except (OSError, ValueError, LookupError):
         return {}
-    try:
-        return {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-    except Exception:
-        return {}
-    finally:
-        ipr.close()
 
 
 def _rule(kind: str, direction: str, cidr: IPNetwork, as_: IPNetwork, packets: int,
           nbytes: int) -> Rule:
-    side, carries_as = _RULES[(kind, direction)]
+    side, carries_as = KIND_RULES[(kind, _DIRECTION[direction])]
     match, rewrite = (as_, cidr) if carries_as else (cidr, as_)
-    return Rule(side, match, rewrite, packets, nbytes)
+    return Rule(SIDES[side], match, rewrite, packets, nbytes)
 
 
 def read_tables(gateway: str, tables: Tables, state: GatewayState | None,
@@ -419,12 +401,6 @@ def _full_key(address: IPAddress, ifindex: int, table: int) -> ctypes.Structure:
     return key
 
 
-def netmap(address: IPAddress, to: IPNetwork) -> IPAddress:
-    """`to`'s network bits with `address`'s host bits, as the dataplane rewrites."""
-    host = int(address) & int(to.hostmask)
-    return ipaddress.ip_address(int(to.network_address) | host)
-
-
 def lookup_tables(gateway: str, tables: Tables, address: IPAddress,
                   state: GatewayState | None, names: dict[int, str]) -> list[Translation]:
     """Every translation of `address` by one gateway, by real LPM lookups."""
@@ -445,7 +421,7 @@ def lookup_tables(gateway: str, tables: Tables, address: IPAddress,
                 m = mappings.get(value.mapping_id)
                 out.append(Translation(
                     gateway, ifindex, names.get(ifindex), peer.name if peer else None,
-                    L.DIRECTIONS[direction], SIDES[side], _TABLE_KIND[(direction, side)],
+                    L.DIRECTIONS[direction], SIDES[side], TABLE_KIND[(direction, side)],
                     address, netmap(address, rewrite), match, rewrite, value.mapping_id,
                     m.cidr if m else None, m.as_ if m else None,
                 ))

@@ -1,10 +1,10 @@
-"""python -m natgw.bench: natgw against conntrack NAT and plain routing, side by side.
+"""python -m bench: natgw against conntrack NAT and plain routing, side by side.
 
-    python -m natgw.bench [--quick] [--rounds N] [--json PATH] [--markdown PATH]
-    python -m natgw.bench --render JSON [--markdown PATH]   # tables of a saved run
-    python -m natgw.bench --cleanup [PREFIX]   # remove what a killed run left
+    python -m bench [--quick] [--rounds N] [--json PATH] [--markdown PATH]
+    python -m bench --render JSON [--markdown PATH]   # tables of a saved run
+    python -m bench --cleanup [PREFIX]   # remove what a killed run left
 
-See BENCHMARKS.md for what is measured and how; natgw.bench.topology for the
+See BENCHMARKS.md for what is measured and how; bench.topology for the
 namespaces it builds (nothing touches the root namespace's network).
 """
 
@@ -14,13 +14,14 @@ import argparse
 import json
 import sys
 
-from natgw.bench import report
-from natgw.bench.run import Options, run, write_json
-from natgw.bench.topology import MODES, TRANSPORTS, BenchError, cleanup, load_records
+from bench import report
+from bench.run import Options, run, write_json
+from bench.topology import MODES, TRANSPORTS, cleanup, load_records
+from lab.net import LabError
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m natgw.bench", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="2 rounds of short windows, fewer control-plane repeats (~3 min)")
@@ -56,10 +57,10 @@ def options(a: argparse.Namespace) -> Options:
     opt.transports = tuple(t for t in a.transports.split(",") if t)
     for m in opt.modes:
         if m not in MODES:
-            raise BenchError(f"--modes: unknown mode {m}")
+            raise LabError(f"--modes: unknown mode {m}")
     for t in opt.transports:
         if t not in TRANSPORTS:
-            raise BenchError(f"--transports: unknown transport {t}")
+            raise LabError(f"--transports: unknown transport {t}")
     if a.no_mappings:
         opt.mapping_counts = ()
     opt.control = not a.no_control and "natgw" in opt.modes
@@ -82,17 +83,17 @@ def main(argv: list[str]) -> int:
                 d = json.load(f)
             print(report.render(d))
             if a.markdown:
-                report.update_markdown(a.markdown, d, d.get("command", "python -m natgw.bench"))
+                report.update_markdown(a.markdown, d, d.get("command", "python -m bench"))
             return 0
         a.json = a.json or f"bench-results/{'quick' if a.quick else 'latest'}.json"
         res = run(options(a))
-    except BenchError as e:
+    except LabError as e:
         print(f"natgw bench: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("natgw bench: interrupted (everything it made is removed)", file=sys.stderr)
         return 1
-    command = "python -m natgw.bench " + " ".join(argv)
+    command = "python -m bench " + " ".join(argv)
     res.command = command.strip()
     d = res.as_dict()
     write_json(res, a.json)

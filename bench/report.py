@@ -6,7 +6,7 @@ import re
 import time
 from pathlib import Path
 
-from natgw.bench.stats import (
+from bench.stats import (
     capacity_ratio,
     evaluate_control_targets,
     evaluate_targets,
@@ -15,7 +15,7 @@ from natgw.bench.stats import (
     ratio,
     table,
 )
-from natgw.bench.topology import MODES
+from bench.topology import MODES
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 TRANSPORT_TITLE = {"underlay": "direct underlay (veth, no tunnel)",

@@ -1,9 +1,9 @@
 """Small traffic endpoints the benchmark runs inside the pod namespaces.
 
-    python -m natgw.bench.endpoints rr-server   --bind ADDR --port P --seconds T
-    python -m natgw.bench.endpoints rr-client   --dst ADDR --port P --seconds T [--count N]
-    python -m natgw.bench.endpoints stream-recv --bind ADDR:PORT [ADDR:PORT ...] --seconds T
-    python -m natgw.bench.endpoints stream-send --dst ADDR --port P --rate PPS --flows F
+    python -m bench.endpoints rr-server   --bind ADDR --port P --seconds T
+    python -m bench.endpoints rr-client   --dst ADDR --port P --seconds T [--count N]
+    python -m bench.endpoints stream-recv --bind ADDR:PORT [ADDR:PORT ...] --seconds T
+    python -m bench.endpoints stream-send --dst ADDR --port P --rate PPS --flows F
                                                 --seconds T
 
 Every one stops by itself after --seconds (and on SIGTERM/SIGINT), and prints
@@ -22,7 +22,7 @@ import struct
 import sys
 import time
 
-from natgw.bench.stats import percentile
+from bench.stats import percentile
 
 SEQ = struct.Struct("!Q")
 DATAGRAM = 64  # bytes of UDP payload: a sequence number and padding
@@ -183,7 +183,7 @@ def stream_send(dst: str, port: int, rate: float, flows: int, seconds: float) ->
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m natgw.bench.endpoints")
+    ap = argparse.ArgumentParser(prog="python -m bench.endpoints")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("rr-server")
     p.add_argument("--bind", required=True)

@@ -1,22 +1,22 @@
 """The netns harness: N clusters joined by natgw gateways, by hand or from tests.
 
-By hand (as root, from the repository; scripts/netns/up.sh and down.sh wrap it)::
+By hand (as root, from the repository root; scripts/netns/up.sh and down.sh wrap it)::
 
-    python -m natgw.harness up 3                  # three clusters; prints the run prefix
-    python -m natgw.harness up 2 --ipv6           # dual stack pods
-    python -m natgw.harness up 2 --plain 2        # cluster 2's gateway is plain WireGuard
-    python -m natgw.harness up 2 --interface      # gateways on the bare underlay, no tunnel
-    python -m natgw.harness up 2 --routed         # distinct pod CIDRs, peers without `as`
-    python -m natgw.harness list                  # runs that exist
-    python -m natgw.harness down [PREFIX]         # remove one run, or every run not in use
-    python -m natgw.harness demo                  # two clusters, an HTTP fetch (make demo)
+    python -m lab up 3                  # three clusters; prints the run prefix
+    python -m lab up 2 --ipv6           # dual stack pods
+    python -m lab up 2 --plain 2        # cluster 2's gateway is plain WireGuard
+    python -m lab up 2 --interface      # gateways on the bare underlay, no tunnel
+    python -m lab up 2 --routed         # distinct pod CIDRs, peers without `as`
+    python -m lab list                  # runs that exist
+    python -m lab down [PREFIX]         # remove one run, or every run not in use
+    python -m lab demo                  # two clusters, an HTTP fetch (make demo)
 
 `down` without a prefix keeps runs whose builder still runs (a test session
 removes its own runs); `demo` replaces the previous demo only.
 
 From Python (the e2e tests do this in a fixture)::
 
-    from natgw.harness import Topology, build, destroy
+    from lab.harness import Topology, build, destroy
     run = build(Topology(clusters=2, ipv6=True))
     try:
         run.topology.addr_of(1, 2, 6)   # how cluster 1's pod reaches cluster 2's pod
@@ -70,58 +70,30 @@ show <p>w12`, `natgw --netns <p>g1 status <workdir>/c1.yaml`.
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
-import json
 import os
-import secrets
-import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from natgw import keys
+from lab.keys import new_key
+from lab.net import LabError, add_address, ip, natgw, offloads, sh, sysctl, unique_prefix, veth
+from lab.record import Record
+from natgw.netmap import netmap
 
 HARNESS_DIR = Path("/run/natgw/harness")
-WG_SOCKET_DIR = Path("/var/run/wireguard")
-NETNS_DIR = Path("/var/run/netns")
-NATGW = str(Path(sys.executable).with_name("natgw"))
 TUNNEL_MTU = 1420
 WG_PORT = 51820
 
 # Kept for the demo and for readers: the overlapping default.
 POD_ADDR = "10.244.1.10"
-POD_GW = "10.244.1.1"
-POD_CIDR = "10.244.0.0/16"
-
-
-def remote_as(i: int, j: int) -> str:
-    """How cluster i addresses cluster j (IPv4, overlapping clusters)."""
-    return f"10.{100 + 10 * i + j}.0.0/16"
-
-
-def seen_as(i: int, j: int, addr: str = POD_ADDR) -> str:
-    """The address by which cluster i reaches cluster j's pod address (IPv4, overlapping)."""
-    return netmap(addr, POD_CIDR, remote_as(i, j))
-
-
-def netmap(addr: str, from_net: str, to_net: str) -> str:
-    """NETMAP: `addr` in `from_net` moved to `to_net`, keeping its host bits."""
-    a, src, dst = (ipaddress.ip_address(addr), ipaddress.ip_network(from_net),
-                   ipaddress.ip_network(to_net))
-    if a not in src or src.prefixlen != dst.prefixlen:
-        raise ValueError(f"{addr} is not in {from_net}, or {from_net} and {to_net} differ in size")
-    host = int(a) & int(src.hostmask)
-    return str(ipaddress.ip_address(int(dst.network_address) | host))
 
 
 def _host(net: str, host_bits: str) -> str:
-    return str(ipaddress.ip_address(int(ipaddress.ip_network(net).network_address)
-                                    | int(ipaddress.ip_address(host_bits))))
+    return str(netmap(host_bits, net))
 
 
 @dataclass(frozen=True)
@@ -190,7 +162,7 @@ class Topology:
         It is also the address under which cluster j's pod sees cluster i's pod
         with i and j swapped: a server in j sees a client of i as addr_of(j, i).
         """
-        return netmap(self.pod_addr(j, v), self.pod_cidr(j, v), self.view(i, j, v))
+        return str(netmap(self.pod_addr(j, v), self.view(i, j, v)))
 
     def wire(self, i: int, j: int, v: int = 4) -> tuple[str, str]:
         """(src, dst) of a packet from i's pod to j's pod between the two gateways.
@@ -209,16 +181,10 @@ class Topology:
 
 
 @dataclass
-class Run:
-    """One built topology, recorded as it is made."""
+class Run(Record):
+    """One built topology, recorded as it is made (gateways: cluster.yaml -> netns)."""
 
-    prefix: str
-    topology: Topology
-    workdir: str
-    namespaces: list[str] = field(default_factory=list)
-    configs: dict[str, str] = field(default_factory=dict)  # gateway netns -> cluster.yaml
-    # Processes the harness started: [pid, a word of its command line, checked before a kill].
-    processes: list[list] = field(default_factory=list)
+    topology: Topology = field(default_factory=Topology)
     owner: int = 0  # PID of the process that built it (a test session, or the CLI that exited)
     label: str = ""  # "demo" for the demo's run
 
@@ -238,6 +204,10 @@ class Run:
         """Cluster i's pod netns."""
         return f"{self.prefix}p{i}"
 
+    def config(self, i: int) -> str:
+        """Cluster i's cluster.yaml (natgw gateways only)."""
+        return str(Path(self.workdir) / f"c{i}.yaml")
+
     def pod_link(self, i: int) -> str:
         """The gateway's end of the veth to its pod (in gw(i))."""
         return f"{self.prefix}g{i}p"
@@ -254,69 +224,15 @@ class Run:
         """The device in gateway i that carries cluster j's pod traffic."""
         return self.tunnel_dev(i, j) if self.topology.link == "tunnel" else self.underlay_dev(i, j)
 
-    def save(self) -> None:
-        HARNESS_DIR.mkdir(parents=True, exist_ok=True)
-        data = asdict(self)
-        tmp = HARNESS_DIR / f"{self.prefix}.json.tmp"
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(HARNESS_DIR / f"{self.prefix}.json")
-
     @classmethod
     def from_json(cls, data: dict) -> Run:
+        data = dict(data)
         if "topology" not in data:  # a run recorded before topologies existed
-            data = dict(data, topology={"clusters": data.pop("n")},
-                        processes=[[pid, ""] for pid in data.pop("pids", [])])
+            data["topology"] = {"clusters": data.pop("n")}
+        if "configs" in data:  # recorded as netns -> config before the common record
+            data["gateways"] = {cfg: ns for ns, cfg in data.pop("configs").items()}
         topo = dict(data["topology"], plain=tuple(data["topology"].get("plain", ())))
-        return cls(**dict(data, topology=Topology(**topo)))
-
-
-# --- commands ------------------------------------------------------------------------
-
-
-def ip(*args: str) -> None:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-    if done.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
-
-
-def sh(netns: str, *argv: str) -> str:
-    done = subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True,
-                          text=True, timeout=60)
-    if done.returncode != 0:
-        raise RuntimeError(f"{netns}: {' '.join(argv)}: {done.stderr.strip()}")
-    return done.stdout
-
-
-def natgw(*args: str) -> str:
-    r = subprocess.run([NATGW, *args], capture_output=True, text=True, timeout=300)
-    if r.returncode != 0:
-        raise RuntimeError(f"natgw {' '.join(args)}: {r.stderr.strip()}")
-    return r.stdout
-
-
-def sysctl(netns: str, *settings: str) -> None:
-    sh(netns, "sysctl", "-qw", *settings)
-
-
-def add_addr(netns: str, dev: str, addr: str, prefixlen: int) -> None:
-    extra = ["nodad"] if ":" in addr else []  # no duplicate address detection delay
-    ip("-n", netns, "addr", "add", f"{addr}/{prefixlen}", "dev", dev, *extra)
-
-
-def veth(ns_a: str, a: str, ns_b: str, b: str) -> None:
-    ip("link", "add", a, "netns", ns_a, "type", "veth", "peer", b, "netns", ns_b)
-    for ns, dev in ((ns_a, a), (ns_b, b)):
-        ip("-n", ns, "link", "set", dev, "up")
-
-
-def unique_prefix() -> str:
-    """A 5-character prefix no netns, WireGuard socket or recorded run uses yet."""
-    while True:
-        prefix = f"h{secrets.token_hex(2)}"
-        used = [p for d in (NETNS_DIR, WG_SOCKET_DIR, HARNESS_DIR) if d.is_dir()
-                for p in d.iterdir() if p.name.startswith(prefix)]
-        if not used:
-            return prefix
+        return super().from_json(dict(data, topology=Topology(**topo)))
 
 
 # --- build -----------------------------------------------------------------------------
@@ -329,10 +245,9 @@ def build(topology: Topology | int = 2, prefix: str | None = None, label: str = 
     """
     topo = Topology(clusters=topology) if isinstance(topology, int) else topology
     topo.check()
-    prefix = prefix or unique_prefix()
-    run = Run(prefix, topo, str(HARNESS_DIR / prefix), owner=os.getpid(), label=label)
-    Path(run.workdir).mkdir(parents=True, exist_ok=True)
-    run.save()
+    # 5 characters, unused by any netns, WireGuard socket or recorded run.
+    prefix = prefix or unique_prefix("h", also=(HARNESS_DIR,))
+    run = Run.create(HARNESS_DIR, prefix, topology=topo, owner=os.getpid(), label=label)
     try:
         _build(run)
     except BaseException:
@@ -344,18 +259,16 @@ def build(topology: Topology | int = 2, prefix: str | None = None, label: str = 
 def _build(run: Run) -> None:
     topo, n = run.topology, run.topology.clusters
     for i in range(1, n + 1):
-        for ns in (run.gw(i), run.pod(i)):
-            ip("netns", "add", ns)
-            run.namespaces.append(ns)
-            run.save()
-            ip("-n", ns, "link", "set", "lo", "up")
+        run.netns(run.gw(i))
+        run.netns(run.pod(i))
         # Before any device exists, so that every device inherits it.
         sysctl(run.pod(i), "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
         pod_end = f"{run.prefix}p{i}e"
         veth(run.pod(i), pod_end, run.gw(i), run.pod_link(i))
         for v in topo.families:
-            add_addr(run.pod(i), pod_end, topo.pod_addr(i, v), topo.pod_prefixlen(v))
-            add_addr(run.gw(i), run.pod_link(i), topo.pod_gw(i, v), topo.pod_prefixlen(v))
+            plen = topo.pod_prefixlen(v)
+            add_address(run.pod(i), pod_end, f"{topo.pod_addr(i, v)}/{plen}")
+            add_address(run.gw(i), run.pod_link(i), f"{topo.pod_gw(i, v)}/{plen}")
             for j in range(1, n + 1):
                 if j != i:
                     ip("-n", run.pod(i), f"-{v}", "route", "add", topo.view(i, j, v),
@@ -366,29 +279,25 @@ def _build(run: Run) -> None:
         if i < j:
             veth(run.gw(i), run.underlay_dev(i, j), run.gw(j), run.underlay_dev(j, i))
             for a, b in ((i, j), (j, i)):
-                add_addr(run.gw(a), run.underlay_dev(a, b), topo.underlay_addr(a, b), 24)
+                add_address(run.gw(a), run.underlay_dev(a, b), f"{topo.underlay_addr(a, b)}/24")
                 offloads(run.gw(a), run.underlay_dev(a, b), "rx", "off", "tx", "off")
-    privs = {i: keys.genkey() for i in range(1, n + 1)}
-    for i in range(1, n + 1):
-        keyfile = Path(run.workdir) / f"c{i}.key"
-        keyfile.write_text(privs[i] + "\n")
-        os.chmod(keyfile, 0o600)
+    pubs = {i: new_key(_keyfile(run, i)) for i in range(1, n + 1)}
     for i in range(1, n + 1):
         if topo.is_plain(i):
-            _plain_gateway(run, i, privs)
+            _plain_gateway(run, i, pubs)
         else:
-            _natgw_gateway(run, i, privs)
+            _natgw_gateway(run, i, pubs)
         if topo.link == "tunnel":
             for j in range(1, n + 1):
                 if j != i:
                     offloads(run.gw(i), run.tunnel_dev(i, j), "tx", "off")
 
 
-def offloads(netns: str, dev: str, *features: str) -> None:
-    sh(netns, "ethtool", "-K", dev, *features)
+def _keyfile(run: Run, i: int) -> Path:
+    return Path(run.workdir) / f"c{i}.key"
 
 
-def _natgw_gateway(run: Run, i: int, privs: dict[int, str]) -> None:
+def _natgw_gateway(run: Run, i: int, pubs: dict[int, str]) -> None:
     topo = run.topology
     peers = []
     for j in range(1, topo.clusters + 1):
@@ -404,7 +313,7 @@ def _natgw_gateway(run: Run, i: int, privs: dict[int, str]) -> None:
                 local.append({"cidr": topo.pod_cidr(i, v), "as": topo.view(j, i, v)})
         peer: dict = {"name": f"c{j}"}
         if topo.link == "tunnel":
-            peer |= {"device": run.tunnel_dev(i, j), "publicKey": keys.pubkey(privs[j]),
+            peer |= {"device": run.tunnel_dev(i, j), "publicKey": pubs[j],
                      "endpoint": f"{topo.underlay_addr(j, i)}:{WG_PORT + i}",
                      "listenPort": WG_PORT + j}
         else:
@@ -415,17 +324,17 @@ def _natgw_gateway(run: Run, i: int, privs: dict[int, str]) -> None:
         peers.append(peer)
     cfg = {"name": f"{run.prefix}c{i}",
            "cidrs": [topo.pod_cidr(i, v) for v in topo.families],
-           "privateKeyFile": str(Path(run.workdir) / f"c{i}.key"),
+           "privateKeyFile": str(_keyfile(run, i)),
            "engine": "auto", "mtu": TUNNEL_MTU, "metrics": f"127.0.0.1:{9100 + i}",
            "peers": peers}
-    path = Path(run.workdir) / f"c{i}.yaml"
+    path = Path(run.config(i))
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    run.configs[run.gw(i)] = str(path)
+    run.gateways[str(path)] = run.gw(i)
     run.save()
     natgw("--netns", run.gw(i), "up", str(path), "--detach")
 
 
-def _plain_gateway(run: Run, i: int, privs: dict[int, str]) -> None:
+def _plain_gateway(run: Run, i: int, pubs: dict[int, str]) -> None:
     """A gateway without natgw: wireguard-go + `wg set` + routes to its own view of peers."""
     topo, gw = run.topology, run.gw(i)
     sysctl(gw, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
@@ -439,9 +348,9 @@ def _plain_gateway(run: Run, i: int, privs: dict[int, str]) -> None:
                    "dev", run.underlay_dev(i, j))
             continue
         dev = run.tunnel_dev(i, j)
-        start_wireguard_go(run, gw, dev)
-        sh(gw, "wg", "set", dev, "private-key", str(Path(run.workdir) / f"c{i}.key"),
-           "listen-port", str(WG_PORT + j), "peer", keys.pubkey(privs[j]),
+        run.start_wireguard_go(gw, dev)
+        sh(gw, "wg", "set", dev, "private-key", str(_keyfile(run, i)),
+           "listen-port", str(WG_PORT + j), "peer", pubs[j],
            "endpoint", f"{topo.underlay_addr(j, i)}:{WG_PORT + i}",
            "allowed-ips", ",".join(views))
         ip("-n", gw, "link", "set", dev, "mtu", str(TUNNEL_MTU), "up")
@@ -449,71 +358,17 @@ def _plain_gateway(run: Run, i: int, privs: dict[int, str]) -> None:
             ip("-n", gw, "route", "add", net, "dev", dev)
 
 
-def start_wireguard_go(run: Run, netns: str, dev: str, timeout: float = 5.0) -> int:
-    """`wireguard-go -f dev` in netns, in its own session; recorded; waits for its socket."""
-    log = open(Path(run.workdir) / f"{dev}.log", "wb")
-    with log:
-        proc = subprocess.Popen(["ip", "netns", "exec", netns, "wireguard-go", "-f", dev],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    # `ip netns exec` execs in place: the PID is wireguard-go's.
-    run.processes.append([proc.pid, dev])
-    run.save()
-    sock = WG_SOCKET_DIR / f"{dev}.sock"
-    deadline = time.monotonic() + timeout
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            out = (Path(run.workdir) / f"{dev}.log").read_text(errors="replace").strip()
-            raise RuntimeError(f"wireguard-go {dev} did not start: {out or 'no output'}")
-        time.sleep(0.05)
-    return proc.pid
-
-
 # --- removal ---------------------------------------------------------------------------
-
-
-def _is_ours(pid: int, marker: str) -> bool:
-    """The recorded process still runs (not a zombie) and is the one we started."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X") and marker.encode() in argv
-
-
-def end_process(pid: int, marker: str, timeout: float = 3.0) -> None:
-    """SIGTERM the process we started (SIGKILL after `timeout`); reap it if it is our child."""
-    if marker and _is_ours(pid, marker):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _is_ours(pid, marker) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _is_ours(pid, marker):
-            os.kill(pid, signal.SIGKILL)
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def destroy(run: Run) -> None:
     """Remove a run: processes ended by PID, gateways down, namespaces deleted."""
-    for pid, marker in run.processes:
-        end_process(pid, marker)
-    for gw, cfg in run.configs.items():
-        subprocess.run([NATGW, "--netns", gw, "down", cfg], capture_output=True, timeout=120)
-    for ns in run.namespaces:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
-    subprocess.run(["rm", "-rf", run.workdir], check=False)
-    (HARNESS_DIR / f"{run.prefix}.json").unlink(missing_ok=True)
+    run.remove(lambda netns, cfg: natgw("--netns", netns, "down", cfg, check=False,
+                                        timeout=120))
 
 
 def load_runs(prefix: str | None = None) -> list[Run]:
-    if not HARNESS_DIR.is_dir():
-        return []
-    return [Run.from_json(json.loads(p.read_text())) for p in sorted(HARNESS_DIR.glob("*.json"))
-            if prefix is None or p.stem == prefix]
+    return Run.load(HARNESS_DIR, prefix)
 
 
 # --- the demo ----------------------------------------------------------------------------
@@ -524,18 +379,16 @@ def demo() -> None:
         if old.label == "demo":  # running the demo again replaces it
             destroy(old)
     run = build(2, label="demo")
+    topo = run.topology
     site = Path(run.workdir) / "site"
     site.mkdir()
     (site / "index.html").write_text(
         f"<h1>hello from cluster2's pod {POD_ADDR}</h1>\n")
-    log = open(Path(run.workdir) / "http.log", "w")
-    server = subprocess.Popen(["ip", "netns", "exec", run.pod(2), sys.executable, "-m",
-                               "http.server", "--bind", POD_ADDR, "--directory", str(site),
-                               "8080"], stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    run.processes.append([server.pid, "http.server"])
-    run.save()
-    url = f"http://{seen_as(1, 2)}:8080/"
+    with open(Path(run.workdir) / "http.log", "w") as log:
+        run.spawn(run.pod(2), [sys.executable, "-m", "http.server", "--bind", POD_ADDR,
+                               "--directory", str(site), "8080"],
+                  marker="http.server", stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://{topo.addr_of(1, 2)}:8080/"
     page = ""
     for _ in range(50):  # the server and the first handshake take a moment
         r = subprocess.run(["ip", "netns", "exec", run.pod(1), "curl", "-sS", "-m", "2", url],
@@ -544,71 +397,23 @@ def demo() -> None:
             page = r.stdout
             break
         time.sleep(0.2)
-    log.flush()
-    print(f"== both pods are {POD_ADDR}; cluster1 reaches cluster2 as {remote_as(1, 2)}, "
-          f"cluster2 reaches cluster1 as {remote_as(2, 1)}")
+    print(f"== both pods are {POD_ADDR}; cluster1 reaches cluster2 as {topo.view(1, 2)}, "
+          f"cluster2 reaches cluster1 as {topo.view(2, 1)}")
     print(f"== {run.pod(1)}$ curl {url}")
     print(page or "(no answer)", end="")
     requests = [line.split(" ")[0] for line in
                 (Path(run.workdir) / "http.log").read_text().splitlines() if '"GET ' in line]
     print(f"== cluster2's HTTP server saw the client as: {requests[-1] if requests else '?'}"
-          f" (cluster1's pod as cluster2 knows it: {seen_as(2, 1)})")
+          f" (cluster1's pod as cluster2 knows it: {topo.addr_of(2, 1)})")
     for i in (1, 2):
         print(f"== natgw --netns {run.gw(i)} status")
-        print(natgw("--netns", run.gw(i), "status", run.configs[run.gw(i)]))
+        print(natgw("--netns", run.gw(i), "status", run.config(i)).stdout)
     print(f"""== the topology stays up for exploring (run prefix {run.prefix}):
    ip netns exec {run.pod(1)} curl {url}
-   ip netns exec {run.pod(1)} ping -c 3 {seen_as(1, 2)}
+   ip netns exec {run.pod(1)} ping -c 3 {topo.addr_of(1, 2)}
    ip netns exec {run.gw(1)} tc filter show dev {run.prefix}w12 egress
    ip netns exec {run.gw(1)} wg show {run.prefix}w12
-   .venv/bin/natgw --netns {run.gw(1)} status {run.configs[run.gw(1)]}
+   .venv/bin/natgw --netns {run.gw(1)} status {run.config(1)}
    make demo-down        # removes it (scripts/netns/down.sh)""")
     if not page:
-        raise SystemExit("demo: the fetch across natgw failed")
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m natgw.harness",
-                                     description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="build a run; prints its prefix")
-    up.add_argument("clusters", nargs="?", type=int, default=2)
-    up.add_argument("--ipv6", action="store_true", help="dual stack pods")
-    up.add_argument("--plain", type=int, action="append", default=[], metavar="I",
-                    help="cluster I's gateway is plain WireGuard (no natgw)")
-    up.add_argument("--interface", action="store_true",
-                    help="interface: peers on the bare underlay, no tunnel")
-    up.add_argument("--routed", action="store_true",
-                    help="distinct pod CIDRs, peers without as (plain routing)")
-    down = sub.add_parser("down", help="remove one run, or all that no live process uses")
-    down.add_argument("prefix", nargs="?")
-    sub.add_parser("list", help="the runs that exist")
-    sub.add_parser("demo", help="two clusters and an HTTP fetch across natgw")
-    args = parser.parse_args(argv)
-    if args.command == "up":
-        topo = Topology(clusters=args.clusters, ipv6=args.ipv6, plain=tuple(args.plain),
-                        link="interface" if args.interface else "tunnel",
-                        overlap=not args.routed)
-        try:
-            topo.check()
-        except ValueError as e:
-            parser.error(str(e))
-        print(build(topo).prefix)
-    elif args.command == "down":
-        for run in load_runs(args.prefix):
-            if args.prefix is None and run.in_use():
-                print(f"kept {run.prefix}: in use by process {run.owner}")
-                continue
-            destroy(run)
-            print(f"removed {run.prefix}")
-    elif args.command == "list":
-        for run in load_runs():
-            print(run.prefix, run.label or "-", "in use" if run.in_use() else "-",
-                  run.topology)
-    else:
-        demo()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+        raise LabError("demo: the fetch across natgw failed")

@@ -1,27 +1,34 @@
-"""`natgw up`, `down`, `status`: the gateway commands (thin over natgw.gateway)."""
+"""`natgw up`, `down`, `status`: the gateway commands (thin over natgw.gateway, natgw.status).
+
+`status` is read-only and imports only natgw.status; `up` and `down` load
+the rest (config validation, netlink, the compiler) when they run.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
-import signal
-import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-import yaml
 
-from natgw.config import ConfigError, GatewayConfig, load_config
+from natgw.cli.errors import EXIT_INVALID, fail
+from natgw.cli.options import netns_of
+
+if TYPE_CHECKING:
+    from natgw.config import GatewayConfig
+    from natgw.gateway import Gateway
+
+# Arguments are typer.Argument(hidden=True): each command's docstring describes
+# them; hidden drops only typer's "Arguments:" list (the usage line keeps them).
 
 SUPERVISE_INTERVAL = 2.0  # seconds between checks of the tunnel engines
-
-log = logging.getLogger("natgw")
+NOTHING_RUNNING = "no natgw gateway is running"
 
 
 def _load(file: Path) -> GatewayConfig:
-    from natgw.cli import EXIT_INVALID, fail  # noqa: PLC0415
+    from natgw.config import ConfigError, load_config  # noqa: PLC0415
 
     try:
         return load_config(file)
@@ -35,10 +42,10 @@ def _gateway_name(file: Path) -> str:
     Only `name:` is read: down and status must work even when the rest of the
     file no longer validates (a key file gone, an edit half done).
     """
-    from natgw.cli import EXIT_INVALID, fail  # noqa: PLC0415
-
     if not file.exists():
         return str(file)
+    import yaml  # noqa: PLC0415 - only a FILE argument needs YAML
+
     try:
         data = yaml.safe_load(file.read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -49,17 +56,7 @@ def _gateway_name(file: Path) -> str:
     return name
 
 
-def _names_pipes(file: Path) -> bool:
-    """Does the file (read loosely, like its name) have pipes? Then status says who serves them."""
-    try:
-        data = yaml.safe_load(file.read_text())
-    except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(data, dict) and bool(data.get("pipes"))
-
-
-def _apply(gw, quiet: bool = False) -> None:
-    from natgw.cli import fail  # noqa: PLC0415
+def _apply(gw: Gateway, quiet: bool = False) -> None:
     from natgw.gateway import GatewayError  # noqa: PLC0415
 
     try:
@@ -72,86 +69,88 @@ def _apply(gw, quiet: bool = False) -> None:
                                                         if parts else ""))
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def up(
-        ctx: typer.Context,
-        file: Annotated[Path, typer.Argument(help="cluster.yaml")],
-        detach: Annotated[bool, typer.Option("--detach", help="Apply and return.")] = False,
-    ) -> None:
-        """Bring the gateway to what FILE says: tunnels, dataplane, mappings, routes.
+def up(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(hidden=True)],
+    detach: Annotated[bool, typer.Option("--detach", help="Apply and return.")] = False,
+) -> None:
+    """Apply FILE (cluster.yaml): tunnels, dataplane, mappings, routes.
 
-        In the foreground natgw serves metrics, restarts dead wireguard-go
-        processes, reloads FILE on SIGHUP, and exits on SIGTERM/SIGINT leaving
-        the dataplane forwarding.
-        """
-        from natgw.cli import fail  # noqa: PLC0415
-        from natgw.gateway import Gateway  # noqa: PLC0415
-        from natgw.pipes import publish  # noqa: PLC0415
+    In the foreground natgw serves the file's pipes and metrics, restarts dead
+    wireguard-go processes, reloads FILE on SIGHUP, and exits on SIGTERM/SIGINT
+    leaving the dataplane forwarding (pipes stop). With a foreground natgw up
+    serving this gateway, --detach hands FILE over to it (SIGHUP, and waits);
+    without one, --detach refuses a file with pipes.
+    """
+    from natgw.gateway import Gateway  # noqa: PLC0415
+    from natgw.pipes import publish  # noqa: PLC0415
 
-        netns = ctx.obj.netns
-        cfg = _load(file)
-        serving = publish.read(cfg.name)
-        if serving is not None:
-            if not detach:
-                fail(f"gateway {cfg.name} is already served by natgw up (pid {serving['pid']}); "
-                     f"natgw up --detach {file} (or kill -HUP {serving['pid']}) reloads it")
-            _hand_over(serving, file, netns)
-            return
-        if detach and cfg.pipes:
-            fail("pipes need the foreground natgw up, which is their proxy: run natgw up "
-                 "without --detach (e.g. as a service); while it runs, up --detach hands the "
-                 "file over to it")
-        gw = Gateway(cfg, netns, file)
-        _apply(gw)
-        if detach:
-            return
-        _foreground(gw, file, netns)
+    netns = ctx.obj.netns
+    cfg = _load(file)
+    serving = publish.read(cfg.name)
+    if serving is not None:
+        if not detach:
+            fail(f"gateway {cfg.name} is already served by natgw up (pid {serving['pid']}); "
+                 f"natgw up --detach {file} (or kill -HUP {serving['pid']}) reloads it")
+        _hand_over(serving, file, netns)
+        return
+    if detach and cfg.pipes:
+        fail("pipes need the foreground natgw up, which is their proxy: run natgw up "
+             "without --detach (e.g. as a service); while it runs, up --detach hands the "
+             "file over to it")
+    gw = Gateway(cfg, netns, file)
+    _apply(gw)
+    if detach:
+        return
+    _foreground(gw, file, netns)
 
-    @app.command()
-    def down(
-        ctx: typer.Context,
-        file: Annotated[Path, typer.Argument(help="cluster.yaml (or the gateway name)")],
-    ) -> None:
-        """Remove everything `up` made: devices, filters, qdiscs, routes, pins, processes."""
-        from natgw.cli import fail  # noqa: PLC0415
-        from natgw.gateway import GatewayError  # noqa: PLC0415
-        from natgw.gateway import down as gw_down  # noqa: PLC0415
 
-        name = _gateway_name(file)
-        try:
-            removed = gw_down(name, ctx.obj.netns)
-        except GatewayError as e:
-            fail(str(e))
-        typer.echo(f"natgw: gateway {name} " + ("down" if removed else "was not up"))
+def down(ctx: typer.Context, file: Annotated[Path, typer.Argument(hidden=True)]) -> None:
+    """Remove what `up` made: devices, filters, routes, pins, processes.
 
-    @app.command()
-    def status(
-        ctx: typer.Context,
-        file: Annotated[Path, typer.Argument(help="cluster.yaml (or the gateway name)")],
-        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    ) -> None:
-        """Per peer: device, engine, endpoint, handshake, transfer, routes, mappings."""
-        from natgw.cli import fail  # noqa: PLC0415
-        from natgw.gateway import GatewayError, format_status  # noqa: PLC0415
-        from natgw.gateway import status as gw_status  # noqa: PLC0415
+    FILE is the cluster.yaml, or the gateway's name.
+    """
+    from natgw.gateway import GatewayError  # noqa: PLC0415
+    from natgw.gateway import down as gw_down  # noqa: PLC0415
 
-        name = _gateway_name(file)
-        try:
-            reports = gw_status(name, ctx.obj.netns)
-        except GatewayError as e:
-            fail(str(e))
-        from natgw.pipes import publish  # noqa: PLC0415
+    name = _gateway_name(file)
+    try:
+        removed = gw_down(name, ctx.obj.netns)
+    except GatewayError as e:
+        fail(str(e))
+    typer.echo(f"natgw: gateway {name} " + ("down" if removed else "was not up"))
 
-        served = publish.read(name)
-        if as_json:
-            typer.echo(json.dumps({"gateway": name, "peers": [asdict(r) for r in reports],
-                                   "pipes": served["pipes"] if served else [],
-                                   "pipes_served_by": served["pid"] if served else None},
-                                  indent=2))
-        else:
-            pipes = publish.format_pipes(served) if served or _names_pipes(file) else []
-            typer.echo("\n".join([format_status(name, reports), *pipes]))
+
+def status(
+    ctx: typer.Context,
+    file: Annotated[Path | None, typer.Argument(hidden=True)] = None,
+    as_json: Annotated[bool, typer.Option("--json", "-j", help="JSON list of gateways.")]
+    = False,
+) -> None:
+    """Show running gateways, like `wg show`.
+
+    Per gateway and peer: device, engine, endpoint, handshake, transfer,
+    routes, mappings.
+
+    Without FILE (a cluster.yaml or a gateway name), like `wg show`: every
+    gateway natgw runs in the netns (--netns, else natgw's own), or "no natgw
+    gateway is running" (exit 0; --json prints []).
+    """
+    from natgw import status as st  # noqa: PLC0415
+
+    netns = netns_of(ctx)
+    name = _gateway_name(file) if file is not None else None
+    try:
+        # A named gateway is found wherever it runs unless --netns says where.
+        reports = st.status(name, netns, any_netns=ctx.obj.netns is None)
+    except st.StatusError as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(st.to_json(reports), indent=2))
+    elif reports:
+        typer.echo(st.format_status(reports))
+    else:
+        typer.echo(NOTHING_RUNNING + (f" in netns {netns}" if netns else ""))
 
 
 HANDOVER_TIMEOUT = 60.0  # seconds `up --detach` waits for the serving process to reload
@@ -160,9 +159,9 @@ HANDOVER_TIMEOUT = 60.0  # seconds `up --detach` waits for the serving process t
 def _hand_over(serving: dict, file: Path, netns: str | None) -> None:
     """Make the foreground `natgw up` serving this gateway reload FILE (SIGHUP), and wait."""
     import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
     import time  # noqa: PLC0415
 
-    from natgw.cli import fail  # noqa: PLC0415
     from natgw.pipes import publish  # noqa: PLC0415
 
     pid, name = serving["pid"], serving["gateway"]
@@ -188,14 +187,19 @@ def _hand_over(serving: dict, file: Path, netns: str | None) -> None:
     fail(f"natgw up (pid {pid}) did not reload gateway {name} within {HANDOVER_TIMEOUT:.0f} s")
 
 
-def _foreground(gw, file: Path, netns: str | None) -> None:
+def _foreground(gw: Gateway, file: Path, netns: str | None) -> None:
     """Serve pipes and supervise until SIGTERM/SIGINT; SIGHUP reloads the file."""
-    from natgw.cli import fail  # noqa: PLC0415
+    import logging  # noqa: PLC0415 - only the foreground logs
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from natgw.config import ConfigError, load_config  # noqa: PLC0415
     from natgw.gateway import Gateway, GatewayError  # noqa: PLC0415
     from natgw.pipes import publish  # noqa: PLC0415
     from natgw.pipes.server import PipeServer, plan_for  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="natgw: %(message)s")
+    log = logging.getLogger("natgw")
     stop = threading.Event()
     reload = threading.Event()
     wake = threading.Event()  # either signal: act at once, not at the next supervise tick
@@ -252,6 +256,8 @@ def _foreground(gw, file: Path, netns: str | None) -> None:
                     # A restarted engine made new devices: listen on them again.
                     for e in pipes.apply(plan_for(gw.cfg, gw.config_path)):
                         log.error("%s", e)
+                else:
+                    gw.reresolve_stale()
             except GatewayError as e:
                 log.error("%s", e)
     finally:
@@ -262,14 +268,14 @@ def _foreground(gw, file: Path, netns: str | None) -> None:
     log.info("exiting; the dataplane keeps forwarding, pipes stop (natgw down removes it all)")
 
 
-def _start_metrics(gw):
-    """Serve Prometheus metrics at the config's `metrics` address, if natgw.metrics exists."""
-    try:
-        from natgw.metrics import serve_gateway_metrics  # noqa: PLC0415
-    except ImportError:
-        return None
+def _start_metrics(gw: Gateway):
+    """Serve Prometheus metrics at the config's `metrics` address."""
+    import logging  # noqa: PLC0415
+
+    from natgw.metrics import serve_gateway_metrics  # noqa: PLC0415
+
     try:
         return serve_gateway_metrics(gw)
     except OSError as e:
-        log.error("metrics: cannot listen on %s: %s", gw.cfg.metrics, e)
+        logging.getLogger("natgw").error("metrics: cannot listen on %s: %s", gw.cfg.metrics, e)
         return None

@@ -11,13 +11,13 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from natgw.bench.topology import POD_ADDR, POD_CIDR, extra_mappings, host_in
+from bench.topology import POD_ADDR, POD_CIDR, extra_mappings, host_in
 from natgw.dataplane import Dataplane, Mapping
 from natgw.dataplane.bpfsys import prog_test_run
 
 LO_IFINDEX = 1
 SKB_CTX_SIZE, SKB_IFINDEX_OFF = 192, 40  # struct __sk_buff: size, ifindex offset
-TC_ACT_OK = 0
+TC_ACT_UNSPEC = 0xFFFFFFFF  # -1, as the u32 retval: natgw's pass verdict
 
 
 def _csum(data: bytes) -> int:
@@ -84,7 +84,7 @@ def run_programs(gateway: str, repeat: int = 200_000, rounds: int = 5) -> dict:
                     after = dp.tables.counters(mid)
                     counted = {d: after[d].packets - before[d].packets for d in after}
                     want = {d: repeat if d == counter else 0 for d in after}
-                    if r.retval != TC_ACT_OK or counted != want:
+                    if r.retval != TC_ACT_UNSPEC or counted != want:
                         raise RuntimeError(f"{name}: verdict {r.retval}, counted {counted}, "
                                            f"want {want}")
                     samples.append(r.duration_ns)

@@ -1,5 +1,7 @@
 """cloud-gateway's two pipe demos, built from natgw gateways in network namespaces.
 
+Used by tests/test_e2e_pipes.py and bench/pipes.py.
+
 minimal:   pod --- client ==wg== legacy --- web (172.25.0.3: HTTP and test services)
            pipes: client nginx port 8080 -> peer legacy -> remote 172.25.0.3:80
 reverse:   edge --- server ==wg== cloud --- web ; edge ==wg== server
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import os
 import signal
 import socket
 import socketserver
@@ -36,13 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from gateways import free_port
-from netns_util import NetnsLab
 
-from natgw import keys
+from lab.keys import new_key
+from lab.net import NATGW
+from lab.netnslab import NetnsLab
 from natgw.pipes.server import enter_netns
 
-NATGW = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "natgw")
 WEB = "172.25.0.3"
 PAGE = b"<html><body>natgw pipe: legacy nginx</body></html>\n"
 SIZE = 20 * 1024 * 1024
@@ -233,17 +233,21 @@ class Demo:
         return next(g for g in self.gws if g.name == name)
 
 
-def _keypair(tmp: Path, name: str) -> tuple[str, str, str]:
-    priv = keys.genkey()
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keypair(tmp: Path, name: str) -> tuple[str, str]:
+    """A key file for gateway `name`, and its public key."""
     path = tmp / f"{name}.key"
-    path.write_text(priv + "\n")
-    os.chmod(path, 0o600)
-    return str(path), keys.pubkey(priv), priv
+    return str(path), new_key(path)
 
 
 def _gateway(lab: NetnsLab, tmp: Path, tag: str, netns: str, cidrs: list[str]) -> Gw:
     name = lab.name(tag)
-    keyfile, pub, _ = _keypair(tmp, name)
+    keyfile, pub = _keypair(tmp, name)
     data = {"name": name, "cidrs": cidrs, "privateKeyFile": keyfile, "engine": "wireguard-go",
             "metrics": f"127.0.0.1:{free_port()}", "peers": [], "pipes": []}
     gw = Gw(name, netns, tmp / f"{name}.yaml", data, pub, log=tmp / f"{name}.log")
@@ -340,6 +344,6 @@ def build(kind: str, lab: NetnsLab, tmp: Path,
         g.write()
     for g in gws:
         g.start()
-    for g in gws:
-        wait_for(lambda g=g: g.published()["tunnels"] is not None, 60, f"{g.name} serving")
+    for g in gws:  # each compiles its dataplane first: slow on a busy machine
+        wait_for(lambda g=g: g.published()["tunnels"] is not None, 180, f"{g.name} serving")
     return demo

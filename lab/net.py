@@ -1,0 +1,165 @@
+"""Commands, namespaces, veths and addresses: the lab's building blocks.
+
+Every helper raises LabError with one line (the command and what it printed).
+Nothing here links a namespace to the root namespace or adds a default route.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from natgw.netns import netns_exists, netns_socket
+
+IFNAMSIZ = 15  # longest Linux interface name
+NETNS_DIR = Path("/var/run/netns")
+WG_SOCKET_DIR = Path("/var/run/wireguard")  # wireguard-go's sockets, shared by all netns
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+NATGW = str(Path(sys.executable).with_name("natgw"))  # the natgw of the running venv
+
+
+class LabError(Exception):
+    """A lab step failed; one-line message."""
+
+
+def run(argv: list[str], timeout: float = 60, check: bool = True,
+        input: str | None = None) -> subprocess.CompletedProcess:
+    """Run argv, capturing its output; LabError if it fails or times out (when check)."""
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
+    except subprocess.TimeoutExpired as e:
+        raise LabError(f"{' '.join(argv)}: timed out after {timeout} s") from e
+    if check and r.returncode != 0:
+        raise LabError(f"{' '.join(argv)}: {(r.stderr or r.stdout).strip()[:300]}")
+    return r
+
+
+def natgw(*args: str, check: bool = True, timeout: float = 300,
+          input: str | None = None) -> subprocess.CompletedProcess:
+    """The natgw command line; LabError with its message if it fails (when check)."""
+    return run([NATGW, *args], timeout=timeout, check=check, input=input)
+
+
+def in_ns(netns: str | None, argv: list[str], cpu: int | None = None) -> list[str]:
+    """argv run in `netns` (None: ours), maybe pinned to `cpu`.
+
+    `ip netns exec` and taskset exec in place: the PID is argv's.
+    """
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    return [*(["ip", "netns", "exec", netns] if netns else []), *pin, *argv]
+
+
+def ip(*args: str) -> None:
+    run(["ip", *args], timeout=10)
+
+
+def sh(netns: str, *argv: str, timeout: float = 60) -> str:
+    """argv in `netns`; its standard output."""
+    return run(in_ns(netns, list(argv)), timeout=timeout).stdout
+
+
+def check_name(name: str) -> str:
+    if len(name) > IFNAMSIZ:
+        raise LabError(f"{name!r} is longer than {IFNAMSIZ} characters")
+    return name
+
+
+def unique_prefix(letter: str, hex_digits: int = 4, also: tuple[Path, ...] = ()) -> str:
+    """letter + random hex that no netns, WireGuard socket (or file in `also`) starts with."""
+    while True:
+        prefix = f"{letter}{secrets.token_hex(hex_digits // 2)}"
+        if not any(p.name.startswith(prefix) for d in (NETNS_DIR, WG_SOCKET_DIR, *also)
+                   if d.is_dir() for p in d.iterdir()):
+            return prefix
+
+
+def run_prefix() -> str:
+    """A short prefix unique to this process's run, e.g. "t4242a7" (tests)."""
+    return f"t{os.getpid() % 10000}{secrets.token_hex(1)}"
+
+
+def add_netns(name: str) -> str:
+    """Create netns `name` with loopback up."""
+    ip("netns", "add", check_name(name))
+    ip("-n", name, "link", "set", "lo", "up")
+    return name
+
+
+def delete_netns(name: str) -> None:
+    if netns_exists(name):  # a test may have deleted it itself
+        ip("netns", "del", name)
+
+
+def veth(ns_a: str, a: str, ns_b: str, b: str, mac_a: str | None = None,
+         mac_b: str | None = None) -> None:
+    """A veth pair, end `a` in ns_a and `b` in ns_b, both up."""
+    ip("link", "add", check_name(a), "netns", ns_a, *(["address", mac_a] if mac_a else []),
+       "type", "veth", "peer", check_name(b), "netns", ns_b,
+       *(["address", mac_b] if mac_b else []))
+    link_up(ns_a, a)
+    link_up(ns_b, b)
+
+
+def add_address(netns: str, dev: str, cidr: str) -> None:
+    """Address `cidr` (e.g. "192.0.2.1/24") on `dev`; IPv6 without the DAD delay."""
+    extra = ["nodad"] if ":" in cidr else []
+    ip("-n", netns, "address", "add", cidr, "dev", dev, *extra)
+
+
+def link_up(netns: str, dev: str) -> None:
+    ip("-n", netns, "link", "set", dev, "up")
+
+
+def sysctl(netns: str, *settings: str) -> None:
+    sh(netns, "sysctl", "-qw", *settings)
+
+
+def offloads(netns: str, dev: str, *features: str) -> None:
+    """`ethtool -K dev features` (e.g. "rx", "off": checksums verified in software)."""
+    sh(netns, "ethtool", "-K", dev, *features)
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def ping(netns: str, dst: str, count: int = 3, timeout: float = 1.0) -> int:
+    """ICMP or ICMPv6 echo from `netns` to `dst`, one at a time; returns the replies seen."""
+    v = ipaddress.ip_address(dst).version
+    request, reply = (8, 0) if v == 4 else (128, 129)
+    proto = socket.IPPROTO_ICMP if v == 4 else socket.IPPROTO_ICMPV6
+    ident, replies = secrets.randbits(16), 0
+    with netns_socket(netns, _FAMILY[v], socket.SOCK_RAW, proto) as sock:
+        for seq in range(1, count + 1):
+            payload = secrets.token_bytes(16)
+            # The kernel fills in an ICMPv6 checksum itself (it covers the IPv6 pseudo-header).
+            csum = _checksum(struct.pack("!BBHHH", request, 0, 0, ident, seq) + payload) \
+                if v == 4 else 0
+            sock.sendto(struct.pack("!BBHHH", request, 0, csum, ident, seq) + payload, (dst, 0))
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                try:
+                    packet, peer = sock.recvfrom(2048)
+                except TimeoutError:
+                    break
+                icmp = packet[(packet[0] & 0x0F) * 4:] if v == 4 else packet  # v4: IP header
+                if len(icmp) < 8 or peer[0] != dst:
+                    continue
+                kind, _code, _sum, rid, rseq = struct.unpack("!BBHHH", icmp[:8])
+                if kind == reply and rid == ident and rseq == seq and icmp[8:] == payload:
+                    replies += 1
+                    break
+    return replies
