@@ -260,6 +260,32 @@ class Peer(_Model):
         return [r.routed for r in self.remote]
 
 
+class Pipe(_Model):
+    """A pipe (natgw.pipes): where it listens, if anywhere, and where it goes (peer xor remote)."""
+
+    name: Name
+    port: Port | None = None
+    listen: Endpoint | None = None
+    peer: Name | None = None
+    remote: Endpoint | None = None
+    from_: list[Name] | None = Field(None, alias="from")
+
+    @property
+    def bind(self) -> HostPort | None:
+        """The local address the pipe listens on ("::": every address), or None."""
+        if self.port is not None:
+            return HostPort("::", self.port)
+        return self.listen
+
+    def allows(self, peer: str) -> bool:
+        """May `peer` ask for this pipe (no from: means every peer may)?"""
+        return self.from_ is None or peer in self.from_
+
+    @property
+    def target(self) -> str:
+        return f"peer {self.peer}" if self.peer is not None else f"remote {self.remote}"
+
+
 class GatewayConfig(_Model):
     """A validated cluster.yaml. Build it with `load_config` or `parse_config`.
 
@@ -276,6 +302,7 @@ class GatewayConfig(_Model):
     mtu: Mtu = DEFAULT_MTU
     metrics: Endpoint = HostPort("127.0.0.1", 9000)
     peers: list[Peer] = []
+    pipes: list[Pipe] = []
 
     _public_key: str | None = PrivateAttr(None)
 
@@ -603,7 +630,15 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> GatewayConfig:
         _check_peer_shape(i, p)
     _check_unique(cfg)
     _check_local(cfg, _check_remote(cfg))
+    _check_pipes(cfg)
     return cfg
+
+
+def _check_pipes(cfg: GatewayConfig) -> None:
+    from natgw.pipes.model import check_pipes  # noqa: PLC0415 - natgw.pipes builds on this module
+
+    check_pipes(cfg.pipes, [p.name for p in cfg.tunnel_peers],
+                [p.name for p in cfg.interface_peers], cfg.metrics)
 
 
 class _StrictLoader(yaml.SafeLoader):

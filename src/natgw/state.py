@@ -28,6 +28,8 @@ class PeerState:
     routes: list[str] = field(default_factory=list)  # destinations natgw routed into device
     created_device: bool = False  # natgw made the device, so `down` removes it
     own_qdisc: bool = False  # natgw added the device's clsact qdisc, so `down` removes it
+    # The pipe address (natgw.pipes.addressing) natgw put on the tunnel device: "" none.
+    pipe_address: str = ""
 
 
 @dataclass

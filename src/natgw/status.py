@@ -22,7 +22,16 @@ JSON (`natgw status --json`): a list, one object per gateway, sorted by name:
                  "routes": ["10.245.0.0/16"],
                  "error": null}],              # why the tunnel could not be read
       "repairs": {"route": 1},                # drift repaired by the foreground up, per kind
-      "last_repair": "2026-01-01 10:00:00 route 10.245.0.0/16 dev gw1-cluster2"}]
+      "last_repair": "2026-01-01 10:00:00 route 10.245.0.0/16 dev gw1-cluster2",
+      "pipes": [{"name": "nginx", "listen": "[::]:8080",   # null: no port of its own
+                 "to": "peer legacy", "peer": "legacy", "remote": null,
+                 "via": "[fe80::..%gw1-legacy]:51870",      # the peer's pipe address
+                 "from": null,                  # null: every peer may ask
+                 "active": 2, "connections": {"ok": 40, "refused": 1},
+                 "bytes": {"upstream": 1234, "downstream": 56789},
+                 "error": null}],               # e.g. its port is taken
+      "pipes_served_by": 4242}]                # pid of the foreground natgw up; null:
+                                               # pipes not served (listed only then)
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from typing import Any
 
 from natgw.dataplane import Dataplane, DataplaneError
 from natgw.netns import NetnsNotFound
+from natgw.pipes import publish
 from natgw.state import GatewayState, PeerState, load_state, states_in
 from natgw.wireguard.model import WireGuardError, handshake_fresh
 
@@ -66,6 +76,8 @@ class GatewayReport:
     # Drift the foreground `up` repaired: kind -> count, and the newest repair in one line.
     repairs: dict[str, int] = field(default_factory=dict)
     last_repair: str = ""
+    pipes: list[dict] = field(default_factory=list)  # natgw.pipes.publish: while served
+    pipes_served_by: int | None = None  # pid of the foreground `natgw up` serving them
 
 
 def _engine(name: str) -> Any:
@@ -126,8 +138,10 @@ def report(state: GatewayState, now: float | None = None) -> GatewayReport:
     finally:
         if dp is not None:
             dp.close()
+    served = publish.read(state.gateway)
     return GatewayReport(state.gateway, state.netns, peers, dict(state.repairs),
-                         state.last_repair)
+                         state.last_repair, served["pipes"] if served else [],
+                         served["pid"] if served else None)
 
 
 def status(gateway: str | None = None, netns: str | None = None,
@@ -194,4 +208,5 @@ def _format_gateway(g: GatewayReport, now: float) -> str:
                 f"  {m['kind']} {m['cidr']} as {m['as']}: egress {m['egress_packets']} pkts "
                 f"{m['egress_bytes']} B, ingress {m['ingress_packets']} pkts "
                 f"{m['ingress_bytes']} B")
+    lines += publish.format_pipes(g.pipes, g.pipes_served_by)
     return "\n".join(lines)
