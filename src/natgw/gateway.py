@@ -367,7 +367,9 @@ class Gateway:
     def _apply_pipe_address(self, state: GatewayState, ps: PeerState) -> None:
         """Put the gateway's pipe address on a tunnel device when the file has pipes, take
         it off when it no longer has them. Recorded before it is added, so that a kill
-        leaves it in the record; after the link is up, which would flush it otherwise."""
+        leaves it in the record; after the link is up, which would flush it otherwise.
+        (No crash steps here: a file with pipes needs the foreground `up`, and the crash
+        test drives `up --detach`.)"""
         from natgw.pipes.addressing import (  # noqa: PLC0415
             ensure_address,
             pipe_address,
@@ -379,14 +381,11 @@ class Gateway:
             remove_address(self.netns, ps.device, ps.pipe_address)
             ps.pipe_address = ""
             save_state(state)
-            faults.step("pipe-address-removed")
         if wanted:
             if ps.pipe_address != wanted:
                 ps.pipe_address = wanted
                 save_state(state)
-                faults.step("pipe-address-intent")
             ensure_address(self.netns, ps.device, pipe_address(self.cfg.public_key))
-            faults.step("pipe-address-set")
 
     def _link_mtu(self, dev: str) -> int:
         with iproute(self.netns) as ipr:

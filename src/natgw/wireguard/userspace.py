@@ -207,6 +207,7 @@ class WireGuardGoEngine:
             self._stop(ifname, owner)
         self._stop_recorded(ifname, netns)
         self.pid_path(ifname).unlink(missing_ok=True)
+        self.log_path(ifname).unlink(missing_ok=True)  # kept for a process that died, not here
         if self._client(ifname).server_pid() is None:
             socket_path(ifname).unlink(missing_ok=True)
         self._delete_link(ifname, netns)
@@ -221,6 +222,7 @@ class WireGuardGoEngine:
                 return
             self._stop(ifname, pid)
         self.pid_path(ifname).unlink(missing_ok=True)
+        self.log_path(ifname).unlink(missing_ok=True)
         if self._client(ifname).server_pid() is None:
             socket_path(ifname).unlink(missing_ok=True)
 
