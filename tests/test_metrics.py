@@ -22,6 +22,7 @@ from natgw.metrics import (
     NatgwCollector,
     PeerHealth,
     dataplane_metrics,
+    drift_metrics,
     link_up,
     peer_metrics,
     serve_gateway_metrics,
@@ -213,6 +214,7 @@ def _exported() -> tuple[set[str], set[str]]:
     dev = I.DeviceReport(5, "wg-c2", "c2", (m,), {"truncated": 1, "unmatched": 2})
     families = [*dataplane_metrics([I.GatewayReport("gw", None, "abc", (dev,))]),
                 *peer_metrics([PeerHealth("gw", "c2", 1, 2, 3)], NOW),
+                drift_metrics({"gw": {"route": 1}}),
                 *NatgwCollector([], root="/nonexistent").collect()]
     return ({f.name for f in families},
             {k for f in families for s in f.samples for k in s.labels} | {"gateway"})

@@ -97,3 +97,70 @@ def test_ten_thousand_mappings_install_and_reconcile(dp):
     assert all(after[m] == ids[m] for m in many[1:])  # unchanged mappings keep their counters
     dp.tables.remove_device(LO_IFINDEX)
     assert dp.mappings() == [e for e in dp.mappings() if e.ifindex == 999]
+
+
+# -- entry order and one-way orphans ------------------------------------------------
+
+
+def entries(dp) -> list[tuple[str, str]]:
+    """(direction, key prefix) of every entry of LO_IFINDEX, read straight from the trie."""
+    from natgw.dataplane import layout
+    from natgw.dataplane.tables import _key_net
+
+    out = []
+    for key, _ in dp.tables.v4.items():
+        if key.ifindex == LO_IFINDEX:
+            direction = "egress" if key.table // 2 == layout.DIR_EGRESS else "ingress"
+            out.append((direction, str(_key_net(key))))
+    return sorted(out)
+
+
+def test_ingress_entry_is_written_before_egress(dp, monkeypatch):
+    # Stop the write right after the first entry: it must be the ingress one.
+    monkeypatch.setenv("NATGW_TEST_FAIL_AT", "mapping-ingress-written:index")
+    with pytest.raises(IndexError):
+        dp.tables.set_mappings(LO_IFINDEX, [R])
+    assert entries(dp) == [("ingress", "10.244.0.0/16")]
+    assert installed(dp) == set()  # not a mapping until its egress entry exists
+    assert dp.tables.orphans(LO_IFINDEX) == [(LO_IFINDEX, "ingress",
+                                              ipaddress.ip_network("10.244.0.0/16"))]
+
+
+def test_egress_entry_is_removed_before_ingress(dp, monkeypatch):
+    dp.tables.set_mappings(LO_IFINDEX, [R, L])
+    monkeypatch.setenv("NATGW_TEST_FAIL_AT", "mapping-egress-removed:index")
+    with pytest.raises(IndexError):
+        dp.tables.set_mappings(LO_IFINDEX, [L])
+    # R's egress entry (key: its as) is gone, its ingress entry (key: its cidr) not yet.
+    assert ("egress", "10.245.0.0/16") not in entries(dp)
+    assert ("ingress", "10.244.0.0/16") in entries(dp)
+    assert installed(dp) == {L}
+
+
+@pytest.mark.parametrize("lost", ["egress", "ingress"])
+def test_a_one_way_orphan_is_repaired_keeping_its_id(dp, lost):
+    from natgw.dataplane import layout
+    from natgw.dataplane.tables import _key
+
+    first = dp.tables.add_mapping(LO_IFINDEX, R)
+    table, net = ((layout.table(layout.DIR_EGRESS, layout.SIDE_DST), R.as_) if lost == "egress"
+                  else (layout.table(layout.DIR_INGRESS, layout.SIDE_SRC), R.cidr))
+    assert dp.tables.v4.delete(_key(4, LO_IFINDEX, table, net))
+    kept = "ingress" if lost == "egress" else "egress"
+    assert [(o[1]) for o in dp.tables.orphans(LO_IFINDEX)] == [kept]
+    dp.tables.set_mappings(LO_IFINDEX, [R])
+    assert dp.tables.orphans(LO_IFINDEX) == []
+    assert dp.mappings(LO_IFINDEX)[0].mapping_id == first.mapping_id
+    assert len(entries(dp)) == 2
+
+
+def test_an_orphan_of_an_unwanted_mapping_is_removed(dp):
+    from natgw.dataplane import layout
+    from natgw.dataplane.tables import _key
+
+    dp.tables.set_mappings(LO_IFINDEX, [R, L])
+    assert dp.tables.v4.delete(_key(4, LO_IFINDEX, layout.table(layout.DIR_EGRESS,
+                                                                 layout.SIDE_SRC), L.cidr))
+    dp.tables.set_mappings(LO_IFINDEX, [R])
+    assert dp.tables.orphans(LO_IFINDEX) == [] and installed(dp) == {R}
+    assert len(entries(dp)) == 2

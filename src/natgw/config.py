@@ -438,10 +438,12 @@ def _read_key_file(path: Path) -> bytes:
         raise ConfigError("privateKeyFile", f"{path} does not exist") from None
     except OSError as e:
         raise ConfigError("privateKeyFile", f"cannot read {path}: {e.strerror}") from None
+    # Checked before fdopen: Python refuses to wrap a directory (IsADirectoryError).
+    problem = _key_file_problem(path, os.fstat(fd))
+    if problem:
+        os.close(fd)
+        raise ConfigError("privateKeyFile", problem)
     with os.fdopen(fd, "rb") as f:
-        problem = _key_file_problem(path, os.fstat(fd))
-        if problem:
-            raise ConfigError("privateKeyFile", problem)
         try:
             text = f.read(4096).decode("ascii")
         except (OSError, UnicodeDecodeError) as e:
@@ -646,6 +648,12 @@ class _StrictLoader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a {type(key).__name__} cannot be a key", key_node.start_mark
+                ) from None
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key}", key_node.start_mark
@@ -654,21 +662,61 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+MAX_FILE_BYTES = 1 << 20  # a cluster.yaml is a few KiB; more is a mistake or an attack
+MAX_YAML_NODES = 100_000  # after aliases are expanded: refuses "billion laughs" bombs
+
+
+def _expanded_nodes(root: yaml.Node, where: str) -> int:
+    """How many nodes the document has once every alias is expanded, without expanding.
+
+    An alias is the same node object as its anchor, so sizes are memoized per
+    node: linear in the document, even for a bomb.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, depth: int = 0) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if depth > 100:
+            raise ConfigError(where, "YAML nested more than 100 levels deep")
+        n = 1
+        if isinstance(node, yaml.SequenceNode):
+            n += sum(size(c, depth + 1) for c in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        sizes[id(node)] = min(n, MAX_YAML_NODES + 1)
+        return sizes[id(node)]
+
+    return size(root)
+
+
 def load_config(path: Path) -> GatewayConfig:
     """Read and validate a cluster.yaml. YAML errors have the file as path and a line."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        raise ConfigError(str(path), f"cannot read: {why}") from None
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(str(path), f"cannot read: {e.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(str(path), f"larger than {MAX_FILE_BYTES >> 20} MiB")
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "cannot read: not UTF-8 text") from None
+    try:
+        node = yaml.compose(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
+        if node is not None and _expanded_nodes(node, str(path)) > MAX_YAML_NODES:
+            raise ConfigError(str(path), f"YAML aliases expand to more than {MAX_YAML_NODES} "
+                                         "nodes (an alias bomb?)")
+        data = _StrictLoader(text).construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(str(path), f"{where}{e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise ConfigError(str(path), " ".join(str(e).split())) from None
+    except RecursionError:
+        raise ConfigError(str(path), "YAML nested too deeply") from None
     if not isinstance(data, dict):
         got = "an empty file" if data is None else f"a {type(data).__name__}"
         raise ConfigError(str(path), f"expected a mapping at the top level, got {got}")

@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from natgw import routes
+from natgw import faults, routes
 from natgw.config import ConfigError, GatewayConfig, Peer, parse_config
-from natgw.dataplane import Dataplane, DataplaneError, Mapping, TableError
-from natgw.dataplane.loader import pin_dir
-from natgw.netns import NetnsNotFound, iproute, require_netns
+from natgw.dataplane import Dataplane, DataplaneError, Mapping
+from natgw.dataplane.layout import DEV_F_OWN_QDISC
+from natgw.dataplane.loader import detach, has_clsact, missing_pins, pin_dir, repin_attached
+from natgw.failure import one_line
+from natgw.keys import encode_key
+from natgw.lock import LockTimeout, gateway_lock
+from natgw.netns import NetnsNotFound, iproute, netns_exists, require_netns
 from natgw.resolve import ResolveError, is_hostname, resolve
 from natgw.state import (
     GatewayState,
@@ -125,6 +130,18 @@ class Gateway:
                         f"peers[{i}].interface: device {peer.interface} not found"
                         + (f" in netns {self.netns}" if self.netns else ""))
 
+    def check_foreign_devices(self, previous: GatewayState | None) -> None:
+        """Refuse a tunnel device that exists and is not in natgw's record.
+
+        Adopting it would make `down` delete someone else's link.
+        """
+        ours = {p.device for p in (previous.peers if previous else []) if p.created_device}
+        with iproute(self.netns) as ipr:
+            for peer in self.cfg.tunnel_peers:
+                if peer.device not in ours and ipr.link_lookup(ifname=peer.device):
+                    raise GatewayError(f"device {peer.device} exists and natgw did not create it"
+                                       + (f" (netns {self.netns})" if self.netns else ""))
+
     def _check_devices_free(self) -> None:
         """Refuse a tunnel device name another gateway on this host uses.
 
@@ -156,17 +173,53 @@ class Gateway:
             raise GatewayError(f"peers[{self.cfg.peers.index(peer)}].endpoint: {e}") from None
 
     def apply(self) -> ApplyReport:
-        """Reconcile; on failure, go back to the last configuration applied in full."""
+        """Reconcile under the gateway's lock; on failure, go back to the last configuration
+        applied in full."""
         # Before anything changes: a hostname that does not resolve leaves the host as it is.
         self.resolve_endpoints()
-        source = Path(self.config_path).read_text() if self.config_path else None
+        try:
+            with gateway_lock(self.cfg.name):
+                return self._apply_or_restore()
+        except LockTimeout as e:
+            raise GatewayError(str(e)) from None
+
+    def _apply_or_restore(self) -> ApplyReport:
         try:
             report = self._apply()
-        except GatewayError as e:
-            raise GatewayError(f"{e}; {self._restore_previous()}") from e
-        if source is not None:
-            save_applied(self.cfg.name, source)
+        except Exception as e:  # noqa: BLE001 - every failure is one line and rolled back
+            msg = str(e) if isinstance(e, GatewayError) else one_line(e)
+            raise GatewayError(f"{msg}; {self._restore_previous()}") from None
+        if self.config_path:
+            save_applied(self.cfg.name, applied_record(Path(self.config_path)))
+        faults.step("applied")
         return report
+
+    def repair(self, drift: list[str]) -> bool:
+        """Apply again to repair drift; count each kind repaired in the state. False: busy."""
+        try:
+            with gateway_lock(self.cfg.name, timeout=0):
+                self._apply_or_restore()
+                state = load_state(self.cfg.name)
+                if state is not None:
+                    for kind in sorted({d.split()[0] for d in drift}):
+                        state.repairs[kind] = state.repairs.get(kind, 0) + 1
+                    state.last_repair = f"{time.strftime('%Y-%m-%d %H:%M:%S')} " \
+                        + "; ".join(drift)
+                    save_state(state)
+        except LockTimeout:
+            return False
+        return True
+
+    def drift(self) -> list[str] | None:
+        """What was removed by hand, one "kind what" string each; None while locked."""
+        from natgw.drift import detect  # noqa: PLC0415
+
+        try:
+            with gateway_lock(self.cfg.name, timeout=0):
+                state = load_state(self.cfg.name)
+                return detect(self, state) if state is not None else []
+        except LockTimeout:
+            return None
 
     def _restore_previous(self) -> str:
         previous = load_state(self.cfg.name)
@@ -174,10 +227,16 @@ class Gateway:
         if previous is None or not path.exists() or not previous.config:
             return "nothing to restore"
         try:
-            cfg = parse_config(yaml.safe_load(path.read_text()), Path(previous.config).parent)
+            data = yaml.safe_load(path.read_text())
+            if isinstance(data, dict) and "privateKey" not in data \
+                    and "privateKeyFile" not in data and self.cfg.private_key is not None:
+                # The record never holds an inline key: the gateway's key is the same.
+                data["privateKey"] = encode_key(self.cfg.private_key.get_secret_value())
+            cfg = parse_config(data, Path(previous.config).parent)
             Gateway(cfg, self.netns, None)._apply()
-        except (ConfigError, GatewayError, OSError, yaml.YAMLError) as e:
-            return f"restoring the previous configuration failed too: {e}"
+        except Exception as e:  # noqa: BLE001
+            msg = str(e) if isinstance(e, (ConfigError, GatewayError)) else one_line(e)
+            return f"restoring the previous configuration failed too: {msg}"
         return "the previous configuration is restored"
 
     def _apply(self) -> ApplyReport:
@@ -187,87 +246,132 @@ class Gateway:
             raise GatewayError(
                 f"gateway {self.cfg.name} is up in netns {previous.netns or '(default)'}; "
                 "run natgw down there first")
+        self.check_foreign_devices(previous)
+        # The record is the intent: it is written before anything is created and
+        # keeps every peer until that peer is gone, so a kill at any point leaves
+        # `down` (and the next `up`) a complete list of what may exist.
+        state = GatewayState(self.cfg.name, self.netns,
+                             self.config_path or (previous.config if previous else ""),
+                             public_key=self.cfg.public_key)
+        if previous is not None:
+            state.peers = list(previous.peers)
+            state.sysctls, state.repairs = previous.sysctls, previous.repairs
+            state.last_repair = previous.last_repair
+        save_state(state)
+        faults.step("intent-recorded")
+        if not state.sysctls:
+            state.sysctls = routes.read_forwarding(self.netns)
+            save_state(state)
+            faults.step("sysctls-saved")
+        routes.enable_forwarding(self.netns)
+        faults.step("forwarding-set")
+        if previous is not None and missing_pins(pin_dir(self.cfg.name)):
+            # Pins removed by hand while the filters still run: pin those again, so
+            # that mappings and counters are kept and nothing is recompiled.
+            repin_attached(self.cfg.name, self.netns, [p.device for p in previous.peers])
         try:
             dp = Dataplane.load(self.cfg.name)
         except (DataplaneError, OSError) as e:
             raise GatewayError(f"dataplane: {e}") from e
+        faults.step("dataplane-loaded")
         report = ApplyReport()
         old = {p.name: p for p in (previous.peers if previous else [])}
-        state = GatewayState(self.cfg.name, self.netns,
-                             self.config_path or (previous.config if previous else ""),
-                             public_key=self.cfg.public_key)
         try:
-            routes.enable_forwarding(self.netns)
             for peer in self.cfg.peers:
                 before = old.pop(peer.name, None)
                 if before is not None and before.device != peer.device:
-                    self._remove_peer(dp, before)
+                    self._remove_recorded(dp, state, before)
                     before = None
                 try:
-                    ps, changed = self._apply_peer(dp, peer, before)
-                except (WireGuardError, DataplaneError, TableError, routes.RouteError,
-                        OSError) as e:
-                    # Record the half-made peer so that the rollback removes it.
-                    state.peers.append(before or PeerState(
-                        peer.name, peer.device, 0, "interface" if not peer.is_tunnel
-                        else self.engine.name, [str(n) for n in peer.routed_networks],
-                        peer.is_tunnel))
-                    raise GatewayError(f"peer {peer.name}: {e}") from e
-                state.peers.append(ps)
+                    changed = self._apply_peer(dp, state, peer, before)
+                except GatewayError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - named, one line, rolled back
+                    raise GatewayError(f"peer {peer.name}: {one_line(e)}") from None
                 (report.added if before is None else
                  report.updated if changed else report.unchanged).append(peer.name)
             for gone in old.values():
-                self._remove_peer(dp, gone)
+                self._remove_recorded(dp, state, gone)
                 report.removed.append(gone.name)
         finally:
-            # Record what exists even after a failure, so `down` can remove it.
-            done = {p.name for p in state.peers}
-            state.peers += [p for p in old.values() if p.name not in done
-                            and p.name not in report.removed]
-            save_state(state)
             dp.close()
         return report
 
-    def _apply_peer(self, dp: Dataplane, peer: Peer,
-                    before: PeerState | None) -> tuple[PeerState, bool]:
+    def _remove_recorded(self, dp: Dataplane, state: GatewayState, ps: PeerState) -> None:
+        faults.step("peer-remove-intent")
+        self._remove_peer(dp, ps)
+        state.peers = [p for p in state.peers if p.name != ps.name]
+        save_state(state)
+        faults.step("peer-removed")
+
+    def _apply_peer(self, dp: Dataplane, state: GatewayState, peer: Peer,
+                    before: PeerState | None) -> bool:
+        """Bring one peer to the config. Returns whether anything changed.
+
+        Order: the device, then its dataplane entry, filters and mappings, and
+        only then the tunnel's keys and peers, the link and the routes: no packet
+        can cross before it would be translated.
+        """
         dev = peer.device
-        created = before.created_device if before else False
+        wanted_routes = [str(n) for n in peer.routed_networks]
+        old_routes = before.routes if before else []
+        engine_name = self.engine.name if peer.is_tunnel else "interface"
+        ps = PeerState(peer.name, dev, before.ifindex if before else 0, engine_name,
+                       sorted(set(old_routes) | set(wanted_routes)),
+                       created_device=peer.is_tunnel or bool(before and before.created_device),
+                       own_qdisc=bool(before and before.own_qdisc))
+        state.put_peer(ps)
+        save_state(state)
+        faults.step("peer-intent")
         if peer.is_tunnel:
             self.engine.ensure_device(dev, self.netns)
-            created = True
+            faults.step("device-created")
+            mtu = self.cfg.mtu
+        else:
+            mtu = self._link_mtu(dev)
+        ifindex = dp.ifindex(dev, self.netns)
+        if before is not None and before.ifindex and before.ifindex != ifindex:
+            # The device was recreated (e.g. wireguard-go restarted): drop stale entries.
+            dp.forget_device(before.ifindex)
+        if ps.ifindex != ifindex or not ps.own_qdisc:
+            with iproute(self.netns) as ipr:
+                ps.own_qdisc = ps.own_qdisc or not has_clsact(ipr, ifindex)
+            ps.ifindex = ifindex
+            save_state(state)
+        faults.step("device-entry")
+        mappings = peer_mappings(peer)
+        installed = {m.mapping for m in dp.mappings(ifindex)}
+        dp.attach(dev, self.netns, mtu=mtu)
+        faults.step("filters-attached")
+        dp.set_mappings(dev, mappings, self.netns)
+        faults.step("mappings-set")
+        if peer.is_tunnel:
             endpoint = None
             if peer.endpoint is not None:  # resolved by apply, not yet on a restore
                 endpoint = self._endpoints.get(peer.name) or self._resolve(peer)
             self.engine.configure(dev, self.netns, device_config(self.cfg, peer, endpoint))
+            faults.step("tunnel-configured")
             routes.set_link(self.netns, dev, self.cfg.mtu)
             if self.cfg.pipes:
                 from natgw.pipes.addressing import ensure_address, pipe_address  # noqa: PLC0415
 
                 ensure_address(self.netns, dev, pipe_address(self.cfg.public_key))
-            mtu = self.cfg.mtu
-            engine_name = self.engine.name
-        else:
-            mtu = self._link_mtu(dev)
-            engine_name = "interface"
-        ifindex = dp.ifindex(dev, self.netns)
-        if before is not None and before.ifindex != ifindex:
-            # The device was recreated (e.g. wireguard-go restarted): drop stale entries.
-            dp.forget_device(before.ifindex)
-        mappings = peer_mappings(peer)
-        installed = {m.mapping for m in dp.mappings(ifindex)}
-        dp.attach(dev, self.netns, mtu=mtu)
-        dp.set_mappings(dev, mappings, self.netns)
-        wanted_routes = [str(n) for n in peer.routed_networks]
-        old_routes = before.routes if before else []
+            faults.step("link-up")
         via = str(peer.via) if peer.via else None
         routes.set_routes(self.netns, dev, wanted_routes, via=via, stale=old_routes)
-        changed = (before is None or before.ifindex != ifindex or installed != set(mappings)
-                   or sorted(old_routes) != sorted(wanted_routes))
-        return PeerState(peer.name, dev, ifindex, engine_name, wanted_routes, created), changed
+        faults.step("routes-set")
+        ps.routes = wanted_routes
+        save_state(state)
+        faults.step("peer-recorded")
+        return (before is None or before.ifindex != ifindex or installed != set(mappings)
+                or sorted(old_routes) != sorted(wanted_routes))
 
     def _link_mtu(self, dev: str) -> int:
         with iproute(self.netns) as ipr:
-            return ipr.get_links(ipr.link_lookup(ifname=dev)[0])[0].get_attr("IFLA_MTU")
+            idx = ipr.link_lookup(ifname=dev)
+            if not idx:
+                raise GatewayError(f"device {dev} not found")
+            return ipr.get_links(idx[0])[0].get_attr("IFLA_MTU")
 
     def _remove_peer(self, dp: Dataplane | None, ps: PeerState) -> None:
         remove_peer(self.netns, ps, dp, engine_for(ps))
@@ -321,6 +425,18 @@ class Gateway:
         return moved
 
 
+def applied_record(config: Path) -> str:
+    """The applied cluster.yaml as recorded: without an inline privateKey, and with
+    privateKeyFile absolute (the record lives elsewhere)."""
+    data = yaml.safe_load(config.read_text())
+    if not isinstance(data, dict):
+        return ""
+    data.pop("privateKey", None)
+    if isinstance(data.get("privateKeyFile"), str):
+        data["privateKeyFile"] = str((config.parent / data["privateKeyFile"]).absolute())
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 def engine_for(ps: PeerState) -> Engine | None:
     if ps.engine == "interface":
         return None
@@ -332,28 +448,61 @@ def engine_for(ps: PeerState) -> Engine | None:
 
 def remove_peer(netns: str | None, ps: PeerState, dp: Dataplane | None,
                 engine: Engine | None) -> None:
-    """Undo one peer: routes, filters, map entries, and the tunnel device natgw made."""
+    """Undo one peer: routes, filters, map entries, and the tunnel device natgw made.
+
+    Works from the record alone: natgw's routes (proto 78) into the device and
+    its filters (by priority and handle) go even if they were never recorded or
+    the pins are gone. Something that is already gone is not an error; a
+    failure to remove something that is there raises.
+    """
     try:
-        routes.remove_routes(netns, ps.routes)
-    except (NetnsNotFound, OSError):
-        pass
-    if dp is not None:
-        try:
-            dp.detach(ps.device, netns)
-        except (DataplaneError, NetnsNotFound, OSError):
-            pass
-        dp.forget_device(ps.ifindex)
-    if engine is not None and ps.created_device:
-        try:
+        require_netns(netns)
+    except NetnsNotFound:
+        # The netns went and took the links, filters and routes with it; only a
+        # process (wireguard-go) may be left.
+        if engine is not None and ps.created_device:
             engine.delete(ps.device, netns)
-        except (WireGuardError, NetnsNotFound):
-            pass
+        return
+    routes.remove_routes(netns, ps.routes)
+    routes.sweep_routes(netns, [ps.device])
+    faults.step("peer-routes-removed")
+    with iproute(netns) as ipr:
+        idx = ipr.link_lookup(ifname=ps.device)
+        if idx:
+            detach(ipr, idx[0], remove_qdisc=ps.own_qdisc or _dp_owns_qdisc(dp, idx[0]))
+    if dp is not None:
+        if idx:
+            dp.forget_device(idx[0])
+        if ps.ifindex:
+            dp.forget_device(ps.ifindex)
+    faults.step("peer-detached")
+    if engine is not None and ps.created_device:
+        engine.delete(ps.device, netns)
+        faults.step("peer-device-deleted")
+
+
+def _dp_owns_qdisc(dp: Dataplane | None, ifindex: int) -> bool:
+    if dp is None:
+        return False
+    dev = dp.tables.device(ifindex)
+    return bool(dev and dev.flags & DEV_F_OWN_QDISC)
 
 
 def down(gateway: str, netns: str | None = None) -> bool:
     """Remove everything `up` made for a gateway. False if there was nothing (a no-op)."""
+    try:
+        pins = pin_dir(gateway)
+    except DataplaneError as e:
+        raise GatewayError(str(e)) from None
+    try:
+        with gateway_lock(gateway):
+            return _down(gateway, netns, pins)
+    except LockTimeout as e:
+        raise GatewayError(str(e)) from None
+
+
+def _down(gateway: str, netns: str | None, pins: str) -> bool:
     state = load_state(gateway)
-    pins = pin_dir(gateway)
     if state is None and not os.path.isdir(pins):
         return False
     if state is not None and state.netns != netns:
@@ -365,13 +514,37 @@ def down(gateway: str, netns: str | None = None) -> bool:
             dp = Dataplane.open(gateway)
         except (DataplaneError, OSError):
             dp = None
-    for ps in state.peers if state else []:
-        remove_peer(netns, ps, dp, engine_for(ps))
-    if dp is not None:
-        dp.destroy()
-    else:
-        import shutil  # noqa: PLC0415
-
-        shutil.rmtree(pins, ignore_errors=True)
+    try:
+        for ps in list(state.peers if state else []):
+            try:
+                remove_peer(netns, ps, dp, engine_for(ps))
+            except Exception as e:  # noqa: BLE001 - one line; the record stays for a retry
+                raise GatewayError(f"peer {ps.name}: {one_line(e)}") from None
+            state.peers.remove(ps)
+            save_state(state)
+        faults.step("down-peers-removed")
+    finally:
+        if dp is not None:
+            dp.close()
+    if state is not None and state.sysctls:
+        _restore_forwarding(state)
+    shutil.rmtree(pins, ignore_errors=True)
+    faults.step("down-unpinned")
     remove_state(gateway)
     return True
+
+
+def _restore_forwarding(state: GatewayState) -> None:
+    """Put the forwarding sysctls back, unless another gateway still runs in the netns:
+    then it inherits the values to put back when it goes down."""
+    others = [s for s in all_states() if s.gateway != state.gateway and s.netns == state.netns]
+    if others:
+        heir = others[0]
+        heir.sysctls = dict(state.sysctls)
+        save_state(heir)
+        return
+    try:
+        routes.restore_sysctls(state.netns, state.sysctls)
+    except (routes.RouteError, NetnsNotFound) as e:
+        if state.netns is None or netns_exists(state.netns):
+            raise GatewayError(str(e)) from None

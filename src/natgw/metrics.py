@@ -18,6 +18,8 @@ Metrics (label values are short and stable; no per-address labels):
     natgw_peer_transmit_bytes_total{gateway,peer}                    counter
     natgw_build_info{gateway,version,dataplane_build}                gauge 1
     natgw_scrape_error{gateway}          gauge 1 when a gateway's maps could not be read
+    natgw_drift_repairs_total{gateway,kind}                          counter
+        (kind: pin, engine, device, filter, route, mapping; see natgw.drift)
 
 mapping is "<kind>:<as prefix>" (e.g. "remote:10.245.0.0/16"): unique per
 device. peer is the peer name from the state file, else the interface name,
@@ -105,8 +107,22 @@ class NatgwCollector(Collector):
                                   on_error=lambda gw, _msg: errors.add_metric([gw], 1))
         yield from dataplane_metrics(reports)
         yield errors
+        yield drift_metrics({gw: state.repairs for gw in names
+                             if (state := load_state(gw)) is not None})
         if self.peers is not None:
             yield from peer_metrics(self.peers(), self.clock())
+
+
+def drift_metrics(repairs_by_gateway: dict[str, dict[str, int]]) -> Metric:
+    """natgw_drift_repairs_total{gateway,kind}: repairs the foreground `up` made, as
+    counted in the state file (it outlives a restart of natgw, like the pinned counters)."""
+    repairs = CounterMetricFamily("natgw_drift_repairs",
+                                  "Things removed by hand that natgw put back, per kind",
+                                  labels=["gateway", "kind"])
+    for gw, counts in sorted(repairs_by_gateway.items()):
+        for kind, n in sorted(counts.items()):
+            repairs.add_metric([gw, kind], n)
+    return repairs
 
 
 def dataplane_metrics(reports: Iterable[I.GatewayReport]) -> list[Metric]:

@@ -1,13 +1,18 @@
 """What `natgw up` set up, recorded for `down`, `status`, `maps` and metrics.
 
 A JSON file per gateway under /run/natgw/ (tmpfs: gone after a reboot, like
-the devices and pins it describes). Written atomically; never holds a private key.
+the devices and pins it describes). It is written *before* natgw creates
+anything (the intent), so a natgw killed at any point leaves a record that
+`down` and the next `up` can act on. Writes are atomic (a private temporary
+file, fsync, rename, fsync of the directory) and every file is 0600 from its
+creation. It never holds keys.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -22,6 +27,7 @@ class PeerState:
     engine: str  # "kernel", "wireguard-go" or "interface" (no tunnel)
     routes: list[str] = field(default_factory=list)  # destinations natgw routed into device
     created_device: bool = False  # natgw made the device, so `down` removes it
+    own_qdisc: bool = False  # natgw added the device's clsact qdisc, so `down` removes it
 
 
 @dataclass
@@ -33,21 +39,64 @@ class GatewayState:
     # Ours, base64, derived once at apply: status reads it here instead of pulling
     # the private key back from the engine to derive it again.
     public_key: str | None = None
+    # sysctl key -> value before natgw first changed it; `down` puts it back.
+    sysctls: dict[str, str] = field(default_factory=dict)
+    # drift kind ("device", "filter", "route", "pin", "engine", "mapping") -> repairs made.
+    repairs: dict[str, int] = field(default_factory=dict)
+    last_repair: str = ""  # one line: what the newest repair fixed, and when
 
     def peer_by_ifindex(self, ifindex: int) -> PeerState | None:
         return next((p for p in self.peers if p.ifindex == ifindex), None)
+
+    def peer(self, name: str) -> PeerState | None:
+        return next((p for p in self.peers if p.name == name), None)
+
+    def put_peer(self, ps: PeerState) -> None:
+        """Record ps in place of the peer of the same name (appended if new)."""
+        for i, p in enumerate(self.peers):
+            if p.name == ps.name:
+                self.peers[i] = ps
+                return
+        self.peers.append(ps)
 
 
 def state_path(gateway: str) -> Path:
     return STATE_DIR / f"{gateway}.json"
 
 
+def private_dir() -> Path:
+    """STATE_DIR, made 0700 if natgw creates it."""
+    STATE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return STATE_DIR
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace path atomically with text; the file is 0600 from its creation.
+
+    The temporary file is unique to this write (mkstemp), so two writers never
+    share one, and it is fsynced before the rename: a crash leaves the old file
+    or the new one, never a torn one.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:  # mkstemp creates files 0600
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 def save_state(state: GatewayState) -> None:
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    path = state_path(state.gateway)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2) + "\n")
-    os.replace(tmp, path)
+    private_dir()
+    write_private(state_path(state.gateway), json.dumps(asdict(state), indent=2) + "\n")
 
 
 def load_state(gateway: str) -> GatewayState | None:
@@ -72,19 +121,14 @@ def remove_state(gateway: str) -> None:
 
 
 def applied_path(gateway: str) -> Path:
-    """The text of the last cluster.yaml applied in full: what a failed apply returns to."""
+    """The last cluster.yaml applied in full (without an inline key): what a failed apply
+    returns to."""
     return STATE_DIR / f"{gateway}.applied.yaml"
 
 
 def save_applied(gateway: str, text: str) -> None:
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    path = applied_path(gateway)
-    tmp = path.with_suffix(".tmp")
-    # 0600: the file may hold an inline privateKey, like the original.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    private_dir()
+    write_private(applied_path(gateway), text)
 
 
 def gateway_names() -> list[str]:
@@ -95,8 +139,16 @@ def gateway_names() -> list[str]:
 
 
 def all_states() -> list[GatewayState]:
-    states = (load_state(name) for name in gateway_names())
-    return [s for s in states if s is not None]
+    """Every readable state; a file another program left there is skipped."""
+    out = []
+    for name in gateway_names():
+        try:
+            state = load_state(name)
+        except (OSError, ValueError, TypeError):
+            continue
+        if state is not None:
+            out.append(state)
+    return out
 
 
 def states_in(netns: str | None) -> list[GatewayState]:

@@ -21,6 +21,8 @@ JSON (`natgw status --json`): a list, one object per gateway, sorted by name:
                                "ingress_bytes": 0}],
                  "routes": ["10.245.0.0/16"],
                  "error": null}],              # why the tunnel could not be read
+      "repairs": {"route": 1},                # drift repaired by the foreground up, per kind
+      "last_repair": "2026-01-01 10:00:00 route 10.245.0.0/16 dev gw1-cluster2",
       "pipes": [{"name": "nginx", "listen": "[::]:8080",   # null: no port of its own
                  "to": "peer legacy", "peer": "legacy", "remote": null,
                  "via": "[fe80::..%gw1-legacy]:51870",      # the peer's pipe address
@@ -71,6 +73,9 @@ class GatewayReport:
     gateway: str
     netns: str | None
     peers: list[PeerReport]
+    # Drift the foreground `up` repaired: kind -> count, and the newest repair in one line.
+    repairs: dict[str, int] = field(default_factory=dict)
+    last_repair: str = ""
     pipes: list[dict] = field(default_factory=list)  # natgw.pipes.publish: while served
     pipes_served_by: int | None = None  # pid of the foreground `natgw up` serving them
 
@@ -134,8 +139,9 @@ def report(state: GatewayState, now: float | None = None) -> GatewayReport:
         if dp is not None:
             dp.close()
     served = publish.read(state.gateway)
-    return GatewayReport(state.gateway, state.netns, peers,
-                         served["pipes"] if served else [], served["pid"] if served else None)
+    return GatewayReport(state.gateway, state.netns, peers, dict(state.repairs),
+                         state.last_repair, served["pipes"] if served else [],
+                         served["pid"] if served else None)
 
 
 def status(gateway: str | None = None, netns: str | None = None,
@@ -176,6 +182,9 @@ def _format_gateway(g: GatewayReport, now: float) -> str:
     lines = [f"gateway: {g.gateway}"]
     if g.netns:
         lines.append(f"  netns: {g.netns}")
+    if g.repairs:
+        lines.append("  drift repairs: " + ", ".join(f"{k} {v}" for k, v in sorted(
+            g.repairs.items())) + (f" (last: {g.last_repair})" if g.last_repair else ""))
     for r in g.peers:
         lines.append("")
         lines.append(f"peer: {r.name}")

@@ -14,7 +14,27 @@ import typer
 from natgw.cli import check, gateway, keys, maps
 from natgw.cli.options import Options
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """The natgw app: an exception no command turned into an error is still one line.
+
+    Never a traceback: besides being noise, one could show a private key.
+    """
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            import sys  # noqa: PLC0415
+
+            from natgw.cli.errors import EXIT_RUNTIME  # noqa: PLC0415
+            from natgw.failure import one_line  # noqa: PLC0415
+
+            print(f"natgw: internal error: {one_line(e)}", file=sys.stderr)
+            sys.exit(EXIT_RUNTIME)
+
+
+app = _App(
     no_args_is_help=True,
     add_completion=False,  # no --install-completion: natgw ships no shell hooks
     rich_markup_mode=None,

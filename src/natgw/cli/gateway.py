@@ -43,6 +43,11 @@ def _gateway_name(file: Path) -> str:
     file no longer validates (a key file gone, an edit half done).
     """
     if not file.exists():
+        import re  # noqa: PLC0415
+
+        # The gateway-name rule of natgw.config (a plain name: no "/", no "..").
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(file)):
+            fail(f"{file}: no such file, and not a gateway name", EXIT_INVALID)
         return str(file)
     import yaml  # noqa: PLC0415 - only a FILE argument needs YAML
 
@@ -99,10 +104,13 @@ def up(
              "without --detach (e.g. as a service); while it runs, up --detach hands the "
              "file over to it")
     gw = Gateway(cfg, netns, file)
+    # In the foreground, SIGTERM/SIGINT/SIGHUP during the first apply are kept for
+    # the loop: the apply finishes (or rolls back) instead of dying half-way.
+    signals = None if detach else _catch_signals()
     _apply(gw)
-    if detach:
+    if signals is None:
         return
-    _foreground(gw, file, netns)
+    _foreground(gw, file, netns, *signals)
 
 
 def down(ctx: typer.Context, file: Annotated[Path, typer.Argument(hidden=True)]) -> None:
@@ -187,30 +195,45 @@ def _hand_over(serving: dict, file: Path, netns: str | None) -> None:
     fail(f"natgw up (pid {pid}) did not reload gateway {name} within {HANDOVER_TIMEOUT:.0f} s")
 
 
-def _foreground(gw: Gateway, file: Path, netns: str | None) -> None:
-    """Serve pipes and supervise until SIGTERM/SIGINT; SIGHUP reloads the file."""
-    import logging  # noqa: PLC0415 - only the foreground logs
+def _catch_signals():
+    """(stop, reload, wake) events set by SIGTERM/SIGINT and SIGHUP from now on.
+
+    wake is set by either: the loop acts at once, not at its next tick.
+    """
     import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
+    stop = threading.Event()
+    reload = threading.Event()
+    wake = threading.Event()
+
+    def on(event: threading.Event) -> None:
+        event.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, lambda *_: on(stop))
+    signal.signal(signal.SIGINT, lambda *_: on(stop))
+    signal.signal(signal.SIGHUP, lambda *_: on(reload))
+    return stop, reload, wake
+
+
+def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) -> None:
+    """Serve the pipes and supervise until SIGTERM/SIGINT; SIGHUP reloads the file.
+
+    Every SUPERVISE_INTERVAL: drift (a pin, engine, device, filter, route or
+    mapping entry removed by hand) is repaired with one log line each time;
+    otherwise stale hostname endpoints are looked up again.
+    """
+    import logging  # noqa: PLC0415 - only the foreground logs
+
     from natgw.config import ConfigError, load_config  # noqa: PLC0415
+    from natgw.failure import one_line  # noqa: PLC0415
     from natgw.gateway import Gateway, GatewayError  # noqa: PLC0415
     from natgw.pipes import publish  # noqa: PLC0415
     from natgw.pipes.server import PipeServer, plan_for  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="natgw: %(message)s")
     log = logging.getLogger("natgw")
-    stop = threading.Event()
-    reload = threading.Event()
-    wake = threading.Event()  # either signal: act at once, not at the next supervise tick
-
-    def on_signal(event: threading.Event) -> None:
-        event.set()
-        wake.set()
-
-    signal.signal(signal.SIGTERM, lambda *_: on_signal(stop))
-    signal.signal(signal.SIGINT, lambda *_: on_signal(stop))
-    signal.signal(signal.SIGHUP, lambda *_: on_signal(reload))
     name = gw.cfg.name
     pipes = PipeServer(netns, publish=publish.write)
     try:
@@ -250,16 +273,18 @@ def _foreground(gw: Gateway, file: Path, netns: str | None) -> None:
                         log.error("reload: %s", e)
                     pipes.set_reload("; ".join(errors) or None)
                     log.info("reloaded %s", file)
-                elif dead := gw.dead_tunnels():
-                    log.warning("engine of %s died: restarting", ", ".join(dead))
-                    gw.apply()
-                    # A restarted engine made new devices: listen on them again.
+                elif drift := gw.drift():
+                    if gw.repair(drift):
+                        log.warning("drift repaired: %s", "; ".join(drift))
+                    # A repaired tunnel may be a new device: listen on it again.
                     for e in pipes.apply(plan_for(gw.cfg, gw.config_path)):
                         log.error("%s", e)
                 else:
                     gw.reresolve_stale()
             except GatewayError as e:
                 log.error("%s", e)
+            except Exception as e:  # noqa: BLE001 - the supervisor must keep running
+                log.error("%s", one_line(e))
     finally:
         if server is not None:
             server.shutdown()

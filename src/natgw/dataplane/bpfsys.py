@@ -100,6 +100,8 @@ def _lib() -> ctypes.CDLL:
     lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p,
                                            ctypes.POINTER(ctypes.c_uint32)]
     lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
+    lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+    lib.bpf_map_get_fd_by_id.argtypes = [ctypes.c_uint32]
     return lib
 
 
@@ -155,6 +157,32 @@ def prog_id(fd: int) -> int:
     _check(_lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
            "program info")
     return info.id
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    """A new fd for a loaded program (e.g. the one a tc filter runs)."""
+    return _check(_lib().bpf_prog_get_fd_by_id(prog_id), f"program id {prog_id}")
+
+
+def map_fd_by_id(map_id: int) -> int:
+    return _check(_lib().bpf_map_get_fd_by_id(map_id), f"map id {map_id}")
+
+
+def prog_map_ids(fd: int) -> list[int]:
+    """Ids of the maps a program uses."""
+    info = _ProgInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(_lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+           "program info")
+    n = info.nr_map_ids
+    ids = (ctypes.c_uint32 * max(n, 1))()
+    info = _ProgInfo()
+    info.nr_map_ids = n
+    info.map_ids = ctypes.addressof(ids)
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(_lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+           "program info")
+    return list(ids[:min(n, info.nr_map_ids)])
 
 
 class Map:

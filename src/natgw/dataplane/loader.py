@@ -25,7 +25,16 @@ from urllib.parse import unquote, urlsplit
 
 from ..netns import iproute
 from . import layout as L
-from .bpfsys import BpfError, obj_get, obj_pin
+from .bpfsys import (
+    BpfError,
+    map_fd_by_id,
+    map_info,
+    obj_get,
+    obj_pin,
+    prog_fd_by_id,
+    prog_id,
+    prog_map_ids,
+)
 
 # pyroute2 only where netlink is spoken: reading pins must stay cheap to import.
 if TYPE_CHECKING:
@@ -127,7 +136,12 @@ class Programs:
         return self.egress_fd if direction == "egress" else self.ingress_fd
 
     def filter_name(self, direction: str) -> str:
-        return f"natgw_{direction}:{self.build}"
+        """The tc filter's name: build and program id, so that a program loaded again
+        (same build, new maps) is told apart, and re-pinned from the filter alone.
+
+        (The id is in the name because pyroute2 does not decode TCA_BPF_ID.)
+        """
+        return f"natgw_{direction}:{self.build}:{prog_id(self.fd(direction))}"
 
     def close(self) -> None:
         for fd in (self.egress_fd, self.ingress_fd):
@@ -163,9 +177,14 @@ def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
     cflags = [f'-DNATGW_PIN_DIR="{pdir}"']
     build = hashlib.sha256((source + "\0" + " ".join(cflags)).encode()).hexdigest()[:12]
     pins = {d: os.path.join(pdir, f"prog_{d}_{build}") for d in ("egress", "ingress")}
-    if all(os.path.exists(p) for p in pins.values()):
+    if all(os.path.exists(p) for p in pins.values()) and not missing_map_pins(pdir):
         return Programs(obj_get(pins["egress"]), obj_get(pins["ingress"]), build)
     _check_pinned_maps(pdir)
+    # A pin removed by hand: the programs are rebuilt against the maps that are
+    # pinned (new ones where a pin is gone), so program pins of this build go too.
+    for path in pins.values():
+        if os.path.exists(path):
+            os.unlink(path)
 
     try:
         from bcc import BPF  # noqa: PLC0415 - only loading needs bcc (and LLVM)
@@ -185,6 +204,67 @@ def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
     bpf.cleanup()
     _unpin_other_builds(pdir, build)
     return progs
+
+
+MAP_PINS = (L.MAP_XLATE_V4, L.MAP_XLATE_V6, L.MAP_DEVICES, L.MAP_MAP_STATS, L.MAP_DEV_STATS)
+
+
+def missing_map_pins(pdir: str) -> list[str]:
+    return [m for m in MAP_PINS if not os.path.exists(os.path.join(pdir, m))]
+
+
+def missing_pins(pdir: str) -> list[str]:
+    """What a loaded gateway's pin directory lacks (maps, or programs of any build)."""
+    if not os.path.isdir(pdir):
+        return [pdir]
+    names = os.listdir(pdir)
+    out = missing_map_pins(pdir)
+    for d in ("egress", "ingress"):
+        if not any(n.startswith(f"prog_{d}_") for n in names):
+            out.append(f"prog_{d}")
+    return out
+
+
+def repin_attached(gateway: str, netns: str | None, devices: list[str],
+                   root: str = PIN_ROOT) -> list[str]:
+    """Pin again what the gateway's attached filters run, where its pins were removed.
+
+    The programs and maps are alive (a filter holds them): pinning them again
+    keeps every mapping and counter and needs no compiler. Returns what was pinned.
+    """
+    pdir = pin_dir(gateway, root)
+    done: list[str] = []
+    with ipr_in(netns) as ipr:
+        for dev in devices:
+            idx = ipr.link_lookup(ifname=dev)
+            if not idx:
+                continue
+            for direction, parent in PARENTS.items():
+                name, pid = _filters(ipr, idx[0], parent).get(FILTER_PRIO, ("", 0))
+                prefix = f"natgw_{direction}:"
+                if not name.startswith(prefix) or not pid:
+                    continue
+                os.makedirs(pdir, exist_ok=True)
+                fd = prog_fd_by_id(pid)
+                try:
+                    build = name[len(prefix):].partition(":")[0]
+                    path = os.path.join(pdir, f"prog_{direction}_{build}")
+                    if not os.path.exists(path):
+                        obj_pin(fd, path)
+                        done.append(os.path.basename(path))
+                    for map_id in prog_map_ids(fd):
+                        mfd = map_fd_by_id(map_id)
+                        try:
+                            mname = map_info(mfd).name
+                            mpath = os.path.join(pdir, mname)
+                            if mname in MAP_PINS and not os.path.exists(mpath):
+                                obj_pin(mfd, mpath)
+                                done.append(mname)
+                        finally:
+                            os.close(mfd)
+                finally:
+                    os.close(fd)
+    return done
 
 
 def _check_pinned_maps(pdir: str) -> None:
@@ -226,8 +306,8 @@ def link_index(ipr: IPRoute, ifname: str) -> int:
     return idx[0]
 
 
-def _filter_names(ipr: IPRoute, ifindex: int, parent: int) -> dict[int, str]:
-    """prio -> cls_bpf program name of the filters on a clsact hook."""
+def _filters(ipr: IPRoute, ifindex: int, parent: int) -> dict[int, tuple[str, int]]:
+    """prio -> (cls_bpf program name, program id) of the filters on a clsact hook."""
     from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
 
     out = {}
@@ -235,11 +315,29 @@ def _filter_names(ipr: IPRoute, ifindex: int, parent: int) -> dict[int, str]:
         for msg in ipr.get_filters(index=ifindex, parent=parent):
             opts = msg.get_attr("TCA_OPTIONS")
             if msg.get_attr("TCA_KIND") == "bpf" and opts is not None:
-                out[msg["info"] >> 16] = opts.get_attr("TCA_BPF_NAME") or ""
+                name = opts.get_attr("TCA_BPF_NAME") or ""
+                tail = name.rpartition(":")[2]
+                out[msg["info"] >> 16] = (name, int(tail) if name.count(":") == 2
+                                          and tail.isdigit() else 0)
     except NetlinkError as e:
         if e.code not in (errno.EINVAL, errno.ENOENT):
             raise
     return out
+
+
+def _filter_names(ipr: IPRoute, ifindex: int, parent: int) -> dict[int, str]:
+    """prio -> cls_bpf program name of the filters on a clsact hook."""
+    return {prio: name for prio, (name, _) in _filters(ipr, ifindex, parent).items()}
+
+
+def natgw_filters(ipr: IPRoute, ifindex: int) -> set[str]:
+    """Directions ("egress", "ingress") where natgw's filter is attached to a device."""
+    return {d for d, parent in PARENTS.items()
+            if _filter_names(ipr, ifindex, parent).get(FILTER_PRIO, "").startswith("natgw_")}
+
+
+def has_clsact(ipr: IPRoute, ifindex: int) -> bool:
+    return any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=ifindex))
 
 
 def attach(ipr: IPRoute, ifindex: int, progs: Programs) -> bool:
@@ -259,6 +357,8 @@ def attach(ipr: IPRoute, ifindex: int, progs: Programs) -> bool:
             raise DataplaneError(f"ifindex {ifindex}: adding clsact failed: {e}") from e
     for direction, parent in PARENTS.items():
         name = progs.filter_name(direction)
+        # The same build may have been loaded again (its pins were removed): only the
+        # very program pinned now, with the maps pinned now, counts as attached.
         if _filter_names(ipr, ifindex, parent).get(FILTER_PRIO) == name:
             continue
         try:

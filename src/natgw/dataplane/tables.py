@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from .. import faults
 from . import layout as L
 from .bpfsys import Map
 
@@ -42,6 +43,7 @@ _ENTRIES: dict[str, tuple[tuple[int, bool], ...]] = {
 }
 # The egress entry identifies a mapping when reading the tables back.
 _EGRESS_TABLE = {kind: entries[0] for kind, entries in _ENTRIES.items()}
+_INGRESS_TABLE = {kind: entries[1][0] for kind, entries in _ENTRIES.items()}
 
 
 class TableError(Exception):
@@ -89,6 +91,11 @@ def _entry_keys(mapping: Mapping) -> list[tuple[int, IPNetwork]]:
     """(table, key prefix) of a mapping's entries, egress first."""
     return [(tbl, mapping.as_ if key_is_as else mapping.cidr)
             for tbl, key_is_as in _ENTRIES[mapping.kind]]
+
+
+def _targets(mapping: Mapping) -> list[IPNetwork]:
+    """What each entry of _entry_keys(mapping) rewrites to, in the same order."""
+    return [mapping.cidr if key_is_as else mapping.as_ for _, key_is_as in _ENTRIES[mapping.kind]]
 
 
 def _key(version: int, ifindex: int, table: int, net: IPNetwork):
@@ -262,57 +269,134 @@ class Tables:
         return out
 
     def _install(self, ifindex: int, mapping: Mapping, used: set[int] | None = None,
-                 start: int = 0) -> InstalledMapping:
-        used = self._used_ids() if used is None else used
-        mapping_id = self._free_id(used, start)
-        used.add(mapping_id)
-        for direction in (L.DIR_EGRESS, L.DIR_INGRESS):
-            self.map_stats.update(ctypes.c_uint32(mapping_id * 2 + direction), L.Counter())
-        lpm = self._lpm(mapping.cidr.version)
-        for tbl, key_is_as in _ENTRIES[mapping.kind]:
-            src, dst = (mapping.as_, mapping.cidr) if key_is_as else (mapping.cidr, mapping.as_)
-            lpm.update(_key(mapping.cidr.version, ifindex, tbl, src), _value(dst, mapping_id))
+                 start: int = 0, mapping_id: int | None = None) -> InstalledMapping:
+        """Write a mapping's entries: ingress first, then egress, then read both back.
+
+        Ingress first: until the egress entry exists nothing is translated
+        outbound, so no reply can come back to a missing ingress entry, and the
+        egress entry (which identifies an installed mapping) marks it complete.
+        """
+        if mapping_id is None:
+            used = self._used_ids() if used is None else used
+            mapping_id = self._free_id(used, start)
+            for direction in (L.DIR_EGRESS, L.DIR_INGRESS):
+                self.map_stats.update(ctypes.c_uint32(mapping_id * 2 + direction), L.Counter())
+        if used is not None:
+            used.add(mapping_id)
+        version = mapping.cidr.version
+        lpm = self._lpm(version)
+        for (tbl, key_net), target in reversed(list(zip(_entry_keys(mapping),
+                                                        _targets(mapping), strict=True))):
+            lpm.update(_key(version, ifindex, tbl, key_net), _value(target, mapping_id))
+            if tbl == _INGRESS_TABLE[mapping.kind]:
+                faults.step("mapping-ingress-written")
+        for (tbl, key_net), target in zip(_entry_keys(mapping), _targets(mapping), strict=True):
+            if self._entry_id(ifindex, tbl, key_net, target) != mapping_id:
+                raise TableError(f"{mapping}: entry {key_net} did not read back as written")
         return InstalledMapping(ifindex, mapping, mapping_id)
 
+    def _entry_id(self, ifindex: int, tbl: int, key_net: IPNetwork,
+                  target: IPNetwork) -> int | None:
+        """The mapping id of this exact entry, None if absent or pointing elsewhere."""
+        found = self._lpm(key_net.version).lookup(_key(key_net.version, ifindex, tbl, key_net))
+        # A trie lookup is longest-prefix: the entry found is this key's own only
+        # if its prefix length is the key's; then its value must match.
+        if (found is None or found.prefixlen != target.prefixlen
+                or _value_net(found, target.version) != target):
+            return None
+        return int(found.mapping_id)
+
+    def orphans(self, ifindex: int | None = None) -> list[tuple[int, str, IPNetwork]]:
+        """One-way entries: (ifindex, "egress"/"ingress", key prefix) whose twin is missing.
+
+        A mapping killed half-way through being written or removed leaves one.
+        """
+        pairs: dict[tuple, set[int]] = {}
+        for version in (4, 6):
+            for key, value in self._lpm(version).items():
+                if ifindex is not None and key.ifindex != ifindex:
+                    continue
+                knet, vnet = _key_net(key), _value_net(value, version)
+                for kind, entries in _ENTRIES.items():
+                    for pos, (tbl, key_is_as) in enumerate(entries):
+                        if key.table != tbl:
+                            continue
+                        cidr, as_ = (vnet, knet) if key_is_as else (knet, vnet)
+                        pairs.setdefault((key.ifindex, kind, cidr, as_), set()).add(pos)
+        out = []
+        for (idx, kind, cidr, as_), seen in pairs.items():
+            if seen == {0}:
+                out.append((idx, "egress", _entry_keys(Mapping(kind, cidr, as_))[0][1]))
+            elif seen == {1}:
+                out.append((idx, "ingress", _entry_keys(Mapping(kind, cidr, as_))[1][1]))
+        return sorted(out, key=str)
+
     def remove_mapping(self, ifindex: int, mapping: Mapping) -> bool:
-        """Remove a mapping from a device; False if it was not installed."""
-        lpm = self._lpm(mapping.cidr.version)
-        keys = [_key(mapping.cidr.version, ifindex, tbl, net) for tbl, net in _entry_keys(mapping)]
-        targets = [mapping.cidr if key_is_as else mapping.as_
-                   for _, key_is_as in _ENTRIES[mapping.kind]]
-        for key, target in zip(keys, targets, strict=True):
-            # A trie lookup is longest-prefix: the entry found is this key's own
-            # only if its prefix length is the key's; then its value must match.
-            found = lpm.lookup(key)
-            if (found is None or found.prefixlen != target.prefixlen
-                    or _value_net(found, target.version) != target):
-                return False
-        for key in keys:
-            lpm.delete(key)
+        """Remove a mapping from a device (egress entry first); False if it was not installed."""
+        keys = list(zip(_entry_keys(mapping), _targets(mapping), strict=True))
+        if any(self._entry_id(ifindex, tbl, net, target) is None
+               for (tbl, net), target in keys):
+            return False
+        self._delete_entries(ifindex, mapping, keys=None)
         return True
+
+    def _delete_entries(self, ifindex: int, mapping: Mapping,
+                        keys: set[tuple[int, IPNetwork]] | None) -> None:
+        """Delete a mapping's entries (only those in `keys` if given): egress, then ingress.
+
+        The reverse of writing: outbound translation stops before inbound does.
+        """
+        lpm = self._lpm(mapping.cidr.version)
+        for tbl, net in _entry_keys(mapping):
+            if keys is None or (tbl, net) in keys:
+                lpm.delete(_key(mapping.cidr.version, ifindex, tbl, net))
+                if tbl == _EGRESS_TABLE[mapping.kind][0]:
+                    faults.step("mapping-egress-removed")
 
     def set_mappings(self, ifindex: int, mappings: Iterable[Mapping]) -> None:
         """Make a device's mappings exactly these, touching only the differences.
 
         Unchanged mappings keep their ids and counters. New entries are added
         before stale ones are removed, so a changed mapping never leaves a gap; an
-        entry whose key a new mapping takes over is rewritten in place. One pass
-        over the maps, however many mappings.
+        entry whose key a new mapping takes over is rewritten in place. A one-way
+        entry (its twin lost to a crash or a hand edit) is repaired: completed if
+        its mapping is wanted, else removed. One pass over the maps, however many
+        mappings.
         """
         wanted = list(dict.fromkeys(mappings))
         owner = self._owners(wanted)
-        installed = {e.mapping for e in self.mappings(ifindex)}
-        used = self._used_ids()
+        # Every entry of the device: (table, key prefix) -> (target, mapping id).
+        entries: dict[tuple[int, IPNetwork], tuple[IPNetwork, int]] = {}
+        used: set[int] = set()
+        for version in (4, 6):
+            for key, value in self._lpm(version).items():
+                used.add(int(value.mapping_id))
+                if key.ifindex == ifindex:
+                    entries[(key.table, _key_net(key))] = (_value_net(value, version),
+                                                           int(value.mapping_id))
         next_id = 0
         for m in wanted:
-            if m not in installed:
-                next_id = self._install(ifindex, m, used, next_id).mapping_id + 1
-        for m in installed:
-            if m in wanted:
+            have = [entries.get(k) for k in _entry_keys(m)]
+            ids = {h[1] for h, t in zip(have, _targets(m), strict=True) if h and h[0] == t}
+            if len(ids) == 1 and all(h and h[0] == t
+                                     for h, t in zip(have, _targets(m), strict=True)):
+                continue  # installed, both ways
+            # Half there (an orphan): complete it under the id it has, keeping its counters.
+            keep = ids.pop() if len(ids) == 1 else None
+            entry = self._install(ifindex, m, used, next_id, mapping_id=keep)
+            if keep is None:
+                next_id = entry.mapping_id + 1
+        stale: dict[Mapping, set[tuple[int, IPNetwork]]] = {}
+        for (tbl, knet), (vnet, _) in entries.items():
+            if (tbl, knet) in owner:
                 continue
-            for tbl, net in _entry_keys(m):
-                if (tbl, net) not in owner:
-                    self._lpm(m.cidr.version).delete(_key(m.cidr.version, ifindex, tbl, net))
+            for kind, table_entries in _ENTRIES.items():
+                for t, key_is_as in table_entries:
+                    if t == tbl and knet.prefixlen == vnet.prefixlen:
+                        cidr, as_ = (vnet, knet) if key_is_as else (knet, vnet)
+                        stale.setdefault(Mapping(kind, cidr, as_), set()).add((tbl, knet))
+        for m, keys in stale.items():
+            self._delete_entries(ifindex, m, keys)
 
     def counters(self, mapping_id: int) -> dict[str, Counter]:
         """Packets and bytes of a mapping per direction, summed over CPUs."""

@@ -69,9 +69,9 @@ class WireGuardGoEngine:
             return None
 
     def _write_pid(self, ifname: str, pid: int) -> None:
-        tmp = self.pid_path(ifname).with_suffix(".pid.tmp")
-        tmp.write_text(f"{pid}\n")
-        tmp.replace(self.pid_path(ifname))
+        from natgw.state import write_private  # noqa: PLC0415
+
+        write_private(self.pid_path(ifname), f"{pid}\n")
 
     def _client(self, ifname: str) -> UapiClient:
         return UapiClient(ifname, SOCKET_DIR, self.uapi_timeout)
@@ -136,7 +136,7 @@ class WireGuardGoEngine:
                     "which is not wireguard-go for this device"
                 )
             if self._read_pid(ifname) != owner:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self._write_pid(ifname, owner)
             return
         # A recorded process without a working socket cannot be configured: replace it.
@@ -230,11 +230,13 @@ class WireGuardGoEngine:
         binary = shutil.which(self.binary)
         if binary is None:
             raise WireGuardError(f"engine wireguard-go: {self.binary} not found on PATH")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # WG_PROCESS_FOREGROUND=0 makes some versions re-fork without end; -f is enough.
         env = {k: v for k, v in os.environ.items() if k != "WG_PROCESS_FOREGROUND"}
         argv = ns.exec_argv(netns, [binary, "-f", ifname])
-        with open(self.log_path(ifname), "ab") as logf:
+        # 0600 from creation, like every file natgw writes under /run/natgw.
+        fd = os.open(self.log_path(ifname), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(fd, "ab") as logf:
             child = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
