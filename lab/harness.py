@@ -405,6 +405,13 @@ def _pod_servers(run: Run) -> None:
                                    topo.pod_addr(i), "--directory", str(site),
                                    str(POD_WEB_PORT)],
                       marker="http.server", stdout=log, stderr=subprocess.STDOUT)
+    for i in range(1, topo.clusters + 1):  # listening before anyone is told to fetch
+        deadline = time.monotonic() + 30
+        while not topo.is_plain(i) and not sh(run.pod(i), "ss", "-Hltn",
+                                                f"sport = :{POD_WEB_PORT}").strip():
+            if time.monotonic() > deadline:
+                raise LabError(f"the HTTP server of {run.pod(i)} does not listen")
+            time.sleep(0.1)
 
 
 def _plain_gateway(run: Run, i: int, pubs: dict[int, str]) -> None:
