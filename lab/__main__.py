@@ -23,6 +23,8 @@ def main(argv: list[str]) -> int:
                     help="interface: peers on the bare underlay, no tunnel")
     up.add_argument("--routed", action="store_true",
                     help="distinct pod CIDRs, peers without as (plain routing)")
+    up.add_argument("--pipes", action="store_true",
+                    help="pipes web<j> between the gateways (port 8000 + j), pods serve 8080")
     down = sub.add_parser("down", help="remove one run, or all that no live process uses")
     down.add_argument("prefix", nargs="?")
     sub.add_parser("list", help="the runs that exist")
@@ -32,7 +34,7 @@ def main(argv: list[str]) -> int:
         if args.command == "up":
             topo = Topology(clusters=args.clusters, ipv6=args.ipv6, plain=tuple(args.plain),
                             link="interface" if args.interface else "tunnel",
-                            overlap=not args.routed)
+                            overlap=not args.routed, pipes=args.pipes)
             try:
                 topo.check()
             except ValueError as e:

@@ -297,3 +297,20 @@ def test_legs_have_keepalive(demo) -> None:
         assert any(line.split()[2].endswith(":8081") for line in near), near
         assert any(line.split()[3].endswith(":51870") for line in near), near
         assert all("timer:(keepalive" in line for line in near), near
+
+
+def test_harness_pipes_between_three_clusters() -> None:
+    """`scripts/netns/up.sh 3 --pipes`: every pod reaches every other pod's page by a pipe."""
+    from lab.harness import PIPE_PORT_BASE, Topology, build, destroy
+
+    reason = netns_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    run = build(Topology(clusters=3, pipes=True))
+    try:
+        topo = run.topology
+        for i, j in topo.pairs:
+            page = get_page(run.pod(i), topo.pod_gw(i), PIPE_PORT_BASE + j)
+            assert page.endswith(f"<h1>hello from cluster{j}'s pod, pipe web{j}</h1>\n".encode())
+    finally:
+        destroy(run)

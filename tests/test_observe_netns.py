@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -46,9 +47,18 @@ def test_maps_and_metrics_count_exactly_the_traffic_sent(netns_lab, tmp_path):
         pytest.skip("needs wireguard-go")
     c1, c2 = build(netns_lab, tmp_path)
     natgw("--netns", c2.gw, "up", str(c2.config), "--detach")
+    log_path = tmp_path / "natgw.log"
+    log = open(log_path, "w+")
     fg = subprocess.Popen([NATGW, "--netns", c1.gw, "up", str(c1.config)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
+        # The first apply compiles the dataplane: on a busy machine that alone can
+        # outlast wait_ping's budget, so wait for the apply, then for the tunnel.
+        deadline = time.time() + 120
+        while time.time() < deadline and fg.poll() is None and \
+                "running in the foreground" not in log_path.read_text():
+            time.sleep(0.2)
+        assert "running in the foreground" in log_path.read_text(), log_path.read_text()
         assert wait_ping(c1.pod, C2_SEEN_BY_C1)
         address = yaml.safe_load(c1.config.read_text())["metrics"]
         peer1 = yaml.safe_load(c1.config.read_text())["peers"][0]["name"]
@@ -78,4 +88,5 @@ def test_maps_and_metrics_count_exactly_the_traffic_sent(netns_lab, tmp_path):
         assert after_scrape[1] - before_scrape[1] == N * IP_BYTES
     finally:
         fg.send_signal(signal.SIGTERM)
-        fg.communicate(timeout=20)
+        fg.wait(timeout=20)
+        log.close()

@@ -161,26 +161,6 @@ def status(
         typer.echo(NOTHING_RUNNING + (f" in netns {netns}" if netns else ""))
 
 
-def _catch_signals():
-    """(stop, reload, wake) events from now on: SIGTERM/SIGINT set stop, SIGHUP reload;
-    either sets wake, so the loop acts at once rather than at its next tick."""
-    import signal  # noqa: PLC0415
-    import threading  # noqa: PLC0415
-
-    stop = threading.Event()
-    reload = threading.Event()
-    wake = threading.Event()
-
-    def on_signal(event: threading.Event) -> None:
-        event.set()
-        wake.set()
-
-    signal.signal(signal.SIGTERM, lambda *_: on_signal(stop))
-    signal.signal(signal.SIGINT, lambda *_: on_signal(stop))
-    signal.signal(signal.SIGHUP, lambda *_: on_signal(reload))
-    return stop, reload, wake
-
-
 HANDOVER_TIMEOUT = 60.0  # seconds `up --detach` waits for the serving process to reload
 
 
@@ -215,11 +195,33 @@ def _hand_over(serving: dict, file: Path, netns: str | None) -> None:
     fail(f"natgw up (pid {pid}) did not reload gateway {name} within {HANDOVER_TIMEOUT:.0f} s")
 
 
+def _catch_signals():
+    """(stop, reload, wake) events set by SIGTERM/SIGINT and SIGHUP from now on.
+
+    wake is set by either: the loop acts at once, not at its next tick.
+    """
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    stop = threading.Event()
+    reload = threading.Event()
+    wake = threading.Event()
+
+    def on(event: threading.Event) -> None:
+        event.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, lambda *_: on(stop))
+    signal.signal(signal.SIGINT, lambda *_: on(stop))
+    signal.signal(signal.SIGHUP, lambda *_: on(reload))
+    return stop, reload, wake
+
+
 def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) -> None:
-    """Serve pipes and supervise until SIGTERM/SIGINT; SIGHUP reloads the file.
+    """Serve the pipes and supervise until SIGTERM/SIGINT; SIGHUP reloads the file.
 
     Every SUPERVISE_INTERVAL: drift (a pin, engine, device, filter, route,
-    mapping entry, pipe address or allowed-ip removed by hand) is repaired with
+    mapping entry, allowed-ip or pipe address removed by hand) is repaired with
     one log line each time, and the pipes listen again on recreated devices;
     otherwise stale hostname endpoints are looked up again.
     """
@@ -275,9 +277,9 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) 
                 elif drift := gw.drift():
                     if gw.repair(drift):
                         log.warning("drift repaired: %s", "; ".join(drift))
-                        # A restarted engine made new devices: listen on them again.
-                        for e in pipes.apply(plan_for(gw.cfg, gw.config_path)):
-                            log.error("%s", e)
+                    # A repaired tunnel may be a new device: listen on it again.
+                    for e in pipes.apply(plan_for(gw.cfg, gw.config_path)):
+                        log.error("%s", e)
                 else:
                     gw.reresolve_stale()
             except GatewayError as e:

@@ -55,7 +55,8 @@ def format_pipes(pipes: list[dict], served_by: int | None) -> list[str]:
     for p in pipes:
         lines.append("")
         lines.append(f"pipe: {p['name']}")
-        lines.append(f"  listens: {p['listen'] or '(no own port: only relays for peers)'}")
+        own = p["listen"] or "(no port of its own: serves its peers' requests)"
+        lines.append(f"  listens: {own}")
         lines.append(f"  goes to: {p['to']}" + (f" via {p['via']}" if p.get("via") else ""))
         if p.get("from") is not None:
             lines.append(f"  from: {', '.join(p['from']) or '(nobody)'}")
