@@ -107,9 +107,12 @@ def _links(ns: str) -> dict[str, int]:
 
 
 def _natgw_filter(ns: str, dev: str) -> bool:
-    both = [_out("ip", "netns", "exec", ns, "tc", "filter", "show", "dev", dev, d)
+    # The device may vanish between the link listing and this (a killed wireguard-go
+    # takes its TUN with it): then it has no filter.
+    both = [subprocess.run(["ip", "netns", "exec", ns, "tc", "filter", "show", "dev", dev, d],
+                           capture_output=True, text=True, timeout=20)
             for d in ("ingress", "egress")]
-    return all("natgw_" in f for f in both)
+    return all(r.returncode == 0 and "natgw_" in r.stdout for r in both)
 
 
 def _clsact(ns: str, dev: str) -> bool:
