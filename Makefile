@@ -19,6 +19,7 @@ demo: setup
 
 bench: setup
 	PYTHONPATH=$(CURDIR) $(PY) -m bench --json bench-results/latest.json --markdown BENCHMARKS.md
+	PYTHONPATH=$(CURDIR) $(PY) -m bench.pipes --json bench-results/pipes.json --markdown BENCHMARKS.md
 
 demo-down:
 	bash scripts/netns/down.sh

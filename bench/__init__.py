@@ -9,4 +9,5 @@ and reports medians, ratios and the targets. See BENCHMARKS.md.
     control.py    natgw up cold, config changes under load, memory
     micro.py      natgw's programs alone with BPF_PROG_TEST_RUN
     stats.py      medians, ratios, targets (pure)    report.py  tables
+    pipes.py      pipes against the L3 path through the same tunnel (`python -m bench.pipes`)
 """

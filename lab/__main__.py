@@ -25,6 +25,8 @@ def main(argv: list[str]) -> int:
                     help="distinct pod CIDRs, peers without as (plain routing)")
     up.add_argument("--hub", type=int, default=0, metavar="N",
                     help="one natgw hub and N natgw clients instead (see lab.hub)")
+    up.add_argument("--pipes", action="store_true",
+                    help="pipes web<j> between the gateways (port 8000 + j), pods serve 8080")
     down = sub.add_parser("down", help="remove one run, or all that no live process uses")
     down.add_argument("prefix", nargs="?")
     sub.add_parser("list", help="the runs that exist")
@@ -34,7 +36,7 @@ def main(argv: list[str]) -> int:
         if args.command == "up":
             topo = Topology(clusters=args.clusters, ipv6=args.ipv6, plain=tuple(args.plain),
                             link="interface" if args.interface else "tunnel",
-                            overlap=not args.routed, hub=args.hub)
+                            overlap=not args.routed, hub=args.hub, pipes=args.pipes)
             try:
                 topo.check()
             except ValueError as e:

@@ -8,6 +8,8 @@ By hand (as root, from the repository root; scripts/netns/up.sh and down.sh wrap
     python -m lab up 2 --interface      # gateways on the bare underlay, no tunnel
     python -m lab up 2 --routed         # distinct pod CIDRs, peers without `as`
     python -m lab up --hub 3            # one natgw hub and 3 clients (see lab.hub)
+    python -m lab up 3 --pipes          # plus pipes: pod i reaches pod j's port 8080 at
+                                        # its own gateway's port 8000 + j (pipe web<j>)
     python -m lab list                  # runs that exist
     python -m lab down [PREFIX]         # remove one run, or every run not in use
     python -m lab demo                  # two clusters, an HTTP fetch (make demo)
@@ -48,6 +50,14 @@ its PID recorded), configured with `wg set`, and routes for their view of the
 other clusters, which natgw on the other side provides with `local:` mappings.
 Over --interface a plain gateway has only routes.
 
+Pipes (--pipes, over tunnels). Every natgw gateway i also has, for each other
+natgw gateway j, the pipe web<j> on port 8000 + j with peer c<j>, and its own
+pipe web<i> whose remote is its pod's port 8080, where an HTTP server runs
+(`python -m http.server`, a page naming the cluster). So from pod i,
+`curl <pod gateway>:800<j>` (10.244.1.1:8002 by default) fetches cluster j's page
+through the pipe, with no route or mapping involved. Gateways with pipes run
+`natgw up` in the foreground (it serves them), started here and ended by PID.
+
 Checksums. Veths vouch for no checksum (rx off everywhere), so a pod verifies
 every checksum it receives in software, like a host behind a real NIC. The
 gateways' veth ends and tunnel devices have tx checksumming off: what a gateway
@@ -81,13 +91,26 @@ from pathlib import Path
 import yaml
 
 from lab.keys import new_key
-from lab.net import LabError, add_address, ip, natgw, offloads, sh, sysctl, unique_prefix, veth
+from lab.net import (
+    NATGW,
+    LabError,
+    add_address,
+    ip,
+    natgw,
+    offloads,
+    sh,
+    sysctl,
+    unique_prefix,
+    veth,
+)
 from lab.record import Record
 from natgw.netmap import netmap
 
 HARNESS_DIR = Path("/run/natgw/harness")
 TUNNEL_MTU = 1420
 WG_PORT = 51820
+PIPE_PORT_BASE = 8000  # pipe web<j> listens on 8000 + j
+POD_WEB_PORT = 8080  # the pods' HTTP servers (--pipes)
 
 # Kept for the demo and for readers: the overlapping default.
 POD_ADDR = "10.244.1.10"
@@ -107,6 +130,7 @@ class Topology:
     link: str = "tunnel"  # tunnel: WireGuard over the underlay; interface: no tunnel
     overlap: bool = True  # every cluster on the same pod CIDR, remapped with `as`
     hub: int = 0  # N > 0: one natgw hub and N clients instead (lab.hub), nothing else applies
+    pipes: bool = False  # pipes web<j> between the natgw gateways (see the module doc)
 
     def check(self) -> None:
         if self.hub:
@@ -124,6 +148,8 @@ class Topology:
         if self.overlap and len(set(self.plain)) > 1:
             raise ValueError("two plain gateways cannot join overlapping clusters: "
                              "nobody would translate between them")
+        if self.pipes and self.link != "tunnel":
+            raise ValueError("--pipes runs over WireGuard tunnels, not --interface")
         if self.ipv6 and self.link == "interface":
             raise ValueError("--interface is IPv4 only: an interface peer has one `via`, "
                              "and the underlay is IPv4")
@@ -304,6 +330,8 @@ def _build(run: Run) -> None:
             for j in range(1, n + 1):
                 if j != i:
                     offloads(run.gw(i), run.tunnel_dev(i, j), "tx", "off")
+    if topo.pipes:
+        _pod_servers(run)
 
 
 def _keyfile(run: Run, i: int) -> Path:
@@ -340,11 +368,63 @@ def _natgw_gateway(run: Run, i: int, pubs: dict[int, str]) -> None:
            "privateKeyFile": str(_keyfile(run, i)),
            "engine": "auto", "mtu": TUNNEL_MTU, "metrics": f"127.0.0.1:{9100 + i}",
            "peers": peers}
+    if topo.pipes:
+        cfg["pipes"] = _pipes(topo, i)
     path = Path(run.config(i))
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     run.gateways[str(path)] = run.gw(i)
     run.save()
-    natgw("--netns", run.gw(i), "up", str(path), "--detach")
+    if topo.pipes:
+        _foreground(run, i, cfg["name"], path)
+    else:
+        natgw("--netns", run.gw(i), "up", str(path), "--detach")
+
+
+def _pipes(topo: Topology, i: int) -> list[dict]:
+    """web<j> to every other natgw gateway's pod, and web<i>, our own pod's server."""
+    out = [{"name": f"web{j}", "port": PIPE_PORT_BASE + j, "peer": f"c{j}"}
+           for j in range(1, topo.clusters + 1) if j != i and not topo.is_plain(j)]
+    return out + [{"name": f"web{i}", "remote": f"{topo.pod_addr(i)}:{POD_WEB_PORT}"}]
+
+
+def _foreground(run: Run, i: int, name: str, path: Path, timeout: float = 180) -> None:
+    """`natgw up` in the foreground (pipes need it), recorded; waits until it serves."""
+    from natgw.pipes import publish  # noqa: PLC0415
+
+    log_path = Path(run.workdir) / f"c{i}.log"
+    with open(log_path, "ab") as log:
+        # From the root mount namespace, with --netns: natgw needs /sys/fs/bpf.
+        proc = run.spawn(None, [NATGW, "--netns", run.gw(i), "up", str(path)],
+                         marker=str(path), stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout  # the first up compiles the dataplane
+    while publish.read(name) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            lines = log_path.read_text(errors="replace").strip().splitlines()
+            raise LabError(f"natgw up c{i}: {lines[-1] if lines else 'no output'}")
+        time.sleep(0.2)
+
+
+def _pod_servers(run: Run) -> None:
+    """An HTTP server on every natgw pod's port 8080, for the pipes to reach."""
+    topo = run.topology
+    for i in range(1, topo.clusters + 1):
+        if topo.is_plain(i):
+            continue
+        site = Path(run.workdir) / f"site{i}"
+        site.mkdir(exist_ok=True)
+        (site / "index.html").write_text(f"<h1>hello from cluster{i}'s pod, pipe web{i}</h1>\n")
+        with open(Path(run.workdir) / f"http{i}.log", "w") as log:
+            run.spawn(run.pod(i), [sys.executable, "-m", "http.server", "--bind",
+                                   topo.pod_addr(i), "--directory", str(site),
+                                   str(POD_WEB_PORT)],
+                      marker="http.server", stdout=log, stderr=subprocess.STDOUT)
+    for i in range(1, topo.clusters + 1):  # listening before anyone is told to fetch
+        deadline = time.monotonic() + 30
+        while not topo.is_plain(i) and not sh(run.pod(i), "ss", "-Hltn",
+                                                f"sport = :{POD_WEB_PORT}").strip():
+            if time.monotonic() > deadline:
+                raise LabError(f"the HTTP server of {run.pod(i)} does not listen")
+            time.sleep(0.1)
 
 
 def _plain_gateway(run: Run, i: int, pubs: dict[int, str]) -> None:

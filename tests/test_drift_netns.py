@@ -200,3 +200,86 @@ def test_a_reload_that_failed_is_tried_again(foreground_lock_1s, tmp_path):
         assert time.monotonic() - t0 < 8, _new_lines(logfile, since)
         time.sleep(0.1)
     assert converged(s, "A2") == []
+
+
+def _addresses(ns: str, dev: str) -> set[str]:
+    out = json.loads(subprocess.run(["ip", "-n", ns, "-j", "-6", "addr", "show", "dev", dev],
+                                    capture_output=True, text=True, check=True).stdout)
+    return {a["local"] for link in out for a in link.get("addr_info", [])}
+
+
+def _allowed_ips(dev: str) -> set[str]:
+    out = subprocess.run(["wg", "show", dev, "allowed-ips"], capture_output=True, text=True,
+                         check=True).stdout
+    return set(out.split()[1:])
+
+
+def test_pipe_address_and_allowed_ips_come_back_and_go_with_the_pipes(netns_lab, tmp_path):
+    """With pipes, the tunnel's pipe address and the peer's pipe /128 are natgw's too:
+    removed by hand they come back; a reload without pipes takes both off."""
+    from natgw.pipes.addressing import pipe_address
+
+    if shutil.which("wireguard-go") is None or shutil.which("wg") is None:
+        pytest.skip("needs wireguard-go and wg")
+    s = build(netns_lab, tmp_path)
+    data = yaml.safe_load(s.files["A"].read_text())
+    peer = data["peers"][0]
+    data["pipes"] = [{"name": "relay", "peer": peer["name"]}]  # no port: relays only
+    s.files["A"].write_text(yaml.safe_dump(data, sort_keys=False))
+    from natgw.config import load_config
+
+    own = str(pipe_address(load_config(s.files["A"]).public_key))
+    theirs = f"{pipe_address(peer['publicKey'])}/128"
+    dev = s.tunnels["A"][0]
+    logfile = tmp_path / "natgw.log"
+    log = open(logfile, "w+")
+    fg = subprocess.Popen([NATGW, "--netns", s.gw, "up", str(s.files["A"])],
+                          stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and "running in the foreground" not in logfile.read_text():
+            time.sleep(0.2)
+        assert own in _addresses(s.gw, dev)
+        assert theirs in _allowed_ips(dev)
+        for kind, remove, back in [
+            ("address", lambda: _ip("-n", s.gw, "addr", "del", f"{own}/64", "dev", dev),
+             lambda: own in _addresses(s.gw, dev)),
+            ("allowed-ips", lambda: subprocess.run(
+                ["wg", "set", dev, "peer", peer["publicKey"], "allowed-ips",
+                 ",".join(sorted(_allowed_ips(dev) - {theirs}))], check=True),
+             lambda: theirs in _allowed_ips(dev)),
+        ]:
+            lines_before = len(logfile.read_text().splitlines())
+            remove()
+            assert not back(), kind
+            t0 = time.monotonic()
+
+            def repaired(lines_before: int = lines_before) -> list[str]:
+                new = logfile.read_text().splitlines()[lines_before:]
+                return [line for line in new if "drift repaired" in line]
+
+            while (not back() or not repaired()) and time.monotonic() - t0 < REPAIR_WITHIN + 5:
+                time.sleep(0.1)
+            assert back(), f"{kind} not repaired"
+            took = time.monotonic() - t0
+            assert took <= REPAIR_WITHIN, f"{kind}: repaired after {took:.1f}s"
+            time.sleep(0.5)  # a second repair line would come now
+            new = logfile.read_text().splitlines()[lines_before:]
+            lines = [line for line in new if "drift repaired" in line]
+            assert len(lines) == 1 and lines[0].startswith(
+                f"natgw: drift repaired: {kind} "), (kind, new)
+        del data["pipes"]
+        s.files["A"].write_text(yaml.safe_dump(data, sort_keys=False))
+        lines_before = len(logfile.read_text().splitlines())
+        fg.send_signal(signal.SIGHUP)
+        t0 = time.monotonic()
+        while "reloaded" not in "".join(logfile.read_text().splitlines()[lines_before:]) \
+                and time.monotonic() - t0 < 60:
+            time.sleep(0.2)
+        assert own not in _addresses(s.gw, dev)
+        assert theirs not in _allowed_ips(dev)
+        assert json.load(open(f"/run/natgw/{s.name}.json"))["peers"][0]["pipe_address"] == ""
+    finally:
+        fg.send_signal(signal.SIGTERM)
+        fg.wait(timeout=30)
+        log.close()

@@ -339,6 +339,32 @@ class Hub(_Model):
         raise KeyError(name)
 
 
+class Pipe(_Model):
+    """A pipe (natgw.pipes): where it listens, if anywhere, and where it goes (peer xor remote)."""
+
+    name: Name
+    port: Port | None = None
+    listen: Endpoint | None = None
+    peer: Name | None = None
+    remote: Endpoint | None = None
+    from_: list[Name] | None = Field(None, alias="from")
+
+    @property
+    def bind(self) -> HostPort | None:
+        """The local address the pipe listens on ("::": every address), or None."""
+        if self.port is not None:
+            return HostPort("::", self.port)
+        return self.listen
+
+    def allows(self, peer: str) -> bool:
+        """May `peer` ask for this pipe (no from: means every peer may)?"""
+        return self.from_ is None or peer in self.from_
+
+    @property
+    def target(self) -> str:
+        return f"peer {self.peer}" if self.peer is not None else f"remote {self.remote}"
+
+
 class GatewayConfig(_Model):
     """A validated cluster.yaml. Build it with `load_config` or `parse_config`.
 
@@ -356,6 +382,7 @@ class GatewayConfig(_Model):
     metrics: Endpoint = HostPort("127.0.0.1", 9000)
     peers: list[Peer] = []
     hub: Hub | None = None
+    pipes: list[Pipe] = []
 
     _public_key: str | None = PrivateAttr(None)
 
@@ -877,7 +904,15 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> GatewayConfig:
     routed = _check_remote(cfg)
     routed += _check_addresses(cfg, routed)
     _check_local(cfg, routed + _check_hub(cfg, routed))
+    _check_pipes(cfg)
     return cfg
+
+
+def _check_pipes(cfg: GatewayConfig) -> None:
+    from natgw.pipes.model import check_pipes  # noqa: PLC0415 - natgw.pipes builds on this module
+
+    check_pipes(cfg.pipes, [p.name for p in cfg.tunnel_peers],
+                [p.name for p in cfg.interface_peers], cfg.metrics)
 
 
 class _StrictLoader(yaml.SafeLoader):

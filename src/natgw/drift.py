@@ -3,8 +3,9 @@
 The foreground `natgw up` compares the world with its record every few
 seconds (level-triggered, like a Kubernetes controller): the pins, and for
 every peer (and a hub's one device) its engine, device, filters, routes and
-mapping entries. Each finding is "<kind> <what>"; the repair is an ordinary
-apply of the file (in full for a hub: Gateway.repair).
+mapping entries, and for a tunnel its WireGuard allowed-ips and (with pipes) its
+pipe address. Each finding is "<kind> <what>"; the repair is an ordinary apply
+of the file (in full for a hub: Gateway.repair).
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from typing import TYPE_CHECKING
 from natgw.dataplane import Dataplane, DataplaneError, Mapping
 from natgw.dataplane.loader import missing_pins, natgw_filters, pin_dir
 from natgw.netns import NetnsNotFound, iproute
+from natgw.pipes.addressing import has_address
 from natgw.routes import RTPROT_NATGW
 from natgw.state import GatewayState
+from natgw.wireguard import WireGuardError
 
 if TYPE_CHECKING:
     from natgw.gateway import Gateway
 
-from natgw.gateway import peer_mappings  # noqa: E402 - gateway imports drift lazily
+from natgw.gateway import device_config, peer_mappings  # noqa: E402 - gateway imports drift lazily
 
-KINDS = ("pin", "engine", "device", "filter", "route", "mapping")
+KINDS = ("pin", "engine", "device", "filter", "route", "mapping", "address", "allowed-ips")
 
 
 def detect(gw: Gateway, state: GatewayState) -> list[str]:
@@ -69,6 +72,10 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
             out += [f"filter {ps.device} {d}" for d in sorted(missing)]
             out += [f"route {net} dev {ps.device}" for net in ps.routes
                     if ours.get(net) != idx[0]]
+            if ps.pipe_address and not has_address(ipr, idx[0], ps.pipe_address):
+                out.append(f"address {ps.pipe_address} on {ps.device}")
+            if ps.device in tunnels:
+                out += _allowed_ips(gw, ps.name, ps.device, netns)
             if dp is not None:
                 out += [f"mapping {d} entry {net} on {ps.device} has no twin"
                         for _, d, net in dp.tables.orphans(idx[0])]
@@ -80,3 +87,18 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
         if dp is not None:
             dp.close()
     return out
+
+
+def _allowed_ips(gw: Gateway, name: str, device: str, netns: str | None) -> list[str]:
+    """The allowed-ips of the file (the pipe address included) missing from the device."""
+    peer = next((p for p in gw.cfg.tunnel_peers if p.name == name), None)
+    if peer is None:
+        return []
+    try:
+        st = gw.engine.status(device, netns)
+    except (WireGuardError, OSError):
+        return []  # an engine that does not answer is for the engine check
+    wanted = device_config(gw.cfg, peer, None).peers[0]
+    have = {str(n) for p in st.peers if p.public_key == wanted.public_key
+            for n in p.allowed_ips}
+    return [f"allowed-ips {n} on {device}" for n in wanted.allowed_ips if str(n) not in have]

@@ -69,11 +69,17 @@ def device_config(cfg: GatewayConfig, peer: Peer, endpoint: str | None) -> Devic
     """The WireGuard device of a tunnel peer; `endpoint` is peer.endpoint resolved."""
     from natgw.keys import decode_key  # noqa: PLC0415
 
+    allowed = tuple(peer.allowed_ips)
+    if cfg.pipes:
+        # The peer's pipe address: cryptokey routing then vouches for who asks for a pipe.
+        from natgw.pipes.addressing import pipe_network  # noqa: PLC0415
+
+        allowed += (pipe_network(peer.public_key),)
     return DeviceConfig(
         private_key=cfg.private_key.get_secret_value(),
         listen_port=peer.listen_port,
         peers=(PeerConfig(public_key=decode_key(peer.public_key), endpoint=endpoint,
-                          allowed_ips=tuple(peer.allowed_ips),
+                          allowed_ips=allowed,
                           persistent_keepalive=peer.persistent_keepalive),),
     )
 
@@ -412,7 +418,8 @@ class Gateway:
                        sorted(set(old_routes) | set(wanted_routes)),
                        created_device=peer.is_tunnel or bool(before and before.created_device),
                        own_qdisc=bool(before and before.own_qdisc),
-                       address=before.address if before else None)
+                       address=before.address if before else None,
+                       pipe_address=before.pipe_address if before else "")
         state.put_peer(ps)
         save_state(state)
         faults.step("peer-intent")
@@ -446,6 +453,7 @@ class Gateway:
             faults.step("tunnel-configured")
             routes.set_link(self.netns, dev, self.cfg.mtu)
             faults.step("link-up")
+            self._apply_pipe_address(state, ps)
         # Only when there is or was an address: each netns socket costs tens of ms.
         readdressed = False
         if peer.is_tunnel and (peer.address is not None or (before and before.address)):
@@ -460,6 +468,29 @@ class Gateway:
         faults.step("peer-recorded")
         return (before is None or readdressed or before.ifindex != ifindex
                 or installed != set(mappings) or sorted(old_routes) != sorted(wanted_routes))
+
+    def _apply_pipe_address(self, state: GatewayState, ps: PeerState) -> None:
+        """Put the gateway's pipe address on a tunnel device when the file has pipes, take
+        it off when it no longer has them. Recorded before it is added, so that a kill
+        leaves it in the record; after the link is up, which would flush it otherwise.
+        (No crash steps here: a file with pipes needs the foreground `up`, and the crash
+        test drives `up --detach`.)"""
+        from natgw.pipes.addressing import (  # noqa: PLC0415
+            ensure_address,
+            pipe_address,
+            remove_address,
+        )
+
+        wanted = str(pipe_address(self.cfg.public_key)) if self.cfg.pipes else ""
+        if ps.pipe_address and ps.pipe_address != wanted:
+            remove_address(self.netns, ps.device, ps.pipe_address)
+            ps.pipe_address = ""
+            save_state(state)
+        if wanted:
+            if ps.pipe_address != wanted:
+                ps.pipe_address = wanted
+                save_state(state)
+            ensure_address(self.netns, ps.device, pipe_address(self.cfg.public_key))
 
     def _link_mtu(self, dev: str) -> int:
         with iproute(self.netns) as ipr:
@@ -646,6 +677,11 @@ def _down(gateway: str, netns: str | None, pins: str) -> bool:
         _restore_forwarding(state)
     shutil.rmtree(pins, ignore_errors=True)
     faults.step("down-unpinned")
+    from natgw.pipes import publish  # noqa: PLC0415
+
+    if publish.read(gateway) is None:
+        # Left by a foreground `up` that was killed; a live one removes its own.
+        publish.remove(gateway)
     remove_state(gateway)
     return True
 

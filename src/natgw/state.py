@@ -30,6 +30,8 @@ class PeerState:
     created_device: bool = False  # natgw made the device, so `down` removes it
     own_qdisc: bool = False  # natgw added the device's clsact qdisc, so `down` removes it
     address: str | None = None  # our own address on the tunnel (peers[].address)
+    # The pipe address (natgw.pipes.addressing) natgw put on the tunnel device: "" none.
+    pipe_address: str = ""
 
 
 @dataclass

@@ -23,7 +23,16 @@ JSON (`natgw status --json`): a list, one object per gateway, sorted by name:
                  "error": null}],              # why the tunnel could not be read
       "repairs": {"route": 1},                # drift repaired by the foreground up, per kind
       "last_repair": "2026-01-01 10:00:00 route 10.245.0.0/16 dev gw1-cluster2",
-      "hub": {...}}]                          # only with a hub: natgw.hubstatus
+      "hub": {...},                          # only with a hub: natgw.hubstatus
+      "pipes": [{"name": "nginx", "listen": "[::]:8080",   # null: no port of its own
+                 "to": "peer legacy", "peer": "legacy", "remote": null,
+                 "via": "[fe80::..%gw1-legacy]:51870",      # the peer's pipe address
+                 "from": null,                  # null: every peer may ask
+                 "active": 2, "connections": {"ok": 40, "refused": 1},
+                 "bytes": {"upstream": 1234, "downstream": 56789},
+                 "error": null}],               # e.g. its port is taken
+      "pipes_served_by": 4242}]                # pid of the foreground natgw up; null:
+                                               # pipes not served (listed only then)
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from typing import Any
 from natgw.dataplane import Dataplane, DataplaneError
 from natgw.hubstatus import HubReport, format_hub, hub_status
 from natgw.netns import NetnsNotFound
+from natgw.pipes import publish
 from natgw.state import GatewayState, PeerState, load_state, states_in
 from natgw.wireguard.model import WireGuardError, handshake_fresh
 
@@ -69,6 +79,8 @@ class GatewayReport:
     repairs: dict[str, int] = field(default_factory=dict)
     last_repair: str = ""
     hub: HubReport | None = None  # natgw.hubstatus; left out of the JSON when None
+    pipes: list[dict] = field(default_factory=list)  # natgw.pipes.publish: while served
+    pipes_served_by: int | None = None  # pid of the foreground `natgw up` serving them
 
 
 def _engine(name: str) -> Any:
@@ -131,8 +143,10 @@ def report(state: GatewayState, now: float | None = None) -> GatewayReport:
     finally:
         if dp is not None:
             dp.close()
+    served = publish.read(state.gateway)
     return GatewayReport(state.gateway, state.netns, peers, dict(state.repairs),
-                         state.last_repair, hub)
+                         state.last_repair, hub, served["pipes"] if served else [],
+                         served["pid"] if served else None)
 
 
 def status(gateway: str | None = None, netns: str | None = None,
@@ -205,4 +219,5 @@ def _format_gateway(g: GatewayReport, now: float) -> str:
                 f"{m['ingress_bytes']} B")
     if g.hub is not None:
         lines += format_hub(g.hub, now)
+    lines += publish.format_pipes(g.pipes, g.pipes_served_by)
     return "\n".join(lines)

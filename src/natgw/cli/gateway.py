@@ -91,14 +91,29 @@ def up(
 ) -> None:
     """Apply FILE (cluster.yaml): tunnels, dataplane, mappings, routes.
 
-    In the foreground natgw serves metrics, restarts dead wireguard-go
-    processes, reloads FILE on SIGHUP, and exits on SIGTERM/SIGINT leaving
-    the dataplane forwarding.
+    In the foreground natgw serves the file's pipes and metrics, restarts dead
+    wireguard-go processes, reloads FILE on SIGHUP, and exits on SIGTERM/SIGINT
+    leaving the dataplane forwarding (pipes stop). With a foreground natgw up
+    serving this gateway, --detach hands FILE over to it (SIGHUP, and waits);
+    without one, --detach refuses a file with pipes.
     """
     from natgw.gateway import Gateway  # noqa: PLC0415
+    from natgw.pipes import publish  # noqa: PLC0415
 
     netns = ctx.obj.netns
-    gw = Gateway(_load(file), netns, file)
+    cfg = _load(file)
+    serving = publish.read(cfg.name)
+    if serving is not None:
+        if not detach:
+            fail(f"gateway {cfg.name} is already served by natgw up (pid {serving['pid']}); "
+                 f"natgw up --detach {file} (or kill -HUP {serving['pid']}) reloads it")
+        _hand_over(serving, file, netns)
+        return
+    if detach and cfg.pipes:
+        fail("pipes need the foreground natgw up, which is their proxy: run natgw up "
+             "without --detach (e.g. as a service); while it runs, up --detach hands the "
+             "file over to it")
+    gw = Gateway(cfg, netns, file)
     # In the foreground, SIGTERM/SIGINT/SIGHUP during the first apply are kept for
     # the loop: the apply finishes (or rolls back) instead of dying half-way.
     signals = None if detach else _catch_signals()
@@ -156,28 +171,73 @@ def status(
         typer.echo(NOTHING_RUNNING + (f" in netns {netns}" if netns else ""))
 
 
+HANDOVER_TIMEOUT = 60.0  # seconds `up --detach` waits for the serving process to reload
+
+
+def _hand_over(serving: dict, file: Path, netns: str | None) -> None:
+    """Make the foreground `natgw up` serving this gateway reload FILE (SIGHUP), and wait."""
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from natgw.pipes import publish  # noqa: PLC0415
+
+    pid, name = serving["pid"], serving["gateway"]
+    if serving.get("config") != str(file.resolve()):
+        fail(f"gateway {name} is served by natgw up (pid {pid}) from {serving.get('config')}; "
+             "edit that file, or stop that process first")
+    if serving.get("netns") != netns:
+        fail(f"gateway {name} is served in netns {serving.get('netns') or '(default)'}: "
+             "pass --netns accordingly")
+    before = serving["reloads"]
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + HANDOVER_TIMEOUT
+    while time.monotonic() < deadline:
+        now = publish.read(name)
+        if now is None:
+            fail(f"natgw up (pid {pid}) serving gateway {name} exited during the reload")
+        if now["reloads"] > before:
+            if now["reload_error"]:
+                fail(f"natgw up (pid {pid}): {now['reload_error']}")
+            typer.echo(f"natgw: gateway {name} up (reloaded by natgw up, pid {pid})")
+            return
+        time.sleep(0.05)
+    fail(f"natgw up (pid {pid}) did not reload gateway {name} within {HANDOVER_TIMEOUT:.0f} s")
+
+
 def _catch_signals():
-    """(stop, reload) events set by SIGTERM/SIGINT and SIGHUP from now on."""
+    """(stop, reload, wake) events set by SIGTERM/SIGINT and SIGHUP from now on.
+
+    wake is set by either: the loop acts at once, not at its next tick.
+    """
     import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
     stop = threading.Event()
     reload = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: reload.set())
-    return stop, reload
+    wake = threading.Event()
+
+    def on(event: threading.Event) -> None:
+        event.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, lambda *_: on(stop))
+    signal.signal(signal.SIGINT, lambda *_: on(stop))
+    signal.signal(signal.SIGHUP, lambda *_: on(reload))
+    return stop, reload, wake
 
 
-def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload) -> None:
-    """Supervise until SIGTERM/SIGINT; SIGHUP reloads the file.
+def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) -> None:
+    """Serve the pipes and supervise until SIGTERM/SIGINT; SIGHUP reloads the file.
 
-    Every SUPERVISE_INTERVAL, and as soon as a wireguard-go is found dead: a
-    reload that failed (e.g. it met a dying engine) is tried again; a newer
-    apply by another `natgw up` is adopted, never reverted; drift (a pin,
-    engine, device, filter, route or mapping entry removed by hand) is
-    repaired to what was last applied, with one log line each time; otherwise
-    stale hostname endpoints are looked up again.
+    Every ENGINE_INTERVAL the engines are checked, and every SUPERVISE_INTERVAL
+    (or as soon as a wireguard-go is found dead): a reload that failed (e.g. it
+    met a dying engine) is tried again; a newer apply by another `natgw up` is
+    adopted, never reverted; drift (a pin, engine, device, filter, route,
+    mapping entry, allowed-ip or pipe address removed by hand) is repaired to
+    what was last applied, with one log line each time, and the pipes listen
+    again on recreated devices; otherwise stale hostname endpoints are looked
+    up again.
     """
     import logging  # noqa: PLC0415 - only the foreground logs
     import time  # noqa: PLC0415
@@ -185,15 +245,36 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload) -> Non
     from natgw.config import ConfigError, load_config  # noqa: PLC0415
     from natgw.failure import one_line  # noqa: PLC0415
     from natgw.gateway import Gateway, GatewayError  # noqa: PLC0415
+    from natgw.pipes import publish  # noqa: PLC0415
+    from natgw.pipes.server import PipeServer, plan_for  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="natgw: %(message)s")
     log = logging.getLogger("natgw")
+    name = gw.cfg.name
+    pipes = PipeServer(netns, publish=publish.write)
+    try:
+        pipes.start()
+    except OSError as e:
+        fail(f"pipes: {e}")
+    errors = pipes.apply(plan_for(gw.cfg, gw.config_path))
+    if errors:
+        pipes.stop()
+        publish.remove(name)
+        fail(errors[0])
     server = _start_metrics(gw)
+    if server is not None:
+        from natgw.pipes.metrics import PipeCollector  # noqa: PLC0415
+
+        server.registry.register(PipeCollector(pipes))
     log.info("running in the foreground (SIGHUP reloads %s)", file)
     pending = False  # a SIGHUP not yet applied: kept until it succeeds or the file is invalid
     next_check = time.monotonic() + SUPERVISE_INTERVAL
     try:
-        while not stop.wait(ENGINE_INTERVAL):
+        while not stop.is_set():
+            wake.wait(ENGINE_INTERVAL)  # a signal wakes it at once
+            wake.clear()
+            if stop.is_set():
+                break
             try:
                 if reload.is_set():
                     reload.clear()
@@ -208,9 +289,14 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload) -> Non
                     except ConfigError as e:
                         pending = False
                         log.error("reload: %s (keeping the running config)", e)
+                        pipes.set_reload(f"reload: {e}")
                         continue
                     new.apply()  # GatewayError: still pending, tried again next check
                     gw, pending = new, False
+                    errors = pipes.apply(plan_for(gw.cfg, gw.config_path))
+                    for e in errors:
+                        log.error("reload: %s", e)
+                    pipes.set_reload("; ".join(errors) or None)
                     log.info("reloaded %s", file)
                 elif gw.superseded():
                     if gw.adopt_record():
@@ -218,6 +304,9 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload) -> Non
                 elif drift := gw.drift():
                     if gw.repair(drift):
                         log.warning("drift repaired: %s", "; ".join(drift))
+                    # A repaired tunnel may be a new device: listen on it again.
+                    for e in pipes.apply(plan_for(gw.cfg, gw.config_path)):
+                        log.error("%s", e)
                 else:
                     gw.reresolve_stale()
             except GatewayError as e:
@@ -227,7 +316,9 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload) -> Non
     finally:
         if server is not None:
             server.shutdown()
-    log.info("exiting; the dataplane keeps forwarding (natgw down removes it)")
+        pipes.stop()
+        publish.remove(name)
+    log.info("exiting; the dataplane keeps forwarding, pipes stop (natgw down removes it all)")
 
 
 def _start_metrics(gw: Gateway):
