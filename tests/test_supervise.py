@@ -6,14 +6,37 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from natgw.cli import gateway as cli
 
 
+class NoPipes:
+    """The part of natgw.pipes.server.PipeServer the loop uses, serving nothing."""
+
+    def __init__(self, netns, publish) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def apply(self, plan) -> list[str]:
+        return []
+
+    def set_reload(self, error) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
 class StandIn:
     """The part of natgw.gateway.Gateway the loop uses; one tunnel whose engine can die."""
+
+    cfg = SimpleNamespace(name="standin-supervise")
+    config_path = None
 
     def __init__(self) -> None:
         self.died_at: float | None = None
@@ -41,14 +64,17 @@ class StandIn:
 @pytest.fixture()
 def loop(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "_start_metrics", lambda gw: None)
-    gw, stop, reload = StandIn(), threading.Event(), threading.Event()
+    monkeypatch.setattr("natgw.pipes.server.PipeServer", NoPipes)
+    monkeypatch.setattr("natgw.pipes.server.plan_for", lambda cfg, path: None)
+    gw, stop, reload, wake = StandIn(), threading.Event(), threading.Event(), threading.Event()
     t = threading.Thread(target=cli._foreground,
-                         args=(gw, Path(tmp_path / "cluster.yaml"), None, stop, reload))
+                         args=(gw, Path(tmp_path / "cluster.yaml"), None, stop, reload, wake))
     t.start()
     try:
         yield gw
     finally:
         stop.set()
+        wake.set()
         t.join(10)
 
 
