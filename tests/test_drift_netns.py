@@ -161,8 +161,14 @@ def _wait_converged(s, tag: str, within: float) -> list[str]:
 def test_a_second_up_is_kept_not_reverted(foreground):
     s, logfile = foreground
     since = len(logfile.read_text().splitlines())
-    # File B drops peer i1 and t1's local mapping, adds t2 and i2.
+    # While a foreground up serves the gateway, another file is refused (one line)...
     r = run("--netns", s.gw, "up", "--detach", str(s.files["B"]))
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "served by natgw up" in r.stderr and converged(s, "A") == []
+    # ...and its own file, edited, is handed over to it. File B drops peer i1 and
+    # t1's local mapping, adds t2 and i2.
+    s.files["A"].write_text(s.files["B"].read_text())
+    r = run("--netns", s.gw, "up", "--detach", str(s.files["A"]))
     assert r.returncode == 0, r.stderr
     time.sleep(5)  # more than two drift checks
     assert converged(s, "B") == []
