@@ -95,3 +95,20 @@ def test_hub_device_pipe_address_and_client_allowed_ips_repaired(demo) -> None:
     subprocess.run(["ip", "-n", ns, "addr", "del", f"{own}/64", "dev", dev], check=True)
     wait_for(lambda: f"{own}/64" in addresses(), 30, "the hub's pipe address restored")
     assert get_page(demo.client.netns, 8080).endswith(PAGE)
+
+
+def test_a_clients_pipe_allowed_ip_removed_by_hand_is_repaired(demo) -> None:
+    dev, ns, key = hub_device(demo), demo.hub.netns, demo.client.key
+    mine = f"{pipe_address(key)}/128"
+
+    def client_allowed() -> str:
+        out = subprocess.run(["ip", "netns", "exec", ns, "wg", "show", dev, "allowed-ips"],
+                             capture_output=True, text=True, check=True).stdout
+        return next(ln for ln in out.splitlines() if ln.startswith(key))
+
+    assert mine in client_allowed()
+    subprocess.run(["ip", "netns", "exec", ns, "wg", "set", dev, "peer", key,
+                    "allowed-ips", "10.192.0.2/32"], check=True)
+    assert mine not in client_allowed()
+    wait_for(lambda: mine in client_allowed(), 30, "the client's pipe address restored")
+    assert get_page(demo.client.netns, 8080).endswith(PAGE)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from natgw.dataplane import Dataplane, DataplaneError, Mapping
 from natgw.dataplane.loader import missing_pins, natgw_filters, pin_dir
+from natgw.keys import decode_key
 from natgw.netns import NetnsNotFound, iproute
 from natgw.pipes.addressing import has_address
 from natgw.routes import RTPROT_NATGW
@@ -76,6 +77,8 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
                 out.append(f"address {ps.pipe_address} on {ps.device}")
             if ps.device in tunnels:
                 out += _allowed_ips(gw, ps.name, ps.device, netns)
+            if state.hub is not None and ps is state.hub.device and gw.cfg.pipes:
+                out += _client_pipe_ips(gw, ps.device, netns)
             if dp is not None:
                 out += [f"mapping {d} entry {net} on {ps.device} has no twin"
                         for _, d, net in dp.tables.orphans(idx[0])]
@@ -86,6 +89,27 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
         ipr.close()
         if dp is not None:
             dp.close()
+    return out
+
+
+def _client_pipe_ips(gw: Gateway, device: str, netns: str | None) -> list[str]:
+    """The hub clients' pipe addresses (/128) missing from their allowed-ips: without
+    one, the hub no longer knows (or answers) that client's pipe requests."""
+    from natgw.pipes.addressing import pipe_network  # noqa: PLC0415
+
+    assert gw.cfg.hub is not None
+    try:
+        st = gw.engine.status(device, netns)
+    except (WireGuardError, OSError):
+        return []  # an engine that does not answer is for the engine check
+    have = {p.public_key: {str(n) for n in p.allowed_ips} for p in st.peers}
+    out = []
+    for c in gw.cfg.hub.clients:
+        if c.public_key is None:
+            continue
+        net = str(pipe_network(c.public_key))
+        if net not in have.get(decode_key(c.public_key), set()):
+            out.append(f"allowed-ips {net} on {device} ({c.name})")
     return out
 
 
