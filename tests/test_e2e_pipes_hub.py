@@ -112,3 +112,19 @@ def test_a_clients_pipe_allowed_ip_removed_by_hand_is_repaired(demo) -> None:
     assert mine not in client_allowed()
     wait_for(lambda: mine in client_allowed(), 30, "the client's pipe address restored")
     assert get_page(demo.client.netns, 8080).endswith(PAGE)
+
+
+def test_a_reload_without_pipes_takes_the_hubs_pipe_addresses_off(demo) -> None:
+    # Last: it leaves the hub without pipes.
+    dev, ns = hub_device(demo), demo.hub.netns
+    own = f"{pipe_address(demo.hub.key)}/64"
+    show = ["ip", "-n", ns, "-6", "addr", "show", "dev", dev]
+    assert own in subprocess.run(show, capture_output=True, text=True, check=True).stdout
+    demo.hub.data["pipes"] = []
+    demo.hub.write()
+    demo.hub.reload()
+    assert own not in subprocess.run(show, capture_output=True, text=True, check=True).stdout
+    allowed = subprocess.run(["ip", "netns", "exec", ns, "wg", "show", dev, "allowed-ips"],
+                             capture_output=True, text=True, check=True).stdout
+    assert "fe80::" not in allowed
+    assert "10.192.0.2/32" in allowed and "10.192.0.3/32" in allowed  # the clients stay
