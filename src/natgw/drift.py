@@ -4,8 +4,9 @@ The foreground `natgw up` compares the world with its record every few
 seconds (level-triggered, like a Kubernetes controller): the pins, and for
 every peer (and a hub's one device) its engine, device, filters, routes and
 mapping entries, and for a tunnel its WireGuard allowed-ips and (with pipes) its
-pipe address. Each finding is "<kind> <what>"; the repair is an ordinary apply
-of the file (in full for a hub: Gateway.repair).
+pipe address, and on a hub's device (with pipes) each client's pipe address in its
+allowed-ips. Each finding is "<kind> <what>"; the repair is an ordinary apply of the
+file (in full for a hub: Gateway.repair).
 """
 
 from __future__ import annotations
