@@ -92,11 +92,13 @@ def pattern(size: int) -> bytes:
 
 
 class _Page(http.server.BaseHTTPRequestHandler):
+    body = PAGE
+
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         self.send_response(200)
-        self.send_header("Content-Length", str(len(PAGE)))
+        self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
-        self.wfile.write(PAGE)
+        self.wfile.write(self.body)
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -352,5 +354,74 @@ def build(kind: str, lab: NetnsLab, tmp: Path,
     for g in gws:
         g.start()
     for g in gws:  # each compiles its dataplane first: slow on a busy machine
+        wait_for(lambda g=g: g.published()["tunnels"] is not None, 180, f"{g.name} serving")
+    return demo
+
+
+# -- both demos over a hub ----------------------------------------------------------------
+
+HUB_PORT = 8765
+BACK_PAGE = b"<html><body>natgw pipe: behind a hub client</body></html>\n"
+BACK_SERVICE = 8000  # the page behind the second client, on its loopback
+
+
+class _BackPage(_Page):
+    body = BACK_PAGE
+
+
+@dataclass
+class HubDemo:
+    lab: NetnsLab
+    hub: Gw  # "legacy": a hub, with the web server in its network
+    client: Gw  # a natgw client of the hub: pipes nginx (8080) and back (8090)
+    back: Gw  # another client of the hub, with a page of its own behind it
+
+    @property
+    def gws(self) -> list[Gw]:
+        return [self.hub, self.client, self.back]
+
+
+def build_hub(lab: NetnsLab, tmp: Path) -> HubDemo:
+    """cloud-gateway's demos over a hub (one device, one port for both clients):
+
+    client ==wg==> legacy (hub) --- web (172.25.0.3)     back ==wg==> legacy
+    minimal: client nginx 8080 -> peer legacy -> remote web:80
+    reverse: client back 8090 -> peer legacy -> hub client back -> remote 127.0.0.1:8000
+    back's own nginx 8080 -> peer legacy, whose nginx has from: [client] only: refused,
+    which shows that the hub tells its clients apart on the one shared device.
+    """
+    web = lab.netns("web")
+    legacy = _gateway(lab, tmp, "legacy", lab.netns("lg"), ["172.25.0.0/16"])
+    client = _gateway(lab, tmp, "client", lab.netns("cl"), ["10.244.0.0/16"])
+    back = _gateway(lab, tmp, "back", lab.netns("bk"), ["10.245.0.0/16"])
+    legacy.data["hub"] = {
+        "address": "10.192.0.1/24", "listenPort": HUB_PORT, "device": lab.name("hw"),
+        "clients": [{"name": g.name, "publicKey": g.key, "address": f"10.192.0.{i}"}
+                    for i, g in ((2, client), (3, back))],
+    }
+    for i, g in ((2, client), (3, back)):
+        lab.veth(legacy.netns, f"192.168.{70 + i}.1/24", g.netns, f"192.168.{70 + i}.2/24")
+        g.data["peers"].append({
+            "name": legacy.name, "device": lab.name(f"w{i}"), "publicKey": legacy.key,
+            "endpoint": f"192.168.{70 + i}.1:{HUB_PORT}", "address": f"10.192.0.{i}/24",
+            "persistentKeepalive": 25, "remote": [{"cidr": "10.192.0.0/24"}]})
+    lab.veth(legacy.netns, "172.25.0.1/16", web, f"{WEB}/16")
+    legacy.data["pipes"] = [{"name": "nginx", "remote": f"{WEB}:80", "from": [client.name]},
+                            {"name": "back", "peer": back.name, "from": [client.name]}]
+    client.data["pipes"] = [{"name": "nginx", "port": 8080, "peer": legacy.name},
+                            {"name": "back", "port": 8090, "peer": legacy.name}]
+    back.data["pipes"] = [{"name": "back", "remote": f"127.0.0.1:{BACK_SERVICE}"},
+                          {"name": "nginx", "port": 8080, "peer": legacy.name}]
+    srv = in_netns(web, lambda: _Server((WEB, 80), _Page))
+    behind = in_netns(back.netns, lambda: _Server(("127.0.0.1", BACK_SERVICE), _BackPage))
+    for server in (srv, behind):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        lab.on_cleanup(lambda s=server: (s.shutdown(), s.server_close()))
+    demo = HubDemo(lab, legacy, client, back)
+    for g in demo.gws:
+        g.write()
+    for g in demo.gws:
+        g.start()
+    for g in demo.gws:  # each compiles its dataplane first: slow on a busy machine
         wait_for(lambda g=g: g.published()["tunnels"] is not None, 180, f"{g.name} serving")
     return demo

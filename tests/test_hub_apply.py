@@ -39,8 +39,8 @@ def test_route_lines_add_only_the_missing_and_remove_only_the_gone() -> None:
     assert remove == ["route del 10.203.0.0/16 dev hub0 proto 78"]
 
 
-def hub_cfg(address: str = "10.192.0.1/24"):
-    return parse_config(cfg(hub={
+def hub_cfg(address: str = "10.192.0.1/24", pipes: tuple = ()):
+    return parse_config(cfg(pipes=list(pipes), hub={
         "address": address, "listenPort": 8765,
         "local": [{"cidr": "10.244.0.0/16", "as": "10.250.0.0/16"}],
         "clients": [{"name": "a", "publicKey": PUB_A,
@@ -76,6 +76,25 @@ def test_device_config_one_peer_per_keyed_client() -> None:
     assert all(p.endpoint is None for p in dc.peers)  # clients dial in
     assert [str(m) for m in hub_mappings(c.hub)] == [
         "remote 10.9.0.0/16 as 10.201.0.0/16", "local 10.244.0.0/16 as 10.250.0.0/16"]
+
+
+def test_with_pipes_each_keyed_client_allows_its_pipe_address() -> None:
+    from natgw.hub import client_states
+    from natgw.pipes.addressing import pipe_network
+
+    c = hub_cfg(pipes=({"name": "web", "port": 8080, "peer": "a"},))
+    assigned = {"a": ip_address("10.192.0.2"), "b": ip_address("10.192.0.3"),
+                "c": ip_address("10.192.0.4")}
+    dc = device_config(c, assigned)
+    assert [[str(n) for n in p.allowed_ips] for p in dc.peers] == [
+        ["10.192.0.2/32", "10.9.0.0/16", str(pipe_network(PUB_A))],
+        ["10.192.0.3/32", "10.8.0.0/16", str(pipe_network(PUB_B))]]
+    # What is recorded is what the device gets: the next apply's difference is empty.
+    recorded = client_states(c.hub, assigned, pipes=True)
+    assert [r.allowed_ips for r in recorded[:2]] == [
+        [str(n) for n in p.allowed_ips] for p in dc.peers]
+    assert recorded[2].allowed_ips == ["10.192.0.4/32"]  # no key: no pipe address
+    assert str(pipe_network(PUB_A)) not in client_states(c.hub, assigned)[0].allowed_ips
 
 
 def test_status_text_has_a_block_per_client() -> None:

@@ -86,6 +86,26 @@ def test_valid_pipes() -> None:
     assert c.pipes[0].allows("anyone") and not c.pipes[3].allows("legacy")
 
 
+HUB = {"address": "10.192.0.1/24", "listenPort": 8765, "clients": [
+    {"name": "laptop", "publicKey": keys.pubkey(keys.genkey())},
+    {"name": "newbie"},  # no key yet: client-config --genkey makes one
+]}
+
+
+def test_hub_clients_with_a_key_are_pipe_peers() -> None:
+    c = parse_config(cfg({"name": "nginx", "remote": "nginx:80", "from": ["laptop", "cloud"]},
+                         {"name": "back", "port": 8090, "peer": "laptop"}, hub=HUB), Path("."))
+    assert [p.target for p in c.pipes] == ["remote nginx:80", "peer laptop"]
+
+
+@pytest.mark.parametrize("pipe", [{"name": "back", "port": 8090, "peer": "newbie"},
+                                  {"name": "nginx", "remote": "nginx:80", "from": ["newbie"]}])
+def test_hub_client_without_a_key_is_not_a_pipe_peer(pipe: dict[str, Any]) -> None:
+    field = "peer" if "peer" in pipe else "from[0]"
+    assert error_of(cfg(pipe, hub=HUB)) == (
+        f"pipes[0].{field}: hub client newbie has no publicKey yet; pipes need its key")
+
+
 def test_check_exits_2_with_one_line(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg({"name": "nginx", "port": 8080, "peer": "nope"})))

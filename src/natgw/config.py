@@ -911,8 +911,11 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> GatewayConfig:
 def _check_pipes(cfg: GatewayConfig) -> None:
     from natgw.pipes.model import check_pipes  # noqa: PLC0415 - natgw.pipes builds on this module
 
-    check_pipes(cfg.pipes, [p.name for p in cfg.tunnel_peers],
-                [p.name for p in cfg.interface_peers], cfg.metrics)
+    clients = cfg.hub.clients if cfg.hub is not None else []
+    check_pipes(cfg.pipes, [p.name for p in cfg.tunnel_peers]
+                + [c.name for c in clients if c.public_key is not None],
+                [p.name for p in cfg.interface_peers], cfg.metrics,
+                keyless=[c.name for c in clients if c.public_key is None])
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -4,8 +4,9 @@ The foreground `natgw up` compares the world with its record every few
 seconds (level-triggered, like a Kubernetes controller): the pins, and for
 every peer (and a hub's one device) its engine, device, filters, routes and
 mapping entries, and for a tunnel its WireGuard allowed-ips and (with pipes) its
-pipe address. Each finding is "<kind> <what>"; the repair is an ordinary apply
-of the file (in full for a hub: Gateway.repair).
+pipe address, and on a hub's device (with pipes) each client's pipe address in its
+allowed-ips. Each finding is "<kind> <what>"; the repair is an ordinary apply of the
+file (in full for a hub: Gateway.repair).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from natgw.dataplane import Dataplane, DataplaneError, Mapping
 from natgw.dataplane.loader import missing_pins, natgw_filters, pin_dir
+from natgw.keys import decode_key
 from natgw.netns import NetnsNotFound, iproute
 from natgw.pipes.addressing import has_address
 from natgw.routes import RTPROT_NATGW
@@ -76,6 +78,8 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
                 out.append(f"address {ps.pipe_address} on {ps.device}")
             if ps.device in tunnels:
                 out += _allowed_ips(gw, ps.name, ps.device, netns)
+            if state.hub is not None and ps is state.hub.device and gw.cfg.pipes:
+                out += _client_pipe_ips(gw, ps.device, netns)
             if dp is not None:
                 out += [f"mapping {d} entry {net} on {ps.device} has no twin"
                         for _, d, net in dp.tables.orphans(idx[0])]
@@ -86,6 +90,27 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
         ipr.close()
         if dp is not None:
             dp.close()
+    return out
+
+
+def _client_pipe_ips(gw: Gateway, device: str, netns: str | None) -> list[str]:
+    """The hub clients' pipe addresses (/128) missing from their allowed-ips: without
+    one, the hub no longer knows (or answers) that client's pipe requests."""
+    from natgw.pipes.addressing import pipe_network  # noqa: PLC0415
+
+    assert gw.cfg.hub is not None
+    try:
+        st = gw.engine.status(device, netns)
+    except (WireGuardError, OSError):
+        return []  # an engine that does not answer is for the engine check
+    have = {p.public_key: {str(n) for n in p.allowed_ips} for p in st.peers}
+    out = []
+    for c in gw.cfg.hub.clients:
+        if c.public_key is None:
+            continue
+        net = str(pipe_network(c.public_key))
+        if net not in have.get(decode_key(c.public_key), set()):
+            out.append(f"allowed-ips {net} on {device} ({c.name})")
     return out
 
 

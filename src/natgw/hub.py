@@ -31,6 +31,7 @@ from natgw.config import GatewayConfig, Hub, HubClient, IPAddress
 from natgw.dataplane import Dataplane, Mapping, mss_for_mtu
 from natgw.keys import decode_key
 from natgw.netns import netns_exists
+from natgw.pipes.addressing import ensure_address, pipe_address, pipe_network, remove_address
 from natgw.state import ClientState, HubState, PeerState
 from natgw.wireguard import DeviceConfig, PeerConfig
 from natgw.wireguard.engines import Engine
@@ -58,9 +59,13 @@ def text(net) -> str:
     return str(net)
 
 
-def client_allowed_ips(c: HubClient, address: IPAddress) -> list:
-    """Its address (a /32 or /128) and its remote cidrs."""
-    return [ipaddress.ip_network(address), *(r.cidr for r in c.remote)]
+def client_allowed_ips(c: HubClient, address: IPAddress, pipes: bool = False) -> list:
+    """Its address (a /32 or /128) and its remote cidrs, and with pipes in the file its
+    pipe address (natgw.pipes.addressing): cryptokey routing then vouches for who asks."""
+    out = [ipaddress.ip_network(address), *(r.cidr for r in c.remote)]
+    if pipes and c.public_key is not None:
+        out.append(pipe_network(c.public_key))
+    return out
 
 
 def device_config(cfg: GatewayConfig, assigned: dict[str, IPAddress]) -> DeviceConfig:
@@ -71,7 +76,8 @@ def device_config(cfg: GatewayConfig, assigned: dict[str, IPAddress]) -> DeviceC
     assert cfg.hub is not None and cfg.private_key is not None
     peers = tuple(
         PeerConfig(public_key=decode_key(c.public_key),
-                   allowed_ips=tuple(client_allowed_ips(c, assigned[c.name])))
+                   allowed_ips=tuple(client_allowed_ips(c, assigned[c.name],
+                                                        bool(cfg.pipes))))
         for c in cfg.hub.clients if c.public_key is not None
     )
     return DeviceConfig(private_key=cfg.private_key.get_secret_value(),
@@ -95,14 +101,17 @@ def wanted_routes(hub: Hub) -> list[str]:
     return [text(hub.pool), *(text(n) for c in hub.clients for n in c.routed_networks)]
 
 
-def client_states(hub: Hub, assigned: dict[str, IPAddress]) -> list[ClientState]:
+def client_states(hub: Hub, assigned: dict[str, IPAddress],
+                  pipes: bool = False) -> list[ClientState]:
     out = []
     for c in hub.clients:
         addr = assigned[c.name]
+        allowed = [f"{text(addr)}/{addr.max_prefixlen}", *(text(r.cidr) for r in c.remote)]
+        if pipes and c.public_key is not None:
+            allowed.append(str(pipe_network(c.public_key)))
         out.append(ClientState(
             c.name, c.public_key or "", text(addr), [text(n) for n in c.routed_networks],
-            [f"remote:{text(r.as_)}" for r in c.remote if r.as_ is not None],
-            [f"{text(addr)}/{addr.max_prefixlen}", *(text(r.cidr) for r in c.remote)]))
+            [f"remote:{text(r.as_)}" for r in c.remote if r.as_ is not None], allowed))
     return out
 
 
@@ -144,7 +153,8 @@ def intent_state(cfg: GatewayConfig, engine: Engine, before: HubState | None,
     had = before.device.routes if before else []
     device = PeerState(hub.device, hub.device, before.device.ifindex if before else 0,
                        engine.name, sorted(set(had) | set(wanted)), created_device=True,
-                       own_qdisc=True)  # natgw made the device: any clsact on it is natgw's
+                       own_qdisc=True,  # natgw made the device: any clsact on it is natgw's
+                       pipe_address=before.device.pipe_address if before else "")
     if before is None:
         return HubState(device, str(hub.address), complete=False)
     return dataclasses.replace(before, device=device, complete=False)
@@ -260,7 +270,7 @@ def apply_hub(cfg: GatewayConfig, netns: str | None, engine: Engine, dp: Datapla
     mappings = hub_mappings(hub)
     gone = _mapping_changes(dp, ifindex, mappings, None if full else before.mappings)
     faults.step("hub-mappings-set")
-    clients = client_states(hub, assigned)
+    clients = client_states(hub, assigned, bool(cfg.pipes))
     if (full or before.listen_port != hub.listen_port
             or before.public_key != cfg.public_key):
         engine.configure(dev, netns, device_config(cfg, assigned))  # reads the device back
@@ -275,6 +285,7 @@ def apply_hub(cfg: GatewayConfig, netns: str | None, engine: Engine, dp: Datapla
     else:
         ipbatch.run_batch(netns, link_lines(dev, cfg, before, False))
     faults.step("hub-link-up")
+    _apply_pipe_address(cfg, netns, intent, record, full)
     add, remove = route_lines(dev, wanted, [] if full else before.device.routes)
     if full:
         remove = route_lines(dev, [], [n for n in intent.device.routes if n not in wanted])[1]
@@ -284,12 +295,33 @@ def apply_hub(cfg: GatewayConfig, netns: str | None, engine: Engine, dp: Datapla
     faults.step("hub-routes-set")
     for m in gone:
         dp.tables.remove_mapping(ifindex, m)
-    state = HubState(PeerState(dev, dev, ifindex, engine.name, wanted, True, own_qdisc=True),
+    state = HubState(PeerState(dev, dev, ifindex, engine.name, wanted, True, own_qdisc=True,
+                               pipe_address=intent.device.pipe_address),
                      str(hub.address), clients, [mapping_text(m) for m in mappings],
                      hub.listen_port, cfg.public_key or "")
     record(state)
     faults.step("hub-recorded")
     return diff_clients(before.clients if before else [], clients, recreated)
+
+
+def _apply_pipe_address(cfg: GatewayConfig, netns: str | None, intent: HubState,
+                        record: Callable[[HubState], None], full: bool) -> None:
+    """The hub's own pipe address on its device when the file has pipes, off when it no
+    longer has them (as natgw.gateway does for a peer's device). Recorded before it is
+    added, so that a kill leaves it in the record (and the next apply is full); after
+    the link is up, which would flush it otherwise. Left unread when the record already
+    has it and nothing calls for a full apply: a netns socket is most of an edit's cost."""
+    ps = intent.device
+    wanted = str(pipe_address(cfg.public_key)) if cfg.pipes and cfg.public_key else ""
+    if ps.pipe_address and ps.pipe_address != wanted:
+        remove_address(netns, ps.device, ps.pipe_address)
+        ps.pipe_address = ""
+        record(intent)
+    if wanted and (full or ps.pipe_address != wanted):
+        if ps.pipe_address != wanted:
+            ps.pipe_address = wanted
+            record(intent)
+        ensure_address(netns, ps.device, pipe_address(cfg.public_key))
 
 
 def _added(lines: list[str]) -> list[str]:

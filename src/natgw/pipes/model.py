@@ -20,15 +20,17 @@ def _same_socket(a: HostPort, b: HostPort) -> bool:
 
 
 def check_pipes(pipes: list[Pipe], tunnel_peers: Iterable[str], other_peers: Iterable[str],
-                metrics: HostPort) -> None:
+                metrics: HostPort, keyless: Iterable[str] = ()) -> None:
     """Raise ConfigError for the first pipe that cannot work as written.
 
     tunnel_peers: the names a pipe may pass connections to (WireGuard peers and
-    hub clients); other_peers: peers without tunnel (`interface:`), named in the
-    message because pipes only run inside tunnels.
+    hub clients with a publicKey); other_peers: peers without tunnel (`interface:`),
+    named in the message because pipes only run inside tunnels; keyless: hub
+    clients without a publicKey yet, not yet WireGuard peers of the hub.
     """
     tunnels = set(tunnel_peers)
     links = set(other_peers)
+    pending = set(keyless)
     names: dict[str, int] = {}
     binds: list[tuple[str, HostPort]] = []
     for i, p in enumerate(pipes):
@@ -43,9 +45,9 @@ def check_pipes(pipes: list[Pipe], tunnel_peers: Iterable[str], other_peers: Ite
             raise ConfigError(at, "set one of peer (pass connections on to that peer's natgw) "
                                   "or remote (dial host:port from here)")
         if p.peer is not None:
-            _check_peer_name(f"{at}.peer", p.peer, tunnels, links)
+            _check_peer_name(f"{at}.peer", p.peer, tunnels, links, pending)
         for j, who in enumerate(p.from_ or []):
-            _check_peer_name(f"{at}.from[{j}]", who, tunnels, links)
+            _check_peer_name(f"{at}.from[{j}]", who, tunnels, links, pending)
         if p.port is not None and p.listen is not None:
             raise ConfigError(f"{at}.listen", "set port (every address) or listen (one address), "
                                               "not both")
@@ -69,9 +71,13 @@ def check_pipes(pipes: list[Pipe], tunnel_peers: Iterable[str], other_peers: Ite
         binds.append((at, bind))
 
 
-def _check_peer_name(path: str, name: str, tunnels: set[str], links: set[str]) -> None:
+def _check_peer_name(path: str, name: str, tunnels: set[str], links: set[str],
+                     pending: set[str]) -> None:
     if name in tunnels:
         return
+    if name in pending:
+        # Its pipe address comes from its key: without one it cannot be told apart.
+        raise ConfigError(path, f"hub client {name} has no publicKey yet; pipes need its key")
     if name in links:
         raise ConfigError(path, f"peer {name} has no WireGuard tunnel (interface:); "
                                 "pipes run only inside tunnels")

@@ -111,10 +111,20 @@ class Plan:
 
 
 def plan_for(cfg: GatewayConfig, config: str = "") -> Plan:
-    """The plan of a config: no pipes, no tunnel listeners (and no pipe addresses)."""
-    tunnels = tuple(Tunnel(p.name, p.device, p.public_key) for p in cfg.tunnel_peers
-                    if p.public_key) if cfg.pipes else ()
-    return Plan(cfg.name, cfg.public_key, tuple(cfg.pipes), tunnels, config)
+    """The plan of a config: no pipes, no tunnel listeners (and no pipe addresses).
+
+    Every tunnel peer has its own device; a hub's clients share the hub's one
+    device, where each is told apart by its pipe address (cryptokey routing
+    admits that source only from the client whose key it derives from).
+    """
+    if not cfg.pipes:
+        return Plan(cfg.name, cfg.public_key, (), (), config)
+    tunnels = [Tunnel(p.name, p.device, p.public_key) for p in cfg.tunnel_peers
+               if p.public_key]
+    if cfg.hub is not None:
+        tunnels += [Tunnel(c.name, cfg.hub.device, c.public_key) for c in cfg.hub.clients
+                    if c.public_key]
+    return Plan(cfg.name, cfg.public_key, tuple(cfg.pipes), tuple(tunnels), config)
 
 
 @dataclass
@@ -315,7 +325,11 @@ class PipeServer:
         self.tunnels = {t.peer: t for t in plan.tunnels}
         self.by_source = {(t.device, t.address): t.peer for t in plan.tunnels}
         wanted: dict[str, int] = {}
+        looked: set[str] = set()  # once per device: a hub's clients all share one
         for t in plan.tunnels:
+            if t.device in looked:
+                continue
+            looked.add(t.device)
             try:
                 wanted[t.device] = socket.if_nametoindex(t.device)
             except OSError:
