@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from bench.stats import Target
+
 MARGIN_BEFORE = 0.2  # seconds before a window opens still attributed to it
 MARGIN_AFTER = 0.5  # seconds after a window closes still attributed to it
 
@@ -128,50 +130,17 @@ def diff_mappings(expected: set[Mapping], pinned: set[Mapping]) -> tuple[list, l
     return sorted(expected - pinned), sorted(pinned - expected)
 
 
-@dataclass(frozen=True)
-class Goal:
-    """A soak target: `value` `op` `limit`; value None means not measured."""
-
-    name: str
-    value: float | None
-    op: str  # "<", "<=", "=="
-    limit: float
-    unit: str = ""
-
-    @property
-    def met(self) -> bool | None:
-        if self.value is None:
-            return None
-        if self.op == "<":
-            return self.value < self.limit
-        if self.op == "<=":
-            return self.value <= self.limit
-        if self.op == "==":
-            return self.value == self.limit
-        raise ValueError(f"goal {self.name}: unknown op {self.op!r}")
-
-    @property
-    def verdict(self) -> str:
-        return {True: "PASS", False: "MISS", None: "n/a"}[self.met]
-
-    def by(self) -> str:
-        """How far a missed goal is off its limit, e.g. "+1.3 s"; "" when met or n/a."""
-        if self.met is not False or self.value is None:
-            return ""
-        return f"{self.value - self.limit:+.3g}{(' ' + self.unit) if self.unit else ''}"
-
-
-def judge(f: dict) -> list[Goal]:
+def judge(f: dict) -> list[Target]:
     """The soak's targets from its figures (keys as in soak.summarise)."""
     return [
-        Goal("corrupted bytes", f.get("corrupted_bytes"), "==", 0),
-        Goal("hash mismatches", f.get("hash_mismatches"), "==", 0),
-        Goal("UDP lost outside fault windows", f.get("udp_lost_outside"), "==", 0),
-        Goal("engine restart (max)", f.get("engine_restart_max"), "<=", 2.0, "s"),
-        Goal("drift repaired (max)", f.get("repair_max"), "<=", 5.0, "s"),
-        Goal("RSS growth (max per gateway)", f.get("rss_growth_max"), "<", 5.0, "%"),
-        Goal("fd growth (max per gateway)", f.get("fd_growth_max"), "<=", 0, "fds"),
-        Goal("map entries not as configured", f.get("map_diff"), "==", 0),
+        Target("corrupted bytes", f.get("corrupted_bytes"), "==", 0),
+        Target("hash mismatches", f.get("hash_mismatches"), "==", 0),
+        Target("UDP lost outside fault windows", f.get("udp_lost_outside"), "==", 0),
+        Target("engine restart (max)", f.get("engine_restart_max"), "<=", 2.0, "s"),
+        Target("drift repaired (max)", f.get("repair_max"), "<=", 5.0, "s"),
+        Target("RSS growth (max per gateway)", f.get("rss_growth_max"), "<", 5.0, "%"),
+        Target("fd growth (max per gateway)", f.get("fd_growth_max"), "<=", 0, "fds"),
+        Target("map entries not as configured", f.get("map_diff"), "==", 0),
     ]
 
 

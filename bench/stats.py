@@ -6,8 +6,9 @@ No I/O here, so tests can check every number the report prints.
 from __future__ import annotations
 
 import math
+import operator
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -55,9 +56,15 @@ def seq_loss(sent: int, received: Iterable[int]) -> int:
     return sent - len({s for s in received if 0 <= s < sent})
 
 
+# The comparisons a target may use: value OP limit.
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge, "<=": operator.le, "<": operator.lt, "==": operator.eq,
+}
+
+
 @dataclass(frozen=True)
 class Target:
-    """One goal: `value` compared with `limit` by `op` ('>=' or '<=')."""
+    """One goal: `value` compared with `limit` by `op` (a key of _OPS); None: not measured."""
 
     name: str
     value: float | None
@@ -69,11 +76,9 @@ class Target:
     def met(self) -> bool | None:
         if self.value is None:
             return None
-        if self.op == ">=":
-            return self.value >= self.limit
-        if self.op == "<=":
-            return self.value <= self.limit
-        raise ValueError(f"target {self.name}: unknown op {self.op!r}")
+        if self.op not in _OPS:
+            raise ValueError(f"target {self.name}: unknown op {self.op!r}")
+        return _OPS[self.op](self.value, self.limit)
 
     @property
     def margin(self) -> float | None:
@@ -82,6 +87,16 @@ class Target:
             return None
         m = (self.value - self.limit) / abs(self.limit)
         return m if self.op == ">=" else -m
+
+    @property
+    def verdict(self) -> str:
+        return {True: "PASS", False: "MISS", None: "n/a"}[self.met]
+
+    def by(self) -> str:
+        """How far a missed target is off its limit, e.g. "+1.3 s"; "" when met or n/a."""
+        if self.met is not False or self.value is None:
+            return ""
+        return f"{self.value - self.limit:+.3g}{(' ' + self.unit) if self.unit else ''}"
 
     def as_dict(self) -> dict:
         return {"name": self.name, "value": self.value, "op": self.op, "limit": self.limit,

@@ -6,7 +6,8 @@ import pytest
 
 from bench import soak_stats as S
 from bench.soak_agent import Stream, corrupted
-from bench.soak_stats import MARGIN_AFTER, MARGIN_BEFORE, Goal, Window
+from bench.soak_stats import MARGIN_AFTER, MARGIN_BEFORE, Window
+from bench.stats import Target
 
 
 def test_lost_seqs_counts_each_missing_number_once():
@@ -102,13 +103,13 @@ def test_mappings_configured_against_pinned():
 
 
 @pytest.mark.parametrize(("goal", "verdict", "by"), [
-    (Goal("loss", 0, "==", 0), "PASS", ""),
-    (Goal("loss", 3, "==", 0), "MISS", "+3"),
-    (Goal("restart", 2.0, "<=", 2.0, "s"), "PASS", ""),
-    (Goal("restart", 2.5, "<=", 2.0, "s"), "MISS", "+0.5 s"),
-    (Goal("rss", 5.0, "<", 5.0, "%"), "MISS", "+0 %"),
-    (Goal("rss", 4.9, "<", 5.0, "%"), "PASS", ""),
-    (Goal("fds", None, "<=", 0), "n/a", ""),
+    (Target("loss", 0, "==", 0), "PASS", ""),
+    (Target("loss", 3, "==", 0), "MISS", "+3"),
+    (Target("restart", 2.0, "<=", 2.0, "s"), "PASS", ""),
+    (Target("restart", 2.5, "<=", 2.0, "s"), "MISS", "+0.5 s"),
+    (Target("rss", 5.0, "<", 5.0, "%"), "MISS", "+0 %"),
+    (Target("rss", 4.9, "<", 5.0, "%"), "PASS", ""),
+    (Target("fds", None, "<=", 0), "n/a", ""),
 ])
 def test_goal_verdicts(goal, verdict, by):
     assert goal.verdict == verdict
