@@ -6,6 +6,7 @@ Nothing here links a namespace to the root namespace or adds a default route.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import secrets
@@ -13,6 +14,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -163,3 +165,42 @@ def ping(netns: str, dst: str, count: int = 3, timeout: float = 1.0) -> int:
                     replies += 1
                     break
     return replies
+
+
+@contextlib.contextmanager
+def udp_stream(src_ns: str, dst_ns: str, bind: str, to: str, port: int = 7100,
+               interval: float = 0.005):
+    """Datagrams from `src_ns` to `to`:port, received in `dst_ns` on `bind`:port while the
+    block runs; yields [sent, received], final once the block has ended.
+
+    Received concurrently, so that a full socket buffer never counts as a loss.
+    """
+    counts = [0, 0]
+    stop = threading.Event()
+    with netns_socket(dst_ns, socket.AF_INET, socket.SOCK_DGRAM) as srv, \
+            netns_socket(src_ns, socket.AF_INET, socket.SOCK_DGRAM) as cli:
+        srv.bind((bind, port))
+        srv.settimeout(2)
+
+        def send() -> None:
+            while not stop.is_set():
+                cli.sendto(b"x" * 64, (to, port))
+                counts[0] += 1
+                time.sleep(interval)
+
+        def receive() -> None:
+            with contextlib.suppress(TimeoutError):
+                while not stop.is_set() or counts[1] < counts[0]:
+                    srv.recv(100)
+                    counts[1] += 1
+
+        threads = [threading.Thread(target=send), threading.Thread(target=receive)]
+        for t in threads:
+            t.start()
+        try:
+            yield counts
+        finally:
+            time.sleep(0.3)  # the last datagrams in flight
+            stop.set()
+            for t in threads:
+                t.join()

@@ -14,13 +14,11 @@ c1 takes its tunnel address from the pool, c2 has a fixed one (10.192.0.5).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,7 +27,7 @@ import yaml
 from gateways import wait_ping, write_config
 
 from lab.keys import new_key
-from lab.net import natgw, ping
+from lab.net import natgw, ping, udp_stream
 from lab.netnslab import NetnsLab
 from natgw.netns import exec_argv, netns_socket
 
@@ -169,43 +167,6 @@ def world(netns_lab: NetnsLab, tmp_path: Path, monkeypatch):
             "c2_cfg": c2_cfg, "c1_address": c1_address}
 
 
-@contextlib.contextmanager
-def udp_stream(src: str, web: str, interval: float = 0.005):
-    """Datagrams from `src` to the web server while the block runs; yields [sent, received].
-
-    Received concurrently, so that a full socket buffer never counts as a loss.
-    """
-    counts = [0, 0]
-    stop = threading.Event()
-    with netns_socket(web, socket.AF_INET, socket.SOCK_DGRAM) as srv, \
-            netns_socket(src, socket.AF_INET, socket.SOCK_DGRAM) as cli:
-        srv.bind((WEB, 7100))
-        srv.settimeout(2)
-
-        def send():
-            while not stop.is_set():
-                cli.sendto(b"x" * 64, (WEB_SEEN, 7100))
-                counts[0] += 1
-                time.sleep(interval)
-
-        def receive():
-            with contextlib.suppress(TimeoutError):
-                while not stop.is_set() or counts[1] < counts[0]:
-                    srv.recv(100)
-                    counts[1] += 1
-
-        threads = [threading.Thread(target=send), threading.Thread(target=receive)]
-        for t in threads:
-            t.start()
-        try:
-            yield counts
-        finally:
-            time.sleep(0.3)
-            stop.set()
-            for t in threads:
-                t.join()
-
-
 def start_plain_client(world: dict, conf_text: str) -> str:
     """A plain WireGuard client from a wg-quick file: wireguard-go, `wg setconf` of
     `wg-quick strip`, then the address and routes wg-quick would add. Returns the address."""
@@ -281,7 +242,7 @@ def test_hub_and_clients(world):
     # and not one of c1's datagrams is lost.
     before = clients_by_name(ns["hub"], hub_cfg)
     data = yaml.safe_load(hub_cfg.read_text())
-    with udp_stream(ns["p1"], ns["web"]) as sent_received:
+    with udp_stream(ns["p1"], ns["web"], WEB, WEB_SEEN) as sent_received:
         data["hub"]["clients"].append({"name": "laptop"})
         hub_cfg.write_text(yaml.safe_dump(data))
         assert "added laptop" in up(ns["hub"], hub_cfg).stdout

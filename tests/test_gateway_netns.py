@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
@@ -24,7 +22,7 @@ from gateways import (
     write_config,
 )
 
-from lab.net import NATGW, natgw, ping
+from lab.net import NATGW, natgw, ping, udp_stream
 from natgw import keys
 from natgw import status as natgw_status
 from natgw.metrics import state_peer_health
@@ -45,45 +43,6 @@ def clusters(netns_lab, tmp_path):
     return c1, c2
 
 
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python < 3.12 lacks the name
-
-
-@contextlib.contextmanager
-def udp_stream(src, dst, interval: float = 0.005):
-    """Datagrams from src's pod to dst's pod while the block runs; yields [sent, received]."""
-    counts = [0, 0]
-    stop = threading.Event()
-    with netns_socket(dst.pod, socket.AF_INET, socket.SOCK_DGRAM) as srv, \
-            netns_socket(src.pod, socket.AF_INET, socket.SOCK_DGRAM) as cli:
-        # The stream is read only after the block: room for all of it, or a slow
-        # block (a loaded machine) overflows the default buffer (256 datagrams).
-        srv.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
-        srv.bind((POD, 7100))
-        srv.settimeout(2)
-
-        def send():
-            while not stop.is_set():
-                cli.sendto(b"x" * 64, (C2_SEEN_BY_C1, 7100))
-                counts[0] += 1
-                time.sleep(interval)
-
-        def receive():
-            # Concurrently: a full socket buffer (~256 datagrams) must not count as a loss.
-            with contextlib.suppress(TimeoutError):
-                while not stop.is_set() or counts[1] < counts[0]:
-                    srv.recv(100)
-                    counts[1] += 1
-
-        threads = [threading.Thread(target=send), threading.Thread(target=receive)]
-        for t in threads:
-            t.start()
-        try:
-            yield counts
-        finally:
-            time.sleep(0.2)
-            stop.set()
-            for t in threads:
-                t.join()
 
 
 def data_peer(c) -> str:
@@ -179,7 +138,7 @@ def test_reapplying_the_same_file_changes_nothing(clusters):
     c1, c2 = clusters
     assert wait_ping(c1.pod, C2_SEEN_BY_C1)
     pid, hs = wg_pid(c1), status(c1)["peers"][0]["latest_handshake"]
-    with udp_stream(c1, c2) as sent_and_received:
+    with udp_stream(c1.pod, c2.pod, POD, C2_SEEN_BY_C1) as sent_and_received:
         r = natgw("--netns", c1.gw, "up", str(c1.config), "--detach")
     assert r.returncode == 0 and "unchanged" in r.stdout, r.stdout + r.stderr
     sent, received = sent_and_received
