@@ -699,30 +699,37 @@ def _check_addresses(cfg: GatewayConfig, routed: list[tuple[str, IPNetwork]]
 
 
 def _check_local(cfg: GatewayConfig, routed: list[tuple[str, IPNetwork]]) -> None:
-    own = [(f"our cidrs[{k}]", c) for k, c in enumerate(cfg.cidrs)]
     for i, p in enumerate(cfg.peers):
         theirs = [(f"peers[{i}].remote[{k}].cidr", r.cidr) for k, r in enumerate(p.remote)]
-        seen_cidrs: list[tuple[str, IPNetwork]] = []
-        seen_as: list[tuple[str, IPNetwork]] = []
-        for j, loc in enumerate(p.local):
-            at = f"peers[{i}].local[{j}]"
-            if not any(loc.cidr.version == c.version and loc.cidr.subnet_of(c) for c in cfg.cidrs):
-                raise ConfigError(f"{at}.cidr", f"{loc.cidr} is not inside our cidrs")
-            note = _overlap_note(loc.cidr, seen_cidrs)
-            if note:
-                raise ConfigError(f"{at}.cidr", note)
-            seen_cidrs.append((f"{at}.cidr", loc.cidr))
-            note = (
-                _overlap_note(loc.as_, own)
-                or _overlap_note(loc.as_, routed)
-                or _overlap_note(loc.as_, seen_as)
-            )
-            if note:
-                raise ConfigError(f"{at}.as", note)
-            note = _overlap_note(loc.as_, theirs)
-            if note:
-                raise ConfigError(f"{at}.as", f"{note}, the peer's own network")
-            seen_as.append((f"{at}.as", loc.as_))
+        _check_locals(cfg, f"peers[{i}].local", p.local, routed, theirs, "the peer's own network")
+
+
+def _check_locals(cfg: GatewayConfig, where: str, local: list[Local],
+                  routed: list[tuple[str, IPNetwork]], theirs: list[tuple[str, IPNetwork]],
+                  whose: str) -> None:
+    """Local mappings (a peer's, or the hub's for every client): each cidr inside our
+    cidrs and apart from the others; each `as` clear of our networks, of every routed
+    range, of the others and of the far side's own networks (`whose` names them)."""
+    own = [(f"our cidrs[{k}]", c) for k, c in enumerate(cfg.cidrs)]
+    seen_cidrs: list[tuple[str, IPNetwork]] = []
+    seen_as: list[tuple[str, IPNetwork]] = []
+    for j, loc in enumerate(local):
+        at = f"{where}[{j}]"
+        _check_mapping(at, loc.cidr, loc.as_)
+        if not any(loc.cidr.version == c.version and loc.cidr.subnet_of(c) for c in cfg.cidrs):
+            raise ConfigError(f"{at}.cidr", f"{loc.cidr} is not inside our cidrs")
+        note = _overlap_note(loc.cidr, seen_cidrs)
+        if note:
+            raise ConfigError(f"{at}.cidr", note)
+        seen_cidrs.append((f"{at}.cidr", loc.cidr))
+        note = (_overlap_note(loc.as_, own) or _overlap_note(loc.as_, routed)
+                or _overlap_note(loc.as_, seen_as))
+        if note:
+            raise ConfigError(f"{at}.as", note)
+        note = _overlap_note(loc.as_, theirs)
+        if note:
+            raise ConfigError(f"{at}.as", f"{note}, {whose}")
+        seen_as.append((f"{at}.as", loc.as_))
 
 
 # --- the hub ---
@@ -865,26 +872,7 @@ def _check_hub(cfg: GatewayConfig, routed: list[tuple[str, IPNetwork]]
 
 def _check_hub_local(cfg: GatewayConfig, hub: Hub, routed: list[tuple[str, IPNetwork]],
                      theirs: list[tuple[str, IPNetwork]]) -> None:
-    own = [(f"our cidrs[{k}]", c) for k, c in enumerate(cfg.cidrs)]
-    seen_cidrs: list[tuple[str, IPNetwork]] = []
-    seen_as: list[tuple[str, IPNetwork]] = []
-    for j, loc in enumerate(hub.local):
-        at = f"hub.local[{j}]"
-        _check_mapping(at, loc.cidr, loc.as_)
-        if not any(loc.cidr.version == c.version and loc.cidr.subnet_of(c) for c in cfg.cidrs):
-            raise ConfigError(f"{at}.cidr", f"{loc.cidr} is not inside our cidrs")
-        note = _overlap_note(loc.cidr, seen_cidrs)
-        if note:
-            raise ConfigError(f"{at}.cidr", note)
-        seen_cidrs.append((f"{at}.cidr", loc.cidr))
-        note = (_overlap_note(loc.as_, own) or _overlap_note(loc.as_, routed)
-                or _overlap_note(loc.as_, seen_as))
-        if note:
-            raise ConfigError(f"{at}.as", note)
-        note = _overlap_note(loc.as_, theirs)
-        if note:
-            raise ConfigError(f"{at}.as", f"{note}, a client's own network")
-        seen_as.append((f"{at}.as", loc.as_))
+    _check_locals(cfg, "hub.local", hub.local, routed, theirs, "a client's own network")
 
 
 # --- entry points ---
