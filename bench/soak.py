@@ -48,14 +48,13 @@ from bench.soak_faults import (
     Log,
     Tunnel,
     delete_by_hand,
-    free_port,
     kill_engine,
     write_config,
 )
 from bench.stats import table
 from lab.harness import Run, Topology, build, destroy
 from lab.keys import new_key
-from lab.net import LabError, natgw, ping
+from lab.net import LabError, free_port, natgw, ping
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -28,13 +27,6 @@ WG_PID_DIR = Path("/run/natgw/wg")  # natgw.wireguard.userspace.RUN_DIR
 FILTER_PRIO = 0x4E47  # natgw.dataplane.loader.FILTER_PRIO: natgw's tc filters
 POLL = 0.1
 GIVE_UP = 60.0  # a fault not repaired by then stays open until the end of the run
-
-
-def free_port() -> int:
-    """A TCP port free on the host's loopback now (for a foreground's metrics)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _out(argv: list[str]) -> str | None:

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import yaml
 
+from lab.conntrack import iptables_rules, nftables_ruleset
 from lab.keys import new_key
 from lab.net import NATGW, LabError, add_address, in_ns, ip, run, sysctl, unique_prefix, veth
 from lab.record import Record
@@ -104,33 +105,6 @@ def plan(mode: str, transport: str) -> Plan:
     return Plan(mode, transport, POD_ADDR, "10.244.1.1", host_in(C2_SEEN_BY_C1),
                 host_in(C1_SEEN_BY_C2), C2_SEEN_BY_C1, C1_SEEN_BY_C2,
                 (C2_SEEN_BY_C1, C1_SEEN_BY_C2))
-
-
-def iptables_rules(own: str, seen_by_peer: str, dev: str) -> list[list[str]]:
-    """NETMAP of a gateway's own cluster: SNAT out of the peer device, DNAT back in."""
-    return [
-        ["-t", "nat", "-A", "POSTROUTING", "-o", dev, "-s", own, "-j", "NETMAP",
-         "--to", seen_by_peer],
-        ["-t", "nat", "-A", "PREROUTING", "-i", dev, "-d", seen_by_peer, "-j", "NETMAP",
-         "--to", own],
-    ]
-
-
-def nftables_ruleset(own: str, seen_by_peer: str, dev: str, table: str) -> str:
-    """The same with nftables prefix NAT, in Liqo's form (maps of prefixes)."""
-    dnat = f"dnat ip prefix to ip daddr map {{ {seen_by_peer} : {own} }}"
-    snat = f"snat ip prefix to ip saddr map {{ {own} : {seen_by_peer} }}"
-    return f"""table ip {table} {{
-  chain pre {{
-    type nat hook prerouting priority dstnat; policy accept;
-    iifname "{dev}" ip daddr {seen_by_peer} {dnat}
-  }}
-  chain post {{
-    type nat hook postrouting priority srcnat; policy accept;
-    oifname "{dev}" ip saddr {own} {snat}
-  }}
-}}
-"""
 
 
 def extra_mappings(n: int) -> list[tuple[str, str]]:

@@ -27,6 +27,12 @@ def main(argv: list[str]) -> int:
                     help="one natgw hub and N natgw clients instead (see lab.hub)")
     up.add_argument("--pipes", action="store_true",
                     help="pipes web<j> between the gateways (port 8000 + j), pods serve 8080")
+    up.add_argument("--replicas", type=int, default=1, metavar="R",
+                    help="R natgw gateways per cluster (a group), pods over ECMP (R <= 4)")
+    up.add_argument("--conntrack", action="store_true",
+                    help="gateways are WireGuard + iptables NETMAP (conntrack NAT), no natgw")
+    up.add_argument("--keepalive", type=int, metavar="S",
+                    help="persistentKeepalive of every peer (default: 1 with --replicas)")
     down = sub.add_parser("down", help="remove one run, or all that no live process uses")
     down.add_argument("prefix", nargs="?")
     sub.add_parser("list", help="the runs that exist")
@@ -36,7 +42,9 @@ def main(argv: list[str]) -> int:
         if args.command == "up":
             topo = Topology(clusters=args.clusters, ipv6=args.ipv6, plain=tuple(args.plain),
                             link="interface" if args.interface else "tunnel",
-                            overlap=not args.routed, hub=args.hub, pipes=args.pipes)
+                            overlap=not args.routed, hub=args.hub, pipes=args.pipes,
+                            replicas=args.replicas, conntrack=args.conntrack,
+                            keepalive=args.keepalive)
             try:
                 topo.check()
             except ValueError as e:

@@ -10,6 +10,8 @@ By hand (as root, from the repository root; scripts/netns/up.sh and down.sh wrap
     python -m lab up --hub 3            # one natgw hub and 3 clients (see lab.hub)
     python -m lab up 3 --pipes          # plus pipes: pod i reaches pod j's port 8080 at
                                         # its own gateway's port 8000 + j (pipe web<j>)
+    python -m lab up 2 --replicas 2     # two natgw gateways per cluster, pods over ECMP
+    python -m lab up 2 --replicas 2 --conntrack   # the same with conntrack NAT gateways
     python -m lab list                  # runs that exist
     python -m lab down [PREFIX]         # remove one run, or every run not in use
     python -m lab demo                  # two clusters, an HTTP fetch (make demo)
@@ -49,6 +51,32 @@ They get wireguard-go (started here as `wireguard-go -f`, in its own session,
 its PID recorded), configured with `wg set`, and routes for their view of the
 other clusters, which natgw on the other side provides with `local:` mappings.
 Over --interface a plain gateway has only routes.
+
+Replicas (--replicas R, 2 to 4). Cluster i has R gateway namespaces
+<p>g<i><x> (x = a, b, c, d) and every device name carries the replica's letter:
+<p>w1a2b is replica a of cluster 1's tunnel to replica b of cluster 2. Every
+replica peers with every replica of the other clusters (R x R tunnels per pair
+of clusters), each over its own underlay veth <p>u1a2b, one /28 of
+192.168.<i><j>.0/24 per pair of replicas. The replicas of a cluster run the same
+file but for what is per host: `name`, `privateKeyFile`, the metrics port and
+each peer's `endpoint` (the other end of this host's own underlay link; the
+listen ports are the same on every replica). The peers of one remote cluster
+are one `group: c<j>`, with `persistentKeepalive` 1 s by default (--keepalive):
+health needs something received. The gateways run `natgw up` in the foreground
+(health is the foreground's), started here and ended by PID; their metrics are
+on free loopback ports. The pod has a veth to every replica (<p>p<i>e<x> in the
+pod, <p>g<i><x>p in the gateway), replica x being 10.244.1.<n> (a: .1, b: .2,
+...), its own address on its loopback, and its routes to the other clusters
+over a nexthop group of the replicas (`ip nexthop`, id 100), hashing flows by
+ports (fib_multipath_hash_policy 1, also in the gateways): ECMP. The kernel
+drops a member whose link loses its carrier or goes away, like a router's
+link detection; set_pod_route() forces paths or weights. IPv4 only.
+
+Conntrack (--conntrack). No natgw: every gateway is wireguard-go configured
+with `wg`, a route (a multipath route over a group's devices) to its view of
+each other cluster, and iptables-legacy NETMAP of its own cluster (lab.conntrack,
+the benchmark's iptables mode): the competitor, for the contrast on asymmetric
+paths and failover.
 
 Pipes (--pipes, over tunnels). Every natgw gateway i also has, for each other
 natgw gateway j, the pipe web<j> on port 8000 + j with peer c<j>, and its own
@@ -90,11 +118,13 @@ from pathlib import Path
 
 import yaml
 
+from lab.conntrack import iptables_rules
 from lab.keys import new_key
 from lab.net import (
     NATGW,
     LabError,
     add_address,
+    free_port,
     ip,
     natgw,
     offloads,
@@ -109,6 +139,8 @@ from natgw.netmap import netmap
 HARNESS_DIR = Path("/run/natgw/harness")
 TUNNEL_MTU = 1420
 WG_PORT = 51820
+REPLICA_LETTERS = "abcd"  # replica r of cluster i: gateway netns <p>g<i><letter>
+POD_GROUP = 100  # the pods' nexthop group over their gateway replicas (ip nexthop id)
 PIPE_PORT_BASE = 8000  # pipe web<j> listens on 8000 + j
 POD_WEB_PORT = 8080  # the pods' HTTP servers (--pipes)
 
@@ -131,6 +163,9 @@ class Topology:
     overlap: bool = True  # every cluster on the same pod CIDR, remapped with `as`
     hub: int = 0  # N > 0: one natgw hub and N clients instead (lab.hub), nothing else applies
     pipes: bool = False  # pipes web<j> between the natgw gateways (see the module doc)
+    replicas: int = 1  # gateways per cluster, a group over ECMP (see the module doc)
+    conntrack: bool = False  # every gateway: WireGuard + iptables NETMAP (lab.conntrack)
+    keepalive: int | None = None  # persistentKeepalive of every peer (default: 1 s with replicas)
 
     def check(self) -> None:
         if self.hub:
@@ -153,6 +188,15 @@ class Topology:
         if self.ipv6 and self.link == "interface":
             raise ValueError("--interface is IPv4 only: an interface peer has one `via`, "
                              "and the underlay is IPv4")
+        if not 1 <= self.replicas <= len(REPLICA_LETTERS):
+            raise ValueError(f"replicas: 1 to {len(REPLICA_LETTERS)}")
+        if (self.replicas > 1 or self.conntrack) and (
+                self.ipv6 or self.plain or self.pipes or self.link != "tunnel"
+                or not self.overlap):
+            raise ValueError("--replicas and --conntrack: IPv4 clusters on the same pod CIDR "
+                             "over tunnels, without --plain, --pipes or --ipv6")
+        if self.keepalive is not None and not 0 <= self.keepalive <= 65535:
+            raise ValueError("keepalive: 0 to 65535 seconds")
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -165,7 +209,28 @@ class Topology:
         return [(i, j) for i in n for j in n if i != j]
 
     def is_plain(self, i: int) -> bool:
+        """Cluster i's gateway knows nothing of the overlap (--plain): the other side's
+        natgw shows its cluster to it. Conntrack gateways translate for themselves."""
         return i in self.plain
+
+    @property
+    def replica_ids(self) -> range:
+        return range(1, self.replicas + 1)
+
+    def suffix(self, r: int) -> str:
+        """Replica r's letter in names ("" with one replica: the names of old)."""
+        return "" if self.replicas == 1 else REPLICA_LETTERS[r - 1]
+
+    @property
+    def persistent_keepalive(self) -> int | None:
+        """Every peer's keepalive: health needs something received, so replicas get 1 s."""
+        if self.keepalive is None:
+            return 1 if self.replicas > 1 else None
+        return self.keepalive or None
+
+    def wg_port(self, j: int, s: int = 1) -> int:
+        """The port on which a gateway's device for replica s of cluster j listens."""
+        return WG_PORT + j if self.replicas == 1 else WG_PORT + 10 * j + s
 
     def pod_cidr(self, i: int, v: int = 4) -> str:
         """Cluster i's real pod network."""
@@ -177,9 +242,9 @@ class Topology:
         """Cluster i's pod, by its real address: x.x.1.10 or x::10."""
         return _host(self.pod_cidr(i, v), "0.0.1.10" if v == 4 else "::10")
 
-    def pod_gw(self, i: int, v: int = 4) -> str:
-        """Cluster i's gateway as its pod sees it (its pod-side address): x.x.1.1 or x::1."""
-        return _host(self.pod_cidr(i, v), "0.0.1.1" if v == 4 else "::1")
+    def pod_gw(self, i: int, v: int = 4, r: int = 1) -> str:
+        """Cluster i's gateway (replica r) as its pod sees it: x.x.1.r or x::1."""
+        return _host(self.pod_cidr(i, v), f"0.0.1.{r}" if v == 4 else "::1")
 
     def pod_prefixlen(self, v: int) -> int:
         return 24 if v == 4 else 64
@@ -208,10 +273,20 @@ class Topology:
         dst = self.addr_of(i, j, v) if self.is_plain(i) else self.pod_addr(j, v)
         return src, dst
 
-    def underlay_addr(self, i: int, j: int) -> str:
-        """Gateway i's address on its underlay link to gateway j."""
+    def underlay_addr(self, i: int, j: int, r: int = 1, s: int = 1) -> str:
+        """Gateway i's (replica r's) address on its underlay link to gateway j (replica s).
+
+        192.168.<lo><hi>.0/24 per pair of clusters, .1 on the lower-numbered side;
+        with replicas, one /28 of it per pair of replicas.
+        """
         lo, hi = min(i, j), max(i, j)
-        return f"192.168.{lo}{hi}.{1 if i == lo else 2}"
+        r_lo, r_hi = (r, s) if i == lo else (s, r)
+        block = 16 * ((r_lo - 1) * self.replicas + r_hi - 1)
+        return f"192.168.{lo}{hi}.{block + (1 if i == lo else 2)}"
+
+    @property
+    def underlay_prefixlen(self) -> int:
+        return 24 if self.replicas == 1 else 28
 
 
 @dataclass
@@ -230,33 +305,47 @@ class Run(Record):
     def n(self) -> int:
         return self.topology.hub or self.topology.clusters
 
-    def gw(self, i: int) -> str:
-        """Cluster i's gateway netns."""
-        return f"{self.prefix}g{i}"
+    def gw(self, i: int, r: int = 1) -> str:
+        """Cluster i's gateway netns (replica r)."""
+        return f"{self.prefix}g{i}{self.topology.suffix(r)}"
 
     def pod(self, i: int) -> str:
         """Cluster i's pod netns."""
         return f"{self.prefix}p{i}"
 
-    def config(self, i: int) -> str:
-        """Cluster i's cluster.yaml (natgw gateways only)."""
-        return str(Path(self.workdir) / f"c{i}.yaml")
+    def config(self, i: int, r: int = 1) -> str:
+        """Cluster i's cluster.yaml (natgw gateways only; replica r's)."""
+        return str(Path(self.workdir) / f"c{i}{self.topology.suffix(r)}.yaml")
 
-    def pod_link(self, i: int) -> str:
-        """The gateway's end of the veth to its pod (in gw(i))."""
-        return f"{self.prefix}g{i}p"
+    def pod_link(self, i: int, r: int = 1) -> str:
+        """The gateway's end of the veth to its pod (in gw(i, r))."""
+        return f"{self.prefix}g{i}{self.topology.suffix(r)}p"
 
-    def underlay_dev(self, i: int, j: int) -> str:
-        """Gateway i's end of the underlay veth to gateway j."""
-        return f"{self.prefix}u{i}{j}"
+    def pod_end(self, i: int, r: int = 1) -> str:
+        """The pod's end of the veth to its gateway (replica r)."""
+        return f"{self.prefix}p{i}e{self.topology.suffix(r)}"
 
-    def tunnel_dev(self, i: int, j: int) -> str:
-        """Gateway i's WireGuard device for cluster j (tunnel topologies)."""
-        return f"{self.prefix}w{i}{j}"
+    def underlay_dev(self, i: int, j: int, r: int = 1, s: int = 1) -> str:
+        """Gateway i's (replica r's) end of the underlay veth to gateway j (replica s)."""
+        t = self.topology
+        return f"{self.prefix}u{i}{t.suffix(r)}{j}{t.suffix(s)}"
 
-    def link_dev(self, i: int, j: int) -> str:
-        """The device in gateway i that carries cluster j's pod traffic."""
-        return self.tunnel_dev(i, j) if self.topology.link == "tunnel" else self.underlay_dev(i, j)
+    def tunnel_dev(self, i: int, j: int, r: int = 1, s: int = 1) -> str:
+        """Gateway i's (replica r's) WireGuard device for cluster j (replica s)."""
+        t = self.topology
+        return f"{self.prefix}w{i}{t.suffix(r)}{j}{t.suffix(s)}"
+
+    def link_dev(self, i: int, j: int, r: int = 1, s: int = 1) -> str:
+        """The device in gateway i (replica r) that carries cluster j's (replica s's)
+        pod traffic."""
+        if self.topology.link == "tunnel":
+            return self.tunnel_dev(i, j, r, s)
+        return self.underlay_dev(i, j, r, s)
+
+    def replicas(self) -> list[tuple[int, int]]:
+        """Every gateway: (cluster, replica)."""
+        t = self.topology
+        return [(i, r) for i in range(1, t.clusters + 1) for r in t.replica_ids]
 
     @classmethod
     def from_json(cls, data: dict) -> Run:
@@ -298,50 +387,138 @@ def _build(run: Run) -> None:
         return
     topo, n = run.topology, run.topology.clusters
     for i in range(1, n + 1):
-        run.netns(run.gw(i))
+        for r in topo.replica_ids:
+            run.netns(run.gw(i, r))
         run.netns(run.pod(i))
         # Before any device exists, so that every device inherits it.
         sysctl(run.pod(i), "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
-        pod_end = f"{run.prefix}p{i}e"
-        veth(run.pod(i), pod_end, run.gw(i), run.pod_link(i))
-        for v in topo.families:
-            plen = topo.pod_prefixlen(v)
-            add_address(run.pod(i), pod_end, f"{topo.pod_addr(i, v)}/{plen}")
-            add_address(run.gw(i), run.pod_link(i), f"{topo.pod_gw(i, v)}/{plen}")
-            for j in range(1, n + 1):
-                if j != i:
-                    ip("-n", run.pod(i), f"-{v}", "route", "add", topo.view(i, j, v),
-                       "via", topo.pod_gw(i, v))
-        offloads(run.pod(i), pod_end, "rx", "off")
-        offloads(run.gw(i), run.pod_link(i), "rx", "off", "tx", "off")
-    for i, j in topo.pairs:
-        if i < j:
-            veth(run.gw(i), run.underlay_dev(i, j), run.gw(j), run.underlay_dev(j, i))
-            for a, b in ((i, j), (j, i)):
-                add_address(run.gw(a), run.underlay_dev(a, b), f"{topo.underlay_addr(a, b)}/24")
-                offloads(run.gw(a), run.underlay_dev(a, b), "rx", "off", "tx", "off")
-    pubs = {i: new_key(_keyfile(run, i)) for i in range(1, n + 1)}
-    for i in range(1, n + 1):
-        if topo.is_plain(i):
-            _plain_gateway(run, i, pubs)
+        if topo.replicas == 1:
+            _pod_link(run, i)
         else:
-            _natgw_gateway(run, i, pubs)
+            _pod_links(run, i)
+    for i, j in topo.pairs:
+        if i > j:
+            continue
+        for r in topo.replica_ids:
+            for s in topo.replica_ids:
+                veth(run.gw(i, r), run.underlay_dev(i, j, r, s),
+                     run.gw(j, s), run.underlay_dev(j, i, s, r))
+                for a, b, ra, rb in ((i, j, r, s), (j, i, s, r)):
+                    add_address(run.gw(a, ra), run.underlay_dev(a, b, ra, rb),
+                                f"{topo.underlay_addr(a, b, ra, rb)}/{topo.underlay_prefixlen}")
+                    offloads(run.gw(a, ra), run.underlay_dev(a, b, ra, rb),
+                             "rx", "off", "tx", "off")
+    pubs = {(i, r): new_key(_keyfile(run, i, r)) for i, r in run.replicas()}
+    for i, r in run.replicas():
+        if topo.replicas > 1:  # flows, not host pairs, spread over the group
+            sysctl(run.gw(i, r), "net.ipv4.fib_multipath_hash_policy=1")
+        if topo.is_plain(i) or topo.conntrack:
+            _wireguard_gateway(run, i, r, pubs)
+        else:
+            _natgw_gateway(run, i, r, pubs)
         if topo.link == "tunnel":
-            for j in range(1, n + 1):
+            for j, s in run.replicas():
                 if j != i:
-                    offloads(run.gw(i), run.tunnel_dev(i, j), "tx", "off")
+                    offloads(run.gw(i, r), run.tunnel_dev(i, j, r, s), "tx", "off")
+    if topo.replicas > 1:
+        wait_handshakes(run)
     if topo.pipes:
         _pod_servers(run)
 
 
-def _keyfile(run: Run, i: int) -> Path:
-    return Path(run.workdir) / f"c{i}.key"
+def _pod_link(run: Run, i: int) -> None:
+    """One gateway: a veth to the pod, a /24 (/64) on it, the pod's routes via the gateway."""
+    topo = run.topology
+    veth(run.pod(i), run.pod_end(i), run.gw(i), run.pod_link(i))
+    for v in topo.families:
+        plen = topo.pod_prefixlen(v)
+        add_address(run.pod(i), run.pod_end(i), f"{topo.pod_addr(i, v)}/{plen}")
+        add_address(run.gw(i), run.pod_link(i), f"{topo.pod_gw(i, v)}/{plen}")
+        for j in range(1, topo.clusters + 1):
+            if j != i:
+                ip("-n", run.pod(i), f"-{v}", "route", "add", topo.view(i, j, v),
+                   "via", topo.pod_gw(i, v))
+    offloads(run.pod(i), run.pod_end(i), "rx", "off")
+    offloads(run.gw(i), run.pod_link(i), "rx", "off", "tx", "off")
 
 
-def _natgw_gateway(run: Run, i: int, pubs: dict[int, str]) -> None:
+def _pod_links(run: Run, i: int) -> None:
+    """Replicas: a veth from the pod to every replica, and the pod's routes over a nexthop
+    group of them (ECMP, hashing flows by ports).
+
+    The pod's address is on its loopback, so that no replica's link owns it. A
+    nexthop group, unlike a multipath route, loses only the member whose link
+    loses its carrier or goes away (a multipath route is deleted whole when one
+    nexthop's device is): the kernel does for the pod what a router's link
+    detection would.
+    """
+    topo, pod = run.topology, run.pod(i)
+    sysctl(pod, "net.ipv4.fib_multipath_hash_policy=1")
+    add_address(pod, "lo", f"{topo.pod_addr(i)}/32")
+    for r in topo.replica_ids:
+        veth(pod, run.pod_end(i, r), run.gw(i, r), run.pod_link(i, r))
+        add_address(run.gw(i, r), run.pod_link(i, r), f"{topo.pod_gw(i, 4, r)}/24")
+        ip("-n", pod, "route", "add", topo.pod_gw(i, 4, r), "dev", run.pod_end(i, r),
+           "src", topo.pod_addr(i))
+        offloads(pod, run.pod_end(i, r), "rx", "off")
+        offloads(run.gw(i, r), run.pod_link(i, r), "rx", "off", "tx", "off")
+    set_pod_route(run, i)
+    for j in range(1, topo.clusters + 1):
+        if j != i:
+            ip("-n", pod, "route", "add", topo.view(i, j), "nhid", str(POD_GROUP),
+               "src", topo.pod_addr(i))
+
+
+def set_pod_route(run: Run, i: int, weights: dict[int, int] | None = None) -> None:
+    """Cluster i's pod reaches the other clusters over these replicas (replica -> weight;
+    default: all, equal). One replica forces a path; a member the kernel removed (its
+    link went down or away) is put back if its link is up."""
+    topo, pod = run.topology, run.pod(i)
+    weights = weights or dict.fromkeys(topo.replica_ids, 1)
+    for r in weights:
+        ip("-n", pod, "nexthop", "replace", "id", str(r), "via", topo.pod_gw(i, 4, r),
+           "dev", run.pod_end(i, r))
+    ip("-n", pod, "nexthop", "replace", "id", str(POD_GROUP), "group",
+       "/".join(f"{r},{w}" for r, w in sorted(weights.items())))
+
+
+def set_tunnel(run: Run, i: int, r: int, j: int, s: int, up: bool) -> None:
+    """The tunnel between gateways (i, r) and (j, s) down (or up) at both ends: the
+    kernel skips a down device's nexthop in a multipath route, and natgw's health
+    takes the member out of its route."""
+    for a, ra, b, rb in ((i, r, j, s), (j, s, i, r)):
+        ip("-n", run.gw(a, ra), "link", "set", run.tunnel_dev(a, b, ra, rb),
+           "up" if up else "down")
+
+
+def wait_handshakes(run: Run, timeout: float = 60) -> None:
+    """Until every tunnel of every gateway has had a handshake (the keepalives start them)."""
+    deadline = time.monotonic() + timeout
+    for i, r in run.replicas():
+        for j, s in run.replicas():
+            if j == i:
+                continue
+            dev = run.tunnel_dev(i, j, r, s)
+            while not any(line.split()[-1] != "0" for line in
+                          sh(run.gw(i, r), "wg", "show", dev, "latest-handshakes").splitlines()):
+                if time.monotonic() > deadline:
+                    raise LabError(f"{dev} in {run.gw(i, r)}: no handshake in {timeout:.0f} s")
+                time.sleep(0.2)
+
+
+def _keyfile(run: Run, i: int, r: int = 1) -> Path:
+    return Path(run.workdir) / f"c{i}{run.topology.suffix(r)}.key"
+
+
+def gateway_name(run: Run, i: int, r: int = 1) -> str:
+    """natgw's name for cluster i's gateway (replica r): unique host-wide (pins, state)."""
+    return f"{run.prefix}c{i}{run.topology.suffix(r)}"
+
+
+def _natgw_gateway(run: Run, i: int, r: int, pubs: dict[tuple[int, int], str]) -> None:
     topo = run.topology
     peers = []
-    for j in range(1, topo.clusters + 1):
+    for j, s in run.replicas():
         if j == i:
             continue
         remote, local = [], []
@@ -352,32 +529,39 @@ def _natgw_gateway(run: Run, i: int, pubs: dict[int, str]) -> None:
             remote.append(m)
             if topo.overlap and topo.is_plain(j):  # show ourselves as the plain side knows us
                 local.append({"cidr": topo.pod_cidr(i, v), "as": topo.view(j, i, v)})
-        peer: dict = {"name": f"c{j}"}
+        peer: dict = {"name": f"c{j}{topo.suffix(s)}"}
+        if topo.replicas > 1:
+            peer["group"] = f"c{j}"
         if topo.link == "tunnel":
-            peer |= {"device": run.tunnel_dev(i, j), "publicKey": pubs[j],
-                     "endpoint": f"{topo.underlay_addr(j, i)}:{WG_PORT + i}",
-                     "listenPort": WG_PORT + j}
+            peer |= {"device": run.tunnel_dev(i, j, r, s), "publicKey": pubs[(j, s)],
+                     "endpoint": f"{topo.underlay_addr(j, i, s, r)}:{topo.wg_port(i, r)}",
+                     "listenPort": topo.wg_port(j, s)}
+            if topo.persistent_keepalive:
+                peer["persistentKeepalive"] = topo.persistent_keepalive
         else:
             peer |= {"interface": run.underlay_dev(i, j), "via": topo.underlay_addr(j, i)}
         peer["remote"] = remote
         if local:
             peer["local"] = local
         peers.append(peer)
-    cfg = {"name": f"{run.prefix}c{i}",
+    cfg = {"name": gateway_name(run, i, r),
            "cidrs": [topo.pod_cidr(i, v) for v in topo.families],
-           "privateKeyFile": str(_keyfile(run, i)),
+           "privateKeyFile": str(_keyfile(run, i, r)),
            "engine": "auto", "mtu": TUNNEL_MTU, "metrics": f"127.0.0.1:{9100 + i}",
            "peers": peers}
+    foreground = topo.pipes or topo.replicas > 1  # pipes and health need it
+    if foreground:
+        cfg["metrics"] = f"127.0.0.1:{free_port()}"
     if topo.pipes:
         cfg["pipes"] = _pipes(topo, i)
-    path = Path(run.config(i))
+    path = Path(run.config(i, r))
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    run.gateways[str(path)] = run.gw(i)
+    run.gateways[str(path)] = run.gw(i, r)
     run.save()
-    if topo.pipes:
-        _foreground(run, i, cfg["name"], path)
+    if foreground:
+        start_foreground(run, i, r)
     else:
-        natgw("--netns", run.gw(i), "up", str(path), "--detach")
+        natgw("--netns", run.gw(i, r), "up", str(path), "--detach")
 
 
 def _pipes(topo: Topology, i: int) -> list[dict]:
@@ -387,21 +571,35 @@ def _pipes(topo: Topology, i: int) -> list[dict]:
     return out + [{"name": f"web{i}", "remote": f"{topo.pod_addr(i)}:{POD_WEB_PORT}"}]
 
 
-def _foreground(run: Run, i: int, name: str, path: Path, timeout: float = 180) -> None:
-    """`natgw up` in the foreground (pipes need it), recorded; waits until it serves."""
+def start_foreground(run: Run, i: int, r: int = 1, timeout: float = 180) -> int:
+    """`natgw up` in the foreground for gateway (i, r), recorded; waits until it runs
+    (and, with pipes, serves them); returns its PID."""
     from natgw.pipes import publish  # noqa: PLC0415
 
-    log_path = Path(run.workdir) / f"c{i}.log"
+    path = run.config(i, r)
+    log_path = Path(run.workdir) / f"{Path(path).stem}.log"
+    start = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log:
         # From the root mount namespace, with --netns: natgw needs /sys/fs/bpf.
-        proc = run.spawn(None, [NATGW, "--netns", run.gw(i), "up", str(path)],
-                         marker=str(path), stdout=log, stderr=subprocess.STDOUT)
+        proc = run.spawn(None, [NATGW, "--netns", run.gw(i, r), "up", path],
+                         marker=path, stdin=subprocess.DEVNULL, stdout=log,
+                         stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout  # the first up compiles the dataplane
-    while publish.read(name) is None:
+
+    def ready() -> bool:
+        with open(log_path, "rb") as f:
+            f.seek(start)
+            if b"running in the foreground" not in f.read():
+                return False
+        return not run.topology.pipes or publish.read(gateway_name(run, i, r)) is not None
+
+    while not ready():
         if proc.poll() is not None or time.monotonic() > deadline:
+            run.end(proc.pid)
             lines = log_path.read_text(errors="replace").strip().splitlines()
-            raise LabError(f"natgw up c{i}: {lines[-1] if lines else 'no output'}")
+            raise LabError(f"natgw up {Path(path).stem}: {lines[-1] if lines else 'no output'}")
         time.sleep(0.2)
+    return proc.pid
 
 
 def _pod_servers(run: Run) -> None:
@@ -427,9 +625,15 @@ def _pod_servers(run: Run) -> None:
             time.sleep(0.1)
 
 
-def _plain_gateway(run: Run, i: int, pubs: dict[int, str]) -> None:
-    """A gateway without natgw: wireguard-go + `wg set` + routes to its own view of peers."""
-    topo, gw = run.topology, run.gw(i)
+def _wireguard_gateway(run: Run, i: int, r: int, pubs: dict[tuple[int, int], str]) -> None:
+    """A gateway without natgw: wireguard-go + `wg set` + routes to its own view of peers
+    (over a group's devices: one multipath route).
+
+    --plain: it knows nothing of the overlap; the other side's natgw shows its
+    cluster to it (`local:` mappings). --conntrack: it NETMAPs its own cluster
+    with iptables (lab.conntrack), so the view of it the peer has is on the wire.
+    """
+    topo, gw = run.topology, run.gw(i, r)
     sysctl(gw, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
     for j in range(1, topo.clusters + 1):
         if j == i:
@@ -440,15 +644,23 @@ def _plain_gateway(run: Run, i: int, pubs: dict[int, str]) -> None:
                 ip("-n", gw, "route", "add", net, "via", topo.underlay_addr(j, i),
                    "dev", run.underlay_dev(i, j))
             continue
-        dev = run.tunnel_dev(i, j)
-        run.start_wireguard_go(gw, dev)
-        sh(gw, "wg", "set", dev, "private-key", str(_keyfile(run, i)),
-           "listen-port", str(WG_PORT + j), "peer", pubs[j],
-           "endpoint", f"{topo.underlay_addr(j, i)}:{WG_PORT + i}",
-           "allowed-ips", ",".join(views))
-        ip("-n", gw, "link", "set", dev, "mtu", str(TUNNEL_MTU), "up")
+        devs = [run.tunnel_dev(i, j, r, s) for s in topo.replica_ids]
+        for s, dev in zip(topo.replica_ids, devs, strict=True):
+            run.start_wireguard_go(gw, dev)
+            keepalive = (["persistent-keepalive", str(topo.persistent_keepalive)]
+                         if topo.persistent_keepalive else [])
+            sh(gw, "wg", "set", dev, "private-key", str(_keyfile(run, i, r)),
+               "listen-port", str(topo.wg_port(j, s)), "peer", pubs[(j, s)],
+               "endpoint", f"{topo.underlay_addr(j, i, s, r)}:{topo.wg_port(i, r)}",
+               "allowed-ips", ",".join(views), *keepalive)
+            ip("-n", gw, "link", "set", dev, "mtu", str(TUNNEL_MTU), "up")
+            if topo.conntrack:
+                for rule in iptables_rules(topo.pod_cidr(i), topo.view(j, i), dev):
+                    sh(gw, "iptables-legacy", "-w", *rule)
         for net in views:
-            ip("-n", gw, "route", "add", net, "dev", dev)
+            ip("-n", gw, "route", "add", net,
+               *(["dev", devs[0]] if len(devs) == 1 else
+                 [a for dev in devs for a in ("nexthop", "dev", dev)]))
 
 
 # --- removal ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from natgw.netns import netns_exists, netns_socket
@@ -80,6 +81,14 @@ def unique_prefix(letter: str, hex_digits: int = 4, also: tuple[Path, ...] = ())
         if not any(p.name.startswith(prefix) for d in (NETNS_DIR, WG_SOCKET_DIR, *also)
                    if d.is_dir() for p in d.iterdir()):
             return prefix
+
+
+def free_port() -> int:
+    """A TCP port free on the host's loopback now (a foreground natgw's metrics: it
+    serves them from the root namespace, shared with every other run)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_prefix() -> str:
@@ -167,11 +176,25 @@ def ping(netns: str, dst: str, count: int = 3, timeout: float = 1.0) -> int:
     return replies
 
 
+@dataclass
+class StreamLog:
+    """A numbered udp_stream's record: when each datagram left, and which arrived."""
+
+    sent_at: list[float] = field(default_factory=list)  # time.monotonic() of datagram k
+    received: set[int] = field(default_factory=set)
+
+    def lost(self) -> list[int]:
+        """Datagrams sent and never received, in order."""
+        return [k for k in range(len(self.sent_at)) if k not in self.received]
+
+
 @contextlib.contextmanager
 def udp_stream(src_ns: str, dst_ns: str, bind: str, to: str, port: int = 7100,
-               interval: float = 0.005):
-    """Datagrams from `src_ns` to `to`:port, received in `dst_ns` on `bind`:port while the
-    block runs; yields [sent, received], final once the block has ended.
+               interval: float = 0.005, sport: int = 0, log: StreamLog | None = None):
+    """Datagrams from `src_ns` (source port `sport`, 0: any) to `to`:port, received in
+    `dst_ns` on `bind`:port while the block runs; yields [sent, received], final once
+    the block has ended. Each datagram carries its number: with `log`, which ones
+    arrived and when each was sent (a loss window).
 
     Received concurrently, so that a full socket buffer never counts as a loss.
     """
@@ -181,18 +204,25 @@ def udp_stream(src_ns: str, dst_ns: str, bind: str, to: str, port: int = 7100,
             netns_socket(src_ns, socket.AF_INET, socket.SOCK_DGRAM) as cli:
         srv.bind((bind, port))
         srv.settimeout(2)
+        if sport:
+            cli.bind(("0.0.0.0", sport))
 
         def send() -> None:
+            pad = b"x" * 56
             while not stop.is_set():
-                cli.sendto(b"x" * 64, (to, port))
+                if log is not None:
+                    log.sent_at.append(time.monotonic())
+                cli.sendto(struct.pack("!Q", counts[0]) + pad, (to, port))
                 counts[0] += 1
                 time.sleep(interval)
 
         def receive() -> None:
             with contextlib.suppress(TimeoutError):
                 while not stop.is_set() or counts[1] < counts[0]:
-                    srv.recv(100)
+                    data = srv.recv(100)
                     counts[1] += 1
+                    if log is not None and len(data) >= 8:
+                        log.received.add(struct.unpack_from("!Q", data)[0])
 
         threads = [threading.Thread(target=send), threading.Thread(target=receive)]
         for t in threads:

@@ -10,7 +10,6 @@ their gateway: nothing leaves the namespaces.
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from lab.keys import new_key
-from lab.net import ip, natgw, ping
+from lab.net import free_port, ip, natgw, ping
 from lab.netnslab import NetnsLab
 
 POD = "10.244.1.10"
@@ -34,12 +33,6 @@ class Cluster:
     pod: str  # netns
     device: str
     config: Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(path: Path, data: dict) -> Path:
