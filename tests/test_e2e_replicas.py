@@ -1,0 +1,213 @@
+"""Active/active replicas: requests through one gateway replica, replies through another.
+
+Two clusters on the same pod CIDR with two gateways each (the harness's
+--replicas 2: replicas a and b, every replica peering with both of the other
+side's). The paths are forced: cluster 1's pod sends only through 1a, cluster
+2's pod only through 2b, and the tunnel 1a-2b is down at both ends, so
+
+    request  pod1 -> 1a -> 2a -> pod2        reply  pod2 -> 2b -> 1b -> pod1
+
+natgw keeps no per-flow state, so every kind of traffic passes, translated as
+with one gateway. The same topology with conntrack NAT (iptables NETMAP, as
+the benchmark's iptables mode) passes on one path and fails on these: the
+reply reaches a gateway whose conntrack never saw the flow, which classifies
+the SYN-ACK (the echo reply) as invalid, so NAT is never applied to it and it
+leaves with the pod's real, overlapping address, which the far side drops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from e2e_traffic import (
+    e2e_unavailable_reason,
+    tcp_bulk,
+    tcp_many,
+    udp_exchange,
+    wait_reachable,
+)
+
+from lab import harness
+from lab.harness import Run, Topology, set_pod_route, set_tunnel
+from lab.net import ping, sh
+from natgw.netns import netns_socket
+
+pytestmark = [pytest.mark.netns, pytest.mark.bpf]
+
+A, B = 1, 2  # replicas a and b
+BULK = 4 * 1024 * 1024
+
+
+def use_paths(run: Run, out1: int, out2: int, cut: set[tuple[int, int]]) -> None:
+    """Cluster 1's pod leaves through replica out1, cluster 2's through out2; the tunnels
+    (replica of cluster 1, replica of cluster 2) in `cut` are down, the others up."""
+    set_pod_route(run, 1, {out1: 1})
+    set_pod_route(run, 2, {out2: 1})
+    for r in (A, B):
+        for s in (A, B):
+            set_tunnel(run, 1, r, 2, s, up=(r, s) not in cut)
+
+
+def asymmetric(run: Run) -> None:
+    """Requests 1a -> 2a, replies 2b -> 1b."""
+    use_paths(run, A, B, cut={(A, B)})
+
+
+def pod_link_bytes(run: Run) -> dict[tuple[int, int, str], int]:
+    """Per gateway (cluster, replica): bytes received from its pod ("in") and sent to it."""
+    out = {}
+    for i, r in run.replicas():
+        link = json.loads(sh(run.gw(i, r), "ip", "-j", "-s", "link", "show", run.pod_link(i, r)))
+        stats = link[0]["stats64"]
+        out[(i, r, "in")], out[(i, r, "out")] = stats["rx"]["bytes"], stats["tx"]["bytes"]
+    return out
+
+
+def build(topology: Topology) -> Iterator[Run]:
+    reason = e2e_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    run = harness.build(topology)  # removes what it made if it fails
+    try:
+        yield run
+    finally:
+        harness.destroy(run)
+
+
+class TestNatgw:
+    @pytest.fixture(scope="class")
+    @classmethod
+    def run(cls) -> Iterator[Run]:
+        for run in build(Topology(clusters=2, replicas=2)):
+            wait_reachable(run)
+            asymmetric(run)
+            yield run
+
+    @staticmethod
+    def ends(run: Run) -> tuple[str, str, str, str]:
+        topo = run.topology
+        return run.pod(1), run.pod(2), topo.pod_addr(2), topo.addr_of(1, 2)
+
+    def test_tcp_bulk_goes_out_through_one_replica_and_back_through_the_other(
+            self, run: Run) -> None:
+        client, server, own, dst = self.ends(run)
+        before = pod_link_bytes(run)
+        t = tcp_bulk(client, server, own, dst, BULK)
+        d = {k: v - before[k] for k, v in pod_link_bytes(run).items()}
+        assert t.received == t.sent and t.echoed == t.sent
+        assert t.client_seen_as == run.topology.addr_of(2, 1)
+        # The data: in at 1a, out at 2a. The ACKs and the digest: in at 2b, out at 1b.
+        assert d[(1, A, "in")] >= BULK and d[(2, A, "out")] >= BULK
+        assert d[(2, B, "in")] > 0 and d[(1, B, "out")] > 0
+        # Nothing the other way (a little ARP and ND at most).
+        for unused in ((1, A, "out"), (1, B, "in"), (2, A, "in"), (2, B, "out")):
+            assert d[unused] < 2000, (unused, d)
+
+    def test_ping(self, run: Run) -> None:
+        client, _, _, dst = self.ends(run)
+        assert ping(client, dst, count=3) == 3
+
+    def test_many_short_tcp_connections(self, run: Run) -> None:
+        client, server, own, dst = self.ends(run)
+        c = tcp_many(client, server, own, dst, 200)
+        assert c.answered == 200
+        assert c.client_seen_as == {run.topology.addr_of(2, 1)}
+
+    def test_udp_request_response(self, run: Run) -> None:
+        client, server, own, dst = self.ends(run)
+        request = os.urandom(200)
+        x = udp_exchange(client, server, own, dst, request)
+        assert x.server_got == request and x.reply == request[::-1]
+        assert x.client_seen_as == run.topology.addr_of(2, 1)
+        assert x.reply_from == dst
+
+
+# --- the contrast: conntrack NAT ----------------------------------------------------------
+
+LEAK_TABLE = "leak"
+
+
+def count_leaks(run: Run, i: int, r: int) -> None:
+    """A counter of packets leaving gateway (i, r) into a tunnel with a real pod source,
+    after NAT (postrouting, priority 300: after srcnat)."""
+    rules = "\n".join(
+        f'    oifname "{run.tunnel_dev(i, j, r, s)}" ip saddr {run.topology.pod_cidr(i)} counter'
+        for j, s in run.replicas() if j != i)
+    subprocess.run(["ip", "netns", "exec", run.gw(i, r), "nft", "-f", "-"], check=True,
+                   text=True, input=f"""table ip {LEAK_TABLE} {{
+  chain post {{
+    type filter hook postrouting priority 300; policy accept;
+{rules}
+  }}
+}}
+""")
+
+
+def leaked(run: Run, i: int, r: int) -> int:
+    """Packets the counters of count_leaks saw."""
+    out = json.loads(sh(run.gw(i, r), "nft", "-j", "list", "table", "ip", LEAK_TABLE))
+    return sum(e["counter"]["packets"] for item in out["nftables"] if "rule" in item
+               for e in item["rule"]["expr"] if "counter" in e)
+
+
+def conntrack_invalid(netns: str) -> int:
+    """Packets the netns's conntrack found invalid (all CPUs)."""
+    lines = sh(netns, "cat", "/proc/net/stat/nf_conntrack").split("\n")
+    col = lines[0].split().index("invalid")
+    return sum(int(line.split()[col], 16) for line in lines[1:] if line.strip())
+
+
+def tcp_connects(client_ns: str, server_ns: str, server_addr: str, dst: str,
+                 timeout: float = 3.0) -> bool:
+    """A TCP connection from client_ns to dst, to a server listening in server_ns."""
+    with netns_socket(server_ns, socket.AF_INET, socket.SOCK_STREAM) as srv, \
+            netns_socket(client_ns, socket.AF_INET, socket.SOCK_STREAM) as cli:
+        srv.bind((server_addr, 0))
+        srv.listen(4)
+        cli.settimeout(timeout)
+        try:
+            cli.connect((dst, srv.getsockname()[1]))
+        except TimeoutError:
+            return False
+        return True
+
+
+class TestConntrackContrast:
+    @pytest.fixture(scope="class")
+    @classmethod
+    def run(cls) -> Iterator[Run]:
+        for run in build(Topology(clusters=2, replicas=2, conntrack=True)):
+            count_leaks(run, 2, B)
+            yield run
+
+    def test_conntrack_nat_passes_when_both_directions_use_one_replica(self, run: Run) -> None:
+        """The control: the setup is right, only the path matters."""
+        use_paths(run, A, A, cut={(A, B), (B, A)})
+        topo = run.topology
+        assert ping(run.pod(1), topo.addr_of(1, 2), count=3) == 3
+        t = tcp_bulk(run.pod(1), run.pod(2), topo.pod_addr(2), topo.addr_of(1, 2), 256 * 1024)
+        assert t.received == t.sent and t.client_seen_as == topo.addr_of(2, 1)
+
+    def test_tcp_fails_on_asymmetric_paths_the_way_conntrack_must(self, run: Run) -> None:
+        asymmetric(run)
+        topo, gw = run.topology, run.gw(2, B)
+        invalid, leaks = conntrack_invalid(gw), leaked(run, 2, B)
+        assert not tcp_connects(run.pod(1), run.pod(2), topo.pod_addr(2), topo.addr_of(1, 2))
+        # The SYN reached pod2 through 2a, which translated it; the SYN-ACK went out
+        # through 2b, whose conntrack had never seen the SYN: invalid, so no NAT, and
+        # it left with pod2's real address (dropped by 1b's WireGuard allowed-ips).
+        assert conntrack_invalid(gw) > invalid
+        assert leaked(run, 2, B) > leaks
+
+    def test_ping_fails_on_asymmetric_paths_the_way_conntrack_must(self, run: Run) -> None:
+        asymmetric(run)
+        topo, gw = run.topology, run.gw(2, B)
+        invalid, leaks = conntrack_invalid(gw), leaked(run, 2, B)
+        assert ping(run.pod(1), topo.addr_of(1, 2), count=3) == 0
+        assert conntrack_invalid(gw) >= invalid + 3  # every echo reply: no request seen
+        assert leaked(run, 2, B) >= leaks + 3
