@@ -14,6 +14,12 @@ entry: the state lives in one gateway.
 
 from __future__ import annotations
 
+import json
+
+from lab.net import run, sh
+
+LEAK_TABLE = "natgw_leak"  # nft table of count_leaks
+
 
 def iptables_rules(own: str, seen_by_peer: str, dev: str) -> list[list[str]]:
     """NETMAP of a gateway's own cluster: SNAT out of the peer device, DNAT back in."""
@@ -40,3 +46,31 @@ def nftables_ruleset(own: str, seen_by_peer: str, dev: str, table: str) -> str:
   }}
 }}
 """
+
+
+def count_leaks(netns: str, devs: list[str], own: str) -> None:
+    """Count packets leaving netns into `devs` with a source in `own` (untranslated: the
+    real, overlapping addresses), after NAT (postrouting, priority 300: after srcnat)."""
+    rules = "\n".join(f'    oifname "{dev}" ip saddr {own} counter' for dev in devs)
+    run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=f"""table ip {LEAK_TABLE} {{
+  chain post {{
+    type filter hook postrouting priority 300; policy accept;
+{rules}
+  }}
+}}
+""")
+
+
+def leaked(netns: str) -> int:
+    """Packets count_leaks has counted."""
+    out = json.loads(sh(netns, "nft", "-j", "list", "table", "ip", LEAK_TABLE))
+    return sum(e["counter"]["packets"] for item in out["nftables"] if "rule" in item
+               for e in item["rule"]["expr"] if "counter" in e)
+
+
+def invalid(netns: str) -> int:
+    """Packets the netns's conntrack found invalid (all CPUs): e.g. a SYN-ACK or an echo
+    reply of a flow it never saw, which it leaves untranslated."""
+    lines = sh(netns, "cat", "/proc/net/stat/nf_conntrack").split("\n")
+    col = lines[0].split().index("invalid")
+    return sum(int(line.split()[col], 16) for line in lines[1:] if line.strip())

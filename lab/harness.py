@@ -491,6 +491,19 @@ def set_tunnel(run: Run, i: int, r: int, j: int, s: int, up: bool) -> None:
            "up" if up else "down")
 
 
+def use_paths(run: Run, out: dict[int, int], cut: set[tuple[int, int, int, int]] = frozenset()
+              ) -> None:
+    """Force paths: cluster i's pod leaves only through replica out[i]; the tunnels
+    (i, r, j, s) in `cut` are down (both ends), every other tunnel up."""
+    for i, r in out.items():
+        set_pod_route(run, i, {r: 1})
+    for i, r in run.replicas():
+        for j, s in run.replicas():
+            if i < j:
+                set_tunnel(run, i, r, j, s, up=(i, r, j, s) not in cut and
+                           (j, s, i, r) not in cut)
+
+
 def wait_handshakes(run: Run, timeout: float = 60) -> None:
     """Until every tunnel of every gateway has had a handshake (the keepalives start them)."""
     deadline = time.monotonic() + timeout

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -33,7 +32,8 @@ from e2e_traffic import (
 )
 
 from lab import harness
-from lab.harness import Run, Topology, set_pod_route, set_tunnel
+from lab.conntrack import count_leaks, invalid, leaked
+from lab.harness import Run, Topology, use_paths
 from lab.net import ping, sh
 from natgw.netns import netns_socket
 
@@ -43,19 +43,9 @@ A, B = 1, 2  # replicas a and b
 BULK = 4 * 1024 * 1024
 
 
-def use_paths(run: Run, out1: int, out2: int, cut: set[tuple[int, int]]) -> None:
-    """Cluster 1's pod leaves through replica out1, cluster 2's through out2; the tunnels
-    (replica of cluster 1, replica of cluster 2) in `cut` are down, the others up."""
-    set_pod_route(run, 1, {out1: 1})
-    set_pod_route(run, 2, {out2: 1})
-    for r in (A, B):
-        for s in (A, B):
-            set_tunnel(run, 1, r, 2, s, up=(r, s) not in cut)
-
-
 def asymmetric(run: Run) -> None:
     """Requests 1a -> 2a, replies 2b -> 1b."""
-    use_paths(run, A, B, cut={(A, B)})
+    use_paths(run, {1: A, 2: B}, cut={(1, A, 2, B)})
 
 
 def pod_link_bytes(run: Run) -> dict[tuple[int, int, str], int]:
@@ -129,39 +119,6 @@ class TestNatgw:
 
 # --- the contrast: conntrack NAT ----------------------------------------------------------
 
-LEAK_TABLE = "leak"
-
-
-def count_leaks(run: Run, i: int, r: int) -> None:
-    """A counter of packets leaving gateway (i, r) into a tunnel with a real pod source,
-    after NAT (postrouting, priority 300: after srcnat)."""
-    rules = "\n".join(
-        f'    oifname "{run.tunnel_dev(i, j, r, s)}" ip saddr {run.topology.pod_cidr(i)} counter'
-        for j, s in run.replicas() if j != i)
-    subprocess.run(["ip", "netns", "exec", run.gw(i, r), "nft", "-f", "-"], check=True,
-                   text=True, input=f"""table ip {LEAK_TABLE} {{
-  chain post {{
-    type filter hook postrouting priority 300; policy accept;
-{rules}
-  }}
-}}
-""")
-
-
-def leaked(run: Run, i: int, r: int) -> int:
-    """Packets the counters of count_leaks saw."""
-    out = json.loads(sh(run.gw(i, r), "nft", "-j", "list", "table", "ip", LEAK_TABLE))
-    return sum(e["counter"]["packets"] for item in out["nftables"] if "rule" in item
-               for e in item["rule"]["expr"] if "counter" in e)
-
-
-def conntrack_invalid(netns: str) -> int:
-    """Packets the netns's conntrack found invalid (all CPUs)."""
-    lines = sh(netns, "cat", "/proc/net/stat/nf_conntrack").split("\n")
-    col = lines[0].split().index("invalid")
-    return sum(int(line.split()[col], 16) for line in lines[1:] if line.strip())
-
-
 def tcp_connects(client_ns: str, server_ns: str, server_addr: str, dst: str,
                  timeout: float = 3.0) -> bool:
     """A TCP connection from client_ns to dst, to a server listening in server_ns."""
@@ -182,12 +139,13 @@ class TestConntrackContrast:
     @classmethod
     def run(cls) -> Iterator[Run]:
         for run in build(Topology(clusters=2, replicas=2, conntrack=True)):
-            count_leaks(run, 2, B)
+            count_leaks(run.gw(2, B), [run.tunnel_dev(2, 1, B, r) for r in (A, B)],
+                        run.topology.pod_cidr(2))
             yield run
 
     def test_conntrack_nat_passes_when_both_directions_use_one_replica(self, run: Run) -> None:
         """The control: the setup is right, only the path matters."""
-        use_paths(run, A, A, cut={(A, B), (B, A)})
+        use_paths(run, {1: A, 2: A}, cut={(1, A, 2, B), (1, B, 2, A)})
         topo = run.topology
         assert ping(run.pod(1), topo.addr_of(1, 2), count=3) == 3
         t = tcp_bulk(run.pod(1), run.pod(2), topo.pod_addr(2), topo.addr_of(1, 2), 256 * 1024)
@@ -196,18 +154,18 @@ class TestConntrackContrast:
     def test_tcp_fails_on_asymmetric_paths_the_way_conntrack_must(self, run: Run) -> None:
         asymmetric(run)
         topo, gw = run.topology, run.gw(2, B)
-        invalid, leaks = conntrack_invalid(gw), leaked(run, 2, B)
+        before, leaks = invalid(gw), leaked(gw)
         assert not tcp_connects(run.pod(1), run.pod(2), topo.pod_addr(2), topo.addr_of(1, 2))
         # The SYN reached pod2 through 2a, which translated it; the SYN-ACK went out
         # through 2b, whose conntrack had never seen the SYN: invalid, so no NAT, and
         # it left with pod2's real address (dropped by 1b's WireGuard allowed-ips).
-        assert conntrack_invalid(gw) > invalid
-        assert leaked(run, 2, B) > leaks
+        assert invalid(gw) > before
+        assert leaked(gw) > leaks
 
     def test_ping_fails_on_asymmetric_paths_the_way_conntrack_must(self, run: Run) -> None:
         asymmetric(run)
         topo, gw = run.topology, run.gw(2, B)
-        invalid, leaks = conntrack_invalid(gw), leaked(run, 2, B)
+        before, leaks = invalid(gw), leaked(gw)
         assert ping(run.pod(1), topo.addr_of(1, 2), count=3) == 0
-        assert conntrack_invalid(gw) >= invalid + 3  # every echo reply: no request seen
-        assert leaked(run, 2, B) >= leaks + 3
+        assert invalid(gw) >= before + 3  # every echo reply: no request seen
+        assert leaked(gw) >= leaks + 3
