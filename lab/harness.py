@@ -166,6 +166,7 @@ class Topology:
     replicas: int = 1  # gateways per cluster, a group over ECMP (see the module doc)
     conntrack: bool = False  # every gateway: WireGuard + iptables NETMAP (lab.conntrack)
     keepalive: int | None = None  # persistentKeepalive of every peer (default: 1 s with replicas)
+    stale_after: float | None = None  # staleAfter of every grouped peer (None: natgw's default)
 
     def check(self) -> None:
         if self.hub:
@@ -551,6 +552,8 @@ def _natgw_gateway(run: Run, i: int, r: int, pubs: dict[tuple[int, int], str]) -
                      "listenPort": topo.wg_port(j, s)}
             if topo.persistent_keepalive:
                 peer["persistentKeepalive"] = topo.persistent_keepalive
+            if topo.stale_after is not None and topo.replicas > 1:
+                peer["staleAfter"] = topo.stale_after
         else:
             peer |= {"interface": run.underlay_dev(i, j), "via": topo.underlay_addr(j, i)}
         peer["remote"] = remote
