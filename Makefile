@@ -41,3 +41,15 @@ SOAK_MINUTES ?= 10
 .PHONY: soak
 soak: setup
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.soak --minutes $(SOAK_MINUTES)
+
+# Failover of active/active replicas (a benchmark, not a test): replica 2a killed
+# three ways under TCP and numbered UDP, FAILOVER_REPS trials each; figures in
+# BENCHMARKS.md between the failover markers. `python -m bench.scaleout` measures
+# 1, 2 and 4 replicas per cluster (its own markers).
+FAILOVER_REPS ?= 3
+.PHONY: failover scaleout
+failover: setup
+	PYTHONPATH=$(CURDIR) $(PY) -m bench.failover --reps $(FAILOVER_REPS) --markdown BENCHMARKS.md
+
+scaleout: setup
+	PYTHONPATH=$(CURDIR) $(PY) -m bench.scaleout --markdown BENCHMARKS.md
