@@ -58,7 +58,7 @@ from pathlib import Path
 from bench.stats import Target, table
 from lab import harness
 from lab.conntrack import count_leaks, invalid, leaked
-from lab.harness import Run, Topology, use_paths
+from lab.harness import Run, Topology, set_pod_route, use_paths
 from lab.net import LabError, StreamLog, ping, sh, udp_stream
 from natgw.netns import netns_socket
 
@@ -208,13 +208,16 @@ class Bulk:
         self.join(5)
 
     def join(self, timeout: float) -> bool:
+        """Wait for the transfer to end; True if it did. The sockets are closed either way
+        (a transfer that did not end fails with an error)."""
         deadline = time.monotonic() + timeout
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
         done = not any(t.is_alive() for t in self.threads)
-        if done:
-            self.cli.close()
-            self.srv.close()
+        for sock in (self.cli, self.srv):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
         return done
 
     @property
@@ -298,15 +301,48 @@ def loss_window(stream: StreamLog, t_kill: float) -> tuple[float | None, int]:
     return (None if nxt is None else stream.sent_at[nxt] - t_kill), before
 
 
-def trial(way: str, rep: int, stale_after: float | None) -> dict:
-    topo = Topology(clusters=2, replicas=2, keepalive=KEEPALIVE, stale_after=stale_after)
+def _replace_route(run: Run, i: int, r: int, s: int) -> None:
+    """Conntrack gateway (i, r) routes the other cluster through its tunnel to replica s."""
+    j = 3 - i
+    sh(run.gw(i, r), "ip", "route", "replace", run.topology.view(i, j),
+       "dev", run.tunnel_dev(i, j, r, s))
+
+
+def active_passive(run: Run) -> None:
+    """Conntrack gateways: one active pair, 1a <-> 2a, both ways (any other path would be
+    asymmetric somewhere, and conntrack cannot do that)."""
+    set_pod_route(run, 1, {A: 1})
+    set_pod_route(run, 2, {A: 1})
+    _replace_route(run, 1, A, A)
+    _replace_route(run, 2, A, A)
+    _replace_route(run, 2, B, A)
+
+
+def fail_over(run: Run) -> None:
+    """What a perfect active/passive health check does at once: 2b replaces 2a."""
+    _replace_route(run, 1, A, B)
+    set_pod_route(run, 2, {B: 1})
+
+
+def trial(way: str, rep: int, stale_after: float | None, conntrack: str = "") -> dict:
+    """One kill under traffic. conntrack: "" (natgw), or "loose" / "strict" (conntrack
+    gateways, active/passive, switched over by the lab at the kill; strict: 2b's
+    nf_conntrack_tcp_loose 0, so that it does not pick up a flow it never saw begin)."""
+    topo = Topology(clusters=2, replicas=2, keepalive=KEEPALIVE, stale_after=stale_after,
+                    conntrack=bool(conntrack))
     t0 = time.monotonic()
     run = harness.build(topo)
-    out: dict = {"way": way, "rep": rep, "prefix": run.prefix}
+    out: dict = {"way": way, "rep": rep, "prefix": run.prefix, "gateways":
+                 f"conntrack-{conntrack}" if conntrack else "natgw"}
     watch = None
     try:
         out["build_s"] = time.monotonic() - t0
-        use_paths(run, {2: B})  # cluster 2's pod: through the survivor (see the module doc)
+        if conntrack:
+            active_passive(run)
+            sh(run.gw(2, B), "sysctl", "-qw",
+               f"net.netfilter.nf_conntrack_tcp_loose={int(conntrack == 'loose')}")
+        else:
+            use_paths(run, {2: B})  # cluster 2's pod: through the survivor (module doc)
         for i, j in topo.pairs:
             if ping(run.pod(i), topo.addr_of(i, j), 5) == 0:
                 raise LabError(f"{run.prefix}: pod {i} cannot reach pod {j} before the trial")
@@ -323,6 +359,8 @@ def trial(way: str, rep: int, stale_after: float | None) -> dict:
             time.sleep(KILL_AT)
             watch = RouteWatch(run)
             t_kill = kill(run, way)
+            if conntrack:
+                fail_over(run)
             finished = bulk.join(AFTER + 30)
             left = max(0.0, t_kill + AFTER - time.monotonic())
             time.sleep(left)
@@ -414,35 +452,43 @@ def _med(values: list[float]) -> str:
     return f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f}, n={len(v)})"
 
 
+def _rows(trials: list[dict], gateways: str, way: str) -> dict | None:
+    ts = [t for t in trials if t.get("gateways", "natgw") == gateways and t["way"] == way
+          and "flows" in t]
+    if not ts:
+        return None
+    return {
+        "trials": len(ts),
+        "window": [f["window_s"] for t in ts for f in t["flows"] if f["via"] == "2a"],
+        "route_change": [max(t["route_change_s"].values()) if t["route_change_s"] and (
+            gateways != "natgw" or len(t["route_change_s"]) == 2) else None for t in ts],
+        "tcp_intact": sum(t["tcp"]["intact"] for t in ts),
+        "flows_2b": sum(1 for t in ts for f in t["flows"] if f["via"] == "2b"),
+        "lost_2b": sum(f["lost"] for t in ts for f in t["flows"] if f["via"] == "2b"),
+        "lost_before": sum(f["lost_before_kill"] for t in ts for f in t["flows"]),
+    }
+
+
 def summarize(trials: list[dict], stale_after: float | None) -> dict:
     limit = 2 * KEEPALIVE + 1
-    s: dict = {"ways": {}, "targets": []}
+    s: dict = {"ways": {}, "conntrack": {}, "targets": [], "stale_after": stale_after}
     for way in WAYS:
-        ts = [t for t in trials if t["way"] == way and "flows" in t]
-        if not ts:
+        w = _rows(trials, "natgw", way)
+        if w is None:
             continue
-        windows = [f["window_s"] for t in ts for f in t["flows"] if f["via"] == "2a"]
-        route = [max(t["route_change_s"].values()) if len(t["route_change_s"]) == 2 else None
-                 for t in ts]
-        s["ways"][way] = {
-            "trials": len(ts),
-            "window": windows,
-            "route_change": route,
-            "tcp_intact": sum(t["tcp"]["intact"] for t in ts),
-            "flows_2a": sum(1 for t in ts for f in t["flows"] if f["via"] == "2a"),
-            "flows_2b": sum(1 for t in ts for f in t["flows"] if f["via"] == "2b"),
-            "lost_2b": sum(f["lost"] for t in ts for f in t["flows"] if f["via"] == "2b"),
-            "lost_before": sum(f["lost_before_kill"] for t in ts for f in t["flows"]),
-        }
-        w = [x for x in windows if x is not None]
-        worst = max(w) if w and len(w) == len(windows) else None
-        s["targets"].append(Target(f"{way}: UDP loss window (worst of {len(windows)} flows)",
-                                   worst, "<=", limit, "s").as_dict())
-        s["targets"].append(Target(f"{way}: TCP transfers intact", ts and sum(
-            t["tcp"]["intact"] for t in ts) / len(ts), "==", 1.0).as_dict())
-        s["targets"].append(Target(f"{way}: datagrams lost on flows through 2b",
-                                   s["ways"][way]["lost_2b"], "<=", 0).as_dict())
-    s["stale_after"] = stale_after
+        s["ways"][way] = w
+        got = [x for x in w["window"] if x is not None]
+        worst = max(got) if got and len(got) == len(w["window"]) else None
+        s["targets"].append(Target(f"{way}: UDP loss window (worst of {len(w['window'])} "
+                                   "flows via 2a)", worst, "<=", limit, "s").as_dict())
+        s["targets"].append(Target(f"{way}: TCP transfers intact",
+                                   w["tcp_intact"] / w["trials"], "==", 1.0).as_dict())
+        s["targets"].append(Target(f"{way}: datagrams lost on flows via 2b",
+                                   w["lost_2b"], "<=", 0).as_dict())
+    for kind in ("conntrack-loose", "conntrack-strict"):
+        w = _rows(trials, kind, "link")
+        if w is not None:
+            s["conntrack"][kind] = w
     return s
 
 
@@ -457,12 +503,18 @@ def render(res: dict) -> str:
         f"Commit {m['commit']}, {m['date']}; load average {m['load_start']:.1f} before, "
         f"{m['load_end']:.1f} after, on {m['cores']} CPUs (shared with other jobs).",
         "",
-        table(["way", "loss window, flows via 2a: median (min-max, n)",
-               "kill -> route change, slower of 1a/1b", "TCP intact",
+        table(["gateways, way", "loss window, flows via 2a, s: median (min-max, n)",
+               "kill -> route change, s (slower of 1a/1b)", "TCP intact",
                "flows via 2b: lost", "lost before the kill"],
-              [[way, _med(w["window"]), _med(w["route_change"]),
-                f"{w['tcp_intact']}/{w['trials']}", f"{w['lost_2b']} ({w['flows_2b']} flows)",
-                str(w["lost_before"])] for way, w in s["ways"].items()], markdown=True),
+              [[f"{kind}, {way}", _med(w["window"]), _med(w["route_change"]),
+                f"{w['tcp_intact']}/{w['trials']}",
+                f"{w['lost_2b']} ({w['flows_2b']} flows)" if w["flows_2b"] else "-",
+                str(w["lost_before"])]
+               for kind, ways in (("natgw", s["ways"]),) for way, w in ways.items()]
+              + [[f"{kind} (active/passive, switched by the lab at the kill), link",
+                  _med(w["window"]), _med(w["route_change"]),
+                  f"{w['tcp_intact']}/{w['trials']}", "-", str(w["lost_before"])]
+                 for kind, w in s["conntrack"].items()], markdown=True),
         "",
         table(["target", "value", "limit", "verdict"],
               [[t["name"], "-" if t["value"] is None else f"{t['value']:.3g}",
@@ -519,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
                     + ",".join(WAYS))
     ap.add_argument("--stale-after", type=float, help="the peers' staleAfter, seconds "
                     "(default natgw's: 3 x keepalive + 1 s)")
-    ap.add_argument("--no-contrast", action="store_true", help="skip the asymmetric contrast")
+    ap.add_argument("--no-contrast", action="store_true",
+                    help="skip the conntrack contrast (asymmetric paths, failover)")
     ap.add_argument("--attempts", type=int, default=5, help="contrast: attempts per kind")
     ap.add_argument("--json", type=Path, default=ROOT / "bench-results" / "failover.json")
     ap.add_argument("--markdown", type=Path)
@@ -539,6 +592,15 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"  {json.dumps(t)[:400]}")
                 res["trials"].append(t)
         if not a.no_contrast:
+            for kind in ("loose", "strict"):
+                log(f"failover: conntrack gateways, tcp_loose {kind}")
+                try:
+                    t = trial("link", 1, None, kind)
+                except LabError as e:
+                    t = {"way": "link", "rep": 1, "gateways": f"conntrack-{kind}",
+                         "error": str(e)}
+                log(f"  {json.dumps(t)[:400]}")
+                res["trials"].append(t)
             for kind in ("natgw", "conntrack"):
                 log(f"failover: asymmetric paths, {kind}")
                 res["asymmetric"][kind] = asymmetric(kind == "conntrack", a.attempts)
