@@ -231,6 +231,10 @@ def test_private_key_hidden_from_errors_and_tracebacks() -> None:
 # --- errors: (case id, config, exact message) ---
 
 PEER_A = tunnel("a", PUB_A, m("10.244.0.0/16", "10.245.0.0/16"))
+# Two replicas of one remote cluster, dual stack.
+MEMBER_A = tunnel("a", PUB_A, m("10.244.0.0/16", "10.245.0.0/16"), m("fd00:1::/64", "fd00:2::/64"),
+                  group="g", persistentKeepalive=1)
+MEMBER_B = MEMBER_A | {"name": "b", "publicKey": PUB_B, "endpoint": "192.0.2.2:51820"}
 
 CASES: list[tuple[str, dict[str, Any], str]] = [
     # pydantic's own errors, translated
@@ -334,6 +338,22 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("same address network twice", cfg(PEER_A | {"address": "10.192.0.2/24"}, tunnel("b", PUB_B, m("10.1.0.0/16"), address="10.192.0.3/24")), "peers[1].address: 10.192.0.0/24 overlaps peers[0].address 10.192.0.0/24; routes would collide"),
     ("address in remapped cidr", cfg(tunnel("a", PUB_A, m("10.192.0.0/24", "10.50.0.0/24"), address="10.192.0.2/24")), "peers[0].address: 10.192.0.0/24 overlaps peers[0].remote[0].cidr 10.192.0.0/24, which as: remaps; the address would be translated"),
     ("local as overlaps an address", cfg(PEER_A | {"address": "10.192.0.2/24"}, tunnel("b", PUB_B, m("10.1.0.0/16"), local=[m("10.244.0.0/16", "10.192.0.0/16")])), "peers[1].local[0].as: 10.192.0.0/16 overlaps peers[0].address 10.192.0.0/24"),
+    # replica groups
+    ("group name", cfg(PEER_A | {"group": "a b"}), "peers[0].group: invalid name 'a b': use letters, digits, '_', '.' and '-', starting with a letter or digit"),
+    ("weight 0", cfg(PEER_A | {"group": "g", "weight": 0}), "peers[0].weight: 0 is out of range 1..256"),
+    ("weight 257", cfg(PEER_A | {"group": "g", "weight": 257}), "peers[0].weight: 257 is out of range 1..256"),
+    ("staleAfter 0", cfg(PEER_A | {"group": "g", "staleAfter": 0}), "peers[0].staleAfter: 0 is out of range 1..65535"),
+    ("weight without group", cfg(PEER_A | {"weight": 2}), "peers[0].weight: only with group: (a peer without group has a route of its own)"),
+    ("staleAfter without group", cfg(PEER_A | {"staleAfter": 4, "persistentKeepalive": 1}), "peers[0].staleAfter: only with group: (a peer without group has a route of its own)"),
+    ("interface peer in a group", cfg(link("lab", "eth1", m("10.1.0.0/16"), group="g")), "peers[0].group: only for WireGuard peers, not interface: ones: a member leaves the route when nothing is received from it, and a link has no receive counter of its own"),
+    ("staleAfter without keepalive", cfg(MEMBER_A | {"staleAfter": 4, "persistentKeepalive": None}), "peers[0].staleAfter: needs persistentKeepalive: without keepalives an idle member receives nothing and would leave the route (without both, its device alone is judged)"),
+    ("staleAfter within a keepalive", cfg(MEMBER_A | {"staleAfter": 5, "persistentKeepalive": 5}), "peers[0].staleAfter: 5 s is not longer than persistentKeepalive (5 s): a live member would leave the route between two keepalives"),
+    ("members' remote differ", cfg(MEMBER_A, MEMBER_B | {"remote": [m("10.244.0.0/16", "10.245.0.0/16")]}), "peers[1].remote: differs from peers[0].remote (a) in group g; every member of a group must have the same remote"),
+    ("members' as differ", cfg(MEMBER_A, MEMBER_B | {"remote": [m("10.244.0.0/16", "10.247.0.0/16"), m("fd00:1::/64", "fd00:2::/64")]}), "peers[1].remote: differs from peers[0].remote (a) in group g; every member of a group must have the same remote"),
+    ("members' local differ", cfg(MEMBER_A | {"local": [m("10.244.0.0/16", "10.246.0.0/16")]}, MEMBER_B), "peers[1].local: differs from peers[0].local (a) in group g; every member of a group must have the same local"),
+    ("two groups share a range", cfg(MEMBER_A, MEMBER_B | {"group": "h"}), "peers[1].remote[0].as: 10.245.0.0/16 overlaps peers[0].remote[0].as 10.245.0.0/16; routes would collide"),
+    ("a group and a peer share a range", cfg(MEMBER_A, MEMBER_B, tunnel("c", PUB_C, m("10.244.0.0/16", "10.245.0.0/16"))), "peers[2].remote[0].as: 10.245.0.0/16 overlaps peers[0].remote[0].as 10.245.0.0/16; routes would collide"),
+    ("members' addresses collide", cfg(MEMBER_A | {"address": "10.192.0.2/24"}, MEMBER_B | {"address": "10.192.0.3/24"}), "peers[1].address: 10.192.0.0/24 overlaps peers[0].address 10.192.0.0/24; routes would collide"),
 ]  # fmt: skip
 
 
@@ -359,12 +379,37 @@ def test_invalid_config(data: dict[str, Any], message: str) -> None:
         # A hub client: our address in the hub's pool, which is also routed as a remote range.
         cfg(PEER_A | {"address": "10.192.0.2/24", "remote": [m("10.192.0.0/24"), m("10.250.0.0/16")]}),
         cfg(PEER_A | {"address": "10.192.0.2/32"}, tunnel("b", PUB_B, m("10.1.0.0/16"), address="fd00:192::2/64")),
+        # A group's members share their remote, in any order, and may each have an address.
+        cfg(MEMBER_A | {"address": "10.192.0.2/31"},
+            MEMBER_B | {"remote": MEMBER_A["remote"][::-1], "address": "10.192.0.4/31"}),
+        cfg(MEMBER_A | {"group": "solo", "weight": 3}),
     ],
     ids=["interface peer", "same real range twice", "dual stack", "hostname endpoint", "no peers",
-         "hub client address", "addresses /32 and v6"],
+         "hub client address", "addresses /32 and v6", "group", "group of one"],
 )
 def test_valid_config(data: dict[str, Any]) -> None:
     parse_config(data, Path("."))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "stale"),
+    [
+        ({}, {"weight": 3, "staleAfter": 2}, (4.0, 2.0)),  # default: 3 keepalives and a second
+        ({"persistentKeepalive": None}, {"persistentKeepalive": 0, "weight": 3}, (None, None)),  # device alone
+    ],
+)
+def test_group_accessors(a: dict[str, Any], b: dict[str, Any], stale: tuple) -> None:
+    c = parse_config(cfg(MEMBER_A | a | {"address": "10.192.0.2/31"}, MEMBER_B | b,
+                         tunnel("c", PUB_C, m("10.244.0.0/16", "10.247.0.0/16"), group="solo")),
+                     Path("."))
+    pa, pb, pc = c.peers
+    assert list(c.groups) == ["g"] and c.groups["g"] == [pa, pb]  # a group of one is no group
+    assert [str(n) for n in c.group_networks("g")] == ["10.245.0.0/16", "fd00:2::/64"]
+    assert (pa.route_weight, pb.route_weight) == (1, 3)
+    assert (pa.stale_seconds, pb.stale_seconds) == stale
+    # The group's route carries the shared ranges; a member's device keeps its own address.
+    assert [str(n) for n in c.device_routes(pa)] == ["10.192.0.2/31"]
+    assert c.device_routes(pb) == [] and c.device_routes(pc) == pc.routed_networks
 
 
 # --- the private key file ---

@@ -45,6 +45,7 @@ IPInterface = IPv4Interface | IPv6Interface
 MAX_DEVICE_NAME = 15  # IFNAMSIZ - 1
 DEFAULT_MTU = 1420
 MIN_MTU = 1280  # the IPv6 minimum link MTU
+MAX_WEIGHT = 256
 
 
 class ConfigError(Exception):
@@ -218,6 +219,9 @@ KeyPath = Annotated[Path, PlainValidator(lambda v: Path(_expect_str(v)))]
 Port = Annotated[int, PlainValidator(_int_in(1, 65535))]
 Keepalive = Annotated[int, PlainValidator(_int_in(0, 65535))]
 Mtu = Annotated[int, PlainValidator(_int_in(MIN_MTU, 65535))]
+# A nexthop's weight: the kernel keeps weight - 1 in a byte (rtnh_hops, nexthop_grp.weight).
+Weight = Annotated[int, PlainValidator(_int_in(1, MAX_WEIGHT))]
+Seconds = Annotated[int, PlainValidator(_int_in(1, 65535))]
 
 
 class _Model(BaseModel):
@@ -264,9 +268,27 @@ class Peer(_Model):
     device_override: DeviceName | None = Field(None, alias="device")
     remote: list[Remote]
     local: list[Local] = []
+    # Replicas of one remote cluster: one multipath route over the group's devices.
+    group: Name | None = None
+    weight: Weight | None = None  # its share of the group's route; None: 1
+    stale_after: Seconds | None = Field(None, alias="staleAfter")
 
     # Set by GatewayConfig: the default device name depends on the gateway's name.
     _device: str | None = PrivateAttr(None)
+
+    @property
+    def route_weight(self) -> int:
+        return self.weight if self.weight is not None else 1
+
+    @property
+    def stale_seconds(self) -> float | None:
+        """How long a group member may receive nothing before it leaves the route:
+        `staleAfter`, else 3 keepalives and a second; None without keepalives (then
+        only its device is judged: an idle tunnel without keepalives receives nothing)."""
+        if self.stale_after is not None:
+            return float(self.stale_after)
+        ka = self.persistent_keepalive
+        return 3.0 * ka + 1.0 if ka else None
 
     @property
     def is_tunnel(self) -> bool:
@@ -420,6 +442,28 @@ class GatewayConfig(_Model):
 
     def device_for(self, peer: Peer | str) -> str:
         return (self.peer(peer) if isinstance(peer, str) else peer).device
+
+    @property
+    def groups(self) -> dict[str, list[Peer]]:
+        """Replica groups of two or more members, by name, members in file order.
+        (A group of one is routed like a peer without group: a plain route.)"""
+        out: dict[str, list[Peer]] = {}
+        for p in self.peers:
+            if p.group is not None:
+                out.setdefault(p.group, []).append(p)
+        return {g: members for g, members in out.items() if len(members) > 1}
+
+    def group_networks(self, group: str) -> list[IPNetwork]:
+        """What a group's multipath route carries: its members' (identical) remote ranges."""
+        return [r.routed for r in self.groups[group][0].remote]
+
+    def device_routes(self, peer: Peer) -> list[IPNetwork]:
+        """What is routed into the peer's device alone: its routed networks, but for a
+        member of a group only its own tunnel address (the group's route has the rest)."""
+        if peer.group is None or peer.group not in self.groups:
+            return peer.routed_networks
+        shared = set(self.group_networks(peer.group))
+        return [n for n in peer.routed_networks if n not in shared]
 
 
 def default_device_name(gateway: str, peer: str) -> str:
@@ -648,10 +692,61 @@ def _check_unique(cfg: GatewayConfig) -> None:
         devices[p.device] = i
 
 
+def _check_groups(cfg: GatewayConfig) -> None:
+    """Replica groups: WireGuard peers only, with the same remote (and local) mappings.
+
+    interface: peers may not join: a member leaves the route when nothing has been
+    received from it, and a link has no receive counter of its own (its counters
+    count every host on the link); replicas are WireGuard peers, each with its key.
+    """
+    first: dict[str, int] = {}
+    for i, p in enumerate(cfg.peers):
+        at = f"peers[{i}]"
+        if p.group is None:
+            for yaml_name, value in (("weight", p.weight), ("staleAfter", p.stale_after)):
+                if value is not None:
+                    raise ConfigError(f"{at}.{yaml_name}", "only with group: (a peer without "
+                                      "group has a route of its own)")
+            continue
+        if not p.is_tunnel:
+            raise ConfigError(f"{at}.group", "only for WireGuard peers, not interface: ones: "
+                              "a member leaves the route when nothing is received from it, "
+                              "and a link has no receive counter of its own")
+        if p.stale_after is not None:
+            ka = p.persistent_keepalive
+            if not ka:
+                raise ConfigError(f"{at}.staleAfter", "needs persistentKeepalive: without "
+                                  "keepalives an idle member receives nothing and would leave "
+                                  "the route (without both, its device alone is judged)")
+            if p.stale_after <= ka:
+                raise ConfigError(f"{at}.staleAfter", f"{p.stale_after} s is not longer than "
+                                  f"persistentKeepalive ({ka} s): a live member would leave "
+                                  "the route between two keepalives")
+        j = first.setdefault(p.group, i)
+        if j == i:
+            continue
+        q = cfg.peers[j]
+        for yaml_name, mine, theirs in (("remote", p.remote, q.remote),
+                                        ("local", p.local, q.local)):
+            if sorted(map(_mapping_key, mine)) != sorted(map(_mapping_key, theirs)):
+                raise ConfigError(f"{at}.{yaml_name}", f"differs from peers[{j}].{yaml_name} "
+                                  f"({q.name}) in group {p.group}; every member of a group "
+                                  f"must have the same {yaml_name}")
+
+
+def _mapping_key(m: Remote | Local) -> tuple[str, str]:
+    return (str(m.cidr), str(m.as_))
+
+
 def _check_remote(cfg: GatewayConfig) -> list[tuple[str, IPNetwork]]:
-    """Check remote ranges; return every routed range with its field path."""
+    """Check remote ranges; return every routed range with its field path.
+
+    A group's members share their remote (checked the same by _check_groups): their
+    ranges may overlap each other's, and only theirs.
+    """
     own = [(f"our cidrs[{k}]", c) for k, c in enumerate(cfg.cidrs)]
     routed: list[tuple[str, IPNetwork]] = []
+    group_of: dict[str, str | None] = {}  # routed path -> its peer's group
     for i, p in enumerate(cfg.peers):
         reals: list[tuple[str, IPNetwork]] = []
         for j, r in enumerate(p.remote):
@@ -663,10 +758,13 @@ def _check_remote(cfg: GatewayConfig) -> list[tuple[str, IPNetwork]]:
             reals.append((f"{at}.cidr", r.cidr))
             path = f"{at}.as" if r.remapped else f"{at}.cidr"
             hint = "; routes would collide" if r.remapped else "; add an as: to remap it"
-            note = _overlap_note(r.routed, own) or _overlap_note(r.routed, routed)
+            others = routed if p.group is None else \
+                [(q, n) for q, n in routed if group_of[q] != p.group]
+            note = _overlap_note(r.routed, own) or _overlap_note(r.routed, others)
             if note:
                 raise ConfigError(path, note + hint)
             routed.append((path, r.routed))
+            group_of[path] = p.group
     return routed
 
 
@@ -683,8 +781,11 @@ def _check_addresses(cfg: GatewayConfig, routed: list[tuple[str, IPNetwork]]
         # The peer's own unmapped ranges may hold the tunnel network (the hub and the
         # other clients): same device, same addresses. Anything else would mix up
         # routes, or translate traffic to or from our own address.
-        same_peer_ok = {f"peers[{i}].remote[{k}].cidr" for k, r in enumerate(p.remote)
-                        if not r.remapped}
+        # So may a group's, whose members share these ranges.
+        mates = [i] if p.group is None else [k for k, q in enumerate(cfg.peers)
+                                             if q.group == p.group]
+        same_peer_ok = {f"peers[{m}].remote[{k}].cidr" for m in mates
+                        for k, r in enumerate(p.remote) if not r.remapped}
         others = [(path, n) for path, n in routed if path not in same_peer_ok]
         note = _overlap_note(net, own) or _overlap_note(net, others) or _overlap_note(net, seen)
         if note:
@@ -889,6 +990,7 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> GatewayConfig:
     for i, p in enumerate(cfg.peers):
         _check_peer_shape(i, p)
     _check_unique(cfg)
+    _check_groups(cfg)
     routed = _check_remote(cfg)
     routed += _check_addresses(cfg, routed)
     _check_local(cfg, routed + _check_hub(cfg, routed))

@@ -3,7 +3,8 @@
 The foreground `natgw up` compares the world with its record every few
 seconds (level-triggered, like a Kubernetes controller): the pins, and for
 every peer (and a hub's one device) its engine, device, filters, routes and
-mapping entries, and for a tunnel its WireGuard allowed-ips and (with pipes) its
+mapping entries, each replica group's route and its members, and for a tunnel its
+WireGuard allowed-ips and (with pipes) its
 pipe address, and on a hub's device (with pipes) each client's pipe address in its
 allowed-ips. Each finding is "<kind> <what>"; the repair is an ordinary apply of the
 file (in full for a hub: Gateway.repair).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from natgw import multipath
 from natgw.dataplane import Dataplane, DataplaneError, Mapping
 from natgw.dataplane.loader import missing_pins, natgw_filters, pin_dir
 from natgw.keys import decode_key
@@ -45,10 +47,12 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
         except (DataplaneError, OSError):
             dp = None
     try:
-        ours = {}
+        ours, dumped = {}, {}
         for family in (2, 10):
             for r in ipr.get_routes(family=family, proto=RTPROT_NATGW):
-                ours[f"{r.get_attr('RTA_DST')}/{r['dst_len']}"] = r.get_attr("RTA_OIF")
+                dst = f"{r.get_attr('RTA_DST')}/{r['dst_len']}"
+                ours[dst], dumped[dst] = r.get_attr("RTA_OIF"), r
+        out += _group_routes(gw, state, ipr, dumped)
         tunnels = {p.device for p in gw.cfg.tunnel_peers}
         wanted: dict[str, list[Mapping]] = {p.device: peer_mappings(p) for p in gw.cfg.peers}
         recorded = list(state.peers)
@@ -90,6 +94,19 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
         ipr.close()
         if dp is not None:
             dp.close()
+    return out
+
+
+def _group_routes(gw: Gateway, state: GatewayState, ipr, dumped: dict) -> list[str]:
+    """A replica group's ranges not routed over the members recorded in its route."""
+    out = []
+    for name, gs in state.groups.items():
+        if name not in gw.cfg.groups or not gs.hops:
+            continue  # a group being removed, or no member to route over
+        ifindex = {dev: idx[0] for dev, _ in gs.hops if (idx := ipr.link_lookup(ifname=dev))}
+        wanted = multipath.wanted_hops(ifindex, [(dev, w) for dev, w in gs.hops])
+        out += [f"route {net} group {name}" for net in gs.routes
+                if net not in dumped or multipath.route_hops(dumped[net]) != wanted]
     return out
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from natgw import addresses, faults, routes
+from natgw import addresses, faults, multipath, routes
 from natgw.config import ConfigError, GatewayConfig, Peer, parse_config
 from natgw.dataplane import Dataplane, DataplaneError, Mapping
 from natgw.dataplane.layout import DEV_F_OWN_QDISC
@@ -30,6 +30,7 @@ from natgw.netns import NetnsNotFound, iproute, netns_exists, require_netns
 from natgw.resolve import ResolveError, is_hostname, resolve
 from natgw.state import (
     GatewayState,
+    GroupState,
     HubState,
     PeerState,
     all_states,
@@ -319,6 +320,7 @@ class Gateway:
         if previous is not None:
             state.peers = list(previous.peers)
             state.hub = previous.hub
+            state.groups = dict(previous.groups)
             state.sysctls, state.repairs = previous.sysctls, previous.repairs
             state.last_repair = previous.last_repair
         save_state(state)
@@ -355,6 +357,9 @@ class Gateway:
                     raise GatewayError(f"peer {peer.name}: {one_line(e)}") from None
                 (report.added if before is None else
                  report.updated if changed else report.unchanged).append(peer.name)
+            # Before removed peers go: deleting a device that is still a member would
+            # take its nexthop out of the group behind natgw's back.
+            self._apply_groups(state, report)
             for gone in old.values():
                 self._remove_recorded(dp, state, gone)
                 report.removed.append(gone.name)
@@ -411,8 +416,10 @@ class Gateway:
         can cross before it would be translated.
         """
         dev = peer.device
-        wanted_routes = [str(n) for n in peer.routed_networks]
+        wanted_routes = [str(n) for n in self.cfg.device_routes(peer)]
         old_routes = before.routes if before else []
+        # A range that moves to a group's route is replaced there, not deleted first.
+        grouped = {str(n) for g in self.cfg.groups for n in self.cfg.group_networks(g)}
         engine_name = self.engine.name if peer.is_tunnel else "interface"
         ps = PeerState(peer.name, dev, before.ifindex if before else 0, engine_name,
                        sorted(set(old_routes) | set(wanted_routes)),
@@ -460,7 +467,8 @@ class Gateway:
             readdressed = addresses.set_addresses(
                 self.netns, dev, [peer.address] if peer.address else [])
         via = str(peer.via) if peer.via else None
-        routes.set_routes(self.netns, dev, wanted_routes, via=via, stale=old_routes)
+        routes.set_routes(self.netns, dev, wanted_routes, via=via,
+                          stale=[n for n in old_routes if n not in grouped])
         faults.step("routes-set")
         ps.routes = wanted_routes
         ps.address = str(peer.address) if peer.address else None
@@ -468,6 +476,59 @@ class Gateway:
         faults.step("peer-recorded")
         return (before is None or readdressed or before.ifindex != ifindex
                 or installed != set(mappings) or sorted(old_routes) != sorted(wanted_routes))
+
+    def group_hops(self, group: str) -> list[multipath.Hop]:
+        """The members (device, weight) a group's route goes over: every member."""
+        return [(p.device, p.route_weight) for p in self.cfg.groups[group]]
+
+    def _apply_groups(self, state: GatewayState, report: ApplyReport) -> None:
+        """One multipath route per range of each replica group (natgw.multipath); the
+        groups gone from the file are removed. Recorded before each change."""
+        groups = self.cfg.groups
+        for name in groups:
+            nets = [str(n) for n in self.cfg.group_networks(name)]
+            devices = [p.device for p in groups[name]]
+            hops = self.group_hops(name)
+            before = state.groups.get(name, GroupState())
+            # The intent: everything that may exist once this is done or half-done.
+            state.groups[name] = GroupState(sorted(set(before.routes) | set(nets)),
+                                            sorted(set(before.devices) | set(devices)),
+                                            before.hops)
+            save_state(state)
+            faults.step("group-intent")
+            try:
+                multipath.set_group(self.netns, self.cfg.name, name, nets, hops,
+                                    before.routes, before.devices)
+            except routes.RouteError as e:
+                raise GatewayError(f"group {name}: {e}") from None
+            faults.step("group-routes-set")
+            self._record_group(state, name, GroupState(nets, devices, [list(h) for h in hops]))
+            if (before.routes, before.hops) != (nets, [list(h) for h in hops]):
+                for p in groups[name]:
+                    if p.name in report.unchanged:
+                        report.unchanged.remove(p.name)
+                        report.updated.append(p.name)
+        plain = {str(n) for p in self.cfg.peers for n in self.cfg.device_routes(p)}
+        for name in [g for g in state.groups if g not in groups]:
+            gs = state.groups[name]
+            try:
+                multipath.remove_group(self.netns, self.cfg.name, name, gs.routes, gs.devices,
+                                       keep=sorted(plain))
+            except routes.RouteError as e:
+                raise GatewayError(f"group {name}: {e}") from None
+            del state.groups[name]
+            save_state(state)
+            faults.step("group-removed")
+
+    def _record_group(self, state: GatewayState, name: str, gs: GroupState) -> None:
+        """Record a group's route as installed, and each member's part in it."""
+        state.groups[name] = gs
+        inside = {dev for dev, _ in gs.hops}
+        for p in self.cfg.groups[name]:
+            ps = state.peer(p.name)
+            if ps is not None:
+                ps.group, ps.in_route = name, p.device in inside
+        save_state(state)
 
     def _apply_pipe_address(self, state: GatewayState, ps: PeerState) -> None:
         """Put the gateway's pipe address on a tunnel device when the file has pipes, take
@@ -653,6 +714,14 @@ def _down(gateway: str, netns: str | None, pins: str) -> bool:
         except (DataplaneError, OSError):
             dp = None
     try:
+        for name, gs in list(state.groups.items() if state else []):
+            try:
+                multipath.remove_group(netns, gateway, name, gs.routes, gs.devices)
+            except routes.RouteError as e:
+                if netns is None or netns_exists(netns):  # else it went with its netns
+                    raise GatewayError(f"group {name}: {e}") from None
+            del state.groups[name]
+            save_state(state)
         for ps in list(state.peers if state else []):
             try:
                 remove_peer(netns, ps, dp, engine_for(ps))

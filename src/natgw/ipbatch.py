@@ -3,7 +3,8 @@
 A hub changes up to a route per client on one device. Through pyroute2 each
 change is a Python-encoded netlink round trip and each netns socket a forked
 helper (tens of ms); `ip -n NETNS -batch -` does them all in one process that
-enters the netns once. Only for bulk work: single changes stay on pyroute2.
+enters the netns once. Only for bulk work, and for what pyroute2 cannot do
+(nexthop objects: natgw.multipath); single changes stay on pyroute2.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from natgw.routes import RTPROT_NATGW, RouteError
 TIMEOUT = 30  # seconds, for thousands of lines on a loaded machine
 
 
-def _argv(netns: str | None, *args: str) -> list[str]:
+def ip_argv(netns: str | None, *args: str) -> list[str]:
     return ["ip", *(["-n", netns] if netns else []), *args]
 
 
-def run_batch(netns: str | None, lines: list[str], force: bool = False) -> None:
-    """Run `ip` commands (one per line, without the leading `ip`) in netns.
+def run_batch(netns: str | None, lines: list[str], force: bool = False,
+              family: str | None = None) -> None:
+    """Run `ip` commands (one per line, without the leading `ip`) in netns; family
+    ("-4", "-6") applies to every line.
 
     force: go on after a failing line and ignore failures (for removals of
     what may already be gone). Otherwise the first failure raises RouteError
@@ -31,7 +34,8 @@ def run_batch(netns: str | None, lines: list[str], force: bool = False) -> None:
     """
     if not lines:
         return
-    argv = _argv(netns, *(["-force"] if force else []), "-batch", "-")
+    argv = ip_argv(netns, *([family] if family else []), *(["-force"] if force else []),
+                   "-batch", "-")
     try:
         done = subprocess.run(argv, input="\n".join(lines) + "\n", capture_output=True,
                               text=True, timeout=TIMEOUT)
@@ -48,7 +52,7 @@ def run_batch(netns: str | None, lines: list[str], force: bool = False) -> None:
 
 def link_index(netns: str | None, ifname: str) -> int:
     try:
-        done = subprocess.run(_argv(netns, "-j", "link", "show", "dev", ifname),
+        done = subprocess.run(ip_argv(netns, "-j", "link", "show", "dev", ifname),
                               capture_output=True, text=True, timeout=TIMEOUT)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise RouteError(f"ip link show {ifname}: {e}") from None
@@ -66,7 +70,7 @@ def refuse_foreign_routes(netns: str | None, networks: list[str]) -> None:
     wanted = {ipaddress.ip_network(n) for n in networks}
     for family in sorted({f"-{n.version}" for n in wanted}):
         try:
-            done = subprocess.run(_argv(netns, "-N", "-j", family, "route", "show",
+            done = subprocess.run(ip_argv(netns, "-N", "-j", family, "route", "show",
                                         "table", "main"),
                                   capture_output=True, text=True, timeout=TIMEOUT)
         except (OSError, subprocess.TimeoutExpired) as e:

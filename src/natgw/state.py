@@ -32,6 +32,19 @@ class PeerState:
     address: str | None = None  # our own address on the tunnel (peers[].address)
     # The pipe address (natgw.pipes.addressing) natgw put on the tunnel device: "" none.
     pipe_address: str = ""
+    group: str = ""  # its replica group ("" none): routed by the group's route (GroupState)
+    in_route: bool = True  # a member: in its group's route now
+    health: str = ""  # a member: why it is in or out, as the foreground `up` last judged
+
+
+@dataclass
+class GroupState:
+    """A replica group's route (natgw.multipath): recorded before it changes, so that
+    `down` finds every object natgw may have made for it."""
+
+    routes: list[str] = field(default_factory=list)  # its ranges
+    devices: list[str] = field(default_factory=list)  # every member's device (a nexthop each)
+    hops: list[list] = field(default_factory=list)  # [device, weight] in the route now
 
 
 @dataclass
@@ -76,6 +89,7 @@ class GatewayState:
     repairs: dict[str, int] = field(default_factory=dict)
     last_repair: str = ""  # one line: what the newest repair fixed, and when
     hub: HubState | None = None
+    groups: dict[str, GroupState] = field(default_factory=dict)  # replica groups by name
 
     def peer_by_ifindex(self, ifindex: int) -> PeerState | None:
         """The peer (or the hub's device) of a device."""
@@ -142,6 +156,9 @@ def _plain(obj):
         return {k: _plain(v) for k, v in vars(obj).items()}
     if isinstance(obj, list) and obj and hasattr(obj[0], "__dataclass_fields__"):
         return [_plain(v) for v in obj]
+    if isinstance(obj, dict) and obj and hasattr(next(iter(obj.values())),
+                                                 "__dataclass_fields__"):
+        return {k: _plain(v) for k, v in obj.items()}
     return obj
 
 
@@ -158,7 +175,10 @@ def load_state(gateway: str) -> GatewayState | None:
         clients = [ClientState(**_known(ClientState, c)) for c in hub.pop("clients", [])]
         device = PeerState(**_known(PeerState, hub.pop("device")))
         hub = HubState(device=device, clients=clients, **_known(HubState, hub))
-    return GatewayState(peers=peers, hub=hub, **_known(GatewayState, raw))
+    groups = raw.pop("groups", None)
+    groups = {g: GroupState(**_known(GroupState, v)) for g, v in groups.items()
+              if isinstance(v, dict)} if isinstance(groups, dict) else {}
+    return GatewayState(peers=peers, hub=hub, groups=groups, **_known(GatewayState, raw))
 
 
 def _known(cls: type, raw: dict) -> dict:

@@ -48,6 +48,9 @@ from natgw.pipes import publish
 from natgw.state import GatewayState, PeerState, load_state, states_in
 from natgw.wireguard.model import WireGuardError, handshake_fresh
 
+# Why a member is in its group's route when no foreground `natgw up` judges it.
+STATIC = "static: no foreground natgw up checks health (the route keeps every member)"
+
 
 class StatusError(Exception):
     """A gateway cannot be reported; one-line message."""
@@ -68,6 +71,10 @@ class PeerReport:
     mappings: list[dict] = field(default_factory=list)
     routes: list[str] = field(default_factory=list)
     error: str | None = None
+    # A replica group's member: its group, whether it is in the group's route, and why.
+    group: str | None = None
+    in_route: bool | None = None
+    why: str | None = None
 
 
 @dataclass
@@ -102,6 +109,8 @@ def _engine(name: str) -> Any:
 
 def _peer(state: GatewayState, ps: PeerState, dp: Dataplane | None, now: float) -> PeerReport:
     rep = PeerReport(ps.name, ps.device, ps.engine, routes=list(ps.routes))
+    if ps.group:
+        rep.group, rep.in_route, rep.why = ps.group, ps.in_route, ps.health or STATIC
     netns = state.netns
     engine = _engine(ps.engine)
     if engine is None:
@@ -209,6 +218,9 @@ def _format_gateway(g: GatewayReport, now: float) -> str:
             lines.append(f"  latest handshake: {hs}")
             lines.append(f"  transfer: {r.rx_bytes} B received, {r.tx_bytes} B sent")
         lines.append(f"  up: {'yes' if r.up else 'no'}")
+        if r.group is not None:
+            lines.append(f"  group: {r.group}, in route: {'yes' if r.in_route else 'no'} "
+                         f"({r.why})")
         if r.error:
             lines.append(f"  error: {r.error}")
         lines.append(f"  routes: {', '.join(r.routes) or '(none)'}")
