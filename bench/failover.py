@@ -324,7 +324,7 @@ def fail_over(run: Run) -> None:
     set_pod_route(run, 2, {B: 1})
 
 
-def trial(way: str, rep: int, stale_after: float | None, conntrack: str = "") -> dict:
+def trial(way: str, rep: int, stale_after: int | None, conntrack: str = "") -> dict:
     """One kill under traffic. conntrack: "" (natgw), or "loose" / "strict" (conntrack
     gateways, active/passive, switched over by the lab at the kill; strict: 2b's
     nf_conntrack_tcp_loose 0, so that it does not pick up a flow it never saw begin)."""
@@ -469,7 +469,7 @@ def _rows(trials: list[dict], gateways: str, way: str) -> dict | None:
     }
 
 
-def summarize(trials: list[dict], stale_after: float | None) -> dict:
+def summarize(trials: list[dict], stale_after: int | None) -> dict:
     limit = 2 * KEEPALIVE + 1
     s: dict = {"ways": {}, "conntrack": {}, "targets": [], "stale_after": stale_after}
     for way in WAYS:
@@ -569,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="trials per way (default 3)")
     ap.add_argument("--ways", default=",".join(WAYS), help="comma-separated subset of "
                     + ",".join(WAYS))
-    ap.add_argument("--stale-after", type=float, help="the peers' staleAfter, seconds "
+    ap.add_argument("--stale-after", type=int, help="the peers' staleAfter, seconds "
                     "(default natgw's: 3 x keepalive + 1 s)")
     ap.add_argument("--no-contrast", action="store_true",
                     help="skip the conntrack contrast (asymmetric paths, failover)")

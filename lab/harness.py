@@ -166,7 +166,7 @@ class Topology:
     replicas: int = 1  # gateways per cluster, a group over ECMP (see the module doc)
     conntrack: bool = False  # every gateway: WireGuard + iptables NETMAP (lab.conntrack)
     keepalive: int | None = None  # persistentKeepalive of every peer (default: 1 s with replicas)
-    stale_after: float | None = None  # staleAfter of every grouped peer (None: natgw's default)
+    stale_after: int | None = None  # staleAfter (s) of every grouped peer (None: natgw's default)
 
     def check(self) -> None:
         if self.hub:
