@@ -332,8 +332,8 @@ def trial(way: str, rep: int, stale_after: int | None, conntrack: str = "") -> d
                     conntrack=bool(conntrack))
     t0 = time.monotonic()
     run = harness.build(topo)
-    out: dict = {"way": way, "rep": rep, "prefix": run.prefix, "gateways":
-                 f"conntrack-{conntrack}" if conntrack else "natgw"}
+    out: dict = {"way": way, "rep": rep, "prefix": run.prefix, "stale_after": stale_after,
+                 "gateways": f"conntrack-{conntrack}" if conntrack else "natgw"}
     watch = None
     try:
         out["build_s"] = time.monotonic() - t0
@@ -452,16 +452,24 @@ def _med(values: list[float]) -> str:
     return f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f}, n={len(v)})"
 
 
-def _rows(trials: list[dict], gateways: str, way: str) -> dict | None:
-    ts = [t for t in trials if t.get("gateways", "natgw") == gateways and t["way"] == way
-          and "flows" in t]
-    if not ts:
-        return None
+def _stale_label(stale_after: int | None) -> str:
+    if stale_after is None:
+        return f"staleAfter {3 * KEEPALIVE + 1} s (default)"
+    return f"staleAfter {stale_after} s"
+
+
+def _label(t: dict) -> str:
+    if t["gateways"] == "natgw":
+        return f"natgw, {_stale_label(t.get('stale_after'))}"
+    return f"{t['gateways']} (active/passive, switched by the lab at the kill)"
+
+
+def _rows(ts: list[dict]) -> dict:
     return {
         "trials": len(ts),
         "window": [f["window_s"] for t in ts for f in t["flows"] if f["via"] == "2a"],
         "route_change": [max(t["route_change_s"].values()) if t["route_change_s"] and (
-            gateways != "natgw" or len(t["route_change_s"]) == 2) else None for t in ts],
+            t["gateways"] != "natgw" or len(t["route_change_s"]) == 2) else None for t in ts],
         "tcp_intact": sum(t["tcp"]["intact"] for t in ts),
         "flows_2b": sum(1 for t in ts for f in t["flows"] if f["via"] == "2b"),
         "lost_2b": sum(f["lost"] for t in ts for f in t["flows"] if f["via"] == "2b"),
@@ -469,52 +477,47 @@ def _rows(trials: list[dict], gateways: str, way: str) -> dict | None:
     }
 
 
-def summarize(trials: list[dict], stale_after: int | None) -> dict:
+def summarize(trials: list[dict]) -> dict:
+    """Rows by (gateways and setting, way); the targets of natgw's rows."""
     limit = 2 * KEEPALIVE + 1
-    s: dict = {"ways": {}, "conntrack": {}, "targets": [], "stale_after": stale_after}
-    for way in WAYS:
-        w = _rows(trials, "natgw", way)
-        if w is None:
+    s: dict = {"rows": [], "targets": []}
+    done = [t for t in trials if "flows" in t]
+    keys = list(dict.fromkeys((_label(t), t["way"]) for t in done))
+    for label, way in keys:
+        ts = [t for t in done if (_label(t), t["way"]) == (label, way)]
+        w = _rows(ts) | {"label": label, "way": way}
+        s["rows"].append(w)
+        if not label.startswith("natgw"):
             continue
-        s["ways"][way] = w
         got = [x for x in w["window"] if x is not None]
         worst = max(got) if got and len(got) == len(w["window"]) else None
-        s["targets"].append(Target(f"{way}: UDP loss window (worst of {len(w['window'])} "
-                                   "flows via 2a)", worst, "<=", limit, "s").as_dict())
-        s["targets"].append(Target(f"{way}: TCP transfers intact",
+        s["targets"].append(Target(f"{label}, {way}: UDP loss window (worst of "
+                                   f"{len(w['window'])} flows via 2a)", worst, "<=", limit,
+                                   "s").as_dict())
+        s["targets"].append(Target(f"{label}, {way}: TCP transfers intact",
                                    w["tcp_intact"] / w["trials"], "==", 1.0).as_dict())
-        s["targets"].append(Target(f"{way}: datagrams lost on flows via 2b",
+        s["targets"].append(Target(f"{label}, {way}: datagrams lost on flows via 2b",
                                    w["lost_2b"], "<=", 0).as_dict())
-    for kind in ("conntrack-loose", "conntrack-strict"):
-        w = _rows(trials, kind, "link")
-        if w is not None:
-            s["conntrack"][kind] = w
     return s
 
 
 def render(res: dict) -> str:
     s, m = res["summary"], res["machine"]
     lines = [
-        f"{res['reps']} trials per way, each on a fresh harness run (2 clusters x 2 natgw "
-        f"replicas, persistentKeepalive {KEEPALIVE} s, staleAfter "
-        f"{s['stale_after'] if s['stale_after'] is not None else 'default (3 x keepalive + 1 s)'}"
-        f"); {FLOWS} numbered UDP flows at {1 / UDP_INTERVAL:.0f} datagrams/s each and a TCP "
-        f"transfer paced at {TCP_RATE >> 20} MiB/s crossing 2a; 2a killed {KILL_AT:g} s in. "
+        f"{res['reps']} trial(s) per way and setting, each on a fresh harness run (2 clusters "
+        f"x 2 replicas, persistentKeepalive {KEEPALIVE} s); {FLOWS} numbered UDP flows at "
+        f"{1 / UDP_INTERVAL:.0f} datagrams/s each and a TCP transfer paced at "
+        f"{TCP_RATE >> 20} MiB/s crossing 2a; 2a killed {KILL_AT:g} s in. "
         f"Commit {m['commit']}, {m['date']}; load average {m['load_start']:.1f} before, "
         f"{m['load_end']:.1f} after, on {m['cores']} CPUs (shared with other jobs).",
         "",
         table(["gateways, way", "loss window, flows via 2a, s: median (min-max, n)",
                "kill -> route change, s (slower of 1a/1b)", "TCP intact",
                "flows via 2b: lost", "lost before the kill"],
-              [[f"{kind}, {way}", _med(w["window"]), _med(w["route_change"]),
+              [[f"{w['label']}, {w['way']}", _med(w["window"]), _med(w["route_change"]),
                 f"{w['tcp_intact']}/{w['trials']}",
                 f"{w['lost_2b']} ({w['flows_2b']} flows)" if w["flows_2b"] else "-",
-                str(w["lost_before"])]
-               for kind, ways in (("natgw", s["ways"]),) for way, w in ways.items()]
-              + [[f"{kind} (active/passive, switched by the lab at the kill), link",
-                  _med(w["window"]), _med(w["route_change"]),
-                  f"{w['tcp_intact']}/{w['trials']}", "-", str(w["lost_before"])]
-                 for kind, w in s["conntrack"].items()], markdown=True),
+                str(w["lost_before"])] for w in s["rows"]], markdown=True),
         "",
         table(["target", "value", "limit", "verdict"],
               [[t["name"], "-" if t["value"] is None else f"{t['value']:.3g}",
@@ -536,7 +539,8 @@ def render(res: dict) -> str:
         lines += ["", "Asymmetric paths (requests 1a -> 2a, replies 2b -> 1b), what passes:", "",
                   table(["gateways", "TCP connects", "ping replies", "UDP request/response",
                          "conntrack at the reply gateway"], rows, markdown=True)]
-    errors = [f"{t['way']} #{t['rep']}: {t['error']}" for t in res["trials"] if "error" in t]
+    errors = [f"{t.get('gateways')} {t['way']} #{t['rep']}: {t['error']}"
+              for t in res["trials"] if "error" in t]
     if errors:
         lines += ["", "Failed trials: " + "; ".join(errors)]
     return "\n".join(lines)
@@ -569,8 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="trials per way (default 3)")
     ap.add_argument("--ways", default=",".join(WAYS), help="comma-separated subset of "
                     + ",".join(WAYS))
-    ap.add_argument("--stale-after", type=int, help="the peers' staleAfter, seconds "
-                    "(default natgw's: 3 x keepalive + 1 s)")
+    ap.add_argument("--stale-after", default="default,2", help="comma-separated settings "
+                    "of the peers' staleAfter, in seconds or `default` (natgw's: 3 x "
+                    "keepalive + 1 s); default: default,2")
     ap.add_argument("--no-contrast", action="store_true",
                     help="skip the conntrack contrast (asymmetric paths, failover)")
     ap.add_argument("--attempts", type=int, default=5, help="contrast: attempts per kind")
@@ -580,17 +585,23 @@ def main(argv: list[str] | None = None) -> int:
     ways = [w for w in a.ways.split(",") if w]
     if any(w not in WAYS for w in ways) or a.reps < 1:
         ap.error(f"--ways: a subset of {','.join(WAYS)}; --reps >= 1")
+    try:
+        stales = [None if x == "default" else int(x) for x in a.stale_after.split(",") if x]
+    except ValueError:
+        ap.error("--stale-after: seconds or `default`, comma-separated")
     res: dict = {"machine": machine(), "reps": a.reps, "trials": [], "asymmetric": {}}
     try:
         for rep in range(1, a.reps + 1):
-            for way in ways:  # interleaved, so that the machine's load hits every way alike
-                log(f"failover: {way} #{rep}")
-                try:
-                    t = trial(way, rep, a.stale_after)
-                except LabError as e:
-                    t = {"way": way, "rep": rep, "error": str(e)}
-                log(f"  {json.dumps(t)[:400]}")
-                res["trials"].append(t)
+            for stale in stales:  # interleaved: the machine's load hits every case alike
+                for way in ways:
+                    log(f"failover: {way} #{rep}, {_stale_label(stale)}")
+                    try:
+                        t = trial(way, rep, stale)
+                    except LabError as e:
+                        t = {"way": way, "rep": rep, "gateways": "natgw",
+                             "stale_after": stale, "error": str(e)}
+                    log(f"  {json.dumps(t)[:300]}")
+                    res["trials"].append(t)
         if not a.no_contrast:
             for kind in ("loose", "strict"):
                 log(f"failover: conntrack gateways, tcp_loose {kind}")
@@ -599,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
                 except LabError as e:
                     t = {"way": "link", "rep": 1, "gateways": f"conntrack-{kind}",
                          "error": str(e)}
-                log(f"  {json.dumps(t)[:400]}")
+                log(f"  {json.dumps(t)[:300]}")
                 res["trials"].append(t)
             for kind in ("natgw", "conntrack"):
                 log(f"failover: asymmetric paths, {kind}")
@@ -611,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"natgw failover: {e}", file=sys.stderr)
         return 1
     res["machine"]["load_end"] = os.getloadavg()[0]
-    res["summary"] = summarize(res["trials"], a.stale_after)
+    res["summary"] = summarize(res["trials"])
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(res, indent=1) + "\n")
     body = render(res)
