@@ -9,6 +9,9 @@ repository with the root on the module path (`python -m lab`, scripts/netns/).
                  wireguard-go), saved as it is made; removes it all
     netnslab.py  NetnsLab: names under one prefix, removed in reverse order (tests)
     harness.py   the N-cluster topologies behind scripts/netns/ and the e2e tests
+                 (with --replicas, several gateways per cluster over ECMP)
+    conntrack.py conntrack NAT, the competitor: NETMAP rules (bench's iptables and
+                 nftables modes, the harness's --conntrack), leak and invalid counters
 
 The benchmark (bench/) builds its two-gateway modes with the same pieces.
 
