@@ -73,6 +73,7 @@ TCP_RATE = 2 << 20  # bytes per second of the paced transfer
 KILL_AT = 3.0  # s after the traffic starts
 AFTER = 10.0  # s of traffic after the kill
 POLL = 0.05
+IN_FLIGHT = 0.1  # s: a datagram sent this long before the kill may be lost by it
 ENGINE_PIDS = Path("/run/natgw/wg")  # natgw.wireguard.userspace.RUN_DIR
 
 
@@ -290,10 +291,14 @@ def kill(run: Run, way: str, i: int = 2, r: int = A) -> float:
 
 def loss_window(stream: StreamLog, t_kill: float) -> tuple[float | None, int]:
     """(seconds from the kill to the send time of the first datagram that arrived after
-    the losses since the kill, datagrams lost before the kill)."""
+    the losses of the kill, datagrams lost before the kill).
+
+    A datagram sent less than IN_FLIGHT before the kill may still have been on its
+    way through the replica: its loss is the kill's.
+    """
     lost = stream.lost()
-    before = sum(1 for k in lost if stream.sent_at[k] < t_kill)
-    after = [k for k in lost if stream.sent_at[k] >= t_kill]
+    before = sum(1 for k in lost if stream.sent_at[k] < t_kill - IN_FLIGHT)
+    after = [k for k in lost if stream.sent_at[k] >= t_kill - IN_FLIGHT]
     if not after:
         return 0.0, before
     nxt = next((k for k in range(after[-1] + 1, len(stream.sent_at)) if k in stream.received),

@@ -24,3 +24,9 @@ def test_a_flow_that_lost_nothing_has_no_window_and_losses_before_the_kill_are_a
 def test_a_flow_that_never_recovered_has_no_end_to_its_window():
     window, _ = loss_window(stream(600, set(range(100, 600))), t_kill=1.0)
     assert window is None
+
+
+def test_a_datagram_in_flight_at_the_kill_is_the_kills_loss():
+    # 95 (sent 0.95 s) was still inside the replica at the kill (1.0 s).
+    window, before = loss_window(stream(600, {95} | set(range(100, 150))), t_kill=1.0)
+    assert before == 0 and abs(window - 0.5) < 1e-9
