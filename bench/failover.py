@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -159,6 +160,7 @@ class Bulk:
         self.sent = hashlib.sha256()
         self.received = self.echoed = ""
         self.error = ""
+        self.recv_times: list[float] = []  # when the server read each chunk
         self.aborted = threading.Event()
         self.srv = netns_socket(run.pod(2), socket.AF_INET, socket.SOCK_STREAM)
         self.srv.bind((topo.pod_addr(2), 0))
@@ -180,6 +182,7 @@ class Bulk:
                 h = hashlib.sha256()
                 while chunk := conn.recv(1 << 16):
                     h.update(chunk)
+                    self.recv_times.append(time.monotonic())
                 self.received = h.hexdigest()
                 conn.sendall(self.received.encode())
         except OSError as e:
@@ -220,6 +223,11 @@ class Bulk:
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
         return done
+
+    def stall(self, since: float) -> float | None:
+        """The longest the server waited for data from `since` on (the kill)."""
+        times = [since] + [t for t in self.recv_times if t > since]
+        return max(b - a for a, b in itertools.pairwise(times)) if len(times) > 1 else None
 
     @property
     def intact(self) -> bool:
@@ -372,7 +380,7 @@ def trial(way: str, rep: int, stale_after: int | None, conntrack: str = "") -> d
         watch.close()
         out["tcp"] = {"path": f"1{'ab'[tcp_path[0] - 1]}-2{'ab'[tcp_path[1] - 1]}",
                       "bytes": size, "finished": finished, "intact": bulk.intact,
-                      "error": bulk.error}
+                      "stall_s": bulk.stall(t_kill), "error": bulk.error}
         out["route_change_s"] = {f"1{'ab'[r - 1]}": watch.left[r] - t_kill
                                  for r in watch.left}
         out["flows"] = []
@@ -476,6 +484,7 @@ def _rows(ts: list[dict]) -> dict:
         "route_change": [max(t["route_change_s"].values()) if t["route_change_s"] and (
             t["gateways"] != "natgw" or len(t["route_change_s"]) == 2) else None for t in ts],
         "tcp_intact": sum(t["tcp"]["intact"] for t in ts),
+        "tcp_stall": [t["tcp"].get("stall_s") for t in ts],
         "flows_2b": sum(1 for t in ts for f in t["flows"] if f["via"] == "2b"),
         "lost_2b": sum(f["lost"] for t in ts for f in t["flows"] if f["via"] == "2b"),
         "lost_before": sum(f["lost_before_kill"] for t in ts for f in t["flows"]),
@@ -518,9 +527,10 @@ def render(res: dict) -> str:
         "",
         table(["gateways, way", "loss window, flows via 2a, s: median (min-max, n)",
                "kill -> route change, s (slower of 1a/1b)", "TCP intact",
+               "TCP stall after the kill, s",
                "flows via 2b: lost", "lost before the kill"],
               [[f"{w['label']}, {w['way']}", _med(w["window"]), _med(w["route_change"]),
-                f"{w['tcp_intact']}/{w['trials']}",
+                f"{w['tcp_intact']}/{w['trials']}", _med(w["tcp_stall"]),
                 f"{w['lost_2b']} ({w['flows_2b']} flows)" if w["flows_2b"] else "-",
                 str(w["lost_before"])] for w in s["rows"]], markdown=True),
         "",
