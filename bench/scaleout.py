@@ -144,6 +144,7 @@ def measure(replicas: int, rounds: int, window: float) -> dict:
         out: dict = {"replicas": replicas, "build_s": time.monotonic() - t0, "rounds": []}
         pids = prepare(run)
         out["engines"] = len(pids)
+        flood(run, pids, counters, 1.0)  # unmeasured: neighbours, first packets of 16 tunnels
         for k in range(rounds):
             out["rounds"].append(flood(run, pids, counters, window))
             print(f"  R={replicas} round {k + 1}: {out['rounds'][-1]['pps']:.0f} pps",
