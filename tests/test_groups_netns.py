@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -22,11 +23,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from gateways import free_port, write_config
+from gateways import free_port, scrape, write_config
 
 from lab.keys import new_key
-from lab.net import ip, natgw
+from lab.net import NATGW, ip, natgw
 from lab.netnslab import NetnsLab, netns_unavailable_reason
+from natgw.status import STATIC
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
@@ -86,15 +88,17 @@ def topo(tmp_path_factory):
         yield Topology(gw, config, devices, replicas, lab)
 
 
-def routes(netns: str) -> dict[str, list[tuple[str, int]]]:
+def routes(netns: str) -> dict[str, list[tuple[str, int | None]]]:
     """natgw's routes (proto 78): destination -> sorted (device, weight) next hops."""
     out = {}
     for family in ("-4", "-6"):
         text = subprocess.run(["ip", "-n", netns, "-j", family, "route", "show", "proto", "78"],
                               capture_output=True, text=True, check=True).stdout
         for r in json.loads(text or "[]"):
-            hops = r.get("nexthops") or [{"dev": r["dev"], "weight": 1}]
-            out[r["dst"]] = sorted((h["dev"], h.get("weight", 1)) for h in hops)
+            hops = r.get("nexthops") or [{"dev": r["dev"]}]
+            # A single next hop has no weight that matters (None).
+            out[r["dst"]] = [(hops[0]["dev"], None)] if len(hops) == 1 else \
+                sorted((h["dev"], h.get("weight", 1)) for h in hops)
     return out
 
 
@@ -116,8 +120,147 @@ def test_detach_routes_every_range_over_every_member(topo):
     assert routes(t.gw) == {net: [(a, 1), (b, 3)] for net in RANGES}
     st = status(t)
     for peer in ("r1", "r2"):
-        assert st[peer]["group"] == "far" and st[peer]["in_route"] is True
+        assert (st[peer]["group"], st[peer]["in_route"], st[peer]["why"]) == ("far", True, STATIC)
         assert st[peer]["routes"] == []  # the group's route carries them
+
+
+@pytest.fixture(scope="module")
+def fg(topo):
+    """The foreground `natgw up` of gw (it judges the members), its log file."""
+    t = topo
+    logfile = t.config.with_suffix(".log")
+    with logfile.open("w") as out:
+        proc = subprocess.Popen([NATGW, "--netns", t.gw, "up", str(t.config)], stdout=out,
+                                stderr=subprocess.STDOUT)
+
+    def stop() -> int:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout=30)
+
+    t.lab.on_cleanup(stop)
+    # The first verdicts are recorded at the first tick after the file is applied.
+    assert wait_for(lambda: in_route(t) == {"r1": (True, "receiving"),
+                                            "r2": (True, "receiving")}, timeout=60), \
+        (in_route(t), logfile.read_text())
+    return proc, logfile, stop
+
+
+def in_route(t: Topology) -> dict[str, tuple[bool, str]]:
+    return {name: (p["in_route"], p["why"]) for name, p in status(t).items()}
+
+
+def in_route_metric(t: Topology) -> dict[str, float]:
+    address = yaml.safe_load(t.config.read_text())["metrics"]
+    return {dict(labels)["peer"]: v for (name, labels), v in scrape(address).items()
+            if name == "natgw_peer_in_route" and dict(labels)["group"] == "far"}
+
+
+def silence(t: Topology, peer: str, on: bool = True) -> None:
+    """Drop everything the replica sends to gw, keepalives included: an nftables rule in
+    the replica's netns (a blackhole route would not do: wireguard-go sends with
+    IP_PKTINFO's interface, and such a lookup passes a blackhole by)."""
+    argv = ["ip", "netns", "exec", t.replicas[peer], "nft"]
+    if not on:
+        subprocess.run([*argv, "delete", "table", "inet", "natgwtest"], check=True)
+        return
+    port = 51820 + int(peer[-1])  # gw's listenPort for this member
+    subprocess.run([*argv, "-f", "-"], check=True, text=True, input=(
+        "table inet natgwtest { chain out { type filter hook output priority 0; "
+        f"udp dport {port} drop; }}; }}\n"))
+
+
+def test_silence_takes_a_member_out_and_back(topo, fg):
+    t, (_, logfile, _) = topo, fg
+    a, b = t.devices["r1"], t.devices["r2"]
+    silence(t, "r2")
+    try:
+        assert wait_for(lambda: in_route(t)["r2"] == (False, "nothing received for 4 s")), \
+            (in_route(t), logfile.read_text())
+        assert routes(t.gw) == {net: [(a, None)] for net in RANGES}
+        assert in_route(t)["r1"] == (True, "receiving")
+        assert in_route_metric(t) == {"r1": 1, "r2": 0}
+        log = logfile.read_text()
+        assert "group far: r2 out of the route (nothing received for 4 s); route over r1" \
+            in log
+        assert "drift" not in log  # the route changed as recorded: nothing to repair
+        text = natgw("--netns", t.gw, "status", str(t.config)).stdout
+        assert "group: far, in route: no (nothing received for 4 s)" in text
+    finally:
+        silence(t, "r2", on=False)
+    assert wait_for(lambda: in_route(t)["r2"] == (True, "receiving"))
+    assert routes(t.gw) == {net: [(a, 1), (b, 3)] for net in RANGES}
+    assert in_route_metric(t) == {"r1": 1, "r2": 1}
+    assert "group far: r2 back in the route (receiving); route over r1, r2" in logfile.read_text()
+
+
+def test_a_member_whose_device_goes_down_is_out_until_it_receives_again(topo, fg):
+    t = topo
+    a, b = t.devices["r1"], t.devices["r2"]
+    ip("-n", t.gw, "link", "set", a, "down")
+    try:
+        assert wait_for(lambda: in_route(t)["r1"] == (False, "device down"), timeout=5)
+        assert routes(t.gw) == {net: [(b, None)] for net in RANGES}
+        assert in_route_metric(t) == {"r1": 0, "r2": 1}
+    finally:
+        ip("-n", t.gw, "link", "set", a, "up")
+    assert wait_for(lambda: in_route(t)["r1"] == (True, "receiving"))
+    assert routes(t.gw) == {net: [(a, 1), (b, 3)] for net in RANGES}
+
+
+def test_every_member_out_keeps_the_route_over_all(topo, fg):
+    t = topo
+    a, b = t.devices["r1"], t.devices["r2"]
+    kept = "kept: every member is out (nothing received for 4 s)"
+    for peer in ("r1", "r2"):
+        silence(t, peer)
+    try:
+        assert wait_for(lambda: in_route(t) == {"r1": (True, kept), "r2": (True, kept)})
+        assert routes(t.gw) == {net: [(a, 1), (b, 3)] for net in RANGES}
+        assert in_route_metric(t) == {"r1": 1, "r2": 1}
+    finally:
+        for peer in ("r1", "r2"):
+            silence(t, peer, on=False)
+    assert wait_for(lambda: in_route(t) == {"r1": (True, "receiving"),
+                                            "r2": (True, "receiving")})
+    assert routes(t.gw) == {net: [(a, 1), (b, 3)] for net in RANGES}
+
+
+def test_reload_replaces_the_weights_in_place_and_drift_is_repaired(topo, fg):
+    t, (proc, logfile, _) = topo, fg
+    a, b = t.devices["r1"], t.devices["r2"]
+    monitor = subprocess.Popen(["ip", "-n", t.gw, "monitor", "route"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        edit(t, r1=2, r2=1)
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: routes(t.gw) == {net: [(a, 2), (b, 1)] for net in RANGES})
+    finally:
+        monitor.terminate()
+        seen = monitor.communicate(timeout=10)[0]
+    # The routes point at the group all along: never deleted, only the group object changes.
+    assert not [line for line in seen.splitlines() if line.startswith("Deleted")], seen
+    # A range removed by hand comes back, over the same members.
+    ip("-n", t.gw, "route", "del", RANGES[0])
+    assert wait_for(lambda: routes(t.gw) == {net: [(a, 2), (b, 1)] for net in RANGES})
+    assert f"drift repaired: route {RANGES[0]} group far" in logfile.read_text()
+    edit(t, r1=1, r2=3)
+    proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: routes(t.gw) == {net: [(a, 1), (b, 3)] for net in RANGES})
+
+
+def test_exit_puts_every_member_back_static(topo, fg):
+    t, (_, logfile, stop) = topo, fg
+    a, b = t.devices["r1"], t.devices["r2"]
+    silence(t, "r2")
+    try:
+        assert wait_for(lambda: in_route(t)["r2"][0] is False)
+        assert stop() == 0, logfile.read_text()
+        # Nothing judges the members any more: the route is --detach's, over every member.
+        assert routes(t.gw) == {net: [(a, 1), (b, 3)] for net in RANGES}
+        assert all(v == (True, STATIC) for v in in_route(t).values()), in_route(t)
+    finally:
+        silence(t, "r2", on=False)
 
 
 def test_down_removes_the_group_and_nothing_foreign(topo):

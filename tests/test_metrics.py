@@ -213,7 +213,7 @@ def _exported() -> tuple[set[str], set[str]]:
     m = I.MappingReport(0, "remote", net("10.244.0.0/16"), net("10.245.0.0/16"), rule, rule)
     dev = I.DeviceReport(5, "wg-c2", "c2", (m,), {"truncated": 1, "unmatched": 2})
     families = [*dataplane_metrics([I.GatewayReport("gw", None, "abc", (dev,))]),
-                *peer_metrics([PeerHealth("gw", "c2", 1, 2, 3)], NOW),
+                *peer_metrics([PeerHealth("gw", "c2", 1, 2, 3, group="far", in_route=True)], NOW),
                 drift_metrics({"gw": {"route": 1}}),
                 *NatgwCollector([], root="/nonexistent").collect()]
     return ({f.name for f in families},

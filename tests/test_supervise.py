@@ -35,7 +35,7 @@ class NoPipes:
 class StandIn:
     """The part of natgw.gateway.Gateway the loop uses; one tunnel whose engine can die."""
 
-    cfg = SimpleNamespace(name="standin-supervise")
+    cfg = SimpleNamespace(name="standin-supervise", groups={})
     config_path = None
 
     def __init__(self) -> None:
@@ -58,6 +58,16 @@ class StandIn:
         return True
 
     def reresolve_stale(self) -> list[str]:
+        return []
+
+    # No replica groups: nothing to judge.
+    def watch_health(self, before=None) -> None:
+        pass
+
+    def check_health(self) -> list[str]:
+        return []
+
+    def release_health(self) -> list[str]:
         return []
 
 

@@ -24,6 +24,7 @@ from natgw.dataplane import Dataplane, DataplaneError, Mapping
 from natgw.dataplane.layout import DEV_F_OWN_QDISC
 from natgw.dataplane.loader import detach, has_clsact, missing_pins, pin_dir, repin_attached
 from natgw.failure import one_line
+from natgw.health import Health
 from natgw.keys import encode_key
 from natgw.lock import LockTimeout, gateway_lock
 from natgw.netns import NetnsNotFound, iproute, netns_exists, require_netns
@@ -110,6 +111,11 @@ class Gateway:
         # Reconcile the hub's device in full, not as a difference against the record
         # (a drift repair: the record says what should be, not what is).
         self._full = False
+        # The replica groups' health, judged by the foreground `up` (None: every member
+        # is in its group's route, as with --detach).
+        self.health: Health | None = None
+        self._health_error = ""  # the last failure to change a route for health, logged once
+        self._health_resync = False  # route every group by the verdicts at the next tick
 
     @property
     def engine(self) -> Engine:
@@ -427,6 +433,8 @@ class Gateway:
                        own_qdisc=bool(before and before.own_qdisc),
                        address=before.address if before else None,
                        pipe_address=before.pipe_address if before else "")
+        if before is not None:  # a member's part in its group, until _apply_groups
+            ps.group, ps.in_route, ps.health = before.group, before.in_route, before.health
         state.put_peer(ps)
         save_state(state)
         faults.step("peer-intent")
@@ -478,7 +486,10 @@ class Gateway:
                 or installed != set(mappings) or sorted(old_routes) != sorted(wanted_routes))
 
     def group_hops(self, group: str) -> list[multipath.Hop]:
-        """The members (device, weight) a group's route goes over: every member."""
+        """The members (device, weight) a group's route goes over: those the health
+        check has in, else every member."""
+        if self.health is not None:
+            return self.health.hops(group)
         return [(p.device, p.route_weight) for p in self.cfg.groups[group]]
 
     def _apply_groups(self, state: GatewayState, report: ApplyReport) -> None:
@@ -490,6 +501,8 @@ class Gateway:
             devices = [p.device for p in groups[name]]
             hops = self.group_hops(name)
             before = state.groups.get(name, GroupState())
+            if not hops:
+                continue  # every member's device is down: the kernel took the route
             # The intent: everything that may exist once this is done or half-done.
             state.groups[name] = GroupState(sorted(set(before.routes) | set(nets)),
                                             sorted(set(before.devices) | set(devices)),
@@ -527,8 +540,83 @@ class Gateway:
         for p in self.cfg.groups[name]:
             ps = state.peer(p.name)
             if ps is not None:
+                m = self.health.member(p.name) if self.health is not None else None
                 ps.group, ps.in_route = name, p.device in inside
+                ps.health = m.why if m is not None else ""  # "": static (natgw.status)
         save_state(state)
+
+    # -- replica group health (the foreground `up`) ------------------------
+
+    def watch_health(self, before: Health | None = None) -> None:
+        """Judge the groups' members from now on (carrying what `before` knew)."""
+        self.health = Health.of(self.cfg, time.monotonic(), before) \
+            if self.cfg.groups else None
+        if self.health is None and before is not None:
+            before.close()
+
+    def check_health(self) -> list[str]:
+        """One tick: read every member, judge, and replace the route of each group
+        whose members changed (recorded first). Returns the log lines."""
+        if self.health is None:
+            return []
+        now = time.monotonic()
+        samples = self.health.read(self.netns, lambda dev: self.engine.status(dev, self.netns))
+        lines, changed, retold = self.health.observe(samples, now)
+        if changed or retold or self._health_resync:
+            error = self._route_groups(sorted(self.cfg.groups) if self._health_resync
+                                       else sorted(changed), sorted(retold))
+            if error and error != self._health_error:
+                lines.append(error)
+            # A failed change is tried again at each tick until it is done.
+            self._health_error, self._health_resync = error, bool(error)
+        return lines
+
+    def resync_health(self) -> None:
+        """At the next tick, route every group by the verdicts again (after an apply of
+        another configuration failed and restored this one with every member in)."""
+        self._health_resync = self.health is not None
+
+    def release_health(self) -> list[str]:
+        """Stop judging: every member whose device is up goes back in (the static
+        route of --detach). Returns the log lines."""
+        if self.health is None:
+            return []
+        samples = self.health.read(self.netns, lambda dev: self.engine.status(dev, self.netns))
+        for m in self.health.members:
+            m.in_route = samples[m.peer].link is None
+            m.why = "" if m.in_route else samples[m.peer].link
+        error = self._route_groups(sorted(self.cfg.groups))
+        self.health.close()
+        self.health = None
+        return [error] if error else []
+
+    def _route_groups(self, groups: list[str], retold: list[str] = ()) -> str:
+        """Record the members' verdicts and replace these groups' routes (only record
+        them for `retold` groups); "" when done, else why not (tried again at the
+        next tick)."""
+        try:
+            with gateway_lock(self.cfg.name, timeout=0):
+                if self.superseded():
+                    return ""  # the newer `up` owns the routes now
+                state = load_state(self.cfg.name)
+                if state is None:
+                    return ""  # gone down
+                for name in [*groups, *retold]:
+                    gs = state.groups.get(name)
+                    if gs is None or name not in self.cfg.groups:
+                        continue
+                    hops = self.group_hops(name)
+                    # The intent first: status, metrics and drift read the record.
+                    self._record_group(state, name, GroupState(gs.routes, gs.devices,
+                                                               [list(h) for h in hops]))
+                    if hops and name in groups:
+                        multipath.set_group(self.netns, self.cfg.name, name, gs.routes, hops,
+                                            gs.routes, gs.devices, trusted=True)
+        except LockTimeout:
+            return "health: the gateway is locked (another natgw at work); route change deferred"
+        except routes.RouteError as e:
+            return f"health: {e}"
+        return ""
 
     def _apply_pipe_address(self, state: GatewayState, ps: PeerState) -> None:
         """Put the gateway's pipe address on a tunnel device when the file has pipes, take

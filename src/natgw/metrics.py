@@ -13,6 +13,8 @@ Metrics (label values are short and stable; no per-address labels):
     natgw_packet_events_total{gateway,peer,event}                    counter
         (unmatched, unparsed, mss_clamped: packets passed, not dropped)
     natgw_peer_up{gateway,peer}                                      gauge 0/1
+    natgw_peer_in_route{gateway,peer,group}                          gauge 0/1
+        (a replica group's member: in the group's multipath route; natgw.health)
     natgw_peer_last_handshake_timestamp_seconds{gateway,peer}        gauge (0: never)
     natgw_peer_receive_bytes_total{gateway,peer}                     counter
     natgw_peer_transmit_bytes_total{gateway,peer}                    counter
@@ -42,6 +44,7 @@ from natgw import __version__
 from natgw import introspect as I
 from natgw.dataplane.layout import DROP_REASONS
 from natgw.dataplane.loader import PIN_ROOT
+from natgw.health import IFF_LOWER_UP, IFF_UP
 from natgw.netns import iproute
 from natgw.state import GatewayState, load_state
 from natgw.wireguard.model import HANDSHAKE_FRESH_SECONDS, handshake_fresh
@@ -50,8 +53,6 @@ if TYPE_CHECKING:
     from natgw.gateway import Gateway
 
 DEFAULT_PORT = 9469
-IFF_UP = 0x1
-IFF_LOWER_UP = 0x10000
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class PeerHealth:
     rx_bytes: int | None = None
     tx_bytes: int | None = None
     link_up: bool | None = None
+    group: str | None = None  # a replica group's member: its group
+    in_route: bool | None = None  # ...and whether it is in the group's route
 
     def up(self, now: float) -> bool:
         if self.link_up is not None:
@@ -175,16 +178,21 @@ def peer_metrics(peers: Iterable[PeerHealth], now: float) -> list[Metric]:
                              labels=labels)
     tx = CounterMetricFamily("natgw_peer_transmit_bytes", "Bytes sent through the tunnel",
                              labels=labels)
+    in_route = GaugeMetricFamily("natgw_peer_in_route",
+                                 "1 if the replica group member is in its group's route",
+                                 labels=[*labels, "group"])
     for p in peers:
         key = [p.gateway, p.peer]
         up.add_metric(key, 1 if p.up(now) else 0)
+        if p.group is not None:
+            in_route.add_metric([*key, p.group], 1 if p.in_route else 0)
         if p.latest_handshake is not None:
             handshake.add_metric(key, p.latest_handshake)
         if p.rx_bytes is not None:
             rx.add_metric(key, p.rx_bytes)
         if p.tx_bytes is not None:
             tx.add_metric(key, p.tx_bytes)
-    return [up, handshake, rx, tx]
+    return [up, handshake, rx, tx, in_route]
 
 
 # -- peer health from what `natgw up` recorded ---------------------------------
@@ -228,18 +236,19 @@ def state_peer_health(states: Iterable[GatewayState],
                 out.append(PeerHealth(state.gateway, p.name,
                                       link_up=link_up(p.device, state.netns)))
                 continue
+            group = {"group": p.group, "in_route": p.in_route} if p.group else {}
             try:
                 status = engine_for(p.engine).status(p.device, state.netns)
             except Exception:
                 # Device gone or engine broken: reported as down, not as a failed scrape.
-                out.append(PeerHealth(state.gateway, p.name))
+                out.append(PeerHealth(state.gateway, p.name, **group))
                 continue
             wg = status.peers
             out.append(PeerHealth(
                 state.gateway, p.name,
                 latest_handshake=max((w.latest_handshake for w in wg), default=0),
                 rx_bytes=sum(w.rx_bytes for w in wg),
-                tx_bytes=sum(w.tx_bytes for w in wg),
+                tx_bytes=sum(w.tx_bytes for w in wg), **group,
             ))
         if state.hub is not None:
             out += hub_client_health(state, engine_for)

@@ -73,17 +73,24 @@ def _refuse_foreign(have: dict[int, dict], ids: list[int]) -> None:
 
 def set_group(netns: str | None, gateway: str, group: str, networks: list[str],
               hops: list[Hop], stale_networks: list[str] = (),
-              stale_devices: list[str] = ()) -> None:
+              stale_devices: list[str] = (), trusted: bool = False) -> None:
     """Route `networks` over `hops` (at least one); drop the group's stale ranges and
-    members. Idempotent: run again, it replaces everything with the same."""
+    members. Idempotent: run again, it replaces everything with the same.
+
+    trusted: the group was applied and every object of it is natgw's (a health
+    change): the foreign checks, three `ip` runs, are skipped to act sooner.
+    """
     if not hops:
         raise RouteError(f"group {group}: no member to route over")
     gid = group_id(gateway, group)
     wanted = {dev: hop_id(gateway, dev) for dev, _ in hops}
     gone = [hop_id(gateway, d) for d in stale_devices if d not in wanted]
-    have = _nexthops(netns)
-    _refuse_foreign(have, [gid, *wanted.values(), *gone])
-    ipbatch.refuse_foreign_routes(netns, list(networks))
+    if trusted:
+        have = dict.fromkeys(gone, {})
+    else:
+        have = _nexthops(netns)
+        _refuse_foreign(have, [gid, *wanted.values(), *gone])
+        ipbatch.refuse_foreign_routes(netns, list(networks))
     ipbatch.run_batch(netns, [f"nexthop replace id {wanted[dev]} dev {dev} proto {RTPROT_NATGW}"
                               for dev, _ in hops], family="-6")
     members = "/".join(f"{wanted[dev]},{weight}" for dev, weight in hops)
@@ -113,8 +120,10 @@ def route_hops(route) -> frozenset[tuple[int, int | None]]:
     """A dumped route's next hops as (ifindex, weight); weight None for a single one
     (a group left with one member routes like a plain route: its weight means nothing)."""
     multipath = route.get_attr("RTA_MULTIPATH")
-    if multipath:
+    if multipath and len(multipath) > 1:
         return frozenset((nh["oif"], nh["hops"] + 1) for nh in multipath)
+    if multipath:  # IPv6 dumps a group of one as a multipath of one
+        return frozenset({(multipath[0]["oif"], None)})
     oif = route.get_attr("RTA_OIF")
     return frozenset() if oif is None else frozenset({(oif, None)})
 

@@ -20,6 +20,9 @@ JSON (`natgw status --json`): a list, one object per gateway, sorted by name:
                                "egress_bytes": 252, "ingress_packets": 0,
                                "ingress_bytes": 0}],
                  "routes": ["10.245.0.0/16"],
+                 "group": "cluster2",         # a replica group's member; else null
+                 "in_route": true,            # in the group's route (null: no group)
+                 "why": "receiving",          # why in or out (natgw.health), or static
                  "error": null}],              # why the tunnel could not be read
       "repairs": {"route": 1},                # drift repaired by the foreground up, per kind
       "last_repair": "2026-01-01 10:00:00 route 10.245.0.0/16 dev gw1-cluster2",
@@ -50,6 +53,8 @@ from natgw.wireguard.model import WireGuardError, handshake_fresh
 
 # Why a member is in its group's route when no foreground `natgw up` judges it.
 STATIC = "static: no foreground natgw up checks health (the route keeps every member)"
+# After a foreground `natgw up` was killed: its last verdict stays until the next up.
+UNCHECKED = "as natgw up last judged; no natgw up checks it now"
 
 
 class StatusError(Exception):
@@ -107,10 +112,15 @@ def _engine(name: str) -> Any:
     return None
 
 
-def _peer(state: GatewayState, ps: PeerState, dp: Dataplane | None, now: float) -> PeerReport:
+def _peer(state: GatewayState, ps: PeerState, dp: Dataplane | None, now: float,
+          judged: bool = False) -> PeerReport:
+    """judged: a foreground `natgw up` serves the gateway (and checks its groups)."""
     rep = PeerReport(ps.name, ps.device, ps.engine, routes=list(ps.routes))
     if ps.group:
-        rep.group, rep.in_route, rep.why = ps.group, ps.in_route, ps.health or STATIC
+        rep.group, rep.in_route = ps.group, ps.in_route
+        rep.why = ps.health or STATIC
+        if ps.health and not judged:
+            rep.why += f" ({UNCHECKED})"
     netns = state.netns
     engine = _engine(ps.engine)
     if engine is None:
@@ -145,14 +155,14 @@ def report(state: GatewayState, now: float | None = None) -> GatewayReport:
     except (DataplaneError, OSError):
         dp = None  # pins gone: the peers are still worth showing
     now = time.time() if now is None else now
+    served = publish.read(state.gateway)
     try:
-        peers = [_peer(state, ps, dp, now) for ps in state.peers]
+        peers = [_peer(state, ps, dp, now, served is not None) for ps in state.peers]
         hub = None if state.hub is None else hub_status(
             state.hub, state.netns, dp, _engine(state.hub.device.engine), now)
     finally:
         if dp is not None:
             dp.close()
-    served = publish.read(state.gateway)
     return GatewayReport(state.gateway, state.netns, peers, dict(state.repairs),
                          state.last_repair, hub, served["pipes"] if served else [],
                          served["pid"] if served else None)

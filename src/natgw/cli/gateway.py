@@ -92,8 +92,10 @@ def up(
     """Apply FILE (cluster.yaml): tunnels, dataplane, mappings, routes.
 
     In the foreground natgw serves the file's pipes and metrics, restarts dead
-    wireguard-go processes, reloads FILE on SIGHUP, and exits on SIGTERM/SIGINT
-    leaving the dataplane forwarding (pipes stop). With a foreground natgw up
+    wireguard-go processes, takes a replica group's silent or down members out of
+    its route and puts them back, reloads FILE on SIGHUP, and exits on
+    SIGTERM/SIGINT leaving the dataplane forwarding (pipes stop; groups route over
+    every member again, as with --detach, which checks no health). With a foreground natgw up
     serving this gateway, --detach hands FILE over to it (SIGHUP, and waits);
     without one, --detach refuses a file with pipes.
     """
@@ -230,7 +232,8 @@ def _catch_signals():
 def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) -> None:
     """Serve the pipes and supervise until SIGTERM/SIGINT; SIGHUP reloads the file.
 
-    Every ENGINE_INTERVAL the engines are checked, and every SUPERVISE_INTERVAL
+    Every ENGINE_INTERVAL the replica groups' members are judged (natgw.health) and
+    the engines checked, and every SUPERVISE_INTERVAL
     (or as soon as a wireguard-go is found dead): a reload that failed (e.g. it
     met a dying engine) is tried again; a newer apply by another `natgw up` is
     adopted, never reverted; drift (a pin, engine, device, filter, route,
@@ -267,6 +270,7 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) 
 
         server.registry.register(PipeCollector(pipes))
     log.info("running in the foreground (SIGHUP reloads %s)", file)
+    gw.watch_health()
     pending = False  # a SIGHUP not yet applied: kept until it succeeds or the file is invalid
     next_check = time.monotonic() + SUPERVISE_INTERVAL
     try:
@@ -276,6 +280,8 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) 
             if stop.is_set():
                 break
             try:
+                for line in gw.check_health():  # every tick: failover waits for no check
+                    log.info("%s", line)
                 if reload.is_set():
                     reload.clear()
                     pending, next_check = True, 0.0
@@ -291,7 +297,12 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) 
                         log.error("reload: %s (keeping the running config)", e)
                         pipes.set_reload(f"reload: {e}")
                         continue
-                    new.apply()  # GatewayError: still pending, tried again next check
+                    new.watch_health(gw.health)
+                    try:
+                        new.apply()  # GatewayError: still pending, tried again next check
+                    except GatewayError:
+                        gw.resync_health()  # the restored configuration has every member in
+                        raise
                     gw, pending = new, False
                     errors = pipes.apply(plan_for(gw.cfg, gw.config_path))
                     for e in errors:
@@ -300,6 +311,7 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) 
                     log.info("reloaded %s", file)
                 elif gw.superseded():
                     if gw.adopt_record():
+                        gw.watch_health(gw.health)
                         log.info("supervising the configuration another natgw up applied")
                 elif drift := gw.drift():
                     if gw.repair(drift):
@@ -314,11 +326,18 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) 
             except Exception as e:  # noqa: BLE001 - the supervisor must keep running
                 log.error("%s", one_line(e))
     finally:
+        try:
+            for line in gw.release_health():
+                log.error("%s", line)
+        except Exception as e:  # noqa: BLE001 - exiting anyway
+            log.error("health: %s", one_line(e))
         if server is not None:
             server.shutdown()
         pipes.stop()
         publish.remove(name)
-    log.info("exiting; the dataplane keeps forwarding, pipes stop (natgw down removes it all)")
+    log.info("exiting; the dataplane keeps forwarding, pipes stop%s (natgw down removes it "
+             "all)", ", replica groups route over every member, unchecked" if gw.cfg.groups
+             else "")
 
 
 def _start_metrics(gw: Gateway):
