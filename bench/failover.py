@@ -337,6 +337,15 @@ def fail_over(run: Run) -> None:
     set_pod_route(run, 2, {B: 1})
 
 
+def health_lines(run: Run, r: int) -> list[str]:
+    """What cluster 1's replica r logged about its group's route (natgw gateways)."""
+    log_path = Path(run.config(1, r)).with_suffix(".log")
+    if not log_path.exists():
+        return []
+    return [line.strip() for line in log_path.read_text(errors="replace").splitlines()
+            if "group " in line]
+
+
 def trial(way: str, rep: int, stale_after: int | None, conntrack: str = "") -> dict:
     """One kill under traffic. conntrack: "" (natgw), or "loose" / "strict" (conntrack
     gateways, active/passive, switched over by the lab at the kill; strict: 2b's
@@ -389,6 +398,7 @@ def trial(way: str, rep: int, stale_after: int | None, conntrack: str = "") -> d
             out["flows"].append({"sport": sp, "via": f"2{'ab'[path[1] - 1]}",
                                  "sent": len(sl.sent_at), "lost": len(sl.lost()),
                                  "lost_before_kill": before, "window_s": window})
+        out["health_log"] = {f"1{'ab'[r - 1]}": health_lines(run, r) for r in topo.replica_ids}
         out["loadavg"] = os.getloadavg()
         return out
     finally:
