@@ -45,6 +45,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import signal
@@ -468,6 +469,11 @@ def asymmetric(conntrack: bool, attempts: int) -> dict:
 # --- report ------------------------------------------------------------------------------------
 
 
+def _never(windows: list[float | None]) -> str:
+    n = sum(1 for x in windows if x is None)
+    return f"; {n} of {len(windows)} never recovered" if n else ""
+
+
 def _med(values: list[float]) -> str:
     v = [x for x in values if x is not None]
     if not v:
@@ -514,7 +520,9 @@ def summarize(trials: list[dict]) -> dict:
         if not label.startswith("natgw"):
             continue
         got = [x for x in w["window"] if x is not None]
-        worst = max(got) if got and len(got) == len(w["window"]) else None
+        # A flow that never recovered has no end to its window: the target is missed.
+        worst = (max(got) if len(got) == len(w["window"]) else math.inf) \
+            if w["window"] else None
         s["targets"].append(Target(f"{label}, {way}: UDP loss window (worst of "
                                    f"{len(w['window'])} flows via 2a)", worst, "<=", limit,
                                    "s").as_dict())
@@ -539,13 +547,16 @@ def render(res: dict) -> str:
                "kill -> route change, s (slower of 1a/1b)", "TCP intact",
                "TCP stall after the kill, s",
                "flows via 2b: lost", "lost before the kill"],
-              [[f"{w['label']}, {w['way']}", _med(w["window"]), _med(w["route_change"]),
+              [[f"{w['label']}, {w['way']}", _med(w["window"]) + _never(w["window"]),
+                _med(w["route_change"]),
                 f"{w['tcp_intact']}/{w['trials']}", _med(w["tcp_stall"]),
                 f"{w['lost_2b']} ({w['flows_2b']} flows)" if w["flows_2b"] else "-",
                 str(w["lost_before"])] for w in s["rows"]], markdown=True),
         "",
         table(["target", "value", "limit", "verdict"],
-              [[t["name"], "-" if t["value"] is None else f"{t['value']:.3g}",
+              [[t["name"], "-" if t["value"] is None else
+                "never (a flow did not recover)" if math.isinf(t["value"]) else
+                f"{t['value']:.3g}",
                 f"{t['op']} {t['limit']:g} {t['unit']}".strip(),
                 Target(t["name"], t["value"], t["op"], t["limit"], t["unit"]).verdict]
                for t in s["targets"]], markdown=True),
@@ -606,7 +617,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attempts", type=int, default=5, help="contrast: attempts per kind")
     ap.add_argument("--json", type=Path, default=ROOT / "bench-results" / "failover.json")
     ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--render", type=Path, metavar="JSON",
+                    help="measure nothing: the tables of a saved run (and --markdown)")
     a = ap.parse_args(argv)
+    if a.render:
+        res = json.loads(a.render.read_text())
+        res["summary"] = summarize(res["trials"])
+        print(render(res))
+        if a.markdown:
+            write_markdown(a.markdown, "failover", "Failover of active/active replicas",
+                           render(res), "make failover")
+        return 0
     ways = [w for w in a.ways.split(",") if w]
     if any(w not in WAYS for w in ways) or a.reps < 1:
         ap.error(f"--ways: a subset of {','.join(WAYS)}; --reps >= 1")
