@@ -113,7 +113,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -356,6 +356,10 @@ class Run(Record):
         if "configs" in data:  # recorded as netns -> config before the common record
             data["gateways"] = {cfg: ns for ns, cfg in data.pop("configs").items()}
         topo = dict(data["topology"], plain=tuple(data["topology"].get("plain", ())))
+        # A run recorded by another checkout may know options this one does not: its
+        # record (namespaces, processes, gateways) is all that removing it needs.
+        known = {f.name for f in fields(Topology)}
+        topo = {k: v for k, v in topo.items() if k in known}
         return super().from_json(dict(data, topology=Topology(**topo)))
 
 
