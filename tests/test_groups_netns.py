@@ -14,6 +14,7 @@ The tests run in file order on one topology: each leaves it as it found it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,8 @@ from gateways import free_port, scrape, write_config
 from lab.keys import new_key
 from lab.net import NATGW, ip, natgw
 from lab.netnslab import NetnsLab, netns_unavailable_reason
+from natgw.faults import GROUP_STEPS, KILL_ENV
+from natgw.multipath import group_id, hop_id
 from natgw.status import STATIC
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
@@ -261,6 +264,35 @@ def test_exit_puts_every_member_back_static(topo, fg):
         assert all(v == (True, STATIC) for v in in_route(t).values()), in_route(t)
     finally:
         silence(t, "r2", on=False)
+
+
+@pytest.mark.parametrize("step", GROUP_STEPS)
+def test_killed_at_a_group_step_the_next_up_converges(topo, step):
+    t = topo
+    a, b = t.devices["r1"], t.devices["r2"]
+    data = yaml.safe_load(t.config.read_text())
+    if step == "group-removed":  # reached when a group goes: here it shrinks to one member
+        changed = dict(data, peers=data["peers"][:1])
+        expected = {net: [(a, None)] for net in RANGES}
+    else:
+        changed = dict(data, peers=[dict(p, weight=4 - p["weight"]) for p in data["peers"]])
+        expected = {net: [(a, 3), (b, 1)] for net in RANGES}
+    try:
+        write_config(t.config, changed)
+        r = subprocess.run([NATGW, "--netns", t.gw, "up", str(t.config), "--detach"],
+                           capture_output=True, text=True, env=os.environ | {KILL_ENV: step})
+        assert r.returncode == -signal.SIGKILL, r.stderr
+        r = natgw("--netns", t.gw, "up", str(t.config), "--detach")
+        assert r.returncode == 0, r.stderr
+        assert routes(t.gw) == expected
+    finally:
+        write_config(t.config, data)
+    r = natgw("--netns", t.gw, "up", str(t.config), "--detach")
+    assert r.returncode == 0, r.stderr
+    assert routes(t.gw) == {net: [(a, 1), (b, 3)] for net in RANGES}
+    # Nothing left over: the group's object and one nexthop per member.
+    assert {nh["id"] for nh in nexthops(t.gw)} == {group_id(t.gw, "far"), hop_id(t.gw, a),
+                                                     hop_id(t.gw, b)}
 
 
 def test_down_removes_the_group_and_nothing_foreign(topo):
