@@ -3,7 +3,7 @@
   gw ==wg (dev …wa, 192.168.81.0/24)== r1
      ==wg (dev …wb, 192.168.82.0/24)== r2
 
-r1 and r2 are natgw gateways too (one peer each: gw), both replicas of one remote
+r1 and r2 are bare wireguard-go devices (peer: gw), both replicas of one remote
 cluster: gw routes 10.245.0.0/16 and fd00:245::/64 over both devices with one
 multipath route (nexthop objects), weights 1 and 3. Keepalives every second, so a
 member is stale after the default 4 s. Silence is made in the replica's netns (a
@@ -14,6 +14,7 @@ The tests run in file order on one topology: each leaves it as it found it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -28,7 +29,11 @@ from gateways import free_port, scrape, write_config
 from lab.keys import new_key
 from lab.net import NATGW, ip, natgw
 from lab.netnslab import NetnsLab, netns_unavailable_reason
+from natgw import keys
+from natgw.faults import GROUP_STEPS, KILL_ENV
+from natgw.multipath import group_id, hop_id
 from natgw.status import STATIC
+from natgw.wireguard import DeviceConfig, PeerConfig, WireGuardGoEngine
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
@@ -52,6 +57,8 @@ def topo(tmp_path_factory):
     if shutil.which("wireguard-go") is None:
         pytest.skip("needs wireguard-go")
     tmp = tmp_path_factory.mktemp("groups")
+    # The replicas are bare wireguard-go devices: all they must do is answer and keep alive.
+    engine = WireGuardGoEngine(run_dir=tmp / "wg")
     with NetnsLab() as lab:
         gw = lab.netns("gw")
         ours = new_key(tmp / "gw.key")
@@ -59,25 +66,21 @@ def topo(tmp_path_factory):
         for i, tag in ((1, "a"), (2, "b")):
             r = lab.netns(f"r{i}")
             lab.veth(gw, f"192.168.8{i}.1/24", r, f"192.168.8{i}.2/24")
-            name, dev = f"r{i}", lab.name(f"w{tag}")
+            name, dev, rdev = f"r{i}", lab.name(f"w{tag}"), lab.name(f"x{tag}")
             devices[name], replicas[name] = dev, r
-            rkey = new_key(tmp / f"r{i}.key")
-            members.append({"name": name, "device": dev, "publicKey": rkey,
+            private = keys.genkey()
+            members.append({"name": name, "device": dev, "publicKey": keys.pubkey(private),
                             "endpoint": f"192.168.8{i}.2:51820", "listenPort": 51820 + i,
                             "persistentKeepalive": 1, "group": "far", "weight": 2 * i - 1,
                             "remote": [{"cidr": "10.244.0.0/16", "as": RANGES[0]},
                                        {"cidr": "fd00:244::/64", "as": RANGES[1]}]})
-            rcfg = write_config(tmp / f"r{i}.yaml", {
-                "name": r, "cidrs": ["10.244.0.0/16", "fd00:244::/64"],
-                "privateKeyFile": str(tmp / f"r{i}.key"), "engine": "wireguard-go",
-                "metrics": f"127.0.0.1:{free_port()}",
-                "peers": [{"name": "gw", "device": lab.name(f"x{tag}"), "publicKey": ours,
-                           "endpoint": f"192.168.8{i}.1:{51820 + i}", "listenPort": 51820,
-                           "persistentKeepalive": 1,
-                           "remote": [{"cidr": "10.244.0.0/16", "as": "10.246.0.0/16"},
-                                      {"cidr": "fd00:244::/64", "as": "fd00:246::/64"}]}]})
-            lab.on_cleanup(lambda r=r, c=rcfg: natgw("--netns", r, "down", str(c), check=False))
-            natgw("--netns", r, "up", str(rcfg), "--detach")
+            lab.on_cleanup(lambda d=rdev, r=r: engine.delete(d, r))
+            engine.ensure_device(rdev, r)
+            engine.configure(rdev, r, DeviceConfig(
+                private_key=keys.decode_key(private), listen_port=51820,
+                peers=(PeerConfig(keys.decode_key(ours), f"192.168.8{i}.1:{51820 + i}",
+                                  ("10.244.0.0/16",), persistent_keepalive=1),)))
+            ip("-n", r, "link", "set", rdev, "up")
         config = write_config(tmp / "gw.yaml", {
             "name": gw, "cidrs": ["10.244.0.0/16", "fd00:244::/64"],
             "privateKeyFile": str(tmp / "gw.key"), "engine": "wireguard-go",
@@ -263,6 +266,35 @@ def test_exit_puts_every_member_back_static(topo, fg):
         silence(t, "r2", on=False)
 
 
+@pytest.mark.parametrize("step", GROUP_STEPS)
+def test_killed_at_a_group_step_the_next_up_converges(topo, step):
+    t = topo
+    a, b = t.devices["r1"], t.devices["r2"]
+    data = yaml.safe_load(t.config.read_text())
+    if step == "group-removed":  # reached when a group goes: here it shrinks to one member
+        changed = dict(data, peers=data["peers"][:1])
+        expected = {net: [(a, None)] for net in RANGES}
+    else:
+        changed = dict(data, peers=[dict(p, weight=4 - p["weight"]) for p in data["peers"]])
+        expected = {net: [(a, 3), (b, 1)] for net in RANGES}
+    try:
+        write_config(t.config, changed)
+        r = subprocess.run([NATGW, "--netns", t.gw, "up", str(t.config), "--detach"],
+                           capture_output=True, text=True, env=os.environ | {KILL_ENV: step})
+        assert r.returncode == -signal.SIGKILL, r.stderr
+        r = natgw("--netns", t.gw, "up", str(t.config), "--detach")
+        assert r.returncode == 0, r.stderr
+        assert routes(t.gw) == expected
+    finally:
+        write_config(t.config, data)
+    r = natgw("--netns", t.gw, "up", str(t.config), "--detach")
+    assert r.returncode == 0, r.stderr
+    assert routes(t.gw) == {net: [(a, 1), (b, 3)] for net in RANGES}
+    # Nothing left over: the group's object and one nexthop per member.
+    assert {nh["id"] for nh in nexthops(t.gw)} == {group_id(t.gw, "far"), hop_id(t.gw, a),
+                                                     hop_id(t.gw, b)}
+
+
 def test_down_removes_the_group_and_nothing_foreign(topo):
     t = topo
     # Someone else's nexthop object in the gateway's netns, on a member's underlay link.
@@ -273,9 +305,6 @@ def test_down_removes_the_group_and_nothing_foreign(topo):
     assert routes(t.gw) == {}
     assert [nh["id"] for nh in nexthops(t.gw)] == [7]
     ip("-n", t.gw, "nexthop", "del", "id", "7")
-    r = natgw("--netns", t.gw, "up", str(t.config), "--detach")
-    assert r.returncode == 0, r.stderr
-    assert routes(t.gw) == {net: [(t.devices["r1"], 1), (t.devices["r2"], 3)] for net in RANGES}
 
 
 def wait_for(predicate, timeout: float = 15.0, step: float = 0.2):

@@ -7,7 +7,7 @@ Failure kinds are the exceptions natgw must turn into one line and a rollback:
 `subprocess` (CalledProcessError), `netlink` (NetlinkError), `index`
 (IndexError), `oserror` (FileNotFoundError). Unset (as in production), a step
 costs one dictionary lookup. The names of every step are in STEPS, so a test
-can walk all of them (HUB_STEPS: a hub's).
+can walk all of them (HUB_STEPS: a hub's, GROUP_STEPS: a replica group's).
 """
 
 from __future__ import annotations
@@ -62,6 +62,14 @@ HUB_STEPS = (
     "hub-recorded",
     "hub-remove-intent",
     "hub-removed",
+)
+
+# A replica group's steps (natgw.gateway._apply_groups), reached only by a gateway
+# with a group: tests/test_groups_netns.py kills natgw at each.
+GROUP_STEPS = (
+    "group-intent",
+    "group-routes-set",
+    "group-removed",
 )
 
 

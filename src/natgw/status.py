@@ -52,7 +52,7 @@ from natgw.state import GatewayState, PeerState, load_state, states_in
 from natgw.wireguard.model import WireGuardError, handshake_fresh
 
 # Why a member is in its group's route when no foreground `natgw up` judges it.
-STATIC = "static: no foreground natgw up checks health (the route keeps every member)"
+STATIC = "static: no foreground natgw up checks health; the route keeps every member"
 # After a foreground `natgw up` was killed: its last verdict stays until the next up.
 UNCHECKED = "as natgw up last judged; no natgw up checks it now"
 
