@@ -22,7 +22,7 @@ import yaml
 
 from bench.soak_stats import Window
 from lab.harness import Run
-from lab.net import NATGW, WG_SOCKET_DIR, LabError, natgw
+from lab.net import NATGW, WG_SOCKET_DIR, LabError, natgw, tcx_programs
 
 WG_PID_DIR = Path("/run/natgw/wg")  # natgw.wireguard.userspace.RUN_DIR
 FILTER_PRIO = 0x4E47  # natgw.dataplane.loader.FILTER_PRIO: natgw's tc filters
@@ -165,8 +165,19 @@ class Tunnel:
             and self.dev.encode() in argv else None
 
     def has_filter(self, direction: str) -> bool:
+        """natgw's program on a hook: a tcx link, or before tcx a tc filter."""
+        if self.tcx_link(direction):
+            return True
         out = _out(["tc", "-n", self.netns, "filter", "show", "dev", self.dev, direction])
         return out is not None and f"pref {FILTER_PRIO} " in out and "natgw_" in out
+
+    def tcx_link(self, direction: str) -> int | None:
+        """The id of natgw's tcx link on a hook, None if none."""
+        try:
+            progs = tcx_programs(self.netns, self.dev)[direction]
+        except OSError:
+            return None
+        return next((link for name, _, link in progs if name.startswith("natgw_")), None)
 
     def has_route(self) -> bool:
         out = _out(["ip", "-n", self.netns, "-j", "route", "show", "proto", "78",
@@ -216,8 +227,9 @@ def delete_by_hand(t: Tunnel, what: str, log: Log) -> None:
         argv = ["ip", "-n", t.netns, "route", "del", t.view, "dev", t.dev, "proto", "78"]
         back = t.has_route
     else:
-        argv = ["tc", "-n", t.netns, "filter", "del", "dev", t.dev, what,
-                "pref", str(FILTER_PRIO)]
+        link = t.tcx_link(what)
+        argv = ["bpftool", "link", "detach", "id", str(link)] if link is not None else \
+            ["tc", "-n", t.netns, "filter", "del", "dev", t.dev, what, "pref", str(FILTER_PRIO)]
         back = lambda: t.has_filter(what)  # noqa: E731
     start = time.monotonic()
     if _out(argv) is None:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from lab.net import add_address
+from lab.net import add_address, tcx_programs
 from lab.netnslab import NetnsLab, netns_unavailable_reason
 from natgw.dataplane import Dataplane, Mapping
 from natgw.dataplane import bpfsys as B
@@ -45,12 +45,7 @@ def bpf_filters(ns: str, dev: str) -> dict[str, list]:
 
 def tcx_progs(ns: str, dev: str) -> dict[str, list[tuple[int, int]]]:
     """(program id, link id) of the programs on each tcx hook, in the order they run."""
-    def query() -> dict[str, list[tuple[int, int]]]:
-        idx = socket.if_nametoindex(dev)
-        return {hook: [(e.prog_id, e.link_id) for e in B.tcx_query(idx, t)]
-                for hook, t in TCX_TYPES.items()}
-
-    return run_in(ns, query)
+    return {h: [(pid, link) for _, pid, link in e] for h, e in tcx_programs(ns, dev).items()}
 
 
 def has_clsact(ns: str, dev: str) -> bool:
