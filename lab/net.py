@@ -142,6 +142,38 @@ def tcx_programs(netns: str, dev: str) -> dict[str, list[tuple[str, int, int]]]:
     return run_in(netns, lambda: {h: progs(t) for h, t in hooks.items()})
 
 
+NATGW_FILTER_PRIO = 0x4E47  # natgw.dataplane.hooks.FILTER_PRIO: natgw's tc filters
+
+
+def natgw_hooks(netns: str, dev: str) -> dict[str, int]:
+    """Hooks ("ingress", "egress") where natgw's program runs on a device, read from
+    outside natgw: its tcx link (-> link id), or before tcx its tc filter (-> 0)."""
+    out: dict[str, int] = {}
+    for hook, progs in tcx_programs(netns, dev).items():
+        link = next((link for name, _, link in progs if name.startswith("natgw_")), None)
+        if link is not None:
+            out[hook] = link
+            continue
+        r = subprocess.run(in_ns(netns, ["tc", "filter", "show", "dev", dev, hook]),
+                           capture_output=True, text=True, timeout=20)
+        if f"pref {NATGW_FILTER_PRIO} " in r.stdout and "natgw_" in r.stdout:
+            out[hook] = 0
+    return out
+
+
+def remove_natgw_hook(netns: str, dev: str, hook: str) -> None:
+    """Take natgw's program off a hook by hand, as an admin would: `bpftool link detach`
+    of its tcx link (unpinning alone leaves a link someone holds), or `tc filter del`."""
+    link = natgw_hooks(netns, dev).get(hook)
+    if link is None:
+        raise LabError(f"{netns} {dev} {hook}: natgw's program is not there")
+    if link:
+        run(["bpftool", "link", "detach", "id", str(link)])
+    else:
+        run(in_ns(netns, ["tc", "filter", "del", "dev", dev, hook, "pref",
+                          str(NATGW_FILTER_PRIO)]))
+
+
 def add_address(netns: str, dev: str, cidr: str) -> None:
     """Address `cidr` (e.g. "192.0.2.1/24") on `dev`; IPv6 without the DAD delay."""
     extra = ["nodad"] if ":" in cidr else []
