@@ -131,8 +131,8 @@ def _topologies(rec: Record, opt: Options) -> list[Topology]:
     topos = [Topology(rec, m, t) for t in opt.transports for m in opt.modes]
     if "natgw" in opt.modes and "underlay" in opt.transports:
         topos += [Topology(rec, "natgw", "underlay", extra=n - 1) for n in opt.mapping_counts]
-        if opt.hooks:
-            topos += [Topology(rec, "route", "underlay", hooks=h) for h in ("tcx", "tc")]
+    if opt.hooks and "underlay" in opt.transports:  # (opt.hooks: route is measured)
+        topos += [Topology(rec, "route", "underlay", hooks=h) for h in ("tcx", "tc")]
     return topos
 
 

@@ -332,8 +332,8 @@ class Gateway:
         routes.enable_forwarding(self.netns)
         faults.step("forwarding-set")
         if previous is not None and missing_pins(pin_dir(self.cfg.name)):
-            # Pins removed by hand while the filters still run: pin those again, so
-            # that mappings and counters are kept and nothing is recompiled.
+            # Pins removed by hand while the links (or filters) still run: pin those
+            # again, so that mappings and counters are kept and nothing is recompiled.
             repin_attached(self.cfg.name, self.netns, [p.device for p in previous.peers]
                            + ([previous.hub.device.device] if previous.hub else []),
                            previous.programs)
@@ -341,8 +341,8 @@ class Gateway:
             dp = Dataplane.load(self.cfg.name)
         except (DataplaneError, OSError) as e:
             raise GatewayError(f"dataplane: {e}") from e
-        assert dp.programs is not None
-        if state.programs != (tags := dp.programs.tags()):
+        tags = dp.programs.tags() if dp.programs is not None else {}
+        if state.programs != tags:  # what repin_attached needs after the pins are gone
             state.programs = tags
             save_state(state)
         faults.step("dataplane-loaded")
