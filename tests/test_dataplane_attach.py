@@ -19,9 +19,17 @@ from lab.net import add_address, tcx_programs
 from lab.netnslab import NetnsLab, netns_unavailable_reason
 from natgw.dataplane import Dataplane, Mapping
 from natgw.dataplane import bpfsys as B
-from natgw.dataplane.hooks import MECHANISM_ENV, LinkHolder, tcx_available
+from natgw.dataplane.hooks import (
+    ETH_P_ALL,
+    FILTER_PRIO,
+    MECHANISM_ENV,
+    PARENTS,
+    LinkHolder,
+    attach_hook,
+    tcx_available,
+)
 from natgw.dataplane.layout import DEV_F_OWN_QDISC
-from natgw.dataplane.loader import ETH_P_ALL, FILTER_PRIO, PARENTS, ipr_in
+from natgw.dataplane.loader import ipr_in
 from natgw.netns import netns_socket, run_in
 
 pytestmark = [pytest.mark.bpf, pytest.mark.netns]
@@ -134,8 +142,6 @@ def test_a_tcx_link_is_replaced_atomically_and_outlives_its_maker_only_by_its_pi
     dp, ns, dev = veth
     dp.attach(dev, ns)
     [(pid, link)] = tcx_progs(ns, dev)["egress"]
-    from natgw.dataplane.hooks import attach_hook
-
     with ipr_in(ns) as ipr:
         idx = ipr.link_lookup(ifname=dev)[0]
         attach_hook(ipr, idx, "egress", dp.programs.ingress_fd, dp.programs.pin("egress"))

@@ -131,9 +131,10 @@ def test_a_route_natgw_did_not_create_is_refused_and_kept(s):
 
 
 def test_a_gateway_on_tc_filters_moves_to_tcx_on_its_next_up(s):
-    """As natgw attached before tcx (clsact + cls_bpf, the qdiscs its own): the next `up`
-    moves every device to tcx links and takes its filters and qdiscs away; the record
-    no longer claims a qdisc, so `down` later leaves a user's alone."""
+    """As natgw attached before tcx (clsact + cls_bpf, the qdiscs its own; here by moving
+    the running gateway there with NATGW_ATTACH=tc, no recompile): the next `up` moves
+    every device to tcx links and takes its filters and qdiscs away; the record no
+    longer claims a qdisc, so `down` later leaves a user's alone."""
     if not tcx_available():
         pytest.skip("the kernel has no tcx (< 6.6)")
     devices = [*s.tunnels["A"], s.veths[0]]
@@ -142,7 +143,6 @@ def test_a_gateway_on_tc_filters_moves_to_tcx_on_its_next_up(s):
         state = json.loads((STATE_DIR / f"{s.name}.json").read_text())
         return {p["device"]: p["own_qdisc"] for p in state["peers"]}
 
-    assert run("--netns", s.gw, "down", s.name).returncode == 0
     r = run("--netns", s.gw, "up", str(s.files["A"]), "--detach", env={MECHANISM_ENV: "tc"})
     assert r.returncode == 0, r.stderr
     assert converged(s, "A") == []

@@ -21,9 +21,9 @@ import yaml
 from natgw import addresses, faults, routes
 from natgw.config import ConfigError, GatewayConfig, Peer, parse_config
 from natgw.dataplane import Dataplane, DataplaneError, Mapping
-from natgw.dataplane.hooks import TC, detach_pinned_links, mechanism
+from natgw.dataplane.hooks import TC, detach_pinned_links, has_clsact, mechanism
 from natgw.dataplane.layout import DEV_F_OWN_QDISC
-from natgw.dataplane.loader import detach, has_clsact, missing_pins, pin_dir, repin_attached
+from natgw.dataplane.loader import detach, missing_pins, pin_dir, repin_attached
 from natgw.failure import one_line
 from natgw.keys import encode_key
 from natgw.lock import LockTimeout, gateway_lock

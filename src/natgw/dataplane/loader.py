@@ -36,9 +36,8 @@ from .bpfsys import (
     prog_info,
     prog_map_ids,
 )
-from .hooks import (  # noqa: F401 - re-exported: where the hooks were before tcx
+from .hooks import (  # noqa: F401 - ETH_P_ALL ... has_clsact: where they were before tcx
     ETH_P_ALL,
-    FILTER_HANDLE,
     FILTER_PRIO,
     PARENTS,
     TCX,
