@@ -94,15 +94,20 @@ def mappings_table(d: dict, md: bool) -> str | None:
 
 
 def overhead_table(d: dict, md: bool) -> str | None:
-    """route, route with natgw's programs matching nothing, natgw translating."""
+    """route, route with natgw's programs matching nothing (tcx links, tc filters), natgw
+    translating."""
     m = d["medians"]
     if m.get("route+natgw-hooks/underlay/udp1_ns") is None:
         return None
     base = {f: m.get(f"route/underlay/{f}_ns") for f in ("udp1", "udpn")}
     rows = []
-    for label, key in (("route", "route"), ("route + natgw programs, no match",
-                                            "route+natgw-hooks"),
+    for label, key in (("route", "route"),
+                       ("route + natgw programs, no match (tcx)", "route+natgw-hooks"),
+                       ("route + natgw programs, no match (clsact + cls_bpf)",
+                        "route+natgw-hooks-tc"),
                        ("natgw, translating", "natgw")):
+        if m.get(f"{key}/underlay/udp1_ns") is None and key != "natgw":
+            continue  # (runs from before the tc row)
         row = [label]
         for f in ("udp1", "udpn"):
             ns = m.get(f"{key}/underlay/{f}_ns")

@@ -37,7 +37,9 @@ class Options:
     change_cycles: int = 3
     cold_repeats: int = 2
     micro: bool = True
-    hooks: bool = True  # route + natgw's programs matching nothing: where natgw's cost goes
+    # route + natgw's programs matching nothing, by tcx links and by tc filters: where
+    # natgw's cost goes, and what tcx saves
+    hooks: bool = True
     log: Callable[[str], None] = print
 
 
@@ -129,8 +131,8 @@ def _topologies(rec: Record, opt: Options) -> list[Topology]:
     topos = [Topology(rec, m, t) for t in opt.transports for m in opt.modes]
     if "natgw" in opt.modes and "underlay" in opt.transports:
         topos += [Topology(rec, "natgw", "underlay", extra=n - 1) for n in opt.mapping_counts]
-        if opt.hooks:
-            topos.append(Topology(rec, "route", "underlay", hooks=True))
+    if opt.hooks and "underlay" in opt.transports:  # (opt.hooks: route is measured)
+        topos += [Topology(rec, "route", "underlay", hooks=h) for h in ("tcx", "tc")]
     return topos
 
 
@@ -139,7 +141,9 @@ def measure_round(r: int, topos: list[Topology], counters: traffic.Counters,
     main = [t for t in topos if not t.extra and not t.hooks]
     k = r % len(main) if main else 0
     order = main[k:] + main[:k]
-    with_counts = order + [t for t in topos if t.extra or t.hooks]
+    more = [t for t in topos if t.extra or t.hooks]
+    k = r % len(more) if more else 0  # rotated too: tcx and tc hooks take turns going first
+    with_counts = order + more[k:] + more[:k]
     for measure, new_flow in (("udp1", False), ("udpn", True)):
         for t in with_counts:
             try:

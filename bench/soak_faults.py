@@ -21,10 +21,9 @@ import yaml
 
 from bench.soak_stats import Window
 from lab.harness import Run
-from lab.net import NATGW, WG_SOCKET_DIR, LabError, natgw
+from lab.net import NATGW, WG_SOCKET_DIR, LabError, natgw, natgw_hooks, remove_natgw_hook
 
 WG_PID_DIR = Path("/run/natgw/wg")  # natgw.wireguard.userspace.RUN_DIR
-FILTER_PRIO = 0x4E47  # natgw.dataplane.loader.FILTER_PRIO: natgw's tc filters
 POLL = 0.1
 GIVE_UP = 60.0  # a fault not repaired by then stays open until the end of the run
 
@@ -157,8 +156,11 @@ class Tunnel:
             and self.dev.encode() in argv else None
 
     def has_filter(self, direction: str) -> bool:
-        out = _out(["tc", "-n", self.netns, "filter", "show", "dev", self.dev, direction])
-        return out is not None and f"pref {FILTER_PRIO} " in out and "natgw_" in out
+        """natgw's program on a hook: a tcx link, or before tcx a tc filter."""
+        try:
+            return direction in natgw_hooks(self.netns, self.dev)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
 
     def has_route(self) -> bool:
         out = _out(["ip", "-n", self.netns, "-j", "route", "show", "proto", "78",
@@ -204,15 +206,19 @@ def kill_engine(t: Tunnel, log: Log) -> None:
 
 def delete_by_hand(t: Tunnel, what: str, log: Log) -> None:
     """Delete natgw's filter (what: egress/ingress) or its route; time the repair."""
-    if what == "route":
-        argv = ["ip", "-n", t.netns, "route", "del", t.view, "dev", t.dev, "proto", "78"]
-        back = t.has_route
-    else:
-        argv = ["tc", "-n", t.netns, "filter", "del", "dev", t.dev, what,
-                "pref", str(FILTER_PRIO)]
-        back = lambda: t.has_filter(what)  # noqa: E731
     start = time.monotonic()
-    if _out(argv) is None:
+    if what == "route":
+        back = t.has_route
+        deleted = _out(["ip", "-n", t.netns, "route", "del", t.view, "dev", t.dev, "proto",
+                        "78"]) is not None
+    else:
+        back = lambda: t.has_filter(what)  # noqa: E731
+        try:
+            remove_natgw_hook(t.netns, t.dev, what)  # a tcx link or a tc filter
+            deleted = True
+        except LabError:
+            deleted = False
+    if not deleted:
         log.add("repairs", {"dev": t.dev, "what": what, "error": "could not delete"})
         return
     done = _poll(back, start)

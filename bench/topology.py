@@ -38,6 +38,7 @@ lab's (lab/), as for the netns harness and the tests.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import subprocess
 import time
@@ -151,19 +152,22 @@ class Topology:
     """pod1 - gw1 - gw2 - pod2 in one mode over one transport."""
 
     def __init__(self, rec: Record, mode: str, transport: str, extra: int = 0,
-                 hooks: bool = False) -> None:
+                 hooks: str = "") -> None:
         """extra: natgw mode with that many more mappings; hooks: route mode with natgw's
         programs attached to the peer devices but no mapping matching the traffic (what
-        the tc hooks and programs cost before any translation)."""
+        the hooks and programs cost before any translation), by "tcx" links or by "tc"
+        clsact + cls_bpf filters (natgw.dataplane.hooks)."""
         if extra and mode != "natgw":
             raise LabError("extra mappings exist only in natgw mode")
         if hooks and mode != "route":
             raise LabError("natgw hooks without translation: route mode only")
+        if hooks not in ("", "tcx", "tc"):
+            raise LabError(f"natgw hooks: tcx or tc, not {hooks}")
         self.rec = rec
         self.mode, self.transport, self.extra, self.hooks = mode, transport, extra, hooks
         self.plan = plan(mode, transport)
         self.tag = (_LETTER[mode] + _LETTER[transport] + (str(len(str(extra))) if extra else "")
-                    + ("h" if hooks else ""))
+                    + {"": "", "tcx": "h", "tc": "c"}[hooks])
         p = rec.prefix + self.tag
         self.pod1, self.gw1, self.gw2, self.pod2 = p + "p1", p + "g1", p + "g2", p + "p2"
         self.dev = {d: p + d for d in ("e1", "p1", "u1", "u2", "p2", "e2", "w1", "w2")}
@@ -179,7 +183,7 @@ class Topology:
     def key(self) -> str:
         mode = f"natgw-m{self.extra + 1}" if self.extra else self.mode
         if self.hooks:
-            mode = "route+natgw-hooks"
+            mode = "route+natgw-hooks" + ("-tc" if self.hooks == "tc" else "")
         return f"{mode}/{self.transport}"
 
     @property
@@ -278,17 +282,27 @@ class Topology:
                 input=nftables_ruleset(POD_CIDR, seen, dev, f"{self.rec.prefix}nat"))
 
     def _attach_hooks(self) -> None:
-        """natgw's programs on both peer devices through the library, with a mapping
-        that matches none of the benchmark's addresses."""
+        """natgw's programs on both peer devices through the library (by self.hooks'
+        mechanism), with a mapping that matches none of the benchmark's addresses."""
         from natgw.dataplane import Dataplane, Mapping  # noqa: PLC0415
+        from natgw.dataplane.hooks import MECHANISM_ENV  # noqa: PLC0415
 
-        for gw, ns, dev in zip(self.gateways, (self.gw1, self.gw2), self.peer_dev, strict=True):
-            self.rec.gateways[gw] = ns  # `natgw down NAME` removes pins it has no state for
-            self.rec.save()
-            with Dataplane.load(gw) as dp:
-                dp.attach(dev, ns, mtu=None)
-                dp.set_mappings(dev, [Mapping.parse("remote", "10.99.0.0/16", "10.98.0.0/16")],
-                                ns)
+        before = os.environ.get(MECHANISM_ENV)
+        os.environ[MECHANISM_ENV] = self.hooks
+        try:
+            for gw, ns, dev in zip(self.gateways, (self.gw1, self.gw2), self.peer_dev,
+                                   strict=True):
+                self.rec.gateways[gw] = ns  # `natgw down NAME` removes pins it has no state for
+                self.rec.save()
+                with Dataplane.load(gw) as dp:
+                    dp.attach(dev, ns, mtu=None)
+                    dp.set_mappings(dev, [Mapping.parse("remote", "10.99.0.0/16",
+                                                        "10.98.0.0/16")], ns)
+        finally:
+            if before is None:
+                del os.environ[MECHANISM_ENV]
+            else:
+                os.environ[MECHANISM_ENV] = before
 
     def _keys(self, kind: str) -> tuple[list[Path], list[str]]:
         """Two new key files of this topology (kind: "wg" or "gw"), and their public keys."""

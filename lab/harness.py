@@ -753,7 +753,7 @@ def demo() -> None:
     print(f"""== the topology stays up for exploring (run prefix {run.prefix}):
    ip netns exec {run.pod(1)} curl {url}
    ip netns exec {run.pod(1)} ping -c 3 {topo.addr_of(1, 2)}
-   ip netns exec {run.gw(1)} tc filter show dev {run.prefix}w12 egress
+   bpftool link show    # natgw's tcx links (type 11: tcx, in this bpftool)
    ip netns exec {run.gw(1)} wg show {run.prefix}w12
    .venv/bin/natgw --netns {run.gw(1)} status {run.config(1)}
    make demo-down        # removes it (scripts/netns/down.sh)""")

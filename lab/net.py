@@ -118,6 +118,71 @@ def veth(ns_a: str, a: str, ns_b: str, b: str, mac_a: str | None = None,
     link_up(ns_b, b)
 
 
+def tcx_programs(netns: str, dev: str) -> dict[str, list[tuple[str, int, int]]]:
+    """(program name, program id, link id) of the programs on a device's tcx hooks, in
+    the order they run: BPF_PROG_QUERY in the netns, since iproute2 (and Debian's
+    bpftool 7.1) cannot show tcx. Empty lists on a kernel without tcx or a device gone."""
+    from natgw.dataplane import bpfsys as B  # noqa: PLC0415
+    from natgw.dataplane.hooks import tcx_available  # noqa: PLC0415
+    from natgw.netns import run_in  # noqa: PLC0415
+
+    hooks = {"ingress": B.BPF_TCX_INGRESS, "egress": B.BPF_TCX_EGRESS}
+    if not tcx_available():
+        return {h: [] for h in hooks}
+
+    def progs(attach_type: int) -> list[tuple[str, int, int]]:
+        try:
+            idx = socket.if_nametoindex(dev)
+            entries = B.tcx_query(idx, attach_type)
+        except OSError:
+            return []  # the device went
+        out = []
+        for e in entries:
+            try:
+                fd = B.prog_fd_by_id(e.prog_id)
+            except B.BpfError:
+                continue  # replaced meanwhile
+            try:
+                out.append((B.prog_info(fd).name, e.prog_id, e.link_id))
+            finally:
+                os.close(fd)
+        return out
+
+    return run_in(netns, lambda: {h: progs(t) for h, t in hooks.items()})
+
+
+NATGW_FILTER_PRIO = 0x4E47  # natgw.dataplane.hooks.FILTER_PRIO: natgw's tc filters
+
+
+def natgw_hooks(netns: str, dev: str) -> dict[str, int]:
+    """Hooks ("ingress", "egress") where natgw's program runs on a device, read from
+    outside natgw: its tcx link (-> link id), or before tcx its tc filter (-> 0)."""
+    out: dict[str, int] = {}
+    for hook, progs in tcx_programs(netns, dev).items():
+        link = next((link for name, _, link in progs if name.startswith("natgw_")), None)
+        if link is not None:
+            out[hook] = link
+            continue
+        r = subprocess.run(in_ns(netns, ["tc", "filter", "show", "dev", dev, hook]),
+                           capture_output=True, text=True, timeout=20)
+        if f"pref {NATGW_FILTER_PRIO} " in r.stdout and "natgw_" in r.stdout:
+            out[hook] = 0
+    return out
+
+
+def remove_natgw_hook(netns: str, dev: str, hook: str) -> None:
+    """Take natgw's program off a hook by hand, as an admin would: `bpftool link detach`
+    of its tcx link (unpinning alone leaves a link someone holds), or `tc filter del`."""
+    link = natgw_hooks(netns, dev).get(hook)
+    if link is None:
+        raise LabError(f"{netns} {dev} {hook}: natgw's program is not there")
+    if link:
+        run(["bpftool", "link", "detach", "id", str(link)])
+    else:
+        run(in_ns(netns, ["tc", "filter", "del", "dev", dev, hook, "pref",
+                          str(NATGW_FILTER_PRIO)]))
+
+
 def add_address(netns: str, dev: str, cidr: str) -> None:
     """Address `cidr` (e.g. "192.0.2.1/24") on `dev`; IPv6 without the DAD delay."""
     extra = ["nodad"] if ":" in cidr else []

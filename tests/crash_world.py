@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 from gateways import free_port
 
-from lab.net import NATGW
+from lab.net import NATGW, natgw_hooks
 from natgw import keys
 
 STATE_DIR = Path(os.environ.get("NATGW_STATE_DIR", "/run/natgw"))
@@ -118,8 +118,11 @@ def _tc_show(ns: str, *args: str) -> str:
 
 
 def _natgw_filter(ns: str, dev: str) -> bool:
-    both = [_tc_show(ns, "filter", "show", "dev", dev, d) for d in ("ingress", "egress")]
-    return all("natgw_" in f for f in both)
+    """natgw's programs on both hooks (tcx links or tc filters)."""
+    try:
+        return len(natgw_hooks(ns, dev)) == 2
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def _clsact(ns: str, dev: str) -> bool:

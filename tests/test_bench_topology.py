@@ -105,7 +105,7 @@ def test_programs_run_alone_count_every_repetition(record):
 
 
 def test_route_with_natgw_hooks_forwards_untranslated(record):
-    topo = Topology(record, "route", "underlay", hooks=True)
+    topo = Topology(record, "route", "underlay", hooks="tcx")
     topo.build()
     assert topo.key == "route+natgw-hooks/underlay"
     assert topo.verify() == ("10.244.1.10", "10.245.1.10")  # the programs matched nothing

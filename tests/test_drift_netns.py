@@ -18,7 +18,7 @@ import yaml
 from crash_world import build, converged, expected, run
 from gateways import scrape
 
-from lab.net import NATGW
+from lab.net import NATGW, remove_natgw_hook
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
@@ -35,8 +35,9 @@ def remove_route(s):
 
 
 def remove_filter(s):
-    _ip("netns", "exec", s.gw, "tc", "filter", "del", "dev", s.tunnels["A"][0], "ingress",
-        "pref", str(0x4E47))
+    """natgw's ingress program off the tunnel by hand (its tcx link detached: the
+    foreground holds it, unpinning alone would not; before tcx its tc filter deleted)."""
+    remove_natgw_hook(s.gw, s.tunnels["A"][0], "ingress")
 
 
 def kill_engine(s):

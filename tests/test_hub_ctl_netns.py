@@ -20,6 +20,7 @@ import yaml
 from crash_world import STATE_DIR, run, sysctls, wireguard_go_processes
 from gateways import free_port
 
+from lab.net import natgw_hooks, remove_natgw_hook
 from natgw import keys
 from natgw.faults import HUB_STEPS, KILL_ENV
 
@@ -105,9 +106,7 @@ def world(h: Hub) -> dict:
     present = h.dev in links
     routes = {(r["dst"], r["dev"]) for r in
               json.loads(_out("ip", "-n", h.gw, "-j", "route", "show", "proto", "78"))}
-    filters = present and all(
-        "natgw_" in _out("ip", "netns", "exec", h.gw, "tc", "filter", "show", "dev", h.dev, d)
-        for d in ("ingress", "egress"))
+    filters = present and len(natgw_hooks(h.gw, h.dev)) == 2
     mappings, orphans = set(), []
     if Path(f"/sys/fs/bpf/natgw/{h.name}").is_dir() and present:
         with Dataplane.open(h.name) as dp:
@@ -226,8 +225,7 @@ def test_hub_drift_found_and_repaired(hub):
     assert gw.drift() == []
     subprocess.run(["ip", "-n", h.gw, "route", "del", "10.203.0.0/16", "proto", "78"],
                    check=True)
-    subprocess.run(["ip", "netns", "exec", h.gw, "tc", "filter", "del", "dev", h.dev,
-                    "ingress", "pref", str(0x4E47)], check=True)
+    remove_natgw_hook(h.gw, h.dev, "ingress")
     found = gw.drift()
     assert f"route 10.203.0.0/16 dev {h.dev}" in found
     assert f"filter {h.dev} ingress" in found

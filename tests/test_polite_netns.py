@@ -4,14 +4,17 @@ each leave it applied from file A."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
 
 import pytest
-from crash_world import build, converged, run
+from crash_world import STATE_DIR, build, converged, run, world
 
+from lab.net import natgw_hooks
 from lab.netnslab import NetnsLab, netns_unavailable_reason
+from natgw.dataplane.hooks import MECHANISM_ENV, tcx_available
 from natgw.faults import FAIL_ENV
 from natgw.lock import gateway_lock
 
@@ -125,6 +128,34 @@ def test_a_route_natgw_did_not_create_is_refused_and_kept(s):
         subprocess.run(["ip", "-n", s.gw, "route", "del", "10.248.0.0/16"], check=False)
         r = run("--netns", s.gw, "up", str(s.files["A"]), "--detach")
         assert r.returncode == 0, r.stderr
+
+
+def test_a_gateway_on_tc_filters_moves_to_tcx_on_its_next_up(s):
+    """As natgw attached before tcx (clsact + cls_bpf, the qdiscs its own; here by moving
+    the running gateway there with NATGW_ATTACH=tc, no recompile): the next `up` moves
+    every device to tcx links and takes its filters and qdiscs away; the record no
+    longer claims a qdisc, so `down` later leaves a user's alone."""
+    if not tcx_available():
+        pytest.skip("the kernel has no tcx (< 6.6)")
+    devices = [*s.tunnels["A"], s.veths[0]]
+
+    def own_qdisc() -> dict[str, bool]:
+        state = json.loads((STATE_DIR / f"{s.name}.json").read_text())
+        return {p["device"]: p["own_qdisc"] for p in state["peers"]}
+
+    r = run("--netns", s.gw, "up", str(s.files["A"]), "--detach", env={MECHANISM_ENV: "tc"})
+    assert r.returncode == 0, r.stderr
+    assert converged(s, "A") == []
+    assert {d: natgw_hooks(s.gw, d) for d in devices} == \
+        {d: {"ingress": 0, "egress": 0} for d in devices}  # filters, no links
+    assert world(s)["clsact"] == set(devices) and own_qdisc() == dict.fromkeys(devices, True)
+    r = run("--netns", s.gw, "up", str(s.files["A"]), "--detach")
+    assert r.returncode == 0, r.stderr
+    assert converged(s, "A") == []
+    hooks = {d: natgw_hooks(s.gw, d) for d in devices}
+    assert all(sorted(h) == ["egress", "ingress"] and all(h.values()) for h in hooks.values()), \
+        hooks  # tcx links, ids > 0
+    assert world(s)["clsact"] == set() and own_qdisc() == dict.fromkeys(devices, False)
 
 
 @pytest.mark.parametrize("arg,code,shown", [

@@ -12,11 +12,13 @@ file (in full for a hub: Gateway.repair).
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from natgw import multipath
 from natgw.dataplane import Dataplane, DataplaneError, Mapping
-from natgw.dataplane.loader import missing_pins, natgw_filters, pin_dir
+from natgw.dataplane.hooks import TCX, attached, link_pin_name
+from natgw.dataplane.loader import missing_pins, pin_dir
 from natgw.keys import decode_key
 from natgw.netns import NetnsNotFound, iproute
 from natgw.pipes.addressing import has_address
@@ -35,7 +37,8 @@ KINDS = ("pin", "engine", "device", "filter", "route", "mapping", "address", "al
 def detect(gw: Gateway, state: GatewayState) -> list[str]:
     """Everything of `state` that is missing, as "<kind> <what>" (kind from KINDS)."""
     name, netns = state.gateway, state.netns
-    out = [f"pin {p}" for p in missing_pins(pin_dir(name))]
+    pdir = pin_dir(name)
+    out = [f"pin {p}" for p in missing_pins(pdir)]
     try:
         ipr = iproute(netns)
     except NetnsNotFound:
@@ -74,8 +77,13 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
             if ps.ifindex and idx[0] != ps.ifindex:
                 out.append(f"device {ps.device} (recreated)")
                 continue
-            missing = {"egress", "ingress"} - natgw_filters(ipr, idx[0])
-            out += [f"filter {ps.device} {d}" for d in sorted(missing)]
+            hooks = attached(ipr, idx[0])
+            out += [f"filter {ps.device} {d}" for d in sorted({"egress", "ingress"} - set(hooks))]
+            # A tcx link whose pin is gone runs only while the foreground holds it.
+            for d, hook in sorted(hooks.items()):
+                link = link_pin_name(d, ps.device)
+                if hook.mechanism == TCX and not os.path.exists(os.path.join(pdir, link)):
+                    out.append(f"pin {link}")
             out += [f"route {net} dev {ps.device}" for net in ps.routes
                     if ours.get(net) != idx[0]]
             if ps.pipe_address and not has_address(ipr, idx[0], ps.pipe_address):

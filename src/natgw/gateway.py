@@ -21,8 +21,9 @@ import yaml
 from natgw import addresses, faults, multipath, routes
 from natgw.config import ConfigError, GatewayConfig, Peer, parse_config
 from natgw.dataplane import Dataplane, DataplaneError, Mapping
+from natgw.dataplane.hooks import TC, detach_pinned_links, has_clsact, mechanism
 from natgw.dataplane.layout import DEV_F_OWN_QDISC
-from natgw.dataplane.loader import detach, has_clsact, missing_pins, pin_dir, repin_attached
+from natgw.dataplane.loader import detach, missing_pins, pin_dir, repin_attached
 from natgw.failure import one_line
 from natgw.health import Health
 from natgw.keys import encode_key
@@ -329,6 +330,7 @@ class Gateway:
             state.groups = dict(previous.groups)
             state.sysctls, state.repairs = previous.sysctls, previous.repairs
             state.last_repair = previous.last_repair
+            state.programs = previous.programs
         save_state(state)
         faults.step("intent-recorded")
         if not state.sysctls:
@@ -338,14 +340,19 @@ class Gateway:
         routes.enable_forwarding(self.netns)
         faults.step("forwarding-set")
         if previous is not None and missing_pins(pin_dir(self.cfg.name)):
-            # Pins removed by hand while the filters still run: pin those again, so
-            # that mappings and counters are kept and nothing is recompiled.
+            # Pins removed by hand while the links (or filters) still run: pin those
+            # again, so that mappings and counters are kept and nothing is recompiled.
             repin_attached(self.cfg.name, self.netns, [p.device for p in previous.peers]
-                           + ([previous.hub.device.device] if previous.hub else []))
+                           + ([previous.hub.device.device] if previous.hub else []),
+                           previous.programs)
         try:
             dp = Dataplane.load(self.cfg.name)
         except (DataplaneError, OSError) as e:
             raise GatewayError(f"dataplane: {e}") from e
+        tags = dp.programs.tags() if dp.programs is not None else {}
+        if state.programs != tags:  # what repin_attached needs after the pins are gone
+            state.programs = tags
+            save_state(state)
         faults.step("dataplane-loaded")
         report = ApplyReport()
         old = {p.name: p for p in (previous.peers if previous else [])}
@@ -448,15 +455,20 @@ class Gateway:
         if before is not None and before.ifindex and before.ifindex != ifindex:
             # The device was recreated (e.g. wireguard-go restarted): drop stale entries.
             dp.forget_device(before.ifindex)
-        if ps.ifindex != ifindex or not ps.own_qdisc:
-            with iproute(self.netns) as ipr:
-                ps.own_qdisc = ps.own_qdisc or not has_clsact(ipr, ifindex)
+        if ps.ifindex != ifindex or (not ps.own_qdisc and mechanism() == TC):
+            # Recorded before natgw may add the clsact qdisc (tcx needs none).
+            if mechanism() == TC:
+                with iproute(self.netns) as ipr:
+                    ps.own_qdisc = ps.own_qdisc or not has_clsact(ipr, ifindex)
             ps.ifindex = ifindex
             save_state(state)
         faults.step("device-entry")
         mappings = peer_mappings(peer)
         installed = {m.mapping for m in dp.mappings(ifindex)}
-        dp.attach(dev, self.netns, mtu=mtu)
+        info = dp.attach(dev, self.netns, mtu=mtu, own_qdisc=ps.own_qdisc)
+        if ps.own_qdisc and not info.own_qdisc:  # moved to tcx: natgw's clsact went
+            ps.own_qdisc = False
+            save_state(state)
         faults.step("filters-attached")
         dp.set_mappings(dev, mappings, self.netns)
         faults.step("mappings-set")
@@ -756,7 +768,8 @@ def remove_peer(netns: str | None, ps: PeerState, dp: Dataplane | None,
     with iproute(netns) as ipr:
         idx = ipr.link_lookup(ifname=ps.device)
         if idx:
-            detach(ipr, idx[0], remove_qdisc=ps.own_qdisc or _dp_owns_qdisc(dp, idx[0]))
+            detach(ipr, idx[0], remove_qdisc=ps.own_qdisc or _dp_owns_qdisc(dp, idx[0]),
+                   pins=dp.pin_dir if dp is not None else None)
     if dp is not None:
         if idx:
             dp.forget_device(idx[0])
@@ -832,6 +845,9 @@ def _down(gateway: str, netns: str | None, pins: str) -> bool:
             dp.close()
     if state is not None and state.sysctls:
         _restore_forwarding(state)
+    # Links on devices no record names (or held by a foreground `up`): unpinning alone
+    # would leave a held one running.
+    detach_pinned_links(pins)
     shutil.rmtree(pins, ignore_errors=True)
     faults.step("down-unpinned")
     from natgw.pipes import publish  # noqa: PLC0415

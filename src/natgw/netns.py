@@ -12,9 +12,9 @@ import ctypes
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 # pyroute2 is imported by the functions that open netlink sockets: importing
 # it costs more than a read-only command may take (`natgw maps`, `status`).
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
 NETNS_DIR = Path("/var/run/netns")
+T = TypeVar("T")
 
 # Identity of a network namespace: (device, inode) of its nsfs file.
 NetnsId = tuple[int, int]
@@ -125,45 +126,71 @@ def netns_socket(name: str | None, family: int, type: int, proto: int = 0) -> so
 
 
 CLONE_NEWNET = 0x40000000
+SIOCGSKNS = 0x894C  # ioctl: an fd of a socket's network namespace
 
 
 def link_names(name: str | None) -> dict[int, str]:
-    """ifindex -> device name in netns `name`, without pyroute2.
-
-    setns(2) into a network namespace changes only the calling thread, so a
-    short-lived thread enters the netns, lists the links with if_nameindex(3)
-    and ends; the process stays where it is. Raises OSError or NetnsNotFound.
-    """
+    """ifindex -> device name in netns `name`, without pyroute2. Raises OSError or
+    NetnsNotFound."""
     if name is None:
         return dict(socket.if_nameindex())
+    return run_in(name, lambda: dict(socket.if_nameindex()))
+
+
+def run_in(name: str, fn: Callable[[], T]) -> T:
+    """fn() run inside netns `name` (for calls that take an ifindex, e.g. bpf(2) on tcx).
+
+    setns(2) into a network namespace changes only the calling thread, so a
+    short-lived thread enters the netns, calls fn and ends; the process stays
+    where it is. Raises fn's exception, OSError or NetnsNotFound.
+    """
     path = netns_path(name)
-    result: dict[int, str] = {}
+
+    def open_ns() -> int:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NetnsNotFound(f"netns {name}: does not exist") from None
+
+    return _run_in_fd(open_ns, fn, name)
+
+
+def run_in_netns_of(sock: int, fn: Callable[[], T]) -> T:
+    """fn() run inside the netns of a socket (e.g. an IPRoute's: where its ifindexes are)."""
+    import fcntl  # noqa: PLC0415
+
+    fd = fcntl.ioctl(sock, SIOCGSKNS)
+    if os.fstat(fd).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
+        os.close(fd)
+        return fn()  # already there: no thread
+    return _run_in_fd(lambda: fd, fn, f"of socket {sock}")
+
+
+def _run_in_fd(open_ns: Callable[[], int], fn: Callable[[], T], what: str) -> T:
+    result: list[T] = []
     error: list[BaseException] = []
 
     def run() -> None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            error.append(NetnsNotFound(f"netns {name}: does not exist"))
-            return
-        except OSError as e:
+            fd = open_ns()
+        except (OSError, NetnsNotFound) as e:
             error.append(e)
             return
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             if libc.setns(fd, CLONE_NEWNET) != 0:
                 err = ctypes.get_errno()
-                error.append(OSError(err, f"setns {name}: {os.strerror(err)}"))
+                error.append(OSError(err, f"setns {what}: {os.strerror(err)}"))
                 return
-            result.update(socket.if_nameindex())
-        except OSError as e:
+            result.append(fn())
+        except Exception as e:  # noqa: BLE001 - handed to the caller's thread
             error.append(e)
         finally:
             os.close(fd)
 
-    thread = threading.Thread(target=run, name=f"natgw-links-{name}")
+    thread = threading.Thread(target=run, name="natgw-netns")
     thread.start()
     thread.join()
     if error:
         raise error[0]
-    return result
+    return result[0]

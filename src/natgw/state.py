@@ -90,6 +90,9 @@ class GatewayState:
     last_repair: str = ""  # one line: what the newest repair fixed, and when
     hub: HubState | None = None
     groups: dict[str, GroupState] = field(default_factory=dict)  # replica groups by name
+    # Program pin name -> tag of the dataplane last loaded: programs a tcx link still
+    # runs after their pins were removed are pinned again under their build.
+    programs: dict[str, str] = field(default_factory=dict)
 
     def peer_by_ifindex(self, ifindex: int) -> PeerState | None:
         """The peer (or the hub's device) of a device."""

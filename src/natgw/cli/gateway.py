@@ -246,6 +246,8 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) 
     import time  # noqa: PLC0415
 
     from natgw.config import ConfigError, load_config  # noqa: PLC0415
+    from natgw.dataplane.hooks import LinkHolder  # noqa: PLC0415
+    from natgw.dataplane.loader import pin_dir  # noqa: PLC0415
     from natgw.failure import one_line  # noqa: PLC0415
     from natgw.gateway import Gateway, GatewayError  # noqa: PLC0415
     from natgw.pipes import publish  # noqa: PLC0415
@@ -269,6 +271,10 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) 
         from natgw.pipes.metrics import PipeCollector  # noqa: PLC0415
 
         server.registry.register(PipeCollector(pipes))
+    # The tcx links stay open here: a link pin removed by hand then detaches nothing
+    # (with --detach the pin is a link's only holder), and drift repair pins it again.
+    links = LinkHolder()
+    links.refresh(pin_dir(name))
     log.info("running in the foreground (SIGHUP reloads %s)", file)
     gw.watch_health()
     pending = False  # a SIGHUP not yet applied: kept until it succeeds or the file is invalid
@@ -321,11 +327,13 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) 
                         log.error("%s", e)
                 else:
                     gw.reresolve_stale()
+                links.refresh(pin_dir(name))
             except GatewayError as e:
                 log.error("%s", e)
             except Exception as e:  # noqa: BLE001 - the supervisor must keep running
                 log.error("%s", one_line(e))
     finally:
+        links.close()
         try:
             for line in gw.release_health():
                 log.error("%s", line)

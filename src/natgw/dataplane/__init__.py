@@ -86,11 +86,13 @@ class Dataplane:
         with ipr_in(netns) as ipr:
             return link_index(ipr, ifname)
 
-    def attach(self, ifname: str, netns: str | None = None, mtu: int | None = None) -> DeviceInfo:
+    def attach(self, ifname: str, netns: str | None = None, mtu: int | None = None,
+               own_qdisc: bool = False) -> DeviceInfo:
         """Translate on a device: set its entry, attach both programs (idempotent).
 
         mtu: the tunnel MTU; TCP SYNs crossing the device get their MSS clamped
-        to fit it. None disables clamping.
+        to fit it. None disables clamping. own_qdisc: natgw made the device's
+        clsact qdisc (a record says so where the device entry cannot).
         """
         if self.programs is None:
             raise DataplaneError("dataplane opened read-only: use Dataplane.load() to attach")
@@ -102,8 +104,11 @@ class Dataplane:
             l3 = l3_offset(ipr, idx)
             # The device entry comes first: the programs ignore unknown devices.
             self.tables.set_device(idx, l3, mss4, mss6, flags)
-            if attach(ipr, idx, self.programs):
-                self.tables.set_device(idx, l3, mss4, mss6, flags | layout.DEV_F_OWN_QDISC)
+            own = attach(ipr, idx, self.programs,
+                         own_qdisc or bool(flags & layout.DEV_F_OWN_QDISC))
+            if own != bool(flags & layout.DEV_F_OWN_QDISC):
+                flags ^= layout.DEV_F_OWN_QDISC
+                self.tables.set_device(idx, l3, mss4, mss6, flags)
         dev = self.tables.device(idx)
         return DeviceInfo(idx, dev.l3_offset, dev.mss_v4, dev.mss_v6,
                           bool(dev.flags & layout.DEV_F_OWN_QDISC))
@@ -116,7 +121,7 @@ class Dataplane:
                 return
             dev = self.tables.device(idx[0])
             own = bool(dev and dev.flags & layout.DEV_F_OWN_QDISC)
-            detach(ipr, idx[0], remove_qdisc=own)
+            detach(ipr, idx[0], remove_qdisc=own, pins=self.pin_dir)
             self.tables.remove_device(idx[0])
 
     def forget_device(self, ifindex: int) -> None:

@@ -1,4 +1,5 @@
-"""BPF syscalls through libbpf.so.1 (ctypes): pinned objects, map access, test runs.
+"""BPF syscalls through libbpf.so.1 (ctypes): pinned objects, map access, test runs,
+and tcx links through bpf(2) itself (libbpf 1.1 has no API for them).
 
 Reading and updating pinned maps needs no compiler: `natgw maps` and the
 control plane use this module alone; only loading programs needs bcc.
@@ -10,6 +11,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -157,6 +159,21 @@ def prog_id(fd: int) -> int:
     _check(_lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
            "program info")
     return info.id
+
+
+@dataclass(frozen=True)
+class ProgInfo:
+    id: int
+    name: str  # the kernel's copy: at most 15 characters
+    tag: str  # hex; the same instructions give the same tag (map fds do not count)
+
+
+def prog_info(fd: int) -> ProgInfo:
+    info = _ProgInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(_lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+           "program info")
+    return ProgInfo(info.id, info.name.decode(), bytes(info.tag).hex())
 
 
 def prog_fd_by_id(prog_id: int) -> int:
@@ -324,3 +341,174 @@ def prog_test_run(prog_fd: int, data: bytes, ctx: bytes | None = None,
         opts.ctx_size_in = len(ctx)
     _check(_lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
     return TestRunResult(opts.retval, out.raw[: opts.data_size_out], opts.duration)
+
+
+# -- tcx links (kernel >= 6.6) --------------------------------------------------
+# Values and layouts of uapi/linux/bpf.h; tests/test_bpfsys.py checks them
+# against the running kernel's BTF.
+
+BPF_PROG_QUERY = 16
+BPF_LINK_CREATE = 28
+BPF_LINK_UPDATE = 29
+BPF_LINK_GET_FD_BY_ID = 30
+BPF_LINK_DETACH = 34
+BPF_TCX_INGRESS = 46
+BPF_TCX_EGRESS = 47
+BPF_LINK_TYPE_TCX = 11
+BPF_F_REPLACE = 1 << 2  # link_update: only if the link still runs old_prog_fd
+
+_NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "loongarch64": 280,
+           "ppc64le": 361, "s390x": 351, "armv7l": 386, "i686": 357}
+
+
+class _LinkCreateAttr(ctypes.Structure):
+    # union bpf_attr, struct link_create, with its tcx member
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("target_ifindex", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("relative_fd", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("expected_revision", ctypes.c_uint64),
+    ]
+
+
+class _LinkUpdateAttr(ctypes.Structure):
+    _fields_ = [
+        ("link_fd", ctypes.c_uint32),
+        ("new_prog_fd", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("old_prog_fd", ctypes.c_uint32),
+    ]
+
+
+class _LinkDetachAttr(ctypes.Structure):
+    _fields_ = [("link_fd", ctypes.c_uint32)]
+
+
+class _GetFdByIdAttr(ctypes.Structure):
+    _fields_ = [
+        ("link_id", ctypes.c_uint32),
+        ("next_id", ctypes.c_uint32),
+        ("open_flags", ctypes.c_uint32),
+    ]
+
+
+class _QueryAttr(ctypes.Structure):
+    # union bpf_attr, struct query (the mprog fields of 6.6 included)
+    _fields_ = [
+        ("target_ifindex", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("query_flags", ctypes.c_uint32),
+        ("attach_flags", ctypes.c_uint32),
+        ("prog_ids", ctypes.c_uint64),
+        ("count", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("prog_attach_flags", ctypes.c_uint64),
+        ("link_ids", ctypes.c_uint64),
+        ("link_attach_flags", ctypes.c_uint64),
+        ("revision", ctypes.c_uint64),
+    ]
+
+
+class _LinkInfo(ctypes.Structure):
+    # struct bpf_link_info: its union starts 8-aligned; tcx is {ifindex, attach_type}
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("prog_id", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+    ]
+
+
+@cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def sys_bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
+    """bpf(2) with one command's attr; BpfError on failure, else the result (an fd)."""
+    nr = _NR_BPF.get(platform.machine())
+    if nr is None:
+        raise BpfError(errno.ENOSYS, f"{what}: bpf(2) number unknown on {platform.machine()}")
+    ret = _libc().syscall(ctypes.c_long(nr), ctypes.c_int(cmd), ctypes.byref(attr),
+                          ctypes.c_uint(ctypes.sizeof(attr)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise BpfError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def tcx_link_create(prog_fd: int, ifindex: int, attach_type: int) -> int:
+    """Attach a program to a device's tcx hook, last; returns the link's fd."""
+    attr = _LinkCreateAttr(prog_fd=prog_fd, target_ifindex=ifindex, attach_type=attach_type)
+    return sys_bpf(BPF_LINK_CREATE, attr, f"tcx link on ifindex {ifindex}")
+
+
+def link_update(link_fd: int, new_prog_fd: int, old_prog_fd: int | None = None) -> None:
+    """Swap the program a link runs, atomically (old_prog_fd: only if it still runs that)."""
+    attr = _LinkUpdateAttr(link_fd=link_fd, new_prog_fd=new_prog_fd)
+    if old_prog_fd is not None:
+        attr.flags, attr.old_prog_fd = BPF_F_REPLACE, old_prog_fd
+    sys_bpf(BPF_LINK_UPDATE, attr, "link update")
+
+
+def link_detach(link_fd: int) -> None:
+    """Detach a link from its hook, whoever else holds it (pins, other processes' fds)."""
+    sys_bpf(BPF_LINK_DETACH, _LinkDetachAttr(link_fd=link_fd), "link detach")
+
+
+def link_fd_by_id(link_id: int) -> int:
+    return sys_bpf(BPF_LINK_GET_FD_BY_ID, _GetFdByIdAttr(link_id=link_id),
+                   f"link id {link_id}")
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    type: int
+    id: int
+    prog_id: int
+    ifindex: int  # tcx: 0 once detached (by BPF_LINK_DETACH or the device going)
+    attach_type: int
+
+
+def link_info(fd: int) -> LinkInfo:
+    info = _LinkInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(_lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+           "link info")
+    return LinkInfo(info.type, info.id, info.prog_id, info.ifindex, info.attach_type)
+
+
+@dataclass(frozen=True)
+class TcxEntry:
+    prog_id: int
+    link_id: int  # 0: attached without a link (BPF_PROG_ATTACH)
+
+
+def tcx_query(ifindex: int, attach_type: int) -> list[TcxEntry]:
+    """The programs on a device's tcx hook, in the order they run.
+
+    EINVAL from a kernel without tcx (< 6.6).
+    """
+    while True:
+        attr = _QueryAttr(target_ifindex=ifindex, attach_type=attach_type)
+        sys_bpf(BPF_PROG_QUERY, attr, f"tcx query on ifindex {ifindex}")
+        n = attr.count
+        if n == 0:
+            return []
+        progs, links = (ctypes.c_uint32 * n)(), (ctypes.c_uint32 * n)()
+        attr = _QueryAttr(target_ifindex=ifindex, attach_type=attach_type, count=n,
+                          prog_ids=ctypes.addressof(progs), link_ids=ctypes.addressof(links))
+        try:
+            sys_bpf(BPF_PROG_QUERY, attr, f"tcx query on ifindex {ifindex}")
+        except BpfError as e:
+            if e.errno == errno.ENOSPC:  # one was attached between the two queries
+                continue
+            raise
+        return [TcxEntry(progs[i], links[i]) for i in range(attr.count)]

@@ -1,9 +1,10 @@
-"""Compile the dataplane with bcc, pin it, and attach it to devices with tc.
+"""Compile the dataplane with bcc, pin it, and attach it to devices (natgw.dataplane.hooks:
+tcx links, or clsact + cls_bpf filters on kernels before 6.6).
 
-Programs and maps are pinned under /sys/fs/bpf/natgw/<gateway>/. Program pins
-carry a hash of their source, so a second `natgw up` reuses what is loaded
-(no compile, no re-attach) and a new natgw version replaces the filters
-atomically while the maps, and the mappings in them, stay.
+Programs, maps and tcx links are pinned under /sys/fs/bpf/natgw/<gateway>/.
+Program pins carry a hash of their source, so a second `natgw up` reuses what
+is loaded (no compile, no re-attach) and a new natgw version replaces the
+programs atomically while the maps, and the mappings in them, stay.
 
 The C source is the checkout's top-level bpf/, shipped in the wheel as the
 package data natgw/bpf (see pyproject.toml).
@@ -11,7 +12,6 @@ package data natgw/bpf (see pyproject.toml).
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -27,13 +27,28 @@ from ..netns import iproute
 from . import layout as L
 from .bpfsys import (
     BpfError,
+    link_fd_by_id,
     map_fd_by_id,
     map_info,
     obj_get,
     obj_pin,
     prog_fd_by_id,
-    prog_id,
+    prog_info,
     prog_map_ids,
+)
+from .hooks import (  # noqa: F401 - ETH_P_ALL ... has_clsact: where they were before tcx
+    ETH_P_ALL,
+    FILTER_PRIO,
+    PARENTS,
+    TCX,
+    HookError,
+    attach_hook,
+    attached,
+    detach_hook,
+    has_clsact,
+    link_pin_name,
+    prune_link_pins,
+    remove_clsact_if_empty,
 )
 
 # pyroute2 only where netlink is spoken: reading pins must stay cheap to import.
@@ -43,11 +58,6 @@ if TYPE_CHECKING:
 PIN_ROOT = "/sys/fs/bpf/natgw"
 ENTRY = "natgw.c"
 
-# tc clsact hook points and the filter natgw owns on each.
-PARENTS = {"egress": 0xFFFFFFF3, "ingress": 0xFFFFFFF2}
-FILTER_PRIO = 0x4E47  # "NG": a fixed priority and handle make replace atomic
-FILTER_HANDLE = 0x4E47
-ETH_P_ALL = 0x0003
 ARPHRD_ETHER = 1
 ETH_HLEN = 14
 
@@ -131,17 +141,20 @@ class Programs:
     egress_fd: int
     ingress_fd: int
     build: str  # hash of source and flags: names the pins and the tc filters
+    pin_dir: str = ""  # where the programs (and the tcx links running them) are pinned
 
     def fd(self, direction: str) -> int:
         return self.egress_fd if direction == "egress" else self.ingress_fd
 
-    def filter_name(self, direction: str) -> str:
-        """The tc filter's name: build and program id, so that a program loaded again
-        (same build, new maps) is told apart, and re-pinned from the filter alone.
+    def pin(self, direction: str) -> str:
+        """The program's pin: prog_<program>_<build> (hooks name filters and links by it)."""
+        return os.path.join(self.pin_dir, f"prog_{direction}_{self.build}")
 
-        (The id is in the name because pyroute2 does not decode TCA_BPF_ID.)
-        """
-        return f"natgw_{direction}:{self.build}:{prog_id(self.fd(direction))}"
+    def tags(self) -> dict[str, str]:
+        """pin name -> program tag: what a gateway records, so that programs still
+        attached can be pinned again under their build when their pins are removed."""
+        return {os.path.basename(self.pin(d)): prog_info(self.fd(d)).tag
+                for d in ("egress", "ingress")}
 
     def close(self) -> None:
         for fd in (self.egress_fd, self.ingress_fd):
@@ -178,7 +191,7 @@ def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
     build = hashlib.sha256((source + "\0" + " ".join(cflags)).encode()).hexdigest()[:12]
     pins = {d: os.path.join(pdir, f"prog_{d}_{build}") for d in ("egress", "ingress")}
     if all(os.path.exists(p) for p in pins.values()) and not missing_map_pins(pdir):
-        return Programs(obj_get(pins["egress"]), obj_get(pins["ingress"]), build)
+        return Programs(obj_get(pins["egress"]), obj_get(pins["ingress"]), build, pdir)
     _check_pinned_maps(pdir)
     # A pin removed by hand: the programs are rebuilt against the maps that are
     # pinned (new ones where a pin is gone), so program pins of this build go too.
@@ -200,7 +213,7 @@ def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
         raise DataplaneError(f"loading the dataplane failed: {e}") from e
     for d, path in pins.items():
         obj_pin(fds[d], path)
-    progs = Programs(os.dup(fds["egress"]), os.dup(fds["ingress"]), build)
+    progs = Programs(os.dup(fds["egress"]), os.dup(fds["ingress"]), build, pdir)
     bpf.cleanup()
     _unpin_other_builds(pdir, build)
     return progs
@@ -226,44 +239,60 @@ def missing_pins(pdir: str) -> list[str]:
 
 
 def repin_attached(gateway: str, netns: str | None, devices: list[str],
-                   root: str = PIN_ROOT) -> list[str]:
-    """Pin again what the gateway's attached filters run, where its pins were removed.
+                   tags: dict[str, str] | None = None, root: str = PIN_ROOT) -> list[str]:
+    """Pin again what runs on the gateway's devices, where its pins were removed.
 
-    The programs and maps are alive (a filter holds them): pinning them again
-    keeps every mapping and counter and needs no compiler. Returns what was pinned.
+    The programs and maps are alive (a tcx link or a filter holds them): pinning
+    them again keeps every mapping and counter and needs no compiler. A program
+    is pinned under its build: the one its tc filter names, or the pin whose tag
+    `tags` (pin name -> tag, as the gateway recorded Programs.tags()) says; tcx
+    links are pinned again too. Returns what was pinned.
     """
     pdir = pin_dir(gateway, root)
+    by_tag = {tag: name for name, tag in (tags or {}).items()}
     done: list[str] = []
     with ipr_in(netns) as ipr:
         for dev in devices:
             idx = ipr.link_lookup(ifname=dev)
             if not idx:
                 continue
-            for direction, parent in PARENTS.items():
-                name, pid = _filters(ipr, idx[0], parent).get(FILTER_PRIO, ("", 0))
-                prefix = f"natgw_{direction}:"
-                if not name.startswith(prefix) or not pid:
-                    continue
+            for direction, hook in attached(ipr, idx[0]).items():
                 os.makedirs(pdir, exist_ok=True)
-                fd = prog_fd_by_id(pid)
+                fd = prog_fd_by_id(hook.prog_id)
                 try:
-                    build = name[len(prefix):].partition(":")[0]
-                    path = os.path.join(pdir, f"prog_{direction}_{build}")
-                    if not os.path.exists(path):
-                        obj_pin(fd, path)
-                        done.append(os.path.basename(path))
-                    for map_id in prog_map_ids(fd):
-                        mfd = map_fd_by_id(map_id)
-                        try:
-                            mname = map_info(mfd).name
-                            mpath = os.path.join(pdir, mname)
-                            if mname in MAP_PINS and not os.path.exists(mpath):
-                                obj_pin(mfd, mpath)
-                                done.append(mname)
-                        finally:
-                            os.close(mfd)
+                    program, _, build = hook.filter_name.partition(":")
+                    name = by_tag.get(prog_info(fd).tag) or (
+                        f"prog_{program.removeprefix('natgw_')}_{build.partition(':')[0]}"
+                        if build else None)
+                    done += _pin_missing(fd, pdir, name)
                 finally:
                     os.close(fd)
+                if hook.link_id:
+                    lfd = link_fd_by_id(hook.link_id)
+                    try:
+                        done += _pin_missing(lfd, pdir, link_pin_name(direction, dev),
+                                             maps=False)
+                    finally:
+                        os.close(lfd)
+    return done
+
+
+def _pin_missing(fd: int, pdir: str, name: str | None, maps: bool = True) -> list[str]:
+    """Pin an object (a program: and its maps) where its pin is missing."""
+    done = []
+    if name is not None and not os.path.exists(os.path.join(pdir, name)):
+        obj_pin(fd, os.path.join(pdir, name))
+        done.append(name)
+    for map_id in prog_map_ids(fd) if maps else []:
+        mfd = map_fd_by_id(map_id)
+        try:
+            mname = map_info(mfd).name
+            mpath = os.path.join(pdir, mname)
+            if mname in MAP_PINS and not os.path.exists(mpath):
+                obj_pin(mfd, mpath)
+                done.append(mname)
+        finally:
+            os.close(mfd)
     return done
 
 
@@ -306,89 +335,38 @@ def link_index(ipr: IPRoute, ifname: str) -> int:
     return idx[0]
 
 
-def _filters(ipr: IPRoute, ifindex: int, parent: int) -> dict[int, tuple[str, int]]:
-    """prio -> (cls_bpf program name, program id) of the filters on a clsact hook."""
-    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+def attach(ipr: IPRoute, ifindex: int, progs: Programs, own_qdisc: bool = False) -> bool:
+    """Attach both programs to a device (hooks.attach_hook: idempotent, atomic).
 
-    out = {}
-    try:
-        for msg in ipr.get_filters(index=ifindex, parent=parent):
-            opts = msg.get_attr("TCA_OPTIONS")
-            if msg.get_attr("TCA_KIND") == "bpf" and opts is not None:
-                name = opts.get_attr("TCA_BPF_NAME") or ""
-                tail = name.rpartition(":")[2]
-                out[msg["info"] >> 16] = (name, int(tail) if name.count(":") == 2
-                                          and tail.isdigit() else 0)
-    except NetlinkError as e:
-        if e.code not in (errno.EINVAL, errno.ENOENT):
-            raise
-    return out
-
-
-def _filter_names(ipr: IPRoute, ifindex: int, parent: int) -> dict[int, str]:
-    """prio -> cls_bpf program name of the filters on a clsact hook."""
-    return {prio: name for prio, (name, _) in _filters(ipr, ifindex, parent).items()}
-
-
-def natgw_filters(ipr: IPRoute, ifindex: int) -> set[str]:
-    """Directions ("egress", "ingress") where natgw's filter is attached to a device."""
-    return {d for d, parent in PARENTS.items()
-            if _filter_names(ipr, ifindex, parent).get(FILTER_PRIO, "").startswith("natgw_")}
-
-
-def has_clsact(ipr: IPRoute, ifindex: int) -> bool:
-    return any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=ifindex))
-
-
-def attach(ipr: IPRoute, ifindex: int, progs: Programs) -> bool:
-    """Attach both programs to a device's clsact hooks.
-
-    Return: True if natgw created the clsact qdisc. A filter already running
-    this build is left alone; another build is replaced atomically.
+    own_qdisc: natgw made the device's clsact qdisc (before tcx, or on an older
+    kernel); once natgw's filters are off it and it is empty, it goes.
+    Return: whether natgw owns a clsact qdisc on the device now.
     """
-    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
-
-    created = False
     try:
-        ipr.tc("add", "clsact", ifindex)
-        created = True
-    except NetlinkError as e:
-        if e.code != errno.EEXIST:
-            raise DataplaneError(f"ifindex {ifindex}: adding clsact failed: {e}") from e
-    for direction, parent in PARENTS.items():
-        name = progs.filter_name(direction)
-        # The same build may have been loaded again (its pins were removed): only the
-        # very program pinned now, with the maps pinned now, counts as attached.
-        if _filter_names(ipr, ifindex, parent).get(FILTER_PRIO) == name:
-            continue
-        try:
-            ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, fd=progs.fd(direction),
-                   name=name, parent=parent, classid=1, direct_action=True,
-                   prio=FILTER_PRIO, protocol=ETH_P_ALL)
-        except NetlinkError as e:
-            raise DataplaneError(f"ifindex {ifindex}: attaching {direction} failed: {e}") from e
-    return created
+        for direction in ("egress", "ingress"):
+            own_qdisc |= attach_hook(ipr, ifindex, direction, progs.fd(direction),
+                                     progs.pin(direction))
+        prune_link_pins(progs.pin_dir)
+        if own_qdisc and all(h.mechanism == TCX for h in attached(ipr, ifindex).values()):
+            own_qdisc = not remove_clsact_if_empty(ipr, ifindex)
+    except HookError as e:
+        raise DataplaneError(str(e)) from e
+    return own_qdisc
 
 
-def detach(ipr: IPRoute, ifindex: int, remove_qdisc: bool) -> None:
-    """Remove natgw's filters; the clsact qdisc too if natgw made it and it is now empty."""
-    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
-
-    for parent in PARENTS.values():
-        if FILTER_PRIO not in _filter_names(ipr, ifindex, parent):
-            continue
-        try:
-            ipr.tc("del-filter", "bpf", ifindex, FILTER_HANDLE, parent=parent,
-                   prio=FILTER_PRIO, protocol=ETH_P_ALL)
-        except NetlinkError as e:
-            if e.code not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
-                raise
-    if remove_qdisc and not any(_filter_names(ipr, ifindex, p) for p in PARENTS.values()):
-        try:
-            ipr.tc("del", "clsact", ifindex)
-        except NetlinkError as e:
-            if e.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
-                raise
+def detach(ipr: IPRoute, ifindex: int, remove_qdisc: bool, pins: str | None = None) -> None:
+    """Remove natgw's programs from a device (both mechanisms); the clsact qdisc too if
+    natgw made it and it is now empty; with pins (the pin directory), unpin links
+    that no longer run."""
+    try:
+        for direction in ("egress", "ingress"):
+            detach_hook(ipr, ifindex, direction)
+    except HookError as e:
+        raise DataplaneError(str(e)) from e
+    if remove_qdisc:
+        remove_clsact_if_empty(ipr, ifindex)
+    if pins is not None:
+        prune_link_pins(pins)
 
 
 def l3_offset(ipr: IPRoute, ifindex: int) -> int:
