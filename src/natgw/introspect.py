@@ -44,7 +44,6 @@ that does, with the keys of `Translation`:
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import ipaddress
 import os
@@ -394,22 +393,9 @@ class Translation:
     as_: IPNetwork | None
 
 
-def _full_key(address: IPAddress, ifindex: int, table: int) -> ctypes.Structure:
-    # The dataplane's own lookup: a key as long as the address, so the trie
-    # returns the longest installed prefix containing it.
-    key = (L.LpmV4Key if address.version == 4 else L.LpmV6Key)()
-    key.prefixlen = L.KEY_FIXED_BITS + address.max_prefixlen
-    key.ifindex = ifindex
-    key.table = table
-    packed = address.packed
-    ctypes.memmove(key.addr, packed, len(packed))
-    return key
-
-
 def lookup_tables(gateway: str, tables: Tables, address: IPAddress,
                   state: GatewayState | None, names: dict[int, str]) -> list[Translation]:
-    """Every translation of `address` by one gateway, by real LPM lookups."""
-    lpm = tables.v4 if address.version == 4 else tables.v6
+    """Every translation of `address` by one gateway, looked up as the dataplane does."""
     width = 4 if address.version == 4 else 16
     mappings = {e.mapping_id: e.mapping for e in tables.mappings()}
     out = []
@@ -418,7 +404,7 @@ def lookup_tables(gateway: str, tables: Tables, address: IPAddress,
         for direction in (L.DIR_EGRESS, L.DIR_INGRESS):
             # Destination first: it is what a user usually asks about.
             for side in (L.SIDE_DST, L.SIDE_SRC):
-                value = lpm.lookup(_full_key(address, ifindex, L.table(direction, side)))
+                value = tables.lookup(ifindex, L.table(direction, side), address)
                 if value is None:
                     continue
                 rewrite = ipaddress.ip_network((bytes(value.addr)[:width], value.prefixlen))
