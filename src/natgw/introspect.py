@@ -56,6 +56,7 @@ from natgw.dataplane import layout as L
 from natgw.dataplane.bpfsys import BpfError
 from natgw.dataplane.loader import PIN_ROOT, DataplaneError, pin_dir
 from natgw.dataplane.tables import KIND_RULES, TABLE_KIND, IPNetwork, TableError, Tables
+from natgw.dataplane.upgrade import legacy_pins
 from natgw.netmap import netmap
 from natgw.netns import link_names
 from natgw.state import GatewayState, load_state
@@ -180,6 +181,9 @@ def open_tables(gateway: str, root: str = PIN_ROOT) -> Tables:
         raise InspectError(str(e)) from None
     # All pins present: a gateway being set up or torn down counts as not loaded.
     if not all(os.path.exists(os.path.join(pdir, m)) for m in L.MAP_NAMES):
+        if legacy_pins(pdir):
+            raise InspectError(f"gateway {gateway}: its maps are of an earlier natgw version; "
+                               "`natgw up` upgrades them")
         raise GatewayGone(f"gateway {gateway}: not loaded (no maps in {pdir})")
     try:
         return Tables(pdir)
