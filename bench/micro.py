@@ -26,7 +26,7 @@ from pathlib import Path
 from bench.topology import POD_ADDR, POD_CIDR, extra_mappings, host_in
 from natgw.dataplane import Dataplane, Mapping, layout, upgrade
 from natgw.dataplane.bpfsys import Map, prog_test_run
-from natgw.dataplane.loader import inline_source
+from natgw.dataplane.loader import inline_source, pin_dir
 
 LO_IFINDEX = 1
 SKB_CTX_SIZE, SKB_IFINDEX_OFF = 192, 40  # struct __sk_buff: size, ifindex offset
@@ -134,6 +134,7 @@ class _LpmBuild:
                                  check=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         os.makedirs(pdir, exist_ok=True)
+        self.pdir = pdir
         self.bpf = BPF(text=inline_source(Path(tmp) / "bpf" / "natgw.c").encode(),
                        cflags=[f'-DNATGW_PIN_DIR="{pdir}"'])
         self.fds = {d: self.bpf.load_func(f"natgw_{d}".encode(), BPF.SCHED_CLS).fd
@@ -172,55 +173,57 @@ class _LpmBuild:
 
 def compare_lpm(gateway: str, rev: str, repeat: int = 200_000, rounds: int = 15) -> dict:
     """ns per run of this build's programs and of `rev`'s (LPM tries), at 1 and 10,000
-    mappings, the two alternating run by run in this one process.
+    mappings: four private gateways (build x mappings), all measured round by round
+    in this one process, so that a change in the machine's load hits all four alike.
 
     Returns {build: {mappings: {case: {"median": ns, "min": ns}}}}.
     """
     identity = Mapping.parse("remote", POD_CIDR, POD_CIDR)
     extra = [Mapping.parse("remote", c, a) for c, a in extra_mappings(9999)]
-    dp = Dataplane.load(gateway)
-    old_dir = dp.pin_dir + "-lpm"
-    old = None
+    sizes = {"1": [identity], "10000": [identity, *extra]}
+    new_name, old_name = "this build", f"{rev} (LPM trie)"
+    setups: dict = {}  # (build, mappings) -> (fds, map_stats, mapping id of the identity)
+    opened: list = []
     try:
-        with tempfile.TemporaryDirectory(prefix="natgw-micro-") as tmp:
-            old = _LpmBuild(rev, old_dir, tmp)
-        dp.tables.set_device(LO_IFINDEX, 14, 0, 0)
-        builds = {  # name -> (fds, map_stats, install)
-            "this build": ({d: dp.programs.fd(d) for d in ("egress", "ingress")},
-                           dp.tables.map_stats,
-                           lambda ms: dp.tables.add_mappings(LO_IFINDEX, ms)[0].mapping_id),
-            f"{rev} (LPM trie)": (old.fds, old.stats, old.add),
-        }
-        mids = {name: install([identity]) for name, (_, _, install) in builds.items()}
-        out: dict = {name: {} for name in builds}
-        for label, more in (("1", []), ("10000", extra)):
-            if more:
-                for _, _, install in builds.values():
-                    install(more)
-            samples: dict = {name: {case: [] for case in CASES} for name in builds}
-            for r in range(rounds):
-                order = list(builds) if r % 2 == 0 else list(reversed(builds))
-                for name in order:
-                    fds, stats, _ = builds[name]
-                    for case, (direction, frame, counter) in CASES.items():
-                        before = _counted(stats, mids[name])
-                        res = prog_test_run(fds[direction], frame, _ctx(), repeat)
-                        after = _counted(stats, mids[name])
-                        got = {d: after[d] - before[d] for d in after}
-                        want = {d: repeat if d == counter else 0 for d in after}
-                        if res.retval != TC_ACT_UNSPEC or got != want:
-                            raise RuntimeError(f"{name} {case}: verdict {res.retval}, "
-                                               f"counted {got}, want {want}")
-                        samples[name][case].append(res.duration_ns)
-            for name, by_case in samples.items():
-                out[name][label] = {case: {"median": statistics.median(v), "min": min(v)}
-                                    for case, v in by_case.items()}
+        for label, mappings in sizes.items():
+            dp = Dataplane.load(f"{gateway}n{label}")
+            opened.append(dp)
+            dp.tables.set_device(LO_IFINDEX, 14, 0, 0)
+            mid = dp.tables.add_mappings(LO_IFINDEX, mappings)[0].mapping_id
+            setups[(new_name, label)] = ({d: dp.programs.fd(d) for d in ("egress", "ingress")},
+                                         dp.tables.map_stats, mid)
+            with tempfile.TemporaryDirectory(prefix="natgw-micro-") as tmp:
+                old = _LpmBuild(rev, pin_dir(f"{gateway}o{label}"), tmp)
+            opened.append(old)
+            setups[(old_name, label)] = (old.fds, old.stats, old.add(mappings))
+        samples: dict = {key: {case: [] for case in CASES} for key in setups}
+        for r in range(rounds):
+            keys = list(setups)
+            for key in keys[r % len(keys):] + keys[:r % len(keys)]:  # rotate who goes first
+                fds, stats, mid = setups[key]
+                for case, (direction, frame, counter) in CASES.items():
+                    before = _counted(stats, mid)
+                    res = prog_test_run(fds[direction], frame, _ctx(), repeat)
+                    after = _counted(stats, mid)
+                    got = {d: after[d] - before[d] for d in after}
+                    want = {d: repeat if d == counter else 0 for d in after}
+                    if res.retval != TC_ACT_UNSPEC or got != want:
+                        raise RuntimeError(f"{key} {case}: verdict {res.retval}, "
+                                           f"counted {got}, want {want}")
+                    samples[key][case].append(res.duration_ns)
+        out: dict = {}
+        for (name, label), by_case in samples.items():
+            out.setdefault(name, {})[label] = {
+                case: {"median": statistics.median(v), "min": min(v)}
+                for case, v in by_case.items()}
         return out
     finally:
-        if old is not None:
-            old.close()
-        dp.destroy()
-        shutil.rmtree(old_dir, ignore_errors=True)
+        for o in opened:
+            if isinstance(o, Dataplane):
+                o.destroy()
+            else:
+                o.close()
+                shutil.rmtree(o.pdir, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:
