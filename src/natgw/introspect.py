@@ -74,6 +74,11 @@ class GatewayGone(InspectError):
     """The gateway is not loaded, or was torn down while being read."""
 
 
+class EarlierLayout(GatewayGone):
+    """The gateway's maps are of an earlier natgw version (until `natgw up` upgrades
+    them): named, it is an error saying so; in a listing of every gateway, skipped."""
+
+
 @dataclass(frozen=True)
 class Rule:
     """What one mapping does in one direction, and how often it did it."""
@@ -182,8 +187,8 @@ def open_tables(gateway: str, root: str = PIN_ROOT) -> Tables:
     # All pins present: a gateway being set up or torn down counts as not loaded.
     if not all(os.path.exists(os.path.join(pdir, m)) for m in L.MAP_NAMES):
         if legacy_pins(pdir):
-            raise InspectError(f"gateway {gateway}: its maps are of an earlier natgw version; "
-                               "`natgw up` upgrades them")
+            raise EarlierLayout(f"gateway {gateway}: its maps are of an earlier natgw version; "
+                                "`natgw up` upgrades them")
         raise GatewayGone(f"gateway {gateway}: not loaded (no maps in {pdir})")
     try:
         return Tables(pdir)
