@@ -68,10 +68,5 @@ def clear_mappings(gateway: str) -> int:
         dp = Dataplane.open(gateway)
     except Exception:  # noqa: BLE001 - not up: nothing to clear
         return 0
-    n = 0
     with dp:
-        for lpm in (dp.tables.v4, dp.tables.v6):
-            for key in [k for k, _ in lpm.items()]:
-                lpm.delete(key)
-                n += 1
-    return n
+        return dp.tables.clear_mappings()

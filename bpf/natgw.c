@@ -90,14 +90,14 @@ static __always_inline int handle_v4(struct __sk_buff *skb, const struct natgw_d
 	}
 	l4_off = l3 + ip.ihl * 4;
 	first = !(ip.frag_off & bpf_htons(NATGW_IP_OFFSET));
-	xs = xlate_v4_lookup(ifindex, NATGW_TABLE(dir, NATGW_SIDE_SRC), ip.saddr);
-	xd = xlate_v4_lookup(ifindex, NATGW_TABLE(dir, NATGW_SIDE_DST), ip.daddr);
+	xs = xlate_v4_lookup(dev, ifindex, NATGW_TABLE(dir, NATGW_SIDE_SRC), ip.saddr);
+	xd = xlate_v4_lookup(dev, ifindex, NATGW_TABLE(dir, NATGW_SIDE_DST), ip.daddr);
 
 	if (first && ip.protocol == IPPROTO_ICMP) {
 		__u8 type;
 
 		if (bpf_skb_load_bytes(skb, l4_off, &type, 1) == 0 && icmp4_is_error(type)) {
-			if (quoted_v4_plan(skb, ifindex, dir, l4_off + ICMP_HDR_LEN, &q) == 0)
+			if (quoted_v4_plan(skb, dev, ifindex, dir, l4_off + ICMP_HDR_LEN, &q) == 0)
 				has_quote = either_hit(q.xs, q.xd);
 			else if (either_hit(xs, xd))
 				return drop(dev, NATGW_DROP_ICMP_INNER);
@@ -147,15 +147,16 @@ static __always_inline int handle_v6(struct __sk_buff *skb, const struct natgw_d
 		dev_stat_inc(dev, NATGW_EV_UNPARSED);
 		return NATGW_PASS;
 	}
+	/* Before the extension header walk: its many outcomes would each verify the lookups. */
+	xs = xlate_v6_lookup(dev, ifindex, NATGW_TABLE(dir, NATGW_SIDE_SRC), &ip6.saddr);
+	xd = xlate_v6_lookup(dev, ifindex, NATGW_TABLE(dir, NATGW_SIDE_DST), &ip6.daddr);
 	l4_err = ipv6_find_l4(skb, l3 + sizeof(ip6), ip6.nexthdr, &l4);
-	xs = xlate_v6_lookup(ifindex, NATGW_TABLE(dir, NATGW_SIDE_SRC), &ip6.saddr);
-	xd = xlate_v6_lookup(ifindex, NATGW_TABLE(dir, NATGW_SIDE_DST), &ip6.daddr);
 
 	if (!l4_err && l4.first && l4.proto == IPPROTO_ICMPV6) {
 		__u8 type;
 
 		if (bpf_skb_load_bytes(skb, l4.off, &type, 1) == 0 && icmp6_is_error(type)) {
-			if (quoted_v6_plan(skb, ifindex, dir, l4.off + ICMP_HDR_LEN, &q) == 0)
+			if (quoted_v6_plan(skb, dev, ifindex, dir, l4.off + ICMP_HDR_LEN, &q) == 0)
 				has_quote = either_hit(q.xs, q.xd);
 			else if (either_hit(xs, xd))
 				return drop(dev, NATGW_DROP_ICMP_INNER);
@@ -204,7 +205,7 @@ static __always_inline int handle_v6(struct __sk_buff *skb, const struct natgw_d
 static __always_inline int natgw_handle(struct __sk_buff *skb, __u32 dir)
 {
 	__u32 ifindex = skb->ifindex;
-	struct natgw_device *dev = devices.lookup(&ifindex);
+	struct natgw_device *dev = devices_v2.lookup(&ifindex);
 
 	if (!dev)
 		return NATGW_PASS;

@@ -64,13 +64,15 @@ static __always_inline __u32 quoted_l4_csum_off(struct __sk_buff *skb, __u8 prot
 
 /**
  * quoted_v4_plan - read the packet quoted by an ICMP error.
+ * @dev: the device (its tables are the ones looked up)
  * @ip_off: offset of the quoted IPv4 header
  *
  * Return: 0 (q->xs and q->xd say what to translate), or -1 when the quote
  * is too short or not IPv4.
  */
-static __always_inline int quoted_v4_plan(struct __sk_buff *skb, __u32 ifindex, __u32 dir,
-					  __u32 ip_off, struct quoted_v4 *q)
+static __always_inline int quoted_v4_plan(struct __sk_buff *skb, const struct natgw_device *dev,
+					  __u32 ifindex, __u32 dir, __u32 ip_off,
+					  struct quoted_v4 *q)
 {
 	struct iphdr ip;
 	__u32 l4_off;
@@ -81,8 +83,8 @@ static __always_inline int quoted_v4_plan(struct __sk_buff *skb, __u32 ifindex, 
 	q->ip_off = ip_off;
 	q->saddr = ip.saddr;
 	q->daddr = ip.daddr;
-	q->xs = xlate_v4_lookup(ifindex, NATGW_TABLE(dir, NATGW_SIDE_DST), ip.saddr);
-	q->xd = xlate_v4_lookup(ifindex, NATGW_TABLE(dir, NATGW_SIDE_SRC), ip.daddr);
+	q->xs = xlate_v4_lookup(dev, ifindex, NATGW_TABLE(dir, NATGW_SIDE_DST), ip.saddr);
+	q->xd = xlate_v4_lookup(dev, ifindex, NATGW_TABLE(dir, NATGW_SIDE_SRC), ip.daddr);
 	q->l4_is_udp = ip.protocol == IPPROTO_UDP;
 	q->l4_csum_off = quoted_l4_csum_off(skb, ip.protocol, l4_off,
 					    !(ip.frag_off & bpf_htons(NATGW_IP_OFFSET)));
@@ -136,8 +138,9 @@ static __always_inline int quoted_v4_apply(struct __sk_buff *skb, const struct q
 }
 
 /* As quoted_v4_plan, for a packet quoted by an ICMPv6 error. */
-static __always_inline int quoted_v6_plan(struct __sk_buff *skb, __u32 ifindex, __u32 dir,
-					  __u32 ip_off, struct quoted_v6 *q)
+static __always_inline int quoted_v6_plan(struct __sk_buff *skb, const struct natgw_device *dev,
+					  __u32 ifindex, __u32 dir, __u32 ip_off,
+					  struct quoted_v6 *q)
 {
 	struct ipv6hdr ip6;
 	struct l4_info l4;
@@ -147,8 +150,8 @@ static __always_inline int quoted_v6_plan(struct __sk_buff *skb, __u32 ifindex, 
 	q->ip_off = ip_off;
 	__builtin_memcpy(q->saddr.b, &ip6.saddr, 16);
 	__builtin_memcpy(q->daddr.b, &ip6.daddr, 16);
-	q->xs = xlate_v6_lookup(ifindex, NATGW_TABLE(dir, NATGW_SIDE_DST), &ip6.saddr);
-	q->xd = xlate_v6_lookup(ifindex, NATGW_TABLE(dir, NATGW_SIDE_SRC), &ip6.daddr);
+	q->xs = xlate_v6_lookup(dev, ifindex, NATGW_TABLE(dir, NATGW_SIDE_DST), &ip6.saddr);
+	q->xd = xlate_v6_lookup(dev, ifindex, NATGW_TABLE(dir, NATGW_SIDE_SRC), &ip6.daddr);
 	q->l4_csum_off = 0;
 	q->l4_is_udp = 0;
 	if (ipv6_quoted_l4(skb, ip_off + sizeof(ip6), ip6.nexthdr, &l4) == 0) {

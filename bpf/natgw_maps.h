@@ -13,17 +13,24 @@
 #error "NATGW_PIN_DIR must be defined by the loader"
 #endif
 
-/* IPv4 translation tables of every device; written by the control plane. */
-BPF_TABLE_PINNED("lpm_trie", struct natgw_lpm_v4_key, struct natgw_xlate, xlate_v4,
-		 NATGW_LPM_ENTRIES, NATGW_PIN_DIR "/xlate_v4", BPF_F_NO_PREALLOC);
+/*
+ * IPv4 translation tables of every device, one exact entry per prefix;
+ * written by the control plane. (Named for the layout: the lpm_trie maps of
+ * earlier versions were xlate_v4 and xlate_v6, see dataplane/upgrade.py.)
+ */
+BPF_TABLE_PINNED("hash", struct natgw_xlate_v4_key, struct natgw_xlate, xlate_v4_hash,
+		 NATGW_XLATE_ENTRIES, NATGW_PIN_DIR "/xlate_v4_hash", BPF_F_NO_PREALLOC);
 
 /* IPv6 translation tables of every device; written by the control plane. */
-BPF_TABLE_PINNED("lpm_trie", struct natgw_lpm_v6_key, struct natgw_xlate, xlate_v6,
-		 NATGW_LPM_ENTRIES, NATGW_PIN_DIR "/xlate_v6", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", struct natgw_xlate_v6_key, struct natgw_xlate, xlate_v6_hash,
+		 NATGW_XLATE_ENTRIES, NATGW_PIN_DIR "/xlate_v6_hash", BPF_F_NO_PREALLOC);
 
-/* ifindex -> device settings; written by the control plane on attach. */
-BPF_TABLE_PINNED("hash", __u32, struct natgw_device, devices,
-		 NATGW_MAX_DEVICES, NATGW_PIN_DIR "/devices");
+/*
+ * ifindex -> device settings and the prefix lengths of its tables; written by
+ * the control plane on attach and with every mapping change.
+ */
+BPF_TABLE_PINNED("hash", __u32, struct natgw_device, devices_v2,
+		 NATGW_MAX_DEVICES, NATGW_PIN_DIR "/devices_v2");
 
 /* Packets and bytes per mapping and direction; written by the dataplane. */
 BPF_TABLE_PINNED("percpu_array", __u32, struct natgw_counter, map_stats,
@@ -54,30 +61,147 @@ static __always_inline void map_stat_add(const struct natgw_xlate *x, __u32 dir,
 	}
 }
 
-static __always_inline struct natgw_xlate *
-xlate_v4_lookup(__u32 ifindex, __u32 table, __be32 addr)
-{
-	struct natgw_lpm_v4_key key = {
-		.prefixlen = NATGW_KEY_FIXED_BITS + 32,
-		.ifindex = ifindex,
-		.table = table,
-	};
+/*
+ * may_goto (Linux 6.9+) as a loop condition: true, except that the kernel
+ * ends the loop after a very large number of rounds. A loop guarded by it
+ * need not be bounded for the verifier, which checks the loop body until its
+ * states converge (a few rounds) instead of once per possible round: a
+ * counted loop of up to 129 lookups is checked 129 times on every path that
+ * reaches it and exceeds the verifier's budget. The instruction is spelled
+ * out in bytes for compilers older than LLVM 19 (as in the kernel's
+ * bpf_experimental.h); bcc's clang 14 is one.
+ */
+#define natgw_can_loop ({						\
+	__label__ l_break, l_continue;					\
+	int ret = 1;							\
+	asm volatile goto("1:.byte 0xe5;				\
+			  .byte 0;					\
+			  .long ((%l[l_break] - 1b - 8) / 8) & 0xffff;	\
+			  .short 0"					\
+			  :::: l_break);				\
+	goto l_continue;						\
+l_break:								\
+	ret = 0;							\
+l_continue:;								\
+	ret;								\
+})
 
-	__builtin_memcpy(key.addr, &addr, 4);
-	return xlate_v4.lookup(&key);
+/* Index of the highest set bit of @m (not 0): bits smeared down, then counted. No branches. */
+static __always_inline __u32 top_bit(__u64 m)
+{
+	m |= m >> 1;
+	m |= m >> 2;
+	m |= m >> 4;
+	m |= m >> 8;
+	m |= m >> 16;
+	m |= m >> 32;
+	m -= (m >> 1) & 0x5555555555555555ULL;
+	m = (m & 0x3333333333333333ULL) + ((m >> 2) & 0x3333333333333333ULL);
+	m = (m + (m >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+	return (__u32)((m * 0x0101010101010101ULL) >> 56) - 1;
 }
 
-static __always_inline struct natgw_xlate *
-xlate_v6_lookup(__u32 ifindex, __u32 table, const struct in6_addr *addr)
+/*
+ * The first @bits bits of a 32-bit word set, in network byte order; @bits is
+ * clamped to 0..32. Without branches: a branch on a length the verifier knows
+ * on one path and not on another keeps it from merging the two.
+ */
+static __always_inline __be32 prefix_mask32(__s64 bits)
 {
-	struct natgw_lpm_v6_key key = {
-		.prefixlen = NATGW_KEY_FIXED_BITS + 128,
+	__s64 over;
+
+	bits &= ~(bits >> 63);			/* below 0: 0 */
+	over = bits - 32;
+	bits = 32 + (over & (over >> 63));	/* above 32: 32 */
+	return bpf_htonl((__u32)(0xffffffff00000000ULL >> bits));
+}
+
+/*
+ * How the lookups below probe, and why so. The verifier follows every path of
+ * the program separately until the paths' states match again; a lookup that
+ * returned NULL on one path and a map pointer on another doubles the paths
+ * after it. So a lookup ends in one map lookup whose result is returned as it
+ * is: of the last length present, or of the length an earlier probe found
+ * (looked up once more). An empty IPv4 table returns NULL at once (the IPv4
+ * path is short enough to afford the split); an empty IPv6 table looks up
+ * NATGW_PLEN_NONE, which no entry has: with the split, the IPv6 path, its
+ * extension header walk and ICMPv6 quotes exceed the verifier's budget.
+ */
+#define NATGW_PLEN_NONE		0xffff
+
+/**
+ * xlate_v4_lookup - the entry of the longest prefix holding @addr in a table.
+ * @dev: the device's entry (its plens_v4 say which prefix lengths to probe)
+ * @table: NATGW_TABLE(dir, side)
+ *
+ * Probes each prefix length present, longest first.
+ * Return: the entry, or NULL.
+ */
+static __always_inline struct natgw_xlate *
+xlate_v4_lookup(const struct natgw_device *dev, __u32 ifindex, __u32 table, __be32 addr)
+{
+	__u64 plens = dev->plens_v4[table & (NATGW_TABLES - 1)] &
+		      ((2ULL << NATGW_V4_PLEN_MAX) - 1);
+	struct natgw_xlate_v4_key key = {
 		.ifindex = ifindex,
 		.table = table,
+		.prefixlen = NATGW_PLEN_NONE,
 	};
 
-	__builtin_memcpy(key.addr, addr, 16);
-	return xlate_v6.lookup(&key);
+	if (!plens)
+		return NULL;	/* no mapping of this kind: no lookup at all */
+	/* Each round clears one of at most 33 bits. */
+	while (plens && natgw_can_loop) {
+		__u32 plen = top_bit(plens);
+		__be32 net = addr & prefix_mask32(plen);
+
+		plens &= ~(1ULL << plen);
+		key.prefixlen = plen;
+		__builtin_memcpy(key.addr, &net, 4);
+		if (!plens || xlate_v4_hash.lookup(&key))
+			break;
+	}
+	return xlate_v4_hash.lookup(&key);
+}
+
+/* As xlate_v4_lookup, for IPv6 (prefix lengths in three words of plens_v6). */
+static __always_inline struct natgw_xlate *
+xlate_v6_lookup(const struct natgw_device *dev, __u32 ifindex, __u32 table,
+		const struct in6_addr *addr)
+{
+	const __u64 *words = &dev->plens_v6[(table & (NATGW_TABLES - 1)) * NATGW_V6_PLEN_WORDS];
+	__u64 lo = words[0], mid = words[1], hi = words[2] & 1;	/* lengths 0-63, 64-127, 128 */
+	struct natgw_xlate_v6_key key = {
+		.ifindex = ifindex,
+		.table = table,
+		.prefixlen = NATGW_PLEN_NONE,
+	};
+	__be32 a[4];
+
+	__builtin_memcpy(a, addr, 16);
+	while ((lo | mid | hi) && natgw_can_loop) {
+		__be32 net[4];
+		__u32 plen;
+
+		if (hi) {
+			plen = 128;
+			hi = 0;
+		} else if (mid) {
+			plen = 64 + top_bit(mid);
+			mid &= ~(1ULL << (plen - 64));
+		} else {
+			plen = top_bit(lo);
+			lo &= ~(1ULL << plen);
+		}
+#pragma unroll
+		for (int w = 0; w < 4; w++)
+			net[w] = a[w] & prefix_mask32((__s64)plen - 32 * w);
+		key.prefixlen = plen;
+		__builtin_memcpy(key.addr, net, 16);
+		if (!(lo | mid | hi) || xlate_v6_hash.lookup(&key))
+			break;
+	}
+	return xlate_v6_hash.lookup(&key);
 }
 
 /*

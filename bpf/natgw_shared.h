@@ -9,7 +9,7 @@
 
 #define NATGW_MAX_MAPPINGS	16384	/* mapping ids: 0 .. NATGW_MAX_MAPPINGS - 1 */
 #define NATGW_MAX_DEVICES	256	/* device slots, for per-device counters */
-#define NATGW_LPM_ENTRIES	(2 * NATGW_MAX_MAPPINGS)	/* each mapping: one entry per direction */
+#define NATGW_XLATE_ENTRIES	(2 * NATGW_MAX_MAPPINGS)	/* each mapping: one entry per direction */
 
 #define NATGW_DIR_EGRESS	0
 #define NATGW_DIR_INGRESS	1
@@ -24,9 +24,20 @@
  *   ingress src: remote cidr -> remote as       ingress dst: local as    -> local cidr
  */
 #define NATGW_TABLE(dir, side)	((dir) * 2 + (side))
+#define NATGW_TABLES		4
 
-/* The LPM key starts with ifindex and table, matched exactly: 64 bits. */
-#define NATGW_KEY_FIXED_BITS	64
+/*
+ * Longest-prefix match as exact hash lookups, one per prefix length present
+ * (longest first). The lengths present in each table of a device are bits of
+ * natgw_device: bit n set when the table holds an n-bit prefix, so a lookup
+ * costs one probe per distinct length, not a trie walk that deepens with the
+ * number of mappings, and an empty table costs nothing. IPv4 uses bits 0..32
+ * of one word, IPv6 bits 0..128 of three (length n: bit n % 64 of word n / 64;
+ * flat, as bcc cannot describe a two-dimensional array).
+ */
+#define NATGW_V4_PLEN_MAX	32
+#define NATGW_V6_PLEN_MAX	128
+#define NATGW_V6_PLEN_WORDS	3
 
 /* natgw_device.flags; the dataplane reads none of them yet */
 #define NATGW_DEV_F_OWN_QDISC	0x8000	/* natgw created the clsact qdisc: detach removes it */
@@ -50,17 +61,18 @@
 /* Longest IPv6 extension header chain walked to find the L4 header. */
 #define NATGW_V6_MAX_EXT	6
 
-struct natgw_lpm_v4_key {
-	__u32 prefixlen;	/* NATGW_KEY_FIXED_BITS + address prefix length */
+/* A translation entry's key: every byte is set (hashed), no padding. */
+struct natgw_xlate_v4_key {
 	__u32 ifindex;
-	__u32 table;		/* NATGW_TABLE(dir, side) */
-	__u8 addr[4];		/* network byte order */
+	__u16 table;		/* NATGW_TABLE(dir, side) */
+	__u16 prefixlen;	/* 0 .. NATGW_V4_PLEN_MAX */
+	__u8 addr[4];		/* network byte order, host bits zero */
 };
 
-struct natgw_lpm_v6_key {
-	__u32 prefixlen;
+struct natgw_xlate_v6_key {
 	__u32 ifindex;
-	__u32 table;
+	__u16 table;
+	__u16 prefixlen;	/* 0 .. NATGW_V6_PLEN_MAX */
 	__u8 addr[16];
 };
 
@@ -78,6 +90,14 @@ struct natgw_device {
 	__u16 mss_v4;		/* clamp TCP MSS of IPv4 SYNs to this; 0: no clamp */
 	__u16 mss_v6;
 	__u16 flags;		/* NATGW_DEV_F_* */
+	__u32 pad;		/* explicit: plens_v4 is 8-byte aligned */
+	/*
+	 * Prefix lengths with entries, per table (see NATGW_V4_PLEN_MAX). Written
+	 * by the control plane: a bit is set after its entries are written and
+	 * cleared before the last of them is deleted.
+	 */
+	__u64 plens_v4[NATGW_TABLES];
+	__u64 plens_v6[NATGW_TABLES * NATGW_V6_PLEN_WORDS];	/* table t: words 3t .. 3t + 2 */
 };
 
 struct natgw_counter {

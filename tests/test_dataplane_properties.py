@@ -2,7 +2,9 @@
 
 For any mappings, a packet translated on egress and its reply translated on
 ingress give back the original endpoints, host bits are kept, and every
-checksum verifies (scapy recomputes them and must get the same bytes).
+checksum verifies (scapy recomputes them and must get the same bytes). For
+any set of prefixes, the one that translates is the longest holding the
+address.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import ipaddress
 
 import pytest
 from bpf_run import LO_IFINDEX, TC_ACT_UNSPEC, Runner, run_gateway_name
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.packet import Raw
 
-from natgw.dataplane import Dataplane, Mapping
+from natgw.dataplane import Dataplane, Mapping, layout
+from natgw.netmap import netmap
 
 pytestmark = pytest.mark.bpf
 
@@ -110,3 +113,60 @@ def test_there_and_back_is_identity(runner, s):
     assert back.verdict == TC_ACT_UNSPEC
     assert checksums_verify(back.out)
     assert back.out == bytes(build(dst, src, proto, dport, sport, payload))
+
+
+# -- longest prefix, against an oracle ------------------------------------------------
+
+
+def longest_match(nets, addr):
+    """The oracle: the longest of `nets` holding `addr`, None if none does."""
+    holding = [n for n in nets if addr in n]
+    return max(holding, key=lambda n: n.prefixlen) if holding else None
+
+
+@st.composite
+def prefix_set(draw):
+    """Remote mappings whose "as" prefixes nest around one address (so that many
+    lengths hold it), plus scattered ones; and an address near that one."""
+    version = draw(st.sampled_from([4, 6]))
+    bits = 32 if version == 4 else 128
+    cls = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+    base = draw(st.integers(0, 2**bits - 1))
+    lengths = draw(st.lists(st.integers(0, bits), min_size=1, max_size=14, unique=True))
+    nested = [cls((base >> (bits - n) << (bits - n), n)) for n in lengths]
+    scattered = draw(st.lists(network(version, draw(st.integers(0, bits))), max_size=4))
+    as_nets = list(dict.fromkeys(nested + scattered))
+    # Distinct real ranges too (a shared ingress key would conflict): one per mapping.
+    cidrs = [cls(((i * 0x9E3779B97F4A7C15 + 1) % 2**bits >> (bits - n.prefixlen)
+                  << (bits - n.prefixlen), n.prefixlen)) for i, n in enumerate(as_nets)]
+    if len(set(cidrs)) != len(cidrs):
+        cidrs = [draw(network(version, n.prefixlen)) for n in as_nets]
+    flip = draw(st.integers(0, bits)) if draw(st.booleans()) else bits
+    addr = ipaddress.ip_address((base ^ (draw(st.integers(0, 2**bits - 1)) >> flip))
+                                .to_bytes(bits // 8, "big"))
+    return [Mapping("remote", c, a) for c, a in zip(cidrs, as_nets, strict=True)], addr
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])
+@given(prefix_set())
+def test_lookup_is_longest_prefix(runner, s):
+    """The dataplane (and `natgw lookup`'s Tables.lookup) pick the longest "as"
+    prefix holding the destination, whatever prefix lengths the table holds."""
+    mappings, addr = s
+    assume(int(addr) != 0)  # scapy takes "::" for a name to resolve
+    # Two mappings sharing their ingress key (the cidr) are refused as a conflict.
+    assume(len({m.cidr for m in mappings}) == len(mappings))
+    runner.dp.tables.set_mappings(LO_IFINDEX, mappings)
+    best = longest_match([m.as_ for m in mappings], addr)
+    cidr = {m.as_: m.cidr for m in mappings}
+    other = ipaddress.ip_address("192.0.2.9" if addr.version == 4 else "2001:db8::9")
+    pkt = build(other, addr, "udp", 7, 9, b"lpm")
+    out = runner.run("egress", pkt)
+    want = addr if best is None else netmap(addr, cidr[best])
+    assert out.out == bytes(build(other, want, "udp", 7, 9, b"lpm"))
+    table = layout.table(layout.DIR_EGRESS, layout.SIDE_DST)
+    found = runner.dp.tables.lookup(LO_IFINDEX, table, addr)
+    assert (found is None) == (best is None)
+    assert runner.dp.tables.plens(LO_IFINDEX, addr.version, table) == {
+        m.as_.prefixlen for m in mappings}

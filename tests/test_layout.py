@@ -18,8 +18,8 @@ from natgw.dataplane.loader import bpf_dir, inline_source, pin_dir
 
 HEADER = bpf_dir() / "natgw_shared.h"
 MAP_STRUCTS = {  # map -> (C key struct, C value struct) by their Python mirrors
-    layout.MAP_XLATE_V4: (layout.LpmV4Key, layout.Xlate),
-    layout.MAP_XLATE_V6: (layout.LpmV6Key, layout.Xlate),
+    layout.MAP_XLATE_V4: (layout.XlateV4Key, layout.Xlate),
+    layout.MAP_XLATE_V6: (layout.XlateV6Key, layout.Xlate),
     layout.MAP_DEVICES: (ctypes.c_uint32, layout.Device),
     layout.MAP_MAP_STATS: (ctypes.c_uint32, layout.Counter),
     layout.MAP_DEV_STATS: (ctypes.c_uint32, ctypes.c_uint64),

@@ -18,6 +18,7 @@ from test_introspect import PEER, Loaded, expected_deltas, loaded_gateway, send_
 from natgw import __version__, state
 from natgw import introspect as I
 from natgw.config import HostPort
+from natgw.dataplane import layout
 from natgw.metrics import (
     NatgwCollector,
     PeerHealth,
@@ -92,7 +93,7 @@ def test_only_named_gateways_and_no_address_labels(gw):
 
 def test_unreadable_gateway_is_skipped_and_flagged(tmp_path):
     (tmp_path / "broken").mkdir()
-    for name in ("xlate_v4", "xlate_v6", "devices", "map_stats", "dev_stats"):
+    for name in layout.MAP_NAMES:
         (tmp_path / "broken" / name).write_text("not a bpf pin")
     collector = NatgwCollector(["broken", "absent"], root=str(tmp_path))
     with serve_metrics("127.0.0.1", 0, collector) as server:

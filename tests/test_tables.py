@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 
 import pytest
@@ -103,7 +104,7 @@ def test_ten_thousand_mappings_install_and_reconcile(dp):
 
 
 def entries(dp) -> list[tuple[str, str]]:
-    """(direction, key prefix) of every entry of LO_IFINDEX, read straight from the trie."""
+    """(direction, key prefix) of every entry of LO_IFINDEX, read straight from the map."""
     from natgw.dataplane import layout
     from natgw.dataplane.tables import _key_net
 
@@ -164,3 +165,71 @@ def test_an_orphan_of_an_unwanted_mapping_is_removed(dp):
     dp.tables.set_mappings(LO_IFINDEX, [R])
     assert dp.tables.orphans(LO_IFINDEX) == [] and installed(dp) == {R}
     assert len(entries(dp)) == 2
+
+
+# -- prefix length bits (what the dataplane probes) ---------------------------------
+
+
+
+
+def bits(dp, ifindex=LO_IFINDEX, table=None) -> set[int]:
+    from natgw.dataplane import layout
+
+    t = layout.table(layout.DIR_EGRESS, layout.SIDE_DST) if table is None else table
+    return dp.tables.plens(ifindex, 4, t)
+
+
+def test_bits_follow_the_entries(dp):
+    narrow = Mapping.parse("remote", "172.16.5.0/24", "10.245.9.0/24")
+    dp.tables.add_mappings(LO_IFINDEX, [R, narrow])
+    assert bits(dp) == {16, 24}
+    other24 = Mapping.parse("remote", "172.16.6.0/24", "10.245.8.0/24")
+    dp.tables.add_mapping(LO_IFINDEX, other24)
+    assert dp.tables.remove_mapping(LO_IFINDEX, narrow)
+    assert bits(dp) == {16, 24}  # another /24 is left
+    assert dp.tables.remove_mapping(LO_IFINDEX, other24)
+    assert bits(dp) == {16}
+    dp.tables.set_mappings(LO_IFINDEX, [L])
+    assert bits(dp) == set()
+    assert bits(dp, table=_local_egress_table()) == {16}
+    dp.tables.remove_device(LO_IFINDEX)
+    assert dp.tables.plens(LO_IFINDEX, 4, 0) == set()
+
+
+def _local_egress_table() -> int:
+    from natgw.dataplane import layout
+
+    return layout.table(layout.DIR_EGRESS, layout.SIDE_SRC)
+
+
+def test_a_device_created_after_its_entries_takes_their_bits(dp):
+    dp.tables.add_mapping(998, R)  # no device entry yet: nothing to set
+    assert dp.tables.device(998) is None
+    dp.tables.set_device(998, 0, 0, 0)
+    assert bits(dp, 998) == {16}
+
+
+def test_a_bit_is_cleared_before_the_last_entry_goes(dp, monkeypatch):
+    dp.tables.set_mappings(LO_IFINDEX, [R, L])
+    # (A failure fires once per process: another kind than the test above uses.)
+    monkeypatch.setenv("NATGW_TEST_FAIL_AT", "mapping-egress-removed:oserror")
+    with pytest.raises(FileNotFoundError):
+        dp.tables.remove_mapping(LO_IFINDEX, R)
+    # Stopped right after R's egress entry was deleted: its bit went before it.
+    assert bits(dp) == set()
+    assert ("ingress", "10.244.0.0/16") in entries(dp)
+
+
+def test_set_mappings_repairs_bits_left_out_of_step(dp):
+    from natgw.dataplane.tables import set_plens
+
+    dp.tables.set_mappings(LO_IFINDEX, [R])
+    dev = dp.tables.device(LO_IFINDEX)
+    set_plens(dev, 4, 0, {7})  # wrong: a length with no entry, and /16 missing
+    dp.tables.devices.update(ctypes.c_uint32(LO_IFINDEX), dev)
+    assert Runner(dp).run("egress", IP(src="192.0.2.1", dst="10.245.3.4") / UDP()).out == bytes(
+        IP(src="192.0.2.1", dst="10.245.3.4") / UDP())  # the bits are what the dataplane uses
+    dp.tables.set_mappings(LO_IFINDEX, [R])
+    assert bits(dp) == {16}
+    assert Runner(dp).run("egress", IP(src="192.0.2.1", dst="10.245.3.4") / UDP()).out == bytes(
+        IP(src="192.0.2.1", dst="10.244.3.4") / UDP())

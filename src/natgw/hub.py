@@ -293,8 +293,7 @@ def apply_hub(cfg: GatewayConfig, netns: str | None, engine: Engine, dp: Datapla
     ipbatch.run_batch(netns, add)
     ipbatch.run_batch(netns, remove, force=True)  # already gone is fine
     faults.step("hub-routes-set")
-    for m in gone:
-        dp.tables.remove_mapping(ifindex, m)
+    dp.tables.remove_mappings(ifindex, gone)  # one pass over the maps for all of them
     state = HubState(PeerState(dev, dev, ifindex, engine.name, wanted, True, own_qdisc=True,
                                pipe_address=intent.device.pipe_address),
                      str(hub.address), clients, [mapping_text(m) for m in mappings],

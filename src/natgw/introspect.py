@@ -44,7 +44,6 @@ that does, with the keys of `Translation`:
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import ipaddress
 import os
@@ -57,6 +56,7 @@ from natgw.dataplane import layout as L
 from natgw.dataplane.bpfsys import BpfError
 from natgw.dataplane.loader import PIN_ROOT, DataplaneError, pin_dir
 from natgw.dataplane.tables import KIND_RULES, TABLE_KIND, IPNetwork, TableError, Tables
+from natgw.dataplane.upgrade import legacy_pins
 from natgw.netmap import netmap
 from natgw.netns import link_names
 from natgw.state import GatewayState, load_state
@@ -72,6 +72,11 @@ class InspectError(Exception):
 
 class GatewayGone(InspectError):
     """The gateway is not loaded, or was torn down while being read."""
+
+
+class EarlierLayout(GatewayGone):
+    """The gateway's maps are of an earlier natgw version (until `natgw up` upgrades
+    them): named, it is an error saying so; in a listing of every gateway, skipped."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,9 @@ def open_tables(gateway: str, root: str = PIN_ROOT) -> Tables:
         raise InspectError(str(e)) from None
     # All pins present: a gateway being set up or torn down counts as not loaded.
     if not all(os.path.exists(os.path.join(pdir, m)) for m in L.MAP_NAMES):
+        if legacy_pins(pdir):
+            raise EarlierLayout(f"gateway {gateway}: its maps are of an earlier natgw version; "
+                                "`natgw up` upgrades them")
         raise GatewayGone(f"gateway {gateway}: not loaded (no maps in {pdir})")
     try:
         return Tables(pdir)
@@ -394,22 +402,9 @@ class Translation:
     as_: IPNetwork | None
 
 
-def _full_key(address: IPAddress, ifindex: int, table: int) -> ctypes.Structure:
-    # The dataplane's own lookup: a key as long as the address, so the trie
-    # returns the longest installed prefix containing it.
-    key = (L.LpmV4Key if address.version == 4 else L.LpmV6Key)()
-    key.prefixlen = L.KEY_FIXED_BITS + address.max_prefixlen
-    key.ifindex = ifindex
-    key.table = table
-    packed = address.packed
-    ctypes.memmove(key.addr, packed, len(packed))
-    return key
-
-
 def lookup_tables(gateway: str, tables: Tables, address: IPAddress,
                   state: GatewayState | None, names: dict[int, str]) -> list[Translation]:
-    """Every translation of `address` by one gateway, by real LPM lookups."""
-    lpm = tables.v4 if address.version == 4 else tables.v6
+    """Every translation of `address` by one gateway, looked up as the dataplane does."""
     width = 4 if address.version == 4 else 16
     mappings = {e.mapping_id: e.mapping for e in tables.mappings()}
     out = []
@@ -418,7 +413,7 @@ def lookup_tables(gateway: str, tables: Tables, address: IPAddress,
         for direction in (L.DIR_EGRESS, L.DIR_INGRESS):
             # Destination first: it is what a user usually asks about.
             for side in (L.SIDE_DST, L.SIDE_SRC):
-                value = lpm.lookup(_full_key(address, ifindex, L.table(direction, side)))
+                value = tables.lookup(ifindex, L.table(direction, side), address)
                 if value is None:
                     continue
                 rewrite = ipaddress.ip_network((bytes(value.addr)[:width], value.prefixlen))

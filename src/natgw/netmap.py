@@ -18,4 +18,5 @@ def netmap(address: IPAddress | str, to: IPNetwork | str) -> IPAddress:
     if address.version != to.version:
         raise ValueError(f"{address} and {to} are not of one address family")
     host = int(address) & int(to.hostmask)
-    return ipaddress.ip_address(int(to.network_address) | host)
+    # The family's own class: ip_address(int) takes any int below 2**32 for IPv4.
+    return type(to.network_address)(int(to.network_address) | host)

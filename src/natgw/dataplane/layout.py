@@ -10,7 +10,7 @@ import ctypes
 
 MAX_MAPPINGS = 16384
 MAX_DEVICES = 256
-LPM_ENTRIES = 2 * MAX_MAPPINGS
+XLATE_ENTRIES = 2 * MAX_MAPPINGS
 
 DIR_EGRESS = 0
 DIR_INGRESS = 1
@@ -19,7 +19,13 @@ DIRECTIONS = {DIR_EGRESS: "egress", DIR_INGRESS: "ingress"}
 SIDE_DST = 0
 SIDE_SRC = 1
 
-KEY_FIXED_BITS = 64
+TABLES = 4
+
+# Prefix lengths present per table, as bits of Device.plens_v4 / plens_v6 (bit n % 64 of
+# word n // 64 for length n): the dataplane probes only those, longest first.
+V4_PLEN_MAX = 32
+V6_PLEN_MAX = 128
+V6_PLEN_WORDS = 3
 
 # Remembers that natgw created the clsact qdisc, so detaching removes only what it added.
 DEV_F_OWN_QDISC = 0x8000
@@ -52,9 +58,9 @@ DROPS = (DROP_TRUNCATED, DROP_ICMP_INNER, DROP_EXTHDR, DROP_REWRITE, DROP_IPV6_R
 DROP_REASONS = {i: DEV_STAT_NAMES[i] for i in DROPS}
 
 # Map names, as pinned under /sys/fs/bpf/natgw/<gateway>/.
-MAP_XLATE_V4 = "xlate_v4"
-MAP_XLATE_V6 = "xlate_v6"
-MAP_DEVICES = "devices"
+MAP_XLATE_V4 = "xlate_v4_hash"
+MAP_XLATE_V6 = "xlate_v6_hash"
+MAP_DEVICES = "devices_v2"
 MAP_MAP_STATS = "map_stats"
 MAP_DEV_STATS = "dev_stats"
 MAP_NAMES = (MAP_XLATE_V4, MAP_XLATE_V6, MAP_DEVICES, MAP_MAP_STATS, MAP_DEV_STATS)
@@ -65,20 +71,20 @@ def table(direction: int, side: int) -> int:
     return direction * 2 + side
 
 
-class LpmV4Key(ctypes.Structure):
+class XlateV4Key(ctypes.Structure):
     _fields_ = [
-        ("prefixlen", ctypes.c_uint32),
         ("ifindex", ctypes.c_uint32),
-        ("table", ctypes.c_uint32),
+        ("table", ctypes.c_uint16),
+        ("prefixlen", ctypes.c_uint16),
         ("addr", ctypes.c_uint8 * 4),
     ]
 
 
-class LpmV6Key(ctypes.Structure):
+class XlateV6Key(ctypes.Structure):
     _fields_ = [
-        ("prefixlen", ctypes.c_uint32),
         ("ifindex", ctypes.c_uint32),
-        ("table", ctypes.c_uint32),
+        ("table", ctypes.c_uint16),
+        ("prefixlen", ctypes.c_uint16),
         ("addr", ctypes.c_uint8 * 16),
     ]
 
@@ -98,6 +104,9 @@ class Device(ctypes.Structure):
         ("mss_v4", ctypes.c_uint16),
         ("mss_v6", ctypes.c_uint16),
         ("flags", ctypes.c_uint16),
+        ("pad", ctypes.c_uint32),
+        ("plens_v4", ctypes.c_uint64 * TABLES),
+        ("plens_v6", ctypes.c_uint64 * (TABLES * V6_PLEN_WORDS)),  # table t: words 3t..3t+2
     ]
 
 
@@ -110,8 +119,8 @@ class Counter(ctypes.Structure):
 
 # The C struct name each mirror stands for, for the layout check.
 C_STRUCTS = {
-    "natgw_lpm_v4_key": LpmV4Key,
-    "natgw_lpm_v6_key": LpmV6Key,
+    "natgw_xlate_v4_key": XlateV4Key,
+    "natgw_xlate_v6_key": XlateV6Key,
     "natgw_xlate": Xlate,
     "natgw_device": Device,
     "natgw_counter": Counter,

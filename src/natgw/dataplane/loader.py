@@ -182,10 +182,30 @@ def ensure_bpffs(root: str = PIN_ROOT) -> None:
 
 
 def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
-    """Load (or reuse the pinned) dataplane programs and maps of a gateway."""
+    """Load (or reuse the pinned) dataplane programs and maps of a gateway.
+
+    Maps pinned by the previous layout are taken over (see upgrade.py) before
+    this returns, so the caller's attach finds every mapping in place.
+    """
+    from . import upgrade  # noqa: PLC0415 - reading pins must stay cheap to import
+
     ensure_bpffs(root)
     pdir = pin_dir(gateway, root)
     os.makedirs(pdir, exist_ok=True)
+    try:
+        upgrade.check(pdir)
+    except upgrade.UpgradeError as e:
+        raise DataplaneError(str(e)) from e
+    progs = _load(pdir)
+    try:
+        upgrade.migrate(pdir)
+    except (upgrade.UpgradeError, OSError) as e:
+        progs.close()
+        raise DataplaneError(f"taking over the previous version's maps: {e}") from e
+    return progs
+
+
+def _load(pdir: str) -> Programs:
     source = inline_source()
     cflags = [f'-DNATGW_PIN_DIR="{pdir}"']
     build = hashlib.sha256((source + "\0" + " ".join(cflags)).encode()).hexdigest()[:12]

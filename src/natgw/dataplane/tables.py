@@ -2,6 +2,13 @@
 
 Works on the pins alone (no compiler), so any process can read and update a
 running gateway: `natgw maps`, the metrics collector, the control plane.
+
+Translation entries are exact (ifindex, table, prefix) keys of a hash map per
+family; each device records which prefix lengths its tables hold (its plens
+bits), and the dataplane probes those, longest first. Every write keeps the
+bits in step with the entries: a bit is set only after an entry of its length
+exists, and cleared before the last such entry is deleted; `set_mappings`
+rewrites them from the entries, repairing what a kill left half done.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
+from collections import Counter as Tally
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -99,10 +107,10 @@ def _targets(mapping: Mapping) -> list[IPNetwork]:
 
 
 def _key(version: int, ifindex: int, table: int, net: IPNetwork):
-    key = (L.LpmV4Key if version == 4 else L.LpmV6Key)()
-    key.prefixlen = L.KEY_FIXED_BITS + net.prefixlen
+    key = (L.XlateV4Key if version == 4 else L.XlateV6Key)()
     key.ifindex = ifindex
     key.table = table
+    key.prefixlen = net.prefixlen
     ctypes.memmove(key.addr, net.network_address.packed, len(net.network_address.packed))
     return key
 
@@ -117,13 +125,44 @@ def _value(net: IPNetwork, mapping_id: int) -> L.Xlate:
 
 
 def _key_net(key) -> IPNetwork:
-    plen = key.prefixlen - L.KEY_FIXED_BITS
-    return ipaddress.ip_network((bytes(key.addr), plen))
+    return ipaddress.ip_network((bytes(key.addr), key.prefixlen))
 
 
 def _value_net(value: L.Xlate, version: int) -> IPNetwork:
     raw = bytes(value.addr)[: 4 if version == 4 else 16]
     return ipaddress.ip_network((raw, value.prefixlen))
+
+
+# -- prefix lengths present (natgw_device.plens_v4 / plens_v6) --------------------
+
+# (ifindex, version, table) -> prefix lengths of its entries
+PlenSets = dict[tuple[int, int, int], set[int]]
+
+
+def plens(dev: L.Device, version: int, table: int) -> set[int]:
+    """The prefix lengths a device's table holds, as its bits say."""
+    if version == 4:
+        word = int(dev.plens_v4[table])
+        return {n for n in range(L.V4_PLEN_MAX + 1) if word >> n & 1}
+    base = table * L.V6_PLEN_WORDS
+    words = [int(w) for w in dev.plens_v6[base:base + L.V6_PLEN_WORDS]]
+    return {n for n in range(L.V6_PLEN_MAX + 1) if words[n // 64] >> (n % 64) & 1}
+
+
+def set_plens(dev: L.Device, version: int, table: int, lengths: Iterable[int]) -> None:
+    """Make a device's bits for one table exactly `lengths`."""
+    if version == 4:
+        dev.plens_v4[table] = sum(1 << n for n in set(lengths))
+        return
+    words = [0] * L.V6_PLEN_WORDS
+    for n in set(lengths):
+        words[n // 64] |= 1 << (n % 64)
+    for i, w in enumerate(words):
+        dev.plens_v6[table * L.V6_PLEN_WORDS + i] = w
+
+
+def _all_plens(dev: L.Device) -> dict[tuple[int, int], set[int]]:
+    return {(v, t): plens(dev, v, t) for v in (4, 6) for t in range(L.TABLES)}
 
 
 class Tables:
@@ -132,8 +171,8 @@ class Tables:
     def __init__(self, pin_dir: str) -> None:
         self.pin_dir = pin_dir
         p = lambda name: os.path.join(pin_dir, name)  # noqa: E731
-        self.v4 = Map.open_pinned(p(L.MAP_XLATE_V4), L.LpmV4Key, L.Xlate)
-        self.v6 = Map.open_pinned(p(L.MAP_XLATE_V6), L.LpmV6Key, L.Xlate)
+        self.v4 = Map.open_pinned(p(L.MAP_XLATE_V4), L.XlateV4Key, L.Xlate)
+        self.v6 = Map.open_pinned(p(L.MAP_XLATE_V6), L.XlateV6Key, L.Xlate)
         self.devices = Map.open_pinned(p(L.MAP_DEVICES), ctypes.c_uint32, L.Device)
         self.map_stats = Map.open_pinned(p(L.MAP_MAP_STATS), ctypes.c_uint32, L.Counter,
                                          percpu=True)
@@ -150,7 +189,7 @@ class Tables:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _lpm(self, version: int) -> Map:
+    def _xlate(self, version: int) -> Map:
         return self.v4 if version == 4 else self.v6
 
     # -- devices -----------------------------------------------------------
@@ -163,23 +202,106 @@ class Tables:
 
     def set_device(self, ifindex: int, l3_offset: int, mss_v4: int, mss_v6: int,
                    flags: int = 0) -> L.Device:
-        """Create or update a device entry, keeping its counter slot."""
+        """Create or update a device entry, keeping its counter slot and prefix lengths.
+
+        A new entry takes the prefix lengths of entries already written for the
+        device (mappings may be installed before their device is).
+        """
         dev = self.device(ifindex)
         if dev is None:
             dev = L.Device()
             dev.slot = self._free_slot()
             self._reset_dev_stats(dev.slot)
+            for (_, version, table), lengths in self._entry_plens(ifindex).items():
+                set_plens(dev, version, table, lengths)
         dev.l3_offset, dev.mss_v4, dev.mss_v6, dev.flags = l3_offset, mss_v4, mss_v6, flags
         self.devices.update(ctypes.c_uint32(ifindex), dev)
         return dev
 
     def remove_device(self, ifindex: int) -> None:
         """Forget a device and every mapping installed for it (one pass over the maps)."""
-        for lpm in (self.v4, self.v6):
-            for key in lpm.keys():
-                if key.ifindex == ifindex:
-                    lpm.delete(key)
+        self.clear_mappings(ifindex)
         self.devices.delete(ctypes.c_uint32(ifindex))
+
+    def clear_mappings(self, ifindex: int | None = None) -> int:
+        """Delete every entry of a device (None: of every device); entries deleted.
+
+        The devices' bits are cleared first, so no packet probes a vanishing entry.
+        """
+        for idx in self.all_devices():
+            if ifindex is None or idx == ifindex:
+                self._write_plens(idx, {})
+        n = 0
+        for xlate in (self.v4, self.v6):
+            for key in xlate.keys():
+                if ifindex is None or key.ifindex == ifindex:
+                    n += xlate.delete(key)
+        return n
+
+    def _entry_plens(self, ifindex: int | None = None) -> PlenSets:
+        """Prefix lengths of the entries in the maps (keys only: one pass)."""
+        out: PlenSets = {}
+        for version in (4, 6):
+            for key in self._xlate(version).keys():
+                if ifindex is None or key.ifindex == ifindex:
+                    out.setdefault((key.ifindex, version, key.table), set()).add(key.prefixlen)
+        return out
+
+    def _write_plens(self, ifindex: int, lengths: dict[tuple[int, int], set[int]]) -> None:
+        """Set a device's bits to `lengths` ((version, table) -> lengths; absent: none).
+
+        Read-modify-write of the device entry (its other fields are kept); nothing
+        is written when the bits are already so, or the device has no entry (it
+        takes its bits from the entries when created, see set_device).
+        """
+        dev = self.device(ifindex)
+        if dev is None:
+            return
+        before = _all_plens(dev)
+        for version in (4, 6):
+            for table in range(L.TABLES):
+                set_plens(dev, version, table, lengths.get((version, table), set()))
+        if _all_plens(dev) != before:
+            self.devices.update(ctypes.c_uint32(ifindex), dev)
+
+    def _add_plen(self, ifindex: int, version: int, table: int, plen: int,
+                  seen: PlenSets | None = None) -> None:
+        """Set one bit (after its entry is written); no write when it is already set.
+
+        seen: bits known to be set, shared by the calls of one batch so that most
+        entries cost no device read at all.
+        """
+        if seen is not None and plen in seen.get((ifindex, version, table), ()):
+            return
+        dev = self.device(ifindex)
+        if dev is None:
+            return
+        have = plens(dev, version, table)
+        if plen not in have:
+            set_plens(dev, version, table, have | {plen})
+            self.devices.update(ctypes.c_uint32(ifindex), dev)
+        if seen is not None:
+            seen[(ifindex, version, table)] = have | {plen}
+
+    def plens(self, ifindex: int, version: int, table: int) -> set[int]:
+        """The prefix lengths the dataplane probes in a device's table."""
+        dev = self.device(ifindex)
+        return plens(dev, version, table) if dev is not None else set()
+
+    def lookup(self, ifindex: int, table: int,
+               address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> L.Xlate | None:
+        """The entry the dataplane uses for `address` in a table: the longest prefix
+        holding it, probing the lengths the device's bits name, as the programs do."""
+        dev = self.device(ifindex)
+        if dev is None:
+            return None
+        xlate = self._xlate(address.version)
+        for plen in sorted(plens(dev, address.version, table), reverse=True):
+            net = ipaddress.ip_network((address, plen), strict=False)
+            value = xlate.lookup(_key(address.version, ifindex, table, net))
+            if value is not None:
+                return value
+        return None
 
     def _free_slot(self) -> int:
         used = {d.slot for d in self.all_devices().values()}
@@ -210,7 +332,7 @@ class Tables:
         """Installed mappings, read back from their egress entries."""
         out = []
         for version in (4, 6):
-            for key, value in self._lpm(version).items():
+            for key, value in self._xlate(version).items():
                 if ifindex is not None and key.ifindex != ifindex:
                     continue
                 for kind, (tbl, key_is_as) in _EGRESS_TABLE.items():
@@ -258,23 +380,25 @@ class Tables:
         installed = {e.mapping: e for e in self.mappings(ifindex)}
         self._owners([*installed, *(m for m in new if m not in installed)])
         used = self._used_ids()
-        out, next_id = [], 0
+        out, next_id, seen = [], 0, {}
         for m in new:
             if m in installed:
                 out.append(installed[m])
                 continue
-            entry = self._install(ifindex, m, used, next_id)
+            entry = self._install(ifindex, m, used, next_id, seen=seen)
             next_id = entry.mapping_id + 1
             out.append(entry)
         return out
 
     def _install(self, ifindex: int, mapping: Mapping, used: set[int] | None = None,
-                 start: int = 0, mapping_id: int | None = None) -> InstalledMapping:
+                 start: int = 0, mapping_id: int | None = None,
+                 seen: PlenSets | None = None) -> InstalledMapping:
         """Write a mapping's entries: ingress first, then egress, then read both back.
 
         Ingress first: until the egress entry exists nothing is translated
         outbound, so no reply can come back to a missing ingress entry, and the
         egress entry (which identifies an installed mapping) marks it complete.
+        Each entry's prefix length bit is set right after the entry is written.
         """
         if mapping_id is None:
             used = self._used_ids() if used is None else used
@@ -284,10 +408,11 @@ class Tables:
         if used is not None:
             used.add(mapping_id)
         version = mapping.cidr.version
-        lpm = self._lpm(version)
+        xlate = self._xlate(version)
         for (tbl, key_net), target in reversed(list(zip(_entry_keys(mapping),
                                                         _targets(mapping), strict=True))):
-            lpm.update(_key(version, ifindex, tbl, key_net), _value(target, mapping_id))
+            xlate.update(_key(version, ifindex, tbl, key_net), _value(target, mapping_id))
+            self._add_plen(ifindex, version, tbl, key_net.prefixlen, seen)
             if tbl == _INGRESS_TABLE[mapping.kind]:
                 faults.step("mapping-ingress-written")
         for (tbl, key_net), target in zip(_entry_keys(mapping), _targets(mapping), strict=True):
@@ -298,9 +423,8 @@ class Tables:
     def _entry_id(self, ifindex: int, tbl: int, key_net: IPNetwork,
                   target: IPNetwork) -> int | None:
         """The mapping id of this exact entry, None if absent or pointing elsewhere."""
-        found = self._lpm(key_net.version).lookup(_key(key_net.version, ifindex, tbl, key_net))
-        # A trie lookup is longest-prefix: the entry found is this key's own only
-        # if its prefix length is the key's; then its value must match.
+        found = self._xlate(key_net.version).lookup(_key(key_net.version, ifindex, tbl,
+                                                         key_net))
         if (found is None or found.prefixlen != target.prefixlen
                 or _value_net(found, target.version) != target):
             return None
@@ -313,7 +437,7 @@ class Tables:
         """
         pairs: dict[tuple, set[int]] = {}
         for version in (4, 6):
-            for key, value in self._lpm(version).items():
+            for key, value in self._xlate(version).items():
                 if ifindex is not None and key.ifindex != ifindex:
                     continue
                 knet, vnet = _key_net(key), _value_net(value, version)
@@ -333,23 +457,52 @@ class Tables:
 
     def remove_mapping(self, ifindex: int, mapping: Mapping) -> bool:
         """Remove a mapping from a device (egress entry first); False if it was not installed."""
-        keys = list(zip(_entry_keys(mapping), _targets(mapping), strict=True))
-        if any(self._entry_id(ifindex, tbl, net, target) is None
-               for (tbl, net), target in keys):
-            return False
-        self._delete_entries(ifindex, mapping, keys=None)
-        return True
+        return self.remove_mappings(ifindex, [mapping]) == [True]
+
+    def remove_mappings(self, ifindex: int, mappings: Iterable[Mapping]) -> list[bool]:
+        """Remove mappings from a device; for each, False if it was not installed.
+
+        One pass over the map keys (to know which prefix lengths stay), however many.
+        """
+        mappings = list(mappings)
+        present = [all(self._entry_id(ifindex, tbl, net, target) is not None
+                       for (tbl, net), target in zip(_entry_keys(m), _targets(m), strict=True))
+                   for m in mappings]
+        if any(present):
+            counts = self._plen_counts(ifindex)
+            for m, here in zip(mappings, present, strict=True):
+                if here:
+                    self._delete_entries(ifindex, m, None, counts)
+        return present
+
+    def _plen_counts(self, ifindex: int) -> Tally:
+        """(version, table, prefix length) -> entries of a device (keys only: one pass)."""
+        return Tally((version, key.table, key.prefixlen)
+                     for version in (4, 6) for key in self._xlate(version).keys()
+                     if key.ifindex == ifindex)
 
     def _delete_entries(self, ifindex: int, mapping: Mapping,
-                        keys: set[tuple[int, IPNetwork]] | None) -> None:
+                        keys: set[tuple[int, IPNetwork]] | None,
+                        counts: Tally | None) -> None:
         """Delete a mapping's entries (only those in `keys` if given): egress, then ingress.
 
         The reverse of writing: outbound translation stops before inbound does.
+        `counts` (see _plen_counts) says when an entry is the last of its prefix
+        length: that length's bit is cleared first, and `counts` kept up to
+        date. None: the caller has cleared the bits already.
         """
-        lpm = self._lpm(mapping.cidr.version)
+        version = mapping.cidr.version
+        xlate = self._xlate(version)
         for tbl, net in _entry_keys(mapping):
             if keys is None or (tbl, net) in keys:
-                lpm.delete(_key(mapping.cidr.version, ifindex, tbl, net))
+                length = (version, tbl, net.prefixlen)
+                if counts is not None and counts[length] <= 1:
+                    dev = self.device(ifindex)
+                    if dev is not None and net.prefixlen in plens(dev, version, tbl):
+                        set_plens(dev, version, tbl, plens(dev, version, tbl) - {net.prefixlen})
+                        self.devices.update(ctypes.c_uint32(ifindex), dev)
+                if xlate.delete(_key(version, ifindex, tbl, net)) and counts is not None:
+                    counts[length] -= 1
                 if tbl == _EGRESS_TABLE[mapping.kind][0]:
                     faults.step("mapping-egress-removed")
 
@@ -361,7 +514,9 @@ class Tables:
         entry whose key a new mapping takes over is rewritten in place. A one-way
         entry (its twin lost to a crash or a hand edit) is repaired: completed if
         its mapping is wanted, else removed. One pass over the maps, however many
-        mappings.
+        mappings. The device's prefix length bits are rewritten from the entries
+        once the new ones are written and before stale ones are deleted, which
+        also repairs bits a kill left out of step.
         """
         wanted = list(dict.fromkeys(mappings))
         owner = self._owners(wanted)
@@ -369,12 +524,12 @@ class Tables:
         entries: dict[tuple[int, IPNetwork], tuple[IPNetwork, int]] = {}
         used: set[int] = set()
         for version in (4, 6):
-            for key, value in self._lpm(version).items():
+            for key, value in self._xlate(version).items():
                 used.add(int(value.mapping_id))
                 if key.ifindex == ifindex:
                     entries[(key.table, _key_net(key))] = (_value_net(value, version),
                                                            int(value.mapping_id))
-        next_id = 0
+        next_id, seen = 0, {}
         for m in wanted:
             have = [entries.get(k) for k in _entry_keys(m)]
             ids = {h[1] for h, t in zip(have, _targets(m), strict=True) if h and h[0] == t}
@@ -383,7 +538,7 @@ class Tables:
                 continue  # installed, both ways
             # Half there (an orphan): complete it under the id it has, keeping its counters.
             keep = ids.pop() if len(ids) == 1 else None
-            entry = self._install(ifindex, m, used, next_id, mapping_id=keep)
+            entry = self._install(ifindex, m, used, next_id, mapping_id=keep, seen=seen)
             if keep is None:
                 next_id = entry.mapping_id + 1
         stale: dict[Mapping, set[tuple[int, IPNetwork]]] = {}
@@ -395,8 +550,13 @@ class Tables:
                     if t == tbl and knet.prefixlen == vnet.prefixlen:
                         cidr, as_ = (vnet, knet) if key_is_as else (knet, vnet)
                         stale.setdefault(Mapping(kind, cidr, as_), set()).add((tbl, knet))
+        gone = {k for keys in stale.values() for k in keys}
+        lengths: dict[tuple[int, int], set[int]] = {}
+        for tbl, knet in [*owner, *(k for k in entries if k not in gone)]:
+            lengths.setdefault((knet.version, tbl), set()).add(knet.prefixlen)
+        self._write_plens(ifindex, lengths)
         for m, keys in stale.items():
-            self._delete_entries(ifindex, m, keys)
+            self._delete_entries(ifindex, m, keys, None)
 
     def counters(self, mapping_id: int) -> dict[str, Counter]:
         """Packets and bytes of a mapping per direction, summed over CPUs."""
