@@ -10,6 +10,8 @@
  * lan (LAN-side ingress): no translation; the fast path (natgw_fast.h) routes
  *                          the packet to a natgw device, whose egress translates it
  * ingress_fast:            ingress, then the fast path on the translated packet
+ * xdp (natgw_xdp.h):       the fast path at XDP on Ethernet devices, translating
+ *                          itself; what it cannot do goes on to the tc programs
  *
  * A packet's journey: find the device, parse IP, look both addresses up,
  * plan the ICMP error quote if there is one, check that every checksum to
@@ -52,6 +54,7 @@ static __always_inline int drop(const struct natgw_device *dev, __u32 reason)
 
 /* The fast path passes with NATGW_PASS and drops with drop(): included after them. */
 #include "natgw_fast.h"
+#include "natgw_xdp.h"
 
 /* Clamp the MSS of a TCP SYN; a failure mid-rewrite leaves a corrupt packet: drop it. */
 static __always_inline int finish_tcp(struct __sk_buff *skb, const struct natgw_device *dev,
@@ -261,4 +264,10 @@ int natgw_lan(struct __sk_buff *skb)
 	if (!dev)
 		return NATGW_PASS;
 	return fast_skb_forward(skb, dev, ifindex, 1);
+}
+
+/* Ethernet devices with fastpath: xdp; every XDP_PASS goes on to the programs above. */
+int natgw_xdp(struct xdp_md *ctx)
+{
+	return xdp_forward(ctx);
 }

@@ -74,6 +74,15 @@
 #define NATGW_FAST_FWD_DISABLED		14	/* fib: forwarding disabled on the input device */
 #define NATGW_FAST_UNSUPPORTED		15	/* fib: lwt encapsulation, an error, a failed helper */
 #define NATGW_FAST_OUT_DEVICE		16	/* routed to a device the fast path may not send to */
+/*
+ * The XDP program (fastpath: xdp) counts what it sends, and what it passes to
+ * tc for its own reasons (an L3 output device, one it cannot transmit on, an
+ * MSS clamp, a header cut short: see natgw_xdp.h), which the tc program then
+ * counts again with its decision. Its other fallbacks are the tc program's
+ * too: it passes them uncounted, and tc counts each once.
+ */
+#define NATGW_FAST_XDP_REDIRECT		17	/* XDP: translated, sent with XDP_REDIRECT */
+#define NATGW_FAST_XDP_TC		18	/* XDP: left to the tc fast path */
 #define NATGW_FAST_MAX			24
 
 /* Longest IPv6 extension header chain walked to find the L4 header. */
@@ -107,6 +116,12 @@ struct natgw_device {
 	__u16 mss_v4;		/* clamp TCP MSS of IPv4 SYNs to this; 0: no clamp */
 	__u16 mss_v6;
 	__u16 flags;		/* NATGW_DEV_F_* */
+};
+
+/* xdp_macs: the MAC of an XDP device, by slot; frames to it are for this host. */
+struct natgw_mac {
+	__u8 addr[6];
+	__u8 pad[2];		/* explicit: the value size is shared with Python */
 };
 
 struct natgw_counter {

@@ -12,9 +12,9 @@ import ctypes
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 # pyroute2 is imported by the functions that open netlink sockets: importing
 # it costs more than a read-only command may take (`natgw maps`, `status`).
@@ -127,17 +127,21 @@ def netns_socket(name: str | None, family: int, type: int, proto: int = 0) -> so
 CLONE_NEWNET = 0x40000000
 
 
-def link_names(name: str | None) -> dict[int, str]:
-    """ifindex -> device name in netns `name`, without pyroute2.
+T = TypeVar("T")
 
-    setns(2) into a network namespace changes only the calling thread, so a
-    short-lived thread enters the netns, lists the links with if_nameindex(3)
-    and ends; the process stays where it is. Raises OSError or NetnsNotFound.
+
+def in_netns(name: str | None, fn: Callable[[], T]) -> T:
+    """fn() run by a short-lived thread that entered netns `name` (None: here).
+
+    setns(2) into a network namespace changes only the calling thread, so the
+    process stays where it is. What fn creates there (sockets, devmap entries,
+    which resolve ifindexes in the caller's netns) belongs to that netns.
+    Raises fn's exception, OSError or NetnsNotFound.
     """
     if name is None:
-        return dict(socket.if_nameindex())
+        return fn()
     path = netns_path(name)
-    result: dict[int, str] = {}
+    result: list[T] = []
     error: list[BaseException] = []
 
     def run() -> None:
@@ -155,15 +159,23 @@ def link_names(name: str | None) -> dict[int, str]:
                 err = ctypes.get_errno()
                 error.append(OSError(err, f"setns {name}: {os.strerror(err)}"))
                 return
-            result.update(socket.if_nameindex())
-        except OSError as e:
+            result.append(fn())
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             error.append(e)
         finally:
             os.close(fd)
 
-    thread = threading.Thread(target=run, name=f"natgw-links-{name}")
+    thread = threading.Thread(target=run, name=f"natgw-netns-{name}")
     thread.start()
     thread.join()
     if error:
         raise error[0]
-    return result
+    return result[0]
+
+
+def link_names(name: str | None) -> dict[int, str]:
+    """ifindex -> device name in netns `name`, without pyroute2 (if_nameindex(3)).
+
+    Raises OSError or NetnsNotFound.
+    """
+    return in_netns(name, lambda: dict(socket.if_nameindex()))

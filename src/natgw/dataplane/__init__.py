@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 
+from ..netns import in_netns
 from . import layout
 from .loader import (
     PIN_ROOT,
@@ -29,10 +31,20 @@ from .loader import (
 )
 from .tables import Counter, InstalledMapping, Mapping, TableError, Tables
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "Counter", "Dataplane", "DataplaneError", "DeviceInfo", "InstalledMapping", "Mapping",
     "TableError", "Tables", "layout", "mss_for_mtu",
 ]
+
+
+ETH_HLEN = 14
+
+
+def _is_veth(ipr, ifindex: int) -> bool:
+    info = ipr.get_links(ifindex)[0].get_attr("IFLA_LINKINFO")
+    return info is not None and info.get_attr("IFLA_INFO_KIND") == "veth"
 
 
 def mss_for_mtu(mtu: int) -> tuple[int, int]:
@@ -110,14 +122,72 @@ class Dataplane:
 
     def detach(self, ifname: str, netns: str | None = None) -> None:
         """Stop translating on a device and forget its mappings (idempotent)."""
+        from .xdp import detach_xdp  # noqa: PLC0415
+
         with ipr_in(netns) as ipr:
             idx = ipr.link_lookup(ifname=ifname)
             if not idx:
                 return
             dev = self.tables.device(idx[0])
             own = bool(dev and dev.flags & layout.DEV_F_OWN_QDISC)
+            detach_xdp(ipr, idx[0])
             detach(ipr, idx[0], remove_qdisc=own)
             self.tables.remove_device(idx[0])
+
+    def attach_xdp(self, ifname: str, netns: str | None = None) -> bool:
+        """fastpath: xdp on an Ethernet device that has its entry and tc programs (attach
+        first): the XDP program in native mode, and its maps (idempotent).
+
+        Returns whether XDP_REDIRECT may send to the device: it may if its driver
+        transmits XDP frames (a veth: if its peer has NAPI, i.e. an XDP program or
+        GRO on); else the XDP program leaves packets for it to tc. Raises
+        DataplaneError for a driver without native XDP, a foreign XDP program, or a
+        veth whose peer hands over partial checksums (tx checksum offload on).
+        """
+        from .xdp import (  # noqa: PLC0415
+            XDP_ACT_NDO_XMIT,
+            attach_xdp,
+            tx_csum_on,
+            veth_peer,
+            xdp_features,
+        )
+
+        if self.programs is None:
+            raise DataplaneError("dataplane opened read-only: use Dataplane.load() to attach")
+        with ipr_in(netns) as ipr:
+            idx = link_index(ipr, ifname)
+            dev = self.tables.device(idx)
+            if dev is None:
+                raise DataplaneError(f"device {ifname}: attach it before its XDP program")
+            if dev.l3_offset != ETH_HLEN:
+                raise DataplaneError(f"device {ifname}: XDP runs on Ethernet devices only")
+            peer = veth_peer(ipr, netns, idx)
+            if peer is None and _is_veth(ipr, idx):
+                log.warning("device %s: xdp needs complete checksums from its veth peer, "
+                            "whose netns natgw cannot see: turn its tx checksum offload off "
+                            "(ethtool -K <peer> tx off)", ifname)
+            elif peer is not None and tx_csum_on(*peer):
+                raise DataplaneError(
+                    f"device {ifname}: xdp needs complete checksums from its veth peer "
+                    f"{peer[1]}: turn its tx checksum offload off (ethtool -K {peer[1]} tx off) "
+                    "or use fastpath: tc")
+            mac = bytes.fromhex(ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS").replace(":", ""))
+            transmit = bool(xdp_features(netns, idx) & XDP_ACT_NDO_XMIT)
+            # The maps first: until its MAC is known, the program passes every frame.
+            in_netns(netns, lambda: self.tables.set_xdp(idx, mac, transmit))
+            attach_xdp(ipr, netns, idx, ifname, self.programs.fd("xdp"))
+        return transmit
+
+    def detach_xdp(self, ifname: str, netns: str | None = None) -> None:
+        """Take natgw's XDP program off a device (its tc programs stay; idempotent)."""
+        from .xdp import detach_xdp  # noqa: PLC0415
+
+        with ipr_in(netns) as ipr:
+            idx = ipr.link_lookup(ifname=ifname)
+            if not idx:
+                return
+            detach_xdp(ipr, idx[0])
+            self.tables.clear_xdp(idx[0])
 
     def forget_device(self, ifindex: int) -> None:
         """Drop the entries of a device that no longer exists."""

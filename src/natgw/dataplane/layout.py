@@ -56,7 +56,11 @@ FAST_LOCAL = 13
 FAST_FWD_DISABLED = 14
 FAST_UNSUPPORTED = 15
 FAST_OUT_DEVICE = 16
-FAST_MAX = 24  # slots 17.. are free for new reasons (the pinned map keeps its size)
+# The XDP program's own (natgw_shared.h): its redirects, and what it left to tc for its
+# own reasons (then counted again by the tc program's decision).
+FAST_XDP_REDIRECT = 17
+FAST_XDP_TC = 18
+FAST_MAX = 24  # slots 19.. are free for new reasons (the pinned map keeps its size)
 
 # Names shown by `natgw maps` and used as the metrics' decision label.
 FAST_NAMES = {
@@ -77,8 +81,10 @@ FAST_NAMES = {
     FAST_FWD_DISABLED: "fwd_disabled",
     FAST_UNSUPPORTED: "unsupported",
     FAST_OUT_DEVICE: "out_device",
+    FAST_XDP_REDIRECT: "xdp_redirect",
+    FAST_XDP_TC: "xdp_to_tc",
 }
-FAST_REDIRECTS = (FAST_REDIRECT_L3, FAST_REDIRECT_ETH, FAST_REDIRECT_PEER)
+FAST_REDIRECTS = (FAST_REDIRECT_L3, FAST_REDIRECT_ETH, FAST_REDIRECT_PEER, FAST_XDP_REDIRECT)
 
 V6_MAX_EXT = 6
 
@@ -103,8 +109,10 @@ MAP_DEVICES = "devices"
 MAP_MAP_STATS = "map_stats"
 MAP_DEV_STATS = "dev_stats"
 MAP_FAST_STATS = "fast_stats"
+MAP_XDP_TX = "xdp_tx"  # devmap: device slot -> ifindex XDP_REDIRECT may send to
+MAP_XDP_MACS = "xdp_macs"  # device slot -> Mac of a device with the XDP program
 MAP_NAMES = (MAP_XLATE_V4, MAP_XLATE_V6, MAP_DEVICES, MAP_MAP_STATS, MAP_DEV_STATS,
-             MAP_FAST_STATS)
+             MAP_FAST_STATS, MAP_XDP_TX, MAP_XDP_MACS)
 
 
 def table(direction: int, side: int) -> int:
@@ -148,6 +156,13 @@ class Device(ctypes.Structure):
     ]
 
 
+class Mac(ctypes.Structure):
+    _fields_ = [
+        ("addr", ctypes.c_uint8 * 6),
+        ("pad", ctypes.c_uint8 * 2),
+    ]
+
+
 class Counter(ctypes.Structure):
     _fields_ = [
         ("packets", ctypes.c_uint64),
@@ -162,4 +177,5 @@ C_STRUCTS = {
     "natgw_xlate": Xlate,
     "natgw_device": Device,
     "natgw_counter": Counter,
+    "natgw_mac": Mac,
 }

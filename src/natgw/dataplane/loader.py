@@ -129,7 +129,9 @@ def inline_source(path: Path | None = None) -> str:
 #   ingress       translation before routing (the same devices, fastpath off)
 #   ingress_fast  ingress, then the fast path on the translated packet
 #   lan           the fast path of LAN-side devices (no translation)
-PROGRAM_NAMES = ("egress", "ingress", "ingress_fast", "lan")
+#   xdp           the fast path at XDP (fastpath: xdp), translating itself
+PROGRAM_NAMES = ("egress", "ingress", "ingress_fast", "lan", "xdp")
+XDP_PROGRAMS = ("xdp",)  # loaded as XDP programs; the others are tc (SCHED_CLS)
 # Which program runs on which hook of a device, by kind of device.
 HOOKS_TRANSLATE = {"egress": "egress", "ingress": "ingress"}
 HOOKS_TRANSLATE_FAST = {"egress": "egress", "ingress": "ingress_fast"}
@@ -222,7 +224,9 @@ def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
         ) from e
     try:
         bpf = BPF(text=source.encode(), cflags=cflags)
-        fds = {d: bpf.load_func(f"natgw_{d}".encode(), BPF.SCHED_CLS).fd for d in pins}
+        fds = {d: bpf.load_func(f"natgw_{d}".encode(),
+                                BPF.XDP if d in XDP_PROGRAMS else BPF.SCHED_CLS).fd
+               for d in pins}
     except Exception as e:  # bcc raises bare Exception with the verifier log printed
         raise DataplaneError(f"loading the dataplane failed: {e}") from e
     for d, path in pins.items():

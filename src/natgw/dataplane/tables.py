@@ -145,10 +145,15 @@ class Tables:
         if os.path.exists(p(L.MAP_FAST_STATS)):
             self.fast_stats = Map.open_pinned(p(L.MAP_FAST_STATS), ctypes.c_uint32,
                                               ctypes.c_uint64, percpu=True)
+        # Likewise the XDP maps (fastpath: xdp).
+        self.xdp_tx = self.xdp_macs = None
+        if os.path.exists(p(L.MAP_XDP_TX)) and os.path.exists(p(L.MAP_XDP_MACS)):
+            self.xdp_tx = Map.open_pinned(p(L.MAP_XDP_TX), ctypes.c_uint32, ctypes.c_uint32)
+            self.xdp_macs = Map.open_pinned(p(L.MAP_XDP_MACS), ctypes.c_uint32, L.Mac)
 
     def close(self) -> None:
         for m in (self.v4, self.v6, self.devices, self.map_stats, self.dev_stats,
-                  self.fast_stats):
+                  self.fast_stats, self.xdp_tx, self.xdp_macs):
             if m is not None:
                 m.close()
 
@@ -177,6 +182,10 @@ class Tables:
             dev = L.Device()
             dev.slot = self._free_slot()
             self._reset_dev_stats(dev.slot)
+            if self.xdp_tx is not None and self.xdp_macs is not None:
+                # A slot freed by a killed run may keep its XDP entries: XDP starts off.
+                self.xdp_tx.delete(ctypes.c_uint32(dev.slot))
+                self.xdp_macs.update(ctypes.c_uint32(dev.slot), L.Mac())
         dev.l3_offset, dev.mss_v4, dev.mss_v6, dev.flags = l3_offset, mss_v4, mss_v6, flags
         self.devices.update(ctypes.c_uint32(ifindex), dev)
         return dev
@@ -187,7 +196,49 @@ class Tables:
             for key in lpm.keys():
                 if key.ifindex == ifindex:
                     lpm.delete(key)
+        self.clear_xdp(ifindex)
         self.devices.delete(ctypes.c_uint32(ifindex))
+
+    # -- XDP (fastpath: xdp) -----------------------------------------------
+
+    def _xdp_slot(self, ifindex: int) -> int:
+        dev = self.device(ifindex)
+        if dev is None:
+            raise TableError(f"ifindex {ifindex}: not a natgw device")
+        if self.xdp_tx is None or self.xdp_macs is None:
+            raise TableError("the loaded dataplane has no XDP maps: run natgw up again")
+        return int(dev.slot)
+
+    def set_xdp(self, ifindex: int, mac: bytes, transmit: bool) -> None:
+        """The XDP program's view of a device: frames to `mac` are for this host, and
+        XDP_REDIRECT may send to it if `transmit`.
+
+        Run it in the device's netns (netns.in_netns): a devmap entry names its
+        device by ifindex in the netns of the process writing it.
+        """
+        slot = self._xdp_slot(ifindex)
+        value = L.Mac()
+        ctypes.memmove(value.addr, mac, 6)
+        self.xdp_macs.update(ctypes.c_uint32(slot), value)
+        if transmit:
+            self.xdp_tx.update(ctypes.c_uint32(slot), ctypes.c_uint32(ifindex))
+        else:
+            self.xdp_tx.delete(ctypes.c_uint32(slot))
+
+    def clear_xdp(self, ifindex: int) -> None:
+        """The XDP program leaves the device to tc again (a no-op without XDP maps)."""
+        dev = self.device(ifindex)
+        if dev is None or self.xdp_tx is None or self.xdp_macs is None:
+            return
+        self.xdp_tx.delete(ctypes.c_uint32(dev.slot))
+        self.xdp_macs.update(ctypes.c_uint32(dev.slot), L.Mac())
+
+    def xdp_transmits(self, ifindex: int) -> bool:
+        """Whether XDP_REDIRECT may send to the device (it is in xdp_tx)."""
+        dev = self.device(ifindex)
+        if dev is None or self.xdp_tx is None:
+            return False
+        return self.xdp_tx.lookup(ctypes.c_uint32(dev.slot)) is not None
 
     def _free_slot(self) -> int:
         used = {d.slot for d in self.all_devices().values()}
