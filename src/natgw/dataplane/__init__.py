@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from ..netns import in_netns
 from . import layout
 from .loader import (
+    HOOKS_LAN,
+    HOOKS_TRANSLATE,
+    HOOKS_TRANSLATE_FAST,
     PIN_ROOT,
     DataplaneError,
     Programs,
@@ -28,12 +31,14 @@ from .loader import (
     link_index,
     load_programs,
     pin_dir,
+    veth_peer_elsewhere,
 )
 from .tables import Counter, InstalledMapping, Mapping, TableError, Tables
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "HOOKS_LAN", "HOOKS_TRANSLATE", "HOOKS_TRANSLATE_FAST",
     "Counter", "Dataplane", "DataplaneError", "DeviceInfo", "InstalledMapping", "Mapping",
     "TableError", "Tables", "layout", "mss_for_mtu",
 ]
@@ -98,23 +103,40 @@ class Dataplane:
         with ipr_in(netns) as ipr:
             return link_index(ipr, ifname)
 
-    def attach(self, ifname: str, netns: str | None = None, mtu: int | None = None) -> DeviceInfo:
+    def attach(self, ifname: str, netns: str | None = None, mtu: int | None = None,
+               fast: bool = False) -> DeviceInfo:
         """Translate on a device: set its entry, attach both programs (idempotent).
 
         mtu: the tunnel MTU; TCP SYNs crossing the device get their MSS clamped
-        to fit it. None disables clamping.
+        to fit it. None disables clamping. fast: its ingress program also
+        forwards (natgw_ingress_fast); switching replaces the filter atomically.
         """
+        mss4, mss6 = mss_for_mtu(mtu) if mtu else (0, 0)
+        return self._attach(ifname, netns, mss4, mss6, 0,
+                            HOOKS_TRANSLATE_FAST if fast else HOOKS_TRANSLATE)
+
+    def attach_lan(self, ifname: str, netns: str | None = None) -> DeviceInfo:
+        """Run the fast path on a LAN-side device's ingress (idempotent): no mappings, no
+        egress program; a veth whose peer is in another netns is marked for redirect_peer."""
+        with ipr_in(netns) as ipr:
+            flags = layout.DEV_F_LAN | (layout.DEV_F_PEER_NETNS
+                                        if veth_peer_elsewhere(ipr, link_index(ipr, ifname))
+                                        else 0)
+        return self._attach(ifname, netns, 0, 0, flags, HOOKS_LAN)
+
+    def _attach(self, ifname: str, netns: str | None, mss4: int, mss6: int, kind_flags: int,
+                hooks: dict[str, str]) -> DeviceInfo:
         if self.programs is None:
             raise DataplaneError("dataplane opened read-only: use Dataplane.load() to attach")
-        mss4, mss6 = mss_for_mtu(mtu) if mtu else (0, 0)
+        kinds = layout.DEV_F_LAN | layout.DEV_F_PEER_NETNS
         with ipr_in(netns) as ipr:
             idx = link_index(ipr, ifname)
             old = self.tables.device(idx)
-            flags = old.flags if old is not None else 0
+            flags = (old.flags & ~kinds if old is not None else 0) | kind_flags
             l3 = l3_offset(ipr, idx)
             # The device entry comes first: the programs ignore unknown devices.
             self.tables.set_device(idx, l3, mss4, mss6, flags)
-            if attach(ipr, idx, self.programs):
+            if attach(ipr, idx, self.programs, hooks):
                 self.tables.set_device(idx, l3, mss4, mss6, flags | layout.DEV_F_OWN_QDISC)
         dev = self.tables.device(idx)
         return DeviceInfo(idx, dev.l3_offset, dev.mss_v4, dev.mss_v6,

@@ -441,3 +441,28 @@ def l3_offset(ipr: IPRoute, ifindex: int) -> int:
     """Where IP starts in packets of a device: after Ethernet on L2 devices, else 0."""
     link = ipr.get_links(ifindex)[0]
     return ETH_HLEN if link["ifi_type"] == ARPHRD_ETHER else 0
+
+
+def veth_peer_elsewhere(ipr: IPRoute, ifindex: int) -> bool:
+    """A veth whose peer lives in another netns (IFLA_LINK_NETNSID): bpf_redirect_peer
+    can hand packets straight to that peer (it refuses a peer in the same netns)."""
+    link = ipr.get_links(ifindex)[0]
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    return kind == "veth" and link.get_attr("IFLA_LINK_NETNSID") is not None
+
+
+def filter_uses_map(ipr: IPRoute, ifindex: int, hook: str, map_id: int) -> bool:
+    """Whether natgw's filter on a hook runs a program using the map `map_id` (tells
+    one gateway's filters from another's: each has its own `devices` map)."""
+    _, pid = _filters(ipr, ifindex, PARENTS[hook]).get(FILTER_PRIO, ("", 0))
+    if not pid:
+        return False
+    try:
+        fd = prog_fd_by_id(pid)
+    except BpfError:
+        return False  # unloaded meanwhile
+    try:
+        return map_id in prog_map_ids(fd)
+    finally:
+        os.close(fd)
