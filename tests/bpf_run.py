@@ -109,6 +109,21 @@ def run_frame(prog_fd: int, frame: bytes, csum_complete: bool = True,
     return ctypes.c_int32(res.retval).value, res.data
 
 
+XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
+
+
+def xdp_ctx(ifindex: int, size: int) -> bytes:
+    """struct xdp_md for a test run: data 0, data_end the frame's size, the input device."""
+    return struct.pack("<6I", 0, size, 0, ifindex, 0, 0)
+
+
+def run_xdp(prog_fd: int, frame: bytes, ifindex: int) -> tuple[int, bytes]:
+    """(XDP verdict, output frame) of one XDP test run on device ifindex (a device of the
+    calling thread's netns: its fib lookups are done there)."""
+    res = prog_test_run(prog_fd, frame, xdp_ctx(ifindex, len(frame)))
+    return res.retval, res.data
+
+
 class Runner:
     def __init__(self, dp: Dataplane, csum_complete: bool = True) -> None:
         self.dp = dp

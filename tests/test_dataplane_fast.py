@@ -267,3 +267,149 @@ def test_echo_request_v6_to_interface_keeps_icmp_checksum(gw):
     verdict, out, counted = run_case(gw, case)
     assert (verdict, counted) == (TC_ACT_REDIRECT, {"redirect_eth": 1})
     assert out[14:] == bytes(lowered(case.pkt))
+
+
+# -- fastpath: xdp ------------------------------------------------------------
+# The XDP program on the same topology: it translates itself (XDP_REDIRECT skips
+# the output device's tc egress), so a redirected frame is the translated packet
+# one hop lower with the fib's MACs, every checksum as scapy computes it anew.
+# What it passes goes up unchanged to the tc programs, which count their own
+# decision: XDP counts only its redirects and what it leaves to tc for its own
+# reasons (xdp_to_tc).
+
+@pytest.fixture(scope="module")
+def xgw(gw):
+    from natgw.netns import in_netns as netns_call
+
+    t, idx = gw["dp"].tables, gw["idx"]
+    for role in ("lan", "pod", "ifc", "off"):
+        mac = bytes.fromhex(MAC[role][0].replace(":", ""))
+        netns_call(gw["ns"], lambda role=role, mac=mac: t.set_xdp(idx[role], mac, True))
+    return gw
+
+
+@dataclass
+class XdpCase:
+    name: str
+    into: str
+    pkt: Packet
+    counted: dict  # fast_stats of the input device: what XDP counted
+    expected: Packet | None = None  # the IP packet sent (None: passed unchanged)
+    out: str | None = None
+    dst_mac: str | None = None
+    maps: dict = field(default_factory=dict)  # mapping (kind, cidr) -> {direction: packets}
+
+
+SYN = TCP(sport=40000, dport=80, flags="S", seq=1, options=[("MSS", 1460)])
+XDP_CASES = [
+    XdpCase("udp to interface peer, both mappings", "lan", v4(L, RA) / UDP_DATA,
+            {"xdp_redirect": 1}, v4("10.246.1.2", R, ttl=63) / UDP_DATA, out="ifc",
+            maps={("local", "10.244.0.0/16"): {"egress": 1},
+                  ("remote", "10.244.0.0/16"): {"egress": 1}}),
+    XdpCase("udp zero checksum stays zero", "lan",
+            v4(L, RA) / UDP(sport=5353, dport=53, chksum=0) / Raw(b"z" * 8),
+            {"xdp_redirect": 1},
+            v4("10.246.1.2", R, ttl=63) / UDP(sport=5353, dport=53, chksum=0) / Raw(b"z" * 8),
+            out="ifc"),
+    XdpCase("tcp to interface peer", "lan", v4(L, RA) / TCP_DATA, {"xdp_redirect": 1},
+            v4("10.246.1.2", R, ttl=63) / TCP_DATA, out="ifc"),
+    XdpCase("icmp echo to interface peer", "lan", v4(L, RA) / ICMP() / Raw(b"ping"),
+            {"xdp_redirect": 1}, v4("10.246.1.2", R, ttl=63) / ICMP() / Raw(b"ping"),
+            out="ifc"),
+    XdpCase("ipv6 udp to interface peer", "lan", v6(L6, RA6) / UDP_DATA, {"xdp_redirect": 1},
+            v6(L6, "fd00:a:0:3::4", hlim=63) / UDP_DATA, out="ifc",
+            maps={("remote", "fd00:a::/48"): {"egress": 1}}),
+    XdpCase("icmpv6 echo to interface peer", "lan", v6(L6, RA6) / ICMPv6EchoRequest(data=b"x"),
+            {"xdp_redirect": 1}, v6(L6, "fd00:a:0:3::4", hlim=63) / ICMPv6EchoRequest(data=b"x"),
+            out="ifc"),
+    XdpCase("ingress translated into a pod's veth", "ifc", v4(R, LA) / UDP_DATA,
+            {"xdp_redirect": 1}, v4(RA, P, ttl=63) / UDP_DATA, out="pod",
+            maps={("local", "10.244.0.0/16"): {"ingress": 1},
+                  ("remote", "10.244.0.0/16"): {"ingress": 1}}),
+    XdpCase("ingress translated to a LAN host", "ifc", v4(R, "10.246.1.2") / TCP_DATA,
+            {"xdp_redirect": 1}, v4(RA, L, ttl=63) / TCP_DATA, out="lan"),
+    XdpCase("ipv6 ingress translated to a LAN host", "ifc", v6("fd00:a:0:3::4", L6) / UDP_DATA,
+            {"xdp_redirect": 1}, v6(RA6, L6, hlim=63) / UDP_DATA, out="lan"),
+    # Left to tc for what only tc does (counted here and again by tc).
+    XdpCase("to a tunnel (L3)", "lan", v4(L, "10.245.9.9") / UDP_DATA, {"xdp_to_tc": 1}),
+    XdpCase("tcp syn towards an MSS clamp", "lan", v4(L, RA) / SYN, {"xdp_to_tc": 1}),
+    XdpCase("tcp syn arriving on an MSS clamp", "ifc", v4(R, "10.246.1.2") / SYN,
+            {"xdp_to_tc": 1}),
+    XdpCase("udp header cut short", "lan", v4(L, RA, proto=17) / Raw(b"\x00" * 4),
+            {"xdp_to_tc": 1}),
+    # The fast path's fallbacks: passed uncounted, tc counts the same reason.
+    XdpCase("ttl 1", "lan", v4(L, RA, ttl=1) / UDP_DATA, {}),
+    XdpCase("hop limit 1", "lan", v6(L6, RA6, hlim=1) / UDP_DATA, {}),
+    XdpCase("ip options", "lan", v4(L, RA, options=[IPOption_RR()]) / UDP_DATA, {}),
+    XdpCase("ipv6 hop-by-hop", "lan", v6(L6, RA6) / IPv6ExtHdrHopByHop() / UDP_DATA, {}),
+    XdpCase("first fragment", "lan", v4(L, RA, flags="MF") / UDP_DATA, {}),
+    XdpCase("ipv6 fragment", "lan", v6(L6, RA6) / IPv6ExtHdrFragment() / UDP_DATA, {}),
+    XdpCase("icmp error", "lan", v4(L, RA) / ICMP(type=3, code=3) / v4(RA, L) / UDP_DATA, {}),
+    XdpCase("icmpv6 error", "lan", v6(L6, RA6) / ICMPv6DestUnreach() / v6(RA6, L6) / UDP_DATA,
+            {}),
+    XdpCase("multicast", "lan", v4(L, "239.1.2.3") / UDP_DATA, {}),
+    XdpCase("frame for another host", "lan", v4(L, RA) / UDP_DATA, {},
+            dst_mac="02:00:00:00:99:99"),
+    XdpCase("unresolved neighbour", "lan", v4(L, "10.245.4.4") / UDP_DATA, {}),
+    XdpCase("larger than the route mtu", "lan", v4(L, RA) / BIG_TCP, {}),
+    XdpCase("unreachable", "lan", v4(L, "10.245.67.1") / UDP_DATA, {}),
+    XdpCase("for the gateway itself", "lan", v4(L, "10.244.1.1") / UDP_DATA, {}),
+    XdpCase("forwarding disabled", "off", v4("10.252.0.2", RA) / UDP_DATA, {}),
+    XdpCase("to a device without natgw", "lan", v4(L, "10.245.5.5") / UDP_DATA, {}),
+    XdpCase("ingress, back out of the same device", "ifc", v4(R, "10.245.3.9") / UDP_DATA, {}),
+]
+
+
+def run_xdp_case(gw, into: str, frame: bytes) -> tuple[int, bytes, dict[str, int]]:
+    from bpf_run import run_xdp
+
+    dp, idx = gw["dp"], gw["idx"]
+    before = dp.tables.fast_stats_of(idx[into])
+    verdict, out = in_netns(gw["ns"], lambda: run_xdp(dp.programs.fd("xdp"), frame, idx[into]))
+    after = dp.tables.fast_stats_of(idx[into])
+    return verdict, out, {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+
+def mapping_packets(dp) -> dict:
+    return {(m.mapping.kind, str(m.mapping.cidr)): {d: c.packets for d, c in cs.items()}
+            for m, cs in dp.counters().items()}
+
+
+@pytest.mark.parametrize("case", XDP_CASES, ids=[c.name for c in XDP_CASES])
+def test_xdp_decision(xgw, case):
+    from bpf_run import XDP_PASS, XDP_REDIRECT
+
+    frame = bytes(Ether(src=MAC[case.into][1], dst=case.dst_mac or MAC[case.into][0])
+                  / case.pkt)
+    maps_before = mapping_packets(xgw["dp"])
+    verdict, out, counted = run_xdp_case(xgw, case.into, frame)
+    assert counted == case.counted
+    if case.expected is None:
+        assert (verdict, out) == (XDP_PASS, frame)
+        return
+    assert verdict == XDP_REDIRECT
+    assert out[14:] == bytes(case.expected), "\n" + Ether(out).show(dump=True)
+    assert out[:12] == bytes.fromhex(MAC[case.out][1].replace(":", "")
+                                     + MAC[case.out][0].replace(":", ""))
+    after = mapping_packets(xgw["dp"])
+    for key, dirs in case.maps.items():
+        for direction, n in dirs.items():
+            assert after[key][direction] - maps_before[key][direction] == n, (key, direction)
+
+
+def test_xdp_leaves_a_device_that_cannot_transmit_to_tc(xgw):
+    """A device out of xdp_tx (its driver cannot transmit XDP frames): passed unchanged."""
+    from bpf_run import XDP_PASS
+
+    from natgw.netns import in_netns as netns_call
+
+    t, idx = xgw["dp"].tables, xgw["idx"]
+    mac = bytes.fromhex(MAC["ifc"][0].replace(":", ""))
+    netns_call(xgw["ns"], lambda: t.set_xdp(idx["ifc"], mac, False))
+    try:
+        assert not t.xdp_transmits(idx["ifc"])
+        frame = bytes(Ether(src=MAC["lan"][1], dst=MAC["lan"][0]) / v4(L, RA) / UDP_DATA)
+        verdict, out, counted = run_xdp_case(xgw, "lan", frame)
+        assert (verdict, out, counted) == (XDP_PASS, frame, {"xdp_to_tc": 1})
+    finally:
+        netns_call(xgw["ns"], lambda: t.set_xdp(idx["ifc"], mac, True))
