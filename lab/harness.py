@@ -63,7 +63,10 @@ every checksum it receives in software, like a host behind a real NIC. The
 gateways' veth ends and tunnel devices have tx checksumming off: what a gateway
 sends is complete on the wire, and so in a capture on it (the capture tap sees
 a packet after the kernel completed it). Pods keep TSO, so natgw sees their
-CHECKSUM_PARTIAL super-packets. A gateway's first address is its pod-side one,
+CHECKSUM_PARTIAL super-packets, except with fastpath xdp: XDP_REDIRECT loses
+CHECKSUM_PARTIAL, so there pods send complete checksums (tx off, hence no TSO),
+and every veth end that receives redirected frames (pod ends, underlay) has GRO
+on: a veth receives XDP frames only with NAPI. A gateway's first address is its pod-side one,
 which it takes as the source of the ICMP errors it sends into a tunnel (the
 peer's allowed-ips admit only cluster addresses). Pods have rp_filter off: an
 ICMP error over --interface comes from an underlay address they do not route.
@@ -314,13 +317,18 @@ def _build(run: Run) -> None:
                     ip("-n", run.pod(i), f"-{v}", "route", "add", topo.view(i, j, v),
                        "via", topo.pod_gw(i, v))
         offloads(run.pod(i), pod_end, "rx", "off")
+        if topo.fastpath == "xdp":
+            # XDP_REDIRECT loses CHECKSUM_PARTIAL: the pod sends complete checksums. GRO
+            # gives its end NAPI, without which a veth receives no redirected frame.
+            offloads(run.pod(i), pod_end, "tx", "off", "gro", "on")
         offloads(run.gw(i), run.pod_link(i), "rx", "off", "tx", "off")
     for i, j in topo.pairs:
         if i < j:
             veth(run.gw(i), run.underlay_dev(i, j), run.gw(j), run.underlay_dev(j, i))
             for a, b in ((i, j), (j, i)):
                 add_address(run.gw(a), run.underlay_dev(a, b), f"{topo.underlay_addr(a, b)}/24")
-                offloads(run.gw(a), run.underlay_dev(a, b), "rx", "off", "tx", "off")
+                offloads(run.gw(a), run.underlay_dev(a, b), "rx", "off", "tx", "off",
+                         *(("gro", "on") if topo.fastpath == "xdp" else ()))
     pubs = {i: new_key(_keyfile(run, i)) for i in range(1, n + 1)}
     for i in range(1, n + 1):
         if topo.is_plain(i):

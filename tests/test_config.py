@@ -147,10 +147,12 @@ def test_defaults() -> None:
     assert c.private_key is None and c.public_key is None
 
 
-@pytest.mark.parametrize(("fastpath", "fast"), [("auto", True), ("tc", True), ("off", False)])
-def test_fastpath(fastpath: str, fast: bool) -> None:
+@pytest.mark.parametrize(("fastpath", "fast", "xdp"), [
+    ("auto", True, False), ("tc", True, False), ("xdp", True, True), ("off", False, False)])
+def test_fastpath(fastpath: str, fast: bool, xdp: bool) -> None:
+    """xdp runs the tc fast path too: it gets every packet XDP passes."""
     c = parse_config(cfg(fastpath=fastpath, lanDevices=["eth0"]), Path("."))
-    assert (c.fast, c.lan_devices) == (fast, ["eth0"])
+    assert (c.fast, c.xdp, c.lan_devices) == (fast, xdp, ["eth0"])
 
 
 def test_key_not_required_without_wireguard_peers() -> None:
@@ -340,7 +342,6 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("address in other peer's range", cfg(tunnel("a", PUB_A, m("10.192.0.0/24")), tunnel("b", PUB_B, m("10.1.0.0/16"), address="10.192.0.2/24")), "peers[1].address: 10.192.0.0/24 overlaps peers[0].remote[0].cidr 10.192.0.0/24; routes would collide"),
     ("same address network twice", cfg(PEER_A | {"address": "10.192.0.2/24"}, tunnel("b", PUB_B, m("10.1.0.0/16"), address="10.192.0.3/24")), "peers[1].address: 10.192.0.0/24 overlaps peers[0].address 10.192.0.0/24; routes would collide"),
     ("address in remapped cidr", cfg(tunnel("a", PUB_A, m("10.192.0.0/24", "10.50.0.0/24"), address="10.192.0.2/24")), "peers[0].address: 10.192.0.0/24 overlaps peers[0].remote[0].cidr 10.192.0.0/24, which as: remaps; the address would be translated"),
-    ("fastpath xdp not yet", cfg(fastpath="xdp"), "fastpath: xdp is not available yet; use auto, tc or off"),
     ("fastpath unknown", cfg(fastpath="fast"), "fastpath: expected one of 'auto', 'tc', 'xdp' or 'off'"),
     ("lanDevices twice", cfg(lanDevices=["eth0", "eth0"]), "lanDevices[1]: eth0 is listed twice"),
     ("lanDevices a peer's device", cfg(link("lab", "eth1", m("10.1.0.0/16")), lanDevices=["eth1"]), "lanDevices[0]: eth1 is the device of peers[0]"),

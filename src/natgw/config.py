@@ -418,8 +418,13 @@ class GatewayConfig(_Model):
 
     @property
     def fast(self) -> bool:
-        """Whether the tc fast path runs (fastpath auto or tc)."""
-        return self.fastpath in ("auto", "tc")
+        """Whether the tc fast path runs (fastpath auto or tc, and xdp: what XDP passes)."""
+        return self.fastpath in ("auto", "tc", "xdp")
+
+    @property
+    def xdp(self) -> bool:
+        """Whether Ethernet devices also run the XDP fast path (fastpath xdp)."""
+        return self.fastpath == "xdp"
 
     def peer(self, name: str) -> Peer:
         for p in self.peers:
@@ -907,8 +912,6 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> GatewayConfig:
 
 
 def _check_fastpath(cfg: GatewayConfig) -> None:
-    if cfg.fastpath == "xdp":
-        raise ConfigError("fastpath", "xdp is not available yet; use auto, tc or off")
     if cfg.lan_devices is None:
         return
     ours = {p.device: f"peers[{i}]" for i, p in enumerate(cfg.peers)}

@@ -380,7 +380,8 @@ class Gateway:
             wanted = wanted_lan_devices(self.cfg, self.netns)
         except LanError as e:
             raise GatewayError(str(e)) from None
-        apply_lan(dp, self.netns, state.lan, wanted, lambda: save_state(state))
+        apply_lan(dp, self.netns, state.lan, wanted, lambda: save_state(state),
+                  xdp=self.cfg.xdp)
         if state.fastpath != self.cfg.fastpath:
             state.fastpath = self.cfg.fastpath
             save_state(state)
@@ -467,6 +468,8 @@ class Gateway:
         faults.step("filters-attached")
         dp.set_mappings(dev, mappings, self.netns)
         faults.step("mappings-set")
+        # XDP translates with the mappings: after them (tunnels have none: L3 devices).
+        dp.set_xdp(dev, self.netns, self.cfg.xdp and not peer.is_tunnel)
         if peer.is_tunnel:
             endpoint = None
             if peer.endpoint is not None:  # resolved by apply, not yet on a restore

@@ -94,9 +94,11 @@ def wanted_lan_devices(cfg: GatewayConfig, netns: str | None) -> list[str]:
 
 
 def apply_lan(dp: Dataplane, netns: str | None, lan: list[LanState], wanted: list[str],
-              save: Callable[[], None]) -> None:
+              save: Callable[[], None], xdp: bool = False) -> None:
     """Make the fast path's LAN devices exactly `wanted`. `lan` is the record, changed in
-    place; save() writes it: before each attach (the intent) and after each removal."""
+    place; save() writes it: before each attach (the intent) and after each removal.
+    xdp: Ethernet LAN devices also run the XDP program (after natgw_lan, which gets
+    what it passes)."""
     for ls in list(lan):
         if ls.device not in wanted:
             remove_lan(dp, netns, ls)
@@ -118,6 +120,7 @@ def apply_lan(dp: Dataplane, netns: str | None, lan: list[LanState], wanted: lis
                 save()
                 faults.step("lan-intent")
         dp.attach_lan(dev, netns)
+        dp.set_xdp(dev, netns, xdp)
 
 
 def remove_lan(dp: Dataplane | None, netns: str | None, ls: LanState) -> None:

@@ -144,15 +144,12 @@ class Dataplane:
 
     def detach(self, ifname: str, netns: str | None = None) -> None:
         """Stop translating on a device and forget its mappings (idempotent)."""
-        from .xdp import detach_xdp  # noqa: PLC0415
-
         with ipr_in(netns) as ipr:
             idx = ipr.link_lookup(ifname=ifname)
             if not idx:
                 return
             dev = self.tables.device(idx[0])
             own = bool(dev and dev.flags & layout.DEV_F_OWN_QDISC)
-            detach_xdp(ipr, idx[0])
             detach(ipr, idx[0], remove_qdisc=own)
             self.tables.remove_device(idx[0])
 
@@ -199,6 +196,18 @@ class Dataplane:
             in_netns(netns, lambda: self.tables.set_xdp(idx, mac, transmit))
             attach_xdp(ipr, netns, idx, ifname, self.programs.fd("xdp"))
         return transmit
+
+    def set_xdp(self, ifname: str, netns: str | None, on: bool) -> bool:
+        """fastpath: xdp on an attached device where it applies, or off (idempotent).
+
+        L3 devices (wireguard, tun) have no XDP fast path: their ingress stays tc.
+        Returns whether XDP_REDIRECT may now send to the device.
+        """
+        dev = self.tables.device(self.ifindex(ifname, netns))
+        if on and dev is not None and dev.l3_offset == ETH_HLEN:
+            return self.attach_xdp(ifname, netns)
+        self.detach_xdp(ifname, netns)
+        return False
 
     def detach_xdp(self, ifname: str, netns: str | None = None) -> None:
         """Take natgw's XDP program off a device (its tc programs stay; idempotent)."""

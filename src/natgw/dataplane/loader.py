@@ -424,9 +424,13 @@ def _del_filter(ipr: IPRoute, ifindex: int, parent: int) -> None:
 
 
 def detach(ipr: IPRoute, ifindex: int, remove_qdisc: bool) -> None:
-    """Remove natgw's filters; the clsact qdisc too if natgw made it and it is now empty."""
+    """Remove natgw's programs: its XDP program first (it passes packets on to the
+    filters), then its filters; the clsact qdisc too if natgw made it and it is now empty."""
     from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
 
+    from .xdp import detach_xdp  # noqa: PLC0415 - xdp builds on this module
+
+    detach_xdp(ipr, ifindex)
     for parent in PARENTS.values():
         _del_filter(ipr, ifindex, parent)
     if remove_qdisc and not any(_filter_names(ipr, ifindex, p) for p in PARENTS.values()):

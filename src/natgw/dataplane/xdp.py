@@ -173,7 +173,7 @@ def tx_csum_on(netns: str | None, ifname: str) -> bool:
             value = ctypes.create_string_buffer(struct.pack("II", ETHTOOL_GTXCSUM, 0))
             ifr = struct.pack("16sP", ifname.encode(), ctypes.addressof(value))
             fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifr)
-            return struct.unpack("II", value.raw)[1] != 0
+            return struct.unpack("II", value.raw[:8])[1] != 0
     return in_netns(netns, query)
 
 
