@@ -110,7 +110,7 @@ def gw(request):
         t.set_device(idx["ifc"], 14, IFC_MTU - 40, IFC_MTU - 60)
         t.set_device(idx["tun"], 0, 1380, 1360)
         t.set_mappings(idx["ifc"], MAPPINGS)
-        yield {"ns": g, "dp": dp, "idx": idx}
+        yield {"ns": g, "dp": dp, "idx": idx, "far": far, "lab": lab}
 
 
 @dataclass
@@ -413,3 +413,51 @@ def test_xdp_leaves_a_device_that_cannot_transmit_to_tc(xgw):
         assert (verdict, out, counted) == (XDP_PASS, frame, {"xdp_to_tc": 1})
     finally:
         netns_call(xgw["ns"], lambda: t.set_xdp(idx["ifc"], mac, True))
+
+
+def test_xdp_attach_refuses_what_it_must_and_comes_off_cleanly(gw):
+    """Dataplane.attach_xdp on a veth: refused in one line while its peer hands over
+    partial checksums; then native, and a redirect target once the peer has NAPI
+    (GRO); a foreign XDP program is never replaced, and detaching leaves it."""
+    from bcc import BPF
+
+    from natgw.dataplane import DataplaneError
+    from natgw.dataplane.loader import ipr_in
+    from natgw.dataplane.xdp import XDP_ATTACHED_DRV, XDP_FLAGS_DRV_MODE, attached
+
+    lab, g, far, dp = gw["lab"], gw["ns"], gw["far"], gw["dp"]
+    a, b = lab.name("xa"), lab.name("xb")
+    veth(g, a, far, b)
+    idx = int(sh(g, "cat", f"/sys/class/net/{a}/ifindex"))
+    dp.tables.set_device(idx, 14, 0, 0, layout.DEV_F_LAN)
+    try:
+        with pytest.raises(DataplaneError, match=f"^device {a}: xdp needs complete checksums "
+                           f"from its veth peer {b}: turn its tx checksum offload off"):
+            dp.attach_xdp(a, g)
+        sh(far, "ethtool", "-K", b, "tx", "off")
+        assert dp.attach_xdp(a, g) is False  # its peer has no NAPI: left to tc
+        assert not dp.tables.xdp_transmits(idx)
+        sh(far, "ethtool", "-K", b, "gro", "on")
+        assert dp.attach_xdp(a, g) is True and dp.tables.xdp_transmits(idx)
+        with ipr_in(g) as ipr:
+            assert attached(ipr, idx)[0] == XDP_ATTACHED_DRV
+        dp.detach_xdp(a, g)
+        with ipr_in(g) as ipr:
+            assert attached(ipr, idx) == (0, 0)
+        assert not dp.tables.xdp_transmits(idx)
+
+        other = BPF(text=b"int other(struct xdp_md *ctx) { return XDP_PASS; }")
+        fd = other.load_func(b"other", BPF.XDP).fd
+        with ipr_in(g) as ipr:
+            ipr.link("set", index=idx, xdp={"attrs": [("IFLA_XDP_FD", fd),
+                                                       ("IFLA_XDP_FLAGS", XDP_FLAGS_DRV_MODE)]})
+            foreign = attached(ipr, idx)
+        with pytest.raises(DataplaneError, match=f"^device {a}: runs another XDP program"):
+            dp.attach_xdp(a, g)
+        dp.detach_xdp(a, g)
+        with ipr_in(g) as ipr:
+            assert attached(ipr, idx) == foreign
+        other.cleanup()
+    finally:
+        dp.tables.remove_device(idx)
+        sh(g, "ip", "link", "del", a)

@@ -107,3 +107,28 @@ def test_what_xdp_passes_tc_forwards_translated(run: Run, i: int, j: int) -> Non
     assert grew(before, after, run.pod_link(i), "xdp_to_tc") >= 1  # the SYN
     # The port unreachable came back over the underlay: XDP left it to tc.
     assert grew(before, after, run.underlay_dev(i, j), "icmp_error") >= 1
+
+
+def test_up_again_keeps_xdp_and_down_removes_it(run: Run) -> None:
+    """A second `up` finds natgw's program attached and keeps it (same program);
+    `down` takes the XDP program off with the tc filters (the last test: it ends gateway 2)."""
+    from lab.net import natgw
+
+    i, j = 2, 1
+    devs = (run.pod_link(i), run.underlay_dev(i, j))
+    ids = {dev: _prog_id(run, i, dev) for dev in devs}
+    natgw("--netns", run.gw(i), "up", f"{run.workdir}/c{i}.yaml", "--detach")
+    assert {dev: _prog_id(run, i, dev) for dev in devs} == ids
+    assert all(ids.values())
+    natgw("--netns", run.gw(i), "down", f"{run.prefix}c{i}")
+    for dev in devs:
+        assert xdp_of(run, i, dev) == (0, ""), dev
+        filters = subprocess.run(["tc", "-n", run.gw(i), "filter", "show", "dev", dev,
+                                  "ingress"], capture_output=True, text=True).stdout
+        assert "natgw" not in filters, dev
+
+
+def _prog_id(run: Run, i: int, dev: str) -> int:
+    out = subprocess.run(["ip", "-n", run.gw(i), "-j", "-d", "link", "show", "dev", dev],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)[0].get("xdp", {}).get("prog", {}).get("id", 0)

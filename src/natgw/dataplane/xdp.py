@@ -34,6 +34,7 @@ XDP_FLAGS_REPLACE = 1 << 4
 XDP_ATTACHED_NONE = 0
 XDP_ATTACHED_DRV = 1
 PROG_NAME = "natgw_xdp"
+_MODES = {"xdp": XDP_ATTACHED_DRV, "xdpgeneric": 2, "xdpoffload": 3, "xdpmulti": 4}
 
 # enum netdev_xdp_act (uapi/linux/netdev.h): what a device's driver does with XDP.
 XDP_ACT_BASIC = 1 << 0  # runs XDP programs natively
@@ -87,7 +88,9 @@ def attached(ipr: IPRoute, ifindex: int) -> tuple[int, int]:
     xdp = ipr.get_links(ifindex)[0].get_attr("IFLA_XDP")
     if xdp is None:
         return XDP_ATTACHED_NONE, 0
-    return int(xdp.get_attr("IFLA_XDP_ATTACHED") or 0), int(xdp.get_attr("IFLA_XDP_PROG_ID") or 0)
+    mode = xdp.get_attr("IFLA_XDP_ATTACHED")  # pyroute2 decodes it to a name (None: none)
+    mode = _MODES.get(mode, -1) if isinstance(mode, str) else int(mode or 0)
+    return mode, int(xdp.get_attr("IFLA_XDP_PROG_ID") or 0)
 
 
 def _name_of(pid: int) -> str:
