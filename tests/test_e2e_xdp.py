@@ -18,7 +18,7 @@ import pytest
 from e2e_traffic import harness_run, tcp_bulk, udp_exchange, udp_refused
 
 from lab.harness import Run, Topology
-from lab.net import ping
+from lab.net import natgw, ping
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
@@ -109,11 +109,27 @@ def test_what_xdp_passes_tc_forwards_translated(run: Run, i: int, j: int) -> Non
     assert grew(before, after, run.underlay_dev(i, j), "icmp_error") >= 1
 
 
+def test_an_xdp_program_removed_by_hand_is_drift_and_up_puts_it_back(run: Run) -> None:
+    from pathlib import Path
+
+    from natgw.config import load_config
+    from natgw.gateway import Gateway
+
+    i = 1
+    path = Path(f"{run.workdir}/c{i}.yaml")
+    gw = Gateway(load_config(path), run.gw(i), path)
+    assert gw.drift() == []
+    subprocess.run(["ip", "-n", run.gw(i), "link", "set", "dev", run.pod_link(i), "xdpdrv",
+                    "off"], check=True)
+    assert gw.drift() == [f"filter {run.pod_link(i)} xdp"]
+    natgw("--netns", run.gw(i), "up", str(path), "--detach")
+    assert xdp_of(run, i, run.pod_link(i)) == (XDP_ATTACHED_DRV, "natgw_xdp")
+    assert gw.drift() == []
+
+
 def test_up_again_keeps_xdp_and_down_removes_it(run: Run) -> None:
     """A second `up` finds natgw's program attached and keeps it (same program);
     `down` takes the XDP program off with the tc filters (the last test: it ends gateway 2)."""
-    from lab.net import natgw
-
     i, j = 2, 1
     devs = (run.pod_link(i), run.underlay_dev(i, j))
     ids = {dev: _prog_id(run, i, dev) for dev in devs}

@@ -76,6 +76,7 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
                 have = natgw_filters(ipr, idx[0])
                 out += [f"filter {ls.device} {hook}" for hook, prog in HOOKS_LAN.items()
                         if have.get(hook) != prog]
+                out += _xdp(ipr, idx[0], ls.device, gw.cfg.xdp)
         for ps in recorded:
             if ps.device in tunnels and not gw.engine.is_alive(ps.device, netns):
                 out.append(f"engine {ps.device}")
@@ -90,6 +91,8 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
             have = natgw_filters(ipr, idx[0])
             out += [f"filter {ps.device} {hook}" for hook, prog in sorted(hooks.items())
                     if have.get(hook) != prog]
+            if ps.device not in tunnels:
+                out += _xdp(ipr, idx[0], ps.device, gw.cfg.xdp)
             out += [f"route {net} dev {ps.device}" for net in ps.routes
                     if ours.get(net) != idx[0]]
             if ps.pipe_address and not has_address(ipr, idx[0], ps.pipe_address):
@@ -109,6 +112,28 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
         if dp is not None:
             dp.close()
     return out
+
+
+def _xdp(ipr, ifindex: int, device: str, want: bool) -> list[str]:
+    """natgw's XDP program missing from an Ethernet device of fastpath xdp, or left on
+    one after it changed."""
+    from natgw.dataplane.loader import ARPHRD_ETHER  # noqa: PLC0415
+    from natgw.dataplane.xdp import (  # noqa: PLC0415
+        PROG_NAME,
+        XDP_ATTACHED_DRV,
+        attached,
+        program_name,
+    )
+
+    if ipr.get_links(ifindex)[0]["ifi_type"] != ARPHRD_ETHER:
+        return []  # L3 devices stay tc
+    mode, pid = attached(ipr, ifindex)
+    has = mode == XDP_ATTACHED_DRV and program_name(pid) == PROG_NAME
+    if want and not has:
+        return [f"filter {device} xdp"]
+    if has and not want:
+        return [f"filter {device} xdp (fastpath is no longer xdp)"]
+    return []
 
 
 def _client_pipe_ips(gw: Gateway, device: str, netns: str | None) -> list[str]:

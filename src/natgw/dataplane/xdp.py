@@ -93,7 +93,8 @@ def attached(ipr: IPRoute, ifindex: int) -> tuple[int, int]:
     return mode, int(xdp.get_attr("IFLA_XDP_PROG_ID") or 0)
 
 
-def _name_of(pid: int) -> str:
+def program_name(pid: int) -> str:
+    """The name of a loaded program by id, "" if it is gone."""
     try:
         fd = prog_fd_by_id(pid)
     except BpfError:
@@ -121,7 +122,7 @@ def attach_xdp(ipr: IPRoute, netns: str | None, ifindex: int, ifname: str, fd: i
     attrs: list[tuple[str, int]] = [("IFLA_XDP_FD", fd)]
     old = -1
     if current:
-        if mode != XDP_ATTACHED_DRV or _name_of(current) != PROG_NAME:
+        if mode != XDP_ATTACHED_DRV or program_name(current) != PROG_NAME:
             raise DataplaneError(f"device {ifname}: runs another XDP program (id {current}); "
                                  "natgw does not replace it")
         old = prog_fd_by_id(current)
@@ -149,7 +150,7 @@ def detach_xdp(ipr: IPRoute, ifindex: int) -> bool:
     from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
 
     mode, current = attached(ipr, ifindex)
-    if mode != XDP_ATTACHED_DRV or _name_of(current) != PROG_NAME:
+    if mode != XDP_ATTACHED_DRV or program_name(current) != PROG_NAME:
         return False
     try:
         old = prog_fd_by_id(current)
