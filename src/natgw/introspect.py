@@ -187,9 +187,9 @@ def open_tables(gateway: str, root: str = PIN_ROOT) -> Tables:
     except DataplaneError as e:
         raise InspectError(str(e)) from None
     # All pins present: a gateway being set up or torn down counts as not loaded.
-    # (fast_stats is missing on a gateway an older natgw loaded: Tables does without.)
+    # (maps newer than the natgw that loaded it are optional: Tables does without.)
     if not all(os.path.exists(os.path.join(pdir, m)) for m in L.MAP_NAMES
-               if m != L.MAP_FAST_STATS):
+               if m not in L.MAP_OPTIONAL):
         raise GatewayGone(f"gateway {gateway}: not loaded (no maps in {pdir})")
     try:
         return Tables(pdir)

@@ -113,6 +113,8 @@ MAP_XDP_TX = "xdp_tx"  # devmap: device slot -> ifindex XDP_REDIRECT may send to
 MAP_XDP_MACS = "xdp_macs"  # device slot -> Mac of a device with the XDP program
 MAP_NAMES = (MAP_XLATE_V4, MAP_XLATE_V6, MAP_DEVICES, MAP_MAP_STATS, MAP_DEV_STATS,
              MAP_FAST_STATS, MAP_XDP_TX, MAP_XDP_MACS)
+# Absent on a gateway an older natgw loaded (until its next `up`): Tables does without.
+MAP_OPTIONAL = (MAP_FAST_STATS, MAP_XDP_TX, MAP_XDP_MACS)
 
 
 def table(direction: int, side: int) -> int:
