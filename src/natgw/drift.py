@@ -121,13 +121,14 @@ def _xdp(ipr, ifindex: int, device: str, want: bool) -> list[str]:
     from natgw.dataplane.xdp import (  # noqa: PLC0415
         PROG_NAME,
         XDP_ATTACHED_DRV,
-        attached,
+        link_xdp,
         program_name,
     )
 
-    if ipr.get_links(ifindex)[0]["ifi_type"] != ARPHRD_ETHER:
+    link = ipr.get_links(ifindex)[0]
+    if link["ifi_type"] != ARPHRD_ETHER:
         return []  # L3 devices stay tc
-    mode, pid = attached(ipr, ifindex)
+    mode, pid = link_xdp(link)
     has = mode == XDP_ATTACHED_DRV and program_name(pid) == PROG_NAME
     if want and not has:
         return [f"filter {device} xdp"]

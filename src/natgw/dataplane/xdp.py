@@ -85,7 +85,12 @@ def xdp_features(netns: str | None, ifindex: int) -> int:
 
 def attached(ipr: IPRoute, ifindex: int) -> tuple[int, int]:
     """(XDP_ATTACHED_* mode, program id) of a device's XDP program; (0, 0) if none."""
-    xdp = ipr.get_links(ifindex)[0].get_attr("IFLA_XDP")
+    return link_xdp(ipr.get_links(ifindex)[0])
+
+
+def link_xdp(link) -> tuple[int, int]:
+    """attached(), from a link message already read."""
+    xdp = link.get_attr("IFLA_XDP")
     if xdp is None:
         return XDP_ATTACHED_NONE, 0
     mode = xdp.get_attr("IFLA_XDP_ATTACHED")  # pyroute2 decodes it to a name (None: none)
