@@ -22,7 +22,14 @@ from natgw import addresses, faults, routes
 from natgw.config import ConfigError, GatewayConfig, Peer, parse_config
 from natgw.dataplane import Dataplane, DataplaneError, Mapping
 from natgw.dataplane.layout import DEV_F_OWN_QDISC
-from natgw.dataplane.loader import detach, has_clsact, missing_pins, pin_dir, repin_attached
+from natgw.dataplane.loader import (
+    detach,
+    has_clsact,
+    missing_pins,
+    pin_dir,
+    programs_for,
+    repin_attached,
+)
 from natgw.failure import one_line
 from natgw.keys import encode_key
 from natgw.lan import LanError, apply_lan, remove_lan, sweep_lan, wanted_lan_devices
@@ -133,7 +140,8 @@ class Gateway:
                 raise GatewayError(str(e)) from None
         if self.cfg.fast and self.cfg.lan_devices:
             try:
-                wanted_lan_devices(self.cfg, self.netns)
+                with iproute(self.netns) as ipr:
+                    wanted_lan_devices(self.cfg, self.netns, ipr)
             except LanError as e:
                 raise GatewayError(str(e)) from None
         if not self.cfg.interface_peers:
@@ -339,13 +347,15 @@ class Gateway:
             faults.step("sysctls-saved")
         routes.enable_forwarding(self.netns)
         faults.step("forwarding-set")
-        if previous is not None and missing_pins(pin_dir(self.cfg.name)):
+        need = programs_for(self.cfg.fast)
+        if previous is not None and missing_pins(pin_dir(self.cfg.name), need):
             # Pins removed by hand while the filters still run: pin those again, so
             # that mappings and counters are kept and nothing is recompiled.
             repin_attached(self.cfg.name, self.netns, [p.device for p in previous.peers]
-                           + ([previous.hub.device.device] if previous.hub else []))
+                           + ([previous.hub.device.device] if previous.hub else [])
+                           + [ls.device for ls in previous.lan])
         try:
-            dp = Dataplane.load(self.cfg.name)
+            dp = Dataplane.load(self.cfg.name, need=need)
         except (DataplaneError, OSError) as e:
             raise GatewayError(f"dataplane: {e}") from e
         faults.step("dataplane-loaded")
@@ -376,11 +386,13 @@ class Gateway:
 
     def _apply_lan(self, dp: Dataplane, state: GatewayState) -> None:
         """The fast path's LAN devices (natgw.lan), after the devices they send to."""
-        try:
-            wanted = wanted_lan_devices(self.cfg, self.netns)
-        except LanError as e:
-            raise GatewayError(str(e)) from None
-        apply_lan(dp, self.netns, state.lan, wanted, lambda: save_state(state))
+        if self.cfg.fast or state.lan:  # else nothing to do: no netns socket (tens of ms)
+            with iproute(self.netns) as ipr:
+                try:
+                    wanted = wanted_lan_devices(self.cfg, self.netns, ipr)
+                except LanError as e:
+                    raise GatewayError(str(e)) from None
+                apply_lan(dp, self.netns, ipr, state.lan, wanted, lambda: save_state(state))
         if state.fastpath != self.cfg.fastpath:
             state.fastpath = self.cfg.fastpath
             save_state(state)

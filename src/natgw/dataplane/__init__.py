@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import layout
 from .loader import (
@@ -20,6 +22,7 @@ from .loader import (
     HOOKS_TRANSLATE,
     HOOKS_TRANSLATE_FAST,
     PIN_ROOT,
+    PROGRAM_NAMES,
     DataplaneError,
     Programs,
     attach,
@@ -32,6 +35,9 @@ from .loader import (
     veth_peer_elsewhere,
 )
 from .tables import Counter, InstalledMapping, Mapping, TableError, Tables
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 __all__ = [
     "HOOKS_LAN", "HOOKS_TRANSLATE", "HOOKS_TRANSLATE_FAST",
@@ -64,9 +70,10 @@ class Dataplane:
         self.tables = Tables(self.pin_dir)
 
     @classmethod
-    def load(cls, gateway: str, root: str = PIN_ROOT) -> Dataplane:
-        """Load the programs (compiling only when no pinned build matches)."""
-        return cls(gateway, load_programs(gateway, root), root)
+    def load(cls, gateway: str, root: str = PIN_ROOT,
+             need: tuple[str, ...] = PROGRAM_NAMES) -> Dataplane:
+        """Load the programs (compiling only when no pinned build of `need` matches)."""
+        return cls(gateway, load_programs(gateway, root, need), root)
 
     @classmethod
     def open(cls, gateway: str, root: str = PIN_ROOT) -> Dataplane:
@@ -100,27 +107,29 @@ class Dataplane:
         forwards (natgw_ingress_fast); switching replaces the filter atomically.
         """
         mss4, mss6 = mss_for_mtu(mtu) if mtu else (0, 0)
-        return self._attach(ifname, netns, mss4, mss6, 0,
+        return self._attach(ifname, netns, mss4, mss6, False,
                             HOOKS_TRANSLATE_FAST if fast else HOOKS_TRANSLATE)
 
-    def attach_lan(self, ifname: str, netns: str | None = None) -> DeviceInfo:
+    def attach_lan(self, ifname: str, netns: str | None = None,
+                   ipr: IPRoute | None = None) -> DeviceInfo:
         """Run the fast path on a LAN-side device's ingress (idempotent): no mappings, no
-        egress program; a veth whose peer is in another netns is marked for redirect_peer."""
-        with ipr_in(netns) as ipr:
-            flags = layout.DEV_F_LAN | (layout.DEV_F_PEER_NETNS
-                                        if veth_peer_elsewhere(ipr, link_index(ipr, ifname))
-                                        else 0)
-        return self._attach(ifname, netns, 0, 0, flags, HOOKS_LAN)
+        egress program; a veth whose peer is in another netns is marked for redirect_peer.
+        ipr: an open socket in netns to use (each new one costs tens of ms)."""
+        return self._attach(ifname, netns, 0, 0, True, HOOKS_LAN, ipr)
 
-    def _attach(self, ifname: str, netns: str | None, mss4: int, mss6: int, kind_flags: int,
-                hooks: dict[str, str]) -> DeviceInfo:
+    def _attach(self, ifname: str, netns: str | None, mss4: int, mss6: int, lan: bool,
+                hooks: dict[str, str], ipr: IPRoute | None = None) -> DeviceInfo:
         if self.programs is None:
             raise DataplaneError("dataplane opened read-only: use Dataplane.load() to attach")
         kinds = layout.DEV_F_LAN | layout.DEV_F_PEER_NETNS
-        with ipr_in(netns) as ipr:
+        with nullcontext(ipr) if ipr is not None else ipr_in(netns) as ipr:
             idx = link_index(ipr, ifname)
             old = self.tables.device(idx)
-            flags = (old.flags & ~kinds if old is not None else 0) | kind_flags
+            flags = old.flags & ~kinds if old is not None else 0
+            if lan:
+                flags |= layout.DEV_F_LAN
+                if veth_peer_elsewhere(ipr, idx):
+                    flags |= layout.DEV_F_PEER_NETNS
             l3 = l3_offset(ipr, idx)
             # The device entry comes first: the programs ignore unknown devices.
             self.tables.set_device(idx, l3, mss4, mss6, flags)

@@ -195,8 +195,28 @@ def ensure_bpffs(root: str = PIN_ROOT) -> None:
     os.makedirs(root, exist_ok=True)
 
 
-def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
-    """Load (or reuse the pinned) dataplane programs and maps of a gateway."""
+def programs_for(fast: bool) -> tuple[str, ...]:
+    """The programs a gateway attaches, with the fast path or without."""
+    return ("egress", "ingress_fast", "lan") if fast else ("egress", "ingress")
+
+
+def _maps_for(need: tuple[str, ...]) -> tuple[str, ...]:
+    # Only the fast path's programs use fast_stats: without them its pin is not needed
+    # (re-pinning from the attached programs finds only the maps they use).
+    if "lan" in need or "ingress_fast" in need:
+        return MAP_PINS
+    return tuple(m for m in MAP_PINS if m != L.MAP_FAST_STATS)
+
+
+def load_programs(gateway: str, root: str = PIN_ROOT,
+                  need: tuple[str, ...] = PROGRAM_NAMES) -> Programs:
+    """Load (or reuse the pinned) dataplane programs and maps of a gateway.
+
+    need: the programs the caller attaches (programs_for). A pinned build is reused
+    when their pins and the maps they use are there; a program no filter runs is
+    not pinned again with the others when pins are removed by hand
+    (repin_attached), and must not cost a compile. Reused, the Programs hold the
+    pinned programs only."""
     ensure_bpffs(root)
     pdir = pin_dir(gateway, root)
     os.makedirs(pdir, exist_ok=True)
@@ -204,8 +224,9 @@ def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
     cflags = [f'-DNATGW_PIN_DIR="{pdir}"']
     build = hashlib.sha256((source + "\0" + " ".join(cflags)).encode()).hexdigest()[:12]
     pins = {d: os.path.join(pdir, f"prog_{d}_{build}") for d in PROGRAM_NAMES}
-    if all(os.path.exists(p) for p in pins.values()) and not missing_map_pins(pdir):
-        return Programs({d: obj_get(path) for d, path in pins.items()}, build)
+    if all(os.path.exists(pins[d]) for d in need) and not missing_map_pins(pdir, need):
+        return Programs({d: obj_get(path) for d, path in pins.items() if os.path.exists(path)},
+                        build)
     _check_pinned_maps(pdir)
     # A pin removed by hand: the programs are rebuilt against the maps that are
     # pinned (new ones where a pin is gone), so program pins of this build go too.
@@ -236,16 +257,17 @@ def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
 MAP_PINS = L.MAP_NAMES
 
 
-def missing_map_pins(pdir: str) -> list[str]:
-    return [m for m in MAP_PINS if not os.path.exists(os.path.join(pdir, m))]
+def missing_map_pins(pdir: str, need: tuple[str, ...] = PROGRAM_NAMES) -> list[str]:
+    return [m for m in _maps_for(need) if not os.path.exists(os.path.join(pdir, m))]
 
 
-def missing_pins(pdir: str) -> list[str]:
-    """What a loaded gateway's pin directory lacks (maps, or programs of any build)."""
+def missing_pins(pdir: str, need: tuple[str, ...] = PROGRAM_NAMES) -> list[str]:
+    """What a loaded gateway's pin directory lacks (maps, or programs of any build) for
+    the programs `need`."""
     if not os.path.isdir(pdir):
         return [pdir]
     pinned = {m.group(1) for m in map(_PROG_PIN_RE.match, os.listdir(pdir)) if m}
-    return missing_map_pins(pdir) + [f"prog_{d}" for d in PROGRAM_NAMES if d not in pinned]
+    return missing_map_pins(pdir, need) + [f"prog_{d}" for d in need if d not in pinned]
 
 
 def repin_attached(gateway: str, netns: str | None, devices: list[str],
