@@ -267,3 +267,27 @@ def test_echo_request_v6_to_interface_keeps_icmp_checksum(gw):
     verdict, out, counted = run_case(gw, case)
     assert (verdict, counted) == (TC_ACT_REDIRECT, {"redirect_eth": 1})
     assert out[14:] == bytes(lowered(case.pkt))
+
+
+def test_upgrade_over_a_gateway_without_fast_stats(gw):
+    """A gateway loaded by a natgw without the fast path has no fast_stats pin: its maps
+    still read, and the next load creates the pin (keeping the other maps)."""
+    import os
+
+    from natgw.dataplane.loader import missing_pins
+    from natgw.dataplane.tables import Tables
+
+    dp, idx = gw["dp"], gw["idx"]
+    os.unlink(os.path.join(dp.pin_dir, layout.MAP_FAST_STATS))
+    assert missing_pins(dp.pin_dir) == [layout.MAP_FAST_STATS]
+    assert missing_pins(dp.pin_dir, ("egress", "ingress")) == []  # fastpath off needs none
+    with Tables(dp.pin_dir) as old:
+        assert old.fast_stats is None and old.fast_stats_of(idx["ifc"]) == {}
+        assert len(old.mappings(idx["ifc"])) == len(MAPPINGS)
+    again = Dataplane.load(dp.gateway)
+    try:
+        assert missing_pins(dp.pin_dir) == []
+        assert again.tables.fast_stats_of(idx["ifc"])["redirect_eth"] == 0
+        assert len(again.mappings(idx["ifc"])) == len(MAPPINGS)
+    finally:
+        again.close()
