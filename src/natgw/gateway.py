@@ -687,6 +687,19 @@ def _down(gateway: str, netns: str | None, pins: str) -> bool:
         except (DataplaneError, OSError):
             dp = None
     try:
+        # The LAN programs first: nothing is fast-forwarded to a peer being taken apart.
+        for ls in list(state.lan if state else []):
+            try:
+                remove_lan(dp, netns, ls)
+            except Exception as e:  # noqa: BLE001 - one line; the record stays for a retry
+                raise GatewayError(f"LAN device {ls.device}: {one_line(e)}") from None
+            state.lan.remove(ls)
+            save_state(state)
+        if dp is not None:
+            try:
+                sweep_lan(dp, netns)
+            except Exception as e:  # noqa: BLE001 - one line; the pins stay for a retry
+                raise GatewayError(f"LAN devices: {one_line(e)}") from None
         for ps in list(state.peers if state else []):
             try:
                 remove_peer(netns, ps, dp, engine_for(ps))
@@ -703,18 +716,6 @@ def _down(gateway: str, netns: str | None, pins: str) -> bool:
                 raise GatewayError(f"hub: {one_line(e)}") from None
             state.hub = None
             save_state(state)
-        for ls in list(state.lan if state else []):
-            try:
-                remove_lan(dp, netns, ls)
-            except Exception as e:  # noqa: BLE001 - one line; the record stays for a retry
-                raise GatewayError(f"LAN device {ls.device}: {one_line(e)}") from None
-            state.lan.remove(ls)
-            save_state(state)
-        if dp is not None:
-            try:
-                sweep_lan(dp, netns)
-            except Exception as e:  # noqa: BLE001 - one line; the pins stay for a retry
-                raise GatewayError(f"LAN devices: {one_line(e)}") from None
         faults.step("down-peers-removed")
     finally:
         if dp is not None:
