@@ -49,8 +49,10 @@ def build(lab, tmp: Path) -> Setup:
     gw, side = lab.netns("g"), lab.netns("s")
     v1, _ = lab.veth(gw, "192.168.91.1/24", side, "192.168.91.2/24")
     v2, _ = lab.veth(gw, "192.168.92.1/24", side, "192.168.92.2/24")
-    # The LAN side: the route to cidrs makes it the fast path's LAN device.
+    # The LAN side: the route to cidrs makes v3 the fast path's LAN device; file B
+    # names v4 too (lanDevices), so that going between the files adds and removes one.
     v3, _ = lab.veth(gw, "10.60.0.1/16", side, "10.60.0.2/16")
+    v4, _ = lab.veth(gw, "10.61.0.1/16", side, "10.61.0.2/16")
     name = lab.name("k")
     key = tmp / "gw.key"
     key.write_text(keys.genkey() + "\n")
@@ -69,7 +71,7 @@ def build(lab, tmp: Path) -> Setup:
         {"name": "i1", "interface": v1, "remote": [{"cidr": "10.244.0.0/16",
                                                     "as": "10.246.0.0/16"}]},
     ])
-    b = dict(base, peers=[
+    b = dict(base, lanDevices=[v3, v4], peers=[
         {"name": "t1", "device": d1, "publicKey": pub[0], "listenPort": 51901,
          "remote": shared_b},
         {"name": "t2", "device": d2, "publicKey": pub[1], "listenPort": 51902,
@@ -81,8 +83,8 @@ def build(lab, tmp: Path) -> Setup:
     for tag, data in (("A", a), ("B", b)):
         files[tag] = tmp / f"{tag}.yaml"
         files[tag].write_text(yaml.safe_dump(data, sort_keys=False))
-    setup = Setup(gw, name, files, {"A": [d1], "B": [d1, d2]}, [v1, v2, v3])
-    setup.expect = {"A": expected(a, [v3]), "B": expected(b, [v3])}
+    setup = Setup(gw, name, files, {"A": [d1], "B": [d1, d2]}, [v1, v2, v3, v4])
+    setup.expect = {"A": expected(a, [v3]), "B": expected(b, [v3, v4])}
     lab.on_cleanup(lambda: run("--netns", gw, "down", name))
     return setup
 

@@ -389,6 +389,19 @@ class TrafficChecks:
         client, _, _, dst = self.ends(run, case)
         assert ping(client, dst, count=3) == 3
 
+    @pytest.mark.parametrize("hops", [1, 2])
+    def test_ttl_expiring_at_a_gateway_gets_time_exceeded(self, run: Run, case: Case,
+                                                          hops: int) -> None:
+        """TTL 1 expires at our gateway, 2 at the far one (after the tunnel): the fast path
+        hands both to the stack, which answers time exceeded, as without it."""
+        client, _, _, dst = self.ends(run, case)
+        if hops == 2 and run.topology.is_plain(case.dst):
+            pytest.skip("a plain gateway is not natgw's")
+        out = subprocess.run(["ip", "netns", "exec", client, "ping", f"-{case.v}", "-c", "1",
+                              "-W", "3", "-t", str(hops), dst], capture_output=True, text=True,
+                             timeout=15).stdout
+        assert re.search(r"Time to live exceeded|Time exceeded: Hop limit", out), out
+
     def test_fast_path_forwards_both_ways_or_is_off(self, run: Run) -> None:
         """With the fast path every natgw gateway's pod link is a LAN device whose
         program redirects pod traffic to the peers, and the peers' ingress programs

@@ -461,3 +461,27 @@ def test_xdp_attach_refuses_what_it_must_and_comes_off_cleanly(gw):
     finally:
         dp.tables.remove_device(idx)
         sh(g, "ip", "link", "del", a)
+
+
+def test_upgrade_over_a_gateway_without_fast_stats(gw):
+    """A gateway loaded by a natgw without the fast path has no fast_stats pin: its maps
+    still read, and the next load creates the pin (keeping the other maps)."""
+    import os
+
+    from natgw.dataplane.loader import missing_pins
+    from natgw.dataplane.tables import Tables
+
+    dp, idx = gw["dp"], gw["idx"]
+    os.unlink(os.path.join(dp.pin_dir, layout.MAP_FAST_STATS))
+    assert missing_pins(dp.pin_dir) == [layout.MAP_FAST_STATS]
+    assert missing_pins(dp.pin_dir, ("egress", "ingress")) == []  # fastpath off needs none
+    with Tables(dp.pin_dir) as old:
+        assert old.fast_stats is None and old.fast_stats_of(idx["ifc"]) == {}
+        assert len(old.mappings(idx["ifc"])) == len(MAPPINGS)
+    again = Dataplane.load(dp.gateway)
+    try:
+        assert missing_pins(dp.pin_dir) == []
+        assert again.tables.fast_stats_of(idx["ifc"])["redirect_eth"] == 0
+        assert len(again.mappings(idx["ifc"])) == len(MAPPINGS)
+    finally:
+        again.close()

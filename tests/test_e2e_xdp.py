@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from e2e_traffic import harness_run, tcp_bulk, udp_exchange, udp_refused
@@ -110,8 +111,6 @@ def test_what_xdp_passes_tc_forwards_translated(run: Run, i: int, j: int) -> Non
 
 
 def test_an_xdp_program_removed_by_hand_is_drift_and_up_puts_it_back(run: Run) -> None:
-    from pathlib import Path
-
     from natgw.config import load_config
     from natgw.gateway import Gateway
 
@@ -128,14 +127,22 @@ def test_an_xdp_program_removed_by_hand_is_drift_and_up_puts_it_back(run: Run) -
 
 
 def test_up_again_keeps_xdp_and_down_removes_it(run: Run) -> None:
-    """A second `up` finds natgw's program attached and keeps it (same program);
+    """A second `up` finds natgw's program attached and keeps it (the same program, pinned
+    again without a compile when its pins and the XDP maps' were removed by hand);
     `down` takes the XDP program off with the tc filters (the last test: it ends gateway 2)."""
     i, j = 2, 1
     devs = (run.pod_link(i), run.underlay_dev(i, j))
     ids = {dev: _prog_id(run, i, dev) for dev in devs}
+    pdir = Path(f"/sys/fs/bpf/natgw/{run.prefix}c{i}")
+    removed = sorted(p.name for p in pdir.iterdir()
+                     if p.name.startswith("prog_xdp_") or p.name.startswith("xdp_"))
+    assert len(removed) == 3, removed
+    for name in removed:
+        (pdir / name).unlink()
     natgw("--netns", run.gw(i), "up", f"{run.workdir}/c{i}.yaml", "--detach")
     assert {dev: _prog_id(run, i, dev) for dev in devs} == ids
     assert all(ids.values())
+    assert all((pdir / name).exists() for name in removed)
     natgw("--netns", run.gw(i), "down", f"{run.prefix}c{i}")
     for dev in devs:
         assert xdp_of(run, i, dev) == (0, ""), dev

@@ -22,6 +22,7 @@ from natgw.dataplane.loader import (
     missing_pins,
     natgw_filters,
     pin_dir,
+    programs_for,
 )
 from natgw.keys import decode_key
 from natgw.netns import NetnsNotFound, iproute
@@ -41,7 +42,7 @@ KINDS = ("pin", "engine", "device", "filter", "route", "mapping", "address", "al
 def detect(gw: Gateway, state: GatewayState) -> list[str]:
     """Everything of `state` that is missing, as "<kind> <what>" (kind from KINDS)."""
     name, netns = state.gateway, state.netns
-    out = [f"pin {p}" for p in missing_pins(pin_dir(name))]
+    out = [f"pin {p}" for p in missing_pins(pin_dir(name), programs_for(gw.cfg.fast, gw.cfg.xdp))]
     try:
         ipr = iproute(netns)
     except NetnsNotFound:

@@ -22,7 +22,14 @@ from natgw import addresses, faults, routes
 from natgw.config import ConfigError, GatewayConfig, Peer, parse_config
 from natgw.dataplane import Dataplane, DataplaneError, Mapping
 from natgw.dataplane.layout import DEV_F_OWN_QDISC
-from natgw.dataplane.loader import detach, has_clsact, missing_pins, pin_dir, repin_attached
+from natgw.dataplane.loader import (
+    detach,
+    has_clsact,
+    missing_pins,
+    pin_dir,
+    programs_for,
+    repin_attached,
+)
 from natgw.failure import one_line
 from natgw.keys import encode_key
 from natgw.lan import LanError, apply_lan, remove_lan, sweep_lan, wanted_lan_devices
@@ -133,7 +140,8 @@ class Gateway:
                 raise GatewayError(str(e)) from None
         if self.cfg.fast and self.cfg.lan_devices:
             try:
-                wanted_lan_devices(self.cfg, self.netns)
+                with iproute(self.netns) as ipr:
+                    wanted_lan_devices(self.cfg, self.netns, ipr)
             except LanError as e:
                 raise GatewayError(str(e)) from None
         if not self.cfg.interface_peers:
@@ -339,13 +347,15 @@ class Gateway:
             faults.step("sysctls-saved")
         routes.enable_forwarding(self.netns)
         faults.step("forwarding-set")
-        if previous is not None and missing_pins(pin_dir(self.cfg.name)):
+        need = programs_for(self.cfg.fast, self.cfg.xdp)
+        if previous is not None and missing_pins(pin_dir(self.cfg.name), need):
             # Pins removed by hand while the filters still run: pin those again, so
             # that mappings and counters are kept and nothing is recompiled.
             repin_attached(self.cfg.name, self.netns, [p.device for p in previous.peers]
-                           + ([previous.hub.device.device] if previous.hub else []))
+                           + ([previous.hub.device.device] if previous.hub else [])
+                           + [ls.device for ls in previous.lan])
         try:
-            dp = Dataplane.load(self.cfg.name)
+            dp = Dataplane.load(self.cfg.name, need=need)
         except (DataplaneError, OSError) as e:
             raise GatewayError(f"dataplane: {e}") from e
         faults.step("dataplane-loaded")
@@ -376,12 +386,14 @@ class Gateway:
 
     def _apply_lan(self, dp: Dataplane, state: GatewayState) -> None:
         """The fast path's LAN devices (natgw.lan), after the devices they send to."""
-        try:
-            wanted = wanted_lan_devices(self.cfg, self.netns)
-        except LanError as e:
-            raise GatewayError(str(e)) from None
-        apply_lan(dp, self.netns, state.lan, wanted, lambda: save_state(state),
-                  xdp=self.cfg.xdp)
+        if self.cfg.fast or state.lan:  # else nothing to do: no netns socket (tens of ms)
+            with iproute(self.netns) as ipr:
+                try:
+                    wanted = wanted_lan_devices(self.cfg, self.netns, ipr)
+                except LanError as e:
+                    raise GatewayError(str(e)) from None
+                apply_lan(dp, self.netns, ipr, state.lan, wanted, lambda: save_state(state),
+                          xdp=self.cfg.xdp)
         if state.fastpath != self.cfg.fastpath:
             state.fastpath = self.cfg.fastpath
             save_state(state)
@@ -678,6 +690,19 @@ def _down(gateway: str, netns: str | None, pins: str) -> bool:
         except (DataplaneError, OSError):
             dp = None
     try:
+        # The LAN programs first: nothing is fast-forwarded to a peer being taken apart.
+        for ls in list(state.lan if state else []):
+            try:
+                remove_lan(dp, netns, ls)
+            except Exception as e:  # noqa: BLE001 - one line; the record stays for a retry
+                raise GatewayError(f"LAN device {ls.device}: {one_line(e)}") from None
+            state.lan.remove(ls)
+            save_state(state)
+        if dp is not None:
+            try:
+                sweep_lan(dp, netns)
+            except Exception as e:  # noqa: BLE001 - one line; the pins stay for a retry
+                raise GatewayError(f"LAN devices: {one_line(e)}") from None
         for ps in list(state.peers if state else []):
             try:
                 remove_peer(netns, ps, dp, engine_for(ps))
@@ -694,18 +719,6 @@ def _down(gateway: str, netns: str | None, pins: str) -> bool:
                 raise GatewayError(f"hub: {one_line(e)}") from None
             state.hub = None
             save_state(state)
-        for ls in list(state.lan if state else []):
-            try:
-                remove_lan(dp, netns, ls)
-            except Exception as e:  # noqa: BLE001 - one line; the record stays for a retry
-                raise GatewayError(f"LAN device {ls.device}: {one_line(e)}") from None
-            state.lan.remove(ls)
-            save_state(state)
-        if dp is not None:
-            try:
-                sweep_lan(dp, netns)
-            except Exception as e:  # noqa: BLE001 - one line; the pins stay for a retry
-                raise GatewayError(f"LAN devices: {one_line(e)}") from None
         faults.step("down-peers-removed")
     finally:
         if dp is not None:

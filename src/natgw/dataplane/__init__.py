@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..netns import in_netns
 from . import layout
@@ -22,6 +24,7 @@ from .loader import (
     HOOKS_TRANSLATE,
     HOOKS_TRANSLATE_FAST,
     PIN_ROOT,
+    PROGRAM_NAMES,
     DataplaneError,
     Programs,
     attach,
@@ -34,6 +37,9 @@ from .loader import (
     veth_peer_elsewhere,
 )
 from .tables import Counter, InstalledMapping, Mapping, TableError, Tables
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +82,10 @@ class Dataplane:
         self.tables = Tables(self.pin_dir)
 
     @classmethod
-    def load(cls, gateway: str, root: str = PIN_ROOT) -> Dataplane:
-        """Load the programs (compiling only when no pinned build matches)."""
-        return cls(gateway, load_programs(gateway, root), root)
+    def load(cls, gateway: str, root: str = PIN_ROOT,
+             need: tuple[str, ...] = PROGRAM_NAMES) -> Dataplane:
+        """Load the programs (compiling only when no pinned build of `need` matches)."""
+        return cls(gateway, load_programs(gateway, root, need), root)
 
     @classmethod
     def open(cls, gateway: str, root: str = PIN_ROOT) -> Dataplane:
@@ -112,27 +119,29 @@ class Dataplane:
         forwards (natgw_ingress_fast); switching replaces the filter atomically.
         """
         mss4, mss6 = mss_for_mtu(mtu) if mtu else (0, 0)
-        return self._attach(ifname, netns, mss4, mss6, 0,
+        return self._attach(ifname, netns, mss4, mss6, False,
                             HOOKS_TRANSLATE_FAST if fast else HOOKS_TRANSLATE)
 
-    def attach_lan(self, ifname: str, netns: str | None = None) -> DeviceInfo:
+    def attach_lan(self, ifname: str, netns: str | None = None,
+                   ipr: IPRoute | None = None) -> DeviceInfo:
         """Run the fast path on a LAN-side device's ingress (idempotent): no mappings, no
-        egress program; a veth whose peer is in another netns is marked for redirect_peer."""
-        with ipr_in(netns) as ipr:
-            flags = layout.DEV_F_LAN | (layout.DEV_F_PEER_NETNS
-                                        if veth_peer_elsewhere(ipr, link_index(ipr, ifname))
-                                        else 0)
-        return self._attach(ifname, netns, 0, 0, flags, HOOKS_LAN)
+        egress program; a veth whose peer is in another netns is marked for redirect_peer.
+        ipr: an open socket in netns to use (each new one costs tens of ms)."""
+        return self._attach(ifname, netns, 0, 0, True, HOOKS_LAN, ipr)
 
-    def _attach(self, ifname: str, netns: str | None, mss4: int, mss6: int, kind_flags: int,
-                hooks: dict[str, str]) -> DeviceInfo:
+    def _attach(self, ifname: str, netns: str | None, mss4: int, mss6: int, lan: bool,
+                hooks: dict[str, str], ipr: IPRoute | None = None) -> DeviceInfo:
         if self.programs is None:
             raise DataplaneError("dataplane opened read-only: use Dataplane.load() to attach")
         kinds = layout.DEV_F_LAN | layout.DEV_F_PEER_NETNS
-        with ipr_in(netns) as ipr:
+        with nullcontext(ipr) if ipr is not None else ipr_in(netns) as ipr:
             idx = link_index(ipr, ifname)
             old = self.tables.device(idx)
-            flags = (old.flags & ~kinds if old is not None else 0) | kind_flags
+            flags = old.flags & ~kinds if old is not None else 0
+            if lan:
+                flags |= layout.DEV_F_LAN
+                if veth_peer_elsewhere(ipr, idx):
+                    flags |= layout.DEV_F_PEER_NETNS
             l3 = l3_offset(ipr, idx)
             # The device entry comes first: the programs ignore unknown devices.
             self.tables.set_device(idx, l3, mss4, mss6, flags)
@@ -153,7 +162,8 @@ class Dataplane:
             detach(ipr, idx[0], remove_qdisc=own)
             self.tables.remove_device(idx[0])
 
-    def attach_xdp(self, ifname: str, netns: str | None = None) -> bool:
+    def attach_xdp(self, ifname: str, netns: str | None = None,
+                   ipr: IPRoute | None = None) -> bool:
         """fastpath: xdp on an Ethernet device that has its entry and tc programs (attach
         first): the XDP program in native mode, and its maps (idempotent).
 
@@ -173,7 +183,7 @@ class Dataplane:
 
         if self.programs is None:
             raise DataplaneError("dataplane opened read-only: use Dataplane.load() to attach")
-        with ipr_in(netns) as ipr:
+        with nullcontext(ipr) if ipr is not None else ipr_in(netns) as ipr:
             idx = link_index(ipr, ifname)
             dev = self.tables.device(idx)
             if dev is None:
@@ -197,23 +207,26 @@ class Dataplane:
             attach_xdp(ipr, netns, idx, ifname, self.programs.fd("xdp"))
         return transmit
 
-    def set_xdp(self, ifname: str, netns: str | None, on: bool) -> bool:
+    def set_xdp(self, ifname: str, netns: str | None, on: bool,
+                ipr: IPRoute | None = None) -> bool:
         """fastpath: xdp on an attached device where it applies, or off (idempotent).
 
         L3 devices (wireguard, tun) have no XDP fast path: their ingress stays tc.
         Returns whether XDP_REDIRECT may now send to the device.
         """
-        dev = self.tables.device(self.ifindex(ifname, netns))
-        if on and dev is not None and dev.l3_offset == ETH_HLEN:
-            return self.attach_xdp(ifname, netns)
-        self.detach_xdp(ifname, netns)
-        return False
+        with nullcontext(ipr) if ipr is not None else ipr_in(netns) as ipr:
+            dev = self.tables.device(link_index(ipr, ifname))
+            if on and dev is not None and dev.l3_offset == ETH_HLEN:
+                return self.attach_xdp(ifname, netns, ipr)
+            self.detach_xdp(ifname, netns, ipr)
+            return False
 
-    def detach_xdp(self, ifname: str, netns: str | None = None) -> None:
+    def detach_xdp(self, ifname: str, netns: str | None = None,
+                   ipr: IPRoute | None = None) -> None:
         """Take natgw's XDP program off a device (its tc programs stay; idempotent)."""
         from .xdp import detach_xdp  # noqa: PLC0415
 
-        with ipr_in(netns) as ipr:
+        with nullcontext(ipr) if ipr is not None else ipr_in(netns) as ipr:
             idx = ipr.link_lookup(ifname=ifname)
             if not idx:
                 return

@@ -197,8 +197,34 @@ def ensure_bpffs(root: str = PIN_ROOT) -> None:
     os.makedirs(root, exist_ok=True)
 
 
-def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
-    """Load (or reuse the pinned) dataplane programs and maps of a gateway."""
+def programs_for(fast: bool, xdp: bool = False) -> tuple[str, ...]:
+    """The programs a gateway attaches, with the fast path (and XDP) or without."""
+    if not fast:
+        return ("egress", "ingress")
+    return ("egress", "ingress_fast", "lan") + (("xdp",) if xdp else ())
+
+
+def _maps_for(need: tuple[str, ...]) -> tuple[str, ...]:
+    # Only the fast path's programs use fast_stats, only XDP the XDP maps: without them
+    # their pins are not needed (re-pinning from the attached programs finds only the
+    # maps they use).
+    skip = set()
+    if not {"lan", "ingress_fast", "xdp"} & set(need):
+        skip.add(L.MAP_FAST_STATS)
+    if "xdp" not in need:
+        skip |= {L.MAP_XDP_TX, L.MAP_XDP_MACS}
+    return tuple(m for m in MAP_PINS if m not in skip)
+
+
+def load_programs(gateway: str, root: str = PIN_ROOT,
+                  need: tuple[str, ...] = PROGRAM_NAMES) -> Programs:
+    """Load (or reuse the pinned) dataplane programs and maps of a gateway.
+
+    need: the programs the caller attaches (programs_for). A pinned build is reused
+    when their pins and the maps they use are there; a program no filter runs is
+    not pinned again with the others when pins are removed by hand
+    (repin_attached), and must not cost a compile. Reused, the Programs hold the
+    pinned programs only."""
     ensure_bpffs(root)
     pdir = pin_dir(gateway, root)
     os.makedirs(pdir, exist_ok=True)
@@ -206,8 +232,9 @@ def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
     cflags = [f'-DNATGW_PIN_DIR="{pdir}"']
     build = hashlib.sha256((source + "\0" + " ".join(cflags)).encode()).hexdigest()[:12]
     pins = {d: os.path.join(pdir, f"prog_{d}_{build}") for d in PROGRAM_NAMES}
-    if all(os.path.exists(p) for p in pins.values()) and not missing_map_pins(pdir):
-        return Programs({d: obj_get(path) for d, path in pins.items()}, build)
+    if all(os.path.exists(pins[d]) for d in need) and not missing_map_pins(pdir, need):
+        return Programs({d: obj_get(path) for d, path in pins.items() if os.path.exists(path)},
+                        build)
     _check_pinned_maps(pdir)
     # A pin removed by hand: the programs are rebuilt against the maps that are
     # pinned (new ones where a pin is gone), so program pins of this build go too.
@@ -240,16 +267,17 @@ def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
 MAP_PINS = L.MAP_NAMES
 
 
-def missing_map_pins(pdir: str) -> list[str]:
-    return [m for m in MAP_PINS if not os.path.exists(os.path.join(pdir, m))]
+def missing_map_pins(pdir: str, need: tuple[str, ...] = PROGRAM_NAMES) -> list[str]:
+    return [m for m in _maps_for(need) if not os.path.exists(os.path.join(pdir, m))]
 
 
-def missing_pins(pdir: str) -> list[str]:
-    """What a loaded gateway's pin directory lacks (maps, or programs of any build)."""
+def missing_pins(pdir: str, need: tuple[str, ...] = PROGRAM_NAMES) -> list[str]:
+    """What a loaded gateway's pin directory lacks (maps, or programs of any build) for
+    the programs `need`."""
     if not os.path.isdir(pdir):
         return [pdir]
     pinned = {m.group(1) for m in map(_PROG_PIN_RE.match, os.listdir(pdir)) if m}
-    return missing_map_pins(pdir) + [f"prog_{d}" for d in PROGRAM_NAMES if d not in pinned]
+    return missing_map_pins(pdir, need) + [f"prog_{d}" for d in need if d not in pinned]
 
 
 def repin_attached(gateway: str, netns: str | None, devices: list[str],
@@ -266,15 +294,20 @@ def repin_attached(gateway: str, netns: str | None, devices: list[str],
             idx = ipr.link_lookup(ifname=dev)
             if not idx:
                 continue
+            running = []
             for parent in PARENTS.values():
                 name, pid = _filters(ipr, idx[0], parent).get(FILTER_PRIO, ("", 0))
                 prog = filter_program(name)
-                if prog not in PROGRAM_NAMES or not pid:
-                    continue
+                if prog in PROGRAM_NAMES and pid:
+                    running.append((prog, name.split(":")[1], pid))
+            # Its XDP program is of its filters' build (the same `up` attached them).
+            xdp_id = _natgw_xdp_id(ipr, idx[0])
+            if running and xdp_id:
+                running.append(("xdp", running[0][1], xdp_id))
+            for prog, build, pid in running:
                 os.makedirs(pdir, exist_ok=True)
                 fd = prog_fd_by_id(pid)
                 try:
-                    build = name.split(":")[1]
                     path = os.path.join(pdir, f"prog_{prog}_{build}")
                     if not os.path.exists(path):
                         obj_pin(fd, path)
@@ -292,6 +325,14 @@ def repin_attached(gateway: str, netns: str | None, devices: list[str],
                 finally:
                     os.close(fd)
     return done
+
+
+def _natgw_xdp_id(ipr: IPRoute, ifindex: int) -> int:
+    """The id of natgw's XDP program on a device, 0 if it runs none."""
+    from .xdp import PROG_NAME, XDP_ATTACHED_DRV, attached, program_name  # noqa: PLC0415
+
+    mode, pid = attached(ipr, ifindex)
+    return pid if mode == XDP_ATTACHED_DRV and program_name(pid) == PROG_NAME else 0
 
 
 def _check_pinned_maps(pdir: str) -> None:
