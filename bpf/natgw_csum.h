@@ -158,4 +158,30 @@ static __always_inline int quoted_csum_update(struct __sk_buff *skb, __u32 csum_
 	return 0;
 }
 
+/*
+ * Incremental updates on packet memory, for XDP (no skb, no csum helpers).
+ * A ones' complement sum does not depend on byte order, so words are summed
+ * as they lie in memory; a diff collects ~old + new of every changed word.
+ */
+static __always_inline __u64 csum_diff32(__u64 diff, __be32 from, __be32 to)
+{
+	return diff + (__u32)~from + (__u32)to;
+}
+
+static __always_inline __u64 csum_diff16(__u64 diff, __be16 from, __be16 to)
+{
+	return diff + (__u16)~from + (__u16)to;
+}
+
+/* A checksum field after the changes summed in @diff (RFC 1624, eqn. 3). */
+static __always_inline __u16 csum_apply(__u16 check, __u64 diff)
+{
+	__u64 s = (__u16)~check + diff;
+
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
 #endif /* NATGW_CSUM_H */

@@ -91,7 +91,10 @@ every checksum it receives in software, like a host behind a real NIC. The
 gateways' veth ends and tunnel devices have tx checksumming off: what a gateway
 sends is complete on the wire, and so in a capture on it (the capture tap sees
 a packet after the kernel completed it). Pods keep TSO, so natgw sees their
-CHECKSUM_PARTIAL super-packets. A gateway's first address is its pod-side one,
+CHECKSUM_PARTIAL super-packets, except with fastpath xdp: XDP_REDIRECT loses
+CHECKSUM_PARTIAL, so there pods send complete checksums (tx off, hence no TSO),
+and every veth end that receives redirected frames (pod ends, underlay) has GRO
+on: a veth receives XDP frames only with NAPI. A gateway's first address is its pod-side one,
 which it takes as the source of the ICMP errors it sends into a tunnel (the
 peer's allowed-ips admit only cluster addresses). Pods have rp_filter off: an
 ICMP error over --interface comes from an underlay address they do not route.
@@ -167,6 +170,7 @@ class Topology:
     conntrack: bool = False  # every gateway: WireGuard + iptables NETMAP (lab.conntrack)
     keepalive: int | None = None  # persistentKeepalive of every peer (default: 1 s with replicas)
     stale_after: int | None = None  # staleAfter (s) of every grouped peer (None: natgw's default)
+    fastpath: str = "auto"  # the natgw gateways' fastpath: (auto: the key is left out)
 
     def check(self) -> None:
         if self.hub:
@@ -412,7 +416,8 @@ def _build(run: Run) -> None:
                     add_address(run.gw(a, ra), run.underlay_dev(a, b, ra, rb),
                                 f"{topo.underlay_addr(a, b, ra, rb)}/{topo.underlay_prefixlen}")
                     offloads(run.gw(a, ra), run.underlay_dev(a, b, ra, rb),
-                             "rx", "off", "tx", "off")
+                             "rx", "off", "tx", "off",
+                             *(("gro", "on") if topo.fastpath == "xdp" else ()))
     pubs = {(i, r): new_key(_keyfile(run, i, r)) for i, r in run.replicas()}
     foreground = []
     for i, r in run.replicas():
@@ -447,6 +452,10 @@ def _pod_link(run: Run, i: int) -> None:
                 ip("-n", run.pod(i), f"-{v}", "route", "add", topo.view(i, j, v),
                    "via", topo.pod_gw(i, v))
     offloads(run.pod(i), run.pod_end(i), "rx", "off")
+    if topo.fastpath == "xdp":
+        # XDP_REDIRECT loses CHECKSUM_PARTIAL: the pod sends complete checksums. GRO
+        # gives its end NAPI, without which a veth receives no redirected frame.
+        offloads(run.pod(i), run.pod_end(i), "tx", "off", "gro", "on")
     offloads(run.gw(i), run.pod_link(i), "rx", "off", "tx", "off")
 
 
@@ -579,6 +588,8 @@ def _natgw_gateway(run: Run, i: int, r: int, pubs: dict[tuple[int, int], str]) -
         cfg["metrics"] = f"127.0.0.1:{free_port()}"
     if topo.pipes:
         cfg["pipes"] = _pipes(topo, i)
+    if topo.fastpath != "auto":
+        cfg["fastpath"] = topo.fastpath
     path = Path(run.config(i, r))
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     run.gateways[str(path)] = run.gw(i, r)

@@ -124,7 +124,7 @@ def tcx_programs(netns: str, dev: str) -> dict[str, list[tuple[str, int, int]]]:
     bpftool 7.1) cannot show tcx. Empty lists on a kernel without tcx or a device gone."""
     from natgw.dataplane import bpfsys as B  # noqa: PLC0415
     from natgw.dataplane.hooks import tcx_available  # noqa: PLC0415
-    from natgw.netns import run_in  # noqa: PLC0415
+    from natgw.netns import in_netns  # noqa: PLC0415
 
     hooks = {"ingress": B.BPF_TCX_INGRESS, "egress": B.BPF_TCX_EGRESS}
     if not tcx_available():
@@ -148,7 +148,7 @@ def tcx_programs(netns: str, dev: str) -> dict[str, list[tuple[str, int, int]]]:
                 os.close(fd)
         return out
 
-    return run_in(netns, lambda: {h: progs(t) for h, t in hooks.items()})
+    return in_netns(netns, lambda: {h: progs(t) for h, t in hooks.items()})
 
 
 NATGW_FILTER_PRIO = 0x4E47  # natgw.dataplane.hooks.FILTER_PRIO: natgw's tc filters

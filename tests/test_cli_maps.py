@@ -100,6 +100,20 @@ def test_maps_text(gw):
         assert any(re.match(pattern, line) for line in lines), (pattern, out)
 
 
+def test_maps_text_shows_fast_path_decisions():
+    from natgw import introspect as I
+    from natgw.cli.maps import render_maps
+    from natgw.dataplane import layout as L
+
+    fast = {name: i for i, name in enumerate(L.FAST_NAMES.values())}
+    lan = I.DeviceReport(3, "eth0", None, (), {}, lan=True, fastpath=fast)
+    peer = I.DeviceReport(5, "c1-c2", "c2", (), {"unmatched": 1}, fastpath={"redirect_eth": 4})
+    out = render_maps([I.GatewayReport("gw", None, "abc", (lan, peer))]).splitlines()
+    assert out[1:3] == ["  dev eth0 ifindex 3  (LAN, fast path)",
+                        "    fastpath " + "  ".join(f"{n} {c}" for n, c in fast.items())]
+    assert out[-1] == "    fastpath  redirect_eth 4"
+
+
 @pytest.mark.bpf
 def test_maps_netns_filter_uses_the_state(gw, netns_lab):
     ns, other = netns_lab.netns("g"), netns_lab.netns("o")

@@ -30,7 +30,7 @@ from natgw.dataplane.hooks import (
 )
 from natgw.dataplane.layout import DEV_F_OWN_QDISC
 from natgw.dataplane.loader import ipr_in
-from natgw.netns import netns_socket, run_in
+from natgw.netns import netns_socket, in_netns
 
 pytestmark = [pytest.mark.bpf, pytest.mark.netns]
 TCX_TYPES = {"ingress": B.BPF_TCX_INGRESS, "egress": B.BPF_TCX_EGRESS}
@@ -198,7 +198,7 @@ def test_detach_removes_only_what_natgw_added(veth, mech):
 
         user = BPF(text=b"int user(struct __sk_buff *skb) { return -1; }")
         ufd = user.load_func(b"user", BPF.SCHED_CLS).fd
-        user_link = run_in(ns, lambda: B.tcx_link_create(ufd, socket.if_nametoindex(dev),
+        user_link = in_netns(ns, lambda: B.tcx_link_create(ufd, socket.if_nametoindex(dev),
                                                          B.BPF_TCX_INGRESS))
     try:
         dp.attach(dev, ns)
@@ -330,7 +330,7 @@ def add_counter(ns: str, dev: str, hook: str, kind: str):
     bpf = BPF(text=COUNTER_SRC.encode())
     fd = bpf.load_func(f"count_{hook}".encode(), BPF.SCHED_CLS).fd
     if kind == "tcx":
-        link = run_in(ns, lambda: B.tcx_link_create(fd, socket.if_nametoindex(dev),
+        link = in_netns(ns, lambda: B.tcx_link_create(fd, socket.if_nametoindex(dev),
                                                     TCX_TYPES[hook]))
         return bpf, lambda: (os.close(link), bpf.cleanup())
     if not has_clsact(ns, dev):  # (with natgw on tcx, the user makes it)

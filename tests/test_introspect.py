@@ -176,7 +176,9 @@ def test_json_has_the_documented_shape(gw):
     (doc,) = I.to_json([I.read_gateway(gw.gateway)])
     assert set(doc) == {"gateway", "netns", "dataplane_build", "devices"}
     (dev,) = doc["devices"]
-    assert set(dev) == {"ifindex", "ifname", "peer", "mappings", "drops", "events"}
+    assert set(dev) == {"ifindex", "ifname", "peer", "mappings", "drops", "events", "lan",
+                        "fastpath"}
+    assert dev["lan"] is False and dev["fastpath"] == {}  # a test-run device: no fast path
     m = next(m for m in dev["mappings"] if m["label"] == "local:10.246.0.0/16")
     assert set(m) == {"id", "kind", "cidr", "as", "label", "egress", "ingress"}
     assert {k: v for k, v in m["ingress"].items() if k not in ("packets", "bytes")} == {

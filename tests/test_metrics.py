@@ -212,13 +212,30 @@ def _exported() -> tuple[set[str], set[str]]:
     net = ipaddress.ip_network
     rule = I.Rule("dst", net("10.245.0.0/16"), net("10.244.0.0/16"), 1, 84)
     m = I.MappingReport(0, "remote", net("10.244.0.0/16"), net("10.245.0.0/16"), rule, rule)
-    dev = I.DeviceReport(5, "wg-c2", "c2", (m,), {"truncated": 1, "unmatched": 2})
+    dev = I.DeviceReport(5, "wg-c2", "c2", (m,), {"truncated": 1, "unmatched": 2},
+                         fastpath={"redirect_eth": 3})
     families = [*dataplane_metrics([I.GatewayReport("gw", None, "abc", (dev,))]),
                 *peer_metrics([PeerHealth("gw", "c2", 1, 2, 3, group="far", in_route=True)], NOW),
                 drift_metrics({"gw": {"route": 1}}),
                 *NatgwCollector([], root="/nonexistent").collect()]
     return ({f.name for f in families},
             {k for f in families for s in f.samples for k in s.labels} | {"gateway"})
+
+
+def test_fast_path_decisions_per_device_and_lan_devices_have_no_translation_metrics():
+    lan = I.DeviceReport(3, "eth0", None, (), {"unmatched": 9}, lan=True,
+                         fastpath={"redirect_l3": 5, "ttl": 1})
+    peer = I.DeviceReport(5, "c1-c2", "c2", (), {"unmatched": 2},
+                          fastpath={"redirect_peer": 7})
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in dataplane_metrics([I.GatewayReport("gw", None, "abc", (lan, peer))])
+               for s in f.samples}
+    fast = {dict(k)["device"] + " " + dict(k)["decision"]: v for (n, k), v in samples.items()
+            if n == "natgw_fastpath_packets_total"}
+    assert fast == {"eth0 redirect_l3": 5, "eth0 ttl": 1, "c2 redirect_peer": 7}
+    events = {dict(k)["peer"] for (n, k), _ in samples.items()
+              if n == "natgw_packet_events_total"}
+    assert events == {"c2"}
 
 
 def test_dashboard_queries_use_exported_metrics_and_labels():

@@ -1,10 +1,11 @@
 """Drift: what natgw made for a running gateway and someone removed by hand.
 
 The foreground `natgw up` compares the world with its record every few
-seconds (level-triggered, like a Kubernetes controller): the pins, and for
-every peer (and a hub's one device) its engine, device, filters, routes and
-mapping entries, each replica group's route and its members, and for a tunnel its
-WireGuard allowed-ips and (with pipes) its
+seconds (level-triggered, like a Kubernetes controller): the pins, the fast
+path's program on each recorded LAN device, and for every peer (and a hub's one
+device) its engine, device, hook programs (those of the file's fastpath) and their
+tcx link pins, routes and mapping entries, each replica group's route and its
+members, and for a tunnel its WireGuard allowed-ips and (with pipes) its
 pipe address, and on a hub's device (with pipes) each client's pipe address in its
 allowed-ips. Each finding is "<kind> <what>"; the repair is an ordinary apply of the
 file (in full for a hub: Gateway.repair).
@@ -18,7 +19,15 @@ from typing import TYPE_CHECKING
 from natgw import multipath
 from natgw.dataplane import Dataplane, DataplaneError, Mapping
 from natgw.dataplane.hooks import TCX, attached, link_pin_name
-from natgw.dataplane.loader import missing_pins, pin_dir
+from natgw.dataplane.loader import (
+    HOOKS_LAN,
+    HOOKS_TRANSLATE,
+    HOOKS_TRANSLATE_FAST,
+    hook_program,
+    missing_pins,
+    pin_dir,
+    programs_for,
+)
 from natgw.keys import decode_key
 from natgw.netns import NetnsNotFound, iproute
 from natgw.pipes.addressing import has_address
@@ -38,7 +47,7 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
     """Everything of `state` that is missing, as "<kind> <what>" (kind from KINDS)."""
     name, netns = state.gateway, state.netns
     pdir = pin_dir(name)
-    out = [f"pin {p}" for p in missing_pins(pdir)]
+    out = [f"pin {p}" for p in missing_pins(pdir, programs_for(gw.cfg.fast, gw.cfg.xdp))]
     try:
         ipr = iproute(netns)
     except NetnsNotFound:
@@ -66,6 +75,14 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
             tunnels.add(state.hub.device.device)
             recorded.append(state.hub.device)
             wanted[state.hub.device.device] = hub_mappings(gw.cfg.hub)
+        # The programs each device runs: a filter of the other fastpath is drift too.
+        hooks = HOOKS_TRANSLATE_FAST if gw.cfg.fast else HOOKS_TRANSLATE
+        for ls in state.lan:
+            # A LAN device is the admin's: one that went is not natgw's to put back.
+            idx = ipr.link_lookup(ifname=ls.device)
+            if idx and idx[0] == ls.ifindex:
+                out += _hooks(ipr, idx[0], ls.device, HOOKS_LAN, pdir)
+                out += _xdp(ipr, idx[0], ls.device, gw.cfg.xdp)
         for ps in recorded:
             if ps.device in tunnels and not gw.engine.is_alive(ps.device, netns):
                 out.append(f"engine {ps.device}")
@@ -77,13 +94,9 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
             if ps.ifindex and idx[0] != ps.ifindex:
                 out.append(f"device {ps.device} (recreated)")
                 continue
-            hooks = attached(ipr, idx[0])
-            out += [f"filter {ps.device} {d}" for d in sorted({"egress", "ingress"} - set(hooks))]
-            # A tcx link whose pin is gone runs only while the foreground holds it.
-            for d, hook in sorted(hooks.items()):
-                link = link_pin_name(d, ps.device)
-                if hook.mechanism == TCX and not os.path.exists(os.path.join(pdir, link)):
-                    out.append(f"pin {link}")
+            out += _hooks(ipr, idx[0], ps.device, hooks, pdir)
+            if ps.device not in tunnels:
+                out += _xdp(ipr, idx[0], ps.device, gw.cfg.xdp)
             out += [f"route {net} dev {ps.device}" for net in ps.routes
                     if ours.get(net) != idx[0]]
             if ps.pipe_address and not has_address(ipr, idx[0], ps.pipe_address):
@@ -115,6 +128,42 @@ def _group_routes(gw: Gateway, state: GatewayState, ipr, dumped: dict) -> list[s
         wanted = multipath.wanted_hops(ifindex, [(dev, w) for dev, w in gs.hops])
         out += [f"route {net} group {name}" for net in gs.routes
                 if net not in dumped or multipath.route_hops(dumped[net]) != wanted]
+    return out
+
+
+def _xdp(ipr, ifindex: int, device: str, want: bool) -> list[str]:
+    """natgw's XDP program missing from an Ethernet device of fastpath xdp, or left on
+    one after it changed."""
+    from natgw.dataplane.loader import ARPHRD_ETHER  # noqa: PLC0415
+    from natgw.dataplane.xdp import (  # noqa: PLC0415
+        PROG_NAME,
+        XDP_ATTACHED_DRV,
+        link_xdp,
+        program_name,
+    )
+
+    link = ipr.get_links(ifindex)[0]
+    if link["ifi_type"] != ARPHRD_ETHER:
+        return []  # L3 devices stay tc
+    mode, pid = link_xdp(link)
+    has = mode == XDP_ATTACHED_DRV and program_name(pid) == PROG_NAME
+    if want and not has:
+        return [f"filter {device} xdp"]
+    if has and not want:
+        return [f"filter {device} xdp (fastpath is no longer xdp)"]
+    return []
+
+
+def _hooks(ipr, ifindex: int, device: str, wanted: dict[str, str], pdir: str) -> list[str]:
+    """Hooks of a device not running the program `wanted` names, and tcx links whose
+    pin is gone (such a link runs only while the foreground holds it)."""
+    found = attached(ipr, ifindex)
+    out = [f"filter {device} {hook}" for hook, prog in sorted(wanted.items())
+           if hook not in found or hook_program(found[hook]) != prog]
+    for d, hook in sorted(found.items()):
+        link = link_pin_name(d, device)
+        if hook.mechanism == TCX and not os.path.exists(os.path.join(pdir, link)):
+            out.append(f"pin {link}")
     return out
 
 

@@ -130,20 +130,23 @@ SIOCGSKNS = 0x894C  # ioctl: an fd of a socket's network namespace
 
 
 def link_names(name: str | None) -> dict[int, str]:
-    """ifindex -> device name in netns `name`, without pyroute2. Raises OSError or
-    NetnsNotFound."""
-    if name is None:
-        return dict(socket.if_nameindex())
-    return run_in(name, lambda: dict(socket.if_nameindex()))
+    """ifindex -> device name in netns `name`, without pyroute2 (if_nameindex(3)).
+
+    Raises OSError or NetnsNotFound.
+    """
+    return in_netns(name, lambda: dict(socket.if_nameindex()))
 
 
-def run_in(name: str, fn: Callable[[], T]) -> T:
-    """fn() run inside netns `name` (for calls that take an ifindex, e.g. bpf(2) on tcx).
+def in_netns(name: str | None, fn: Callable[[], T]) -> T:
+    """fn() run inside netns `name` (None: here), for calls that take an ifindex
+    (bpf(2) on tcx, devmap entries) or create sockets there.
 
     setns(2) into a network namespace changes only the calling thread, so a
     short-lived thread enters the netns, calls fn and ends; the process stays
     where it is. Raises fn's exception, OSError or NetnsNotFound.
     """
+    if name is None:
+        return fn()
     path = netns_path(name)
 
     def open_ns() -> int:
@@ -183,7 +186,7 @@ def _run_in_fd(open_ns: Callable[[], int], fn: Callable[[], T], what: str) -> T:
                 error.append(OSError(err, f"setns {what}: {os.strerror(err)}"))
                 return
             result.append(fn())
-        except Exception as e:  # noqa: BLE001 - handed to the caller's thread
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             error.append(e)
         finally:
             os.close(fd)

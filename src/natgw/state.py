@@ -48,6 +48,15 @@ class GroupState:
 
 
 @dataclass
+class LanState:
+    """A LAN-side device natgw put its fast-path program on (never created by natgw)."""
+
+    device: str
+    ifindex: int = 0
+    own_qdisc: bool = False  # natgw added its clsact qdisc, so `down` removes it
+
+
+@dataclass
 class ClientState:
     """One hub client as applied: what its WireGuard peer, mappings and routes are."""
 
@@ -93,6 +102,8 @@ class GatewayState:
     # Program pin name -> tag of the dataplane last loaded: programs a tcx link still
     # runs after their pins were removed are pinned again under their build.
     programs: dict[str, str] = field(default_factory=dict)
+    lan: list[LanState] = field(default_factory=list)  # recorded before their attach
+    fastpath: str = ""  # the file's fastpath: as last applied ("": before the fast path)
 
     def peer_by_ifindex(self, ifindex: int) -> PeerState | None:
         """The peer (or the hub's device) of a device."""
@@ -181,7 +192,9 @@ def load_state(gateway: str) -> GatewayState | None:
     groups = raw.pop("groups", None)
     groups = {g: GroupState(**_known(GroupState, v)) for g, v in groups.items()
               if isinstance(v, dict)} if isinstance(groups, dict) else {}
-    return GatewayState(peers=peers, hub=hub, groups=groups, **_known(GatewayState, raw))
+    lan = [LanState(**_known(LanState, x)) for x in raw.pop("lan", []) if isinstance(x, dict)]
+    return GatewayState(peers=peers, hub=hub, groups=groups, lan=lan,
+                        **_known(GatewayState, raw))
 
 
 def _known(cls: type, raw: dict) -> dict:

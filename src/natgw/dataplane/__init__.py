@@ -10,13 +10,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from ..netns import in_netns
 from . import layout
 from .loader import (
+    HOOKS_LAN,
+    HOOKS_TRANSLATE,
+    HOOKS_TRANSLATE_FAST,
     PIN_ROOT,
+    PROGRAM_NAMES,
     DataplaneError,
     Programs,
     attach,
@@ -26,13 +34,28 @@ from .loader import (
     link_index,
     load_programs,
     pin_dir,
+    veth_peer_elsewhere,
 )
 from .tables import Counter, InstalledMapping, Mapping, TableError, Tables
 
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "HOOKS_LAN", "HOOKS_TRANSLATE", "HOOKS_TRANSLATE_FAST",
     "Counter", "Dataplane", "DataplaneError", "DeviceInfo", "InstalledMapping", "Mapping",
     "TableError", "Tables", "layout", "mss_for_mtu",
 ]
+
+
+ETH_HLEN = 14
+
+
+def _is_veth(ipr, ifindex: int) -> bool:
+    info = ipr.get_links(ifindex)[0].get_attr("IFLA_LINKINFO")
+    return info is not None and info.get_attr("IFLA_INFO_KIND") == "veth"
 
 
 def mss_for_mtu(mtu: int) -> tuple[int, int]:
@@ -59,9 +82,10 @@ class Dataplane:
         self.tables = Tables(self.pin_dir)
 
     @classmethod
-    def load(cls, gateway: str, root: str = PIN_ROOT) -> Dataplane:
-        """Load the programs (compiling only when no pinned build matches)."""
-        return cls(gateway, load_programs(gateway, root), root)
+    def load(cls, gateway: str, root: str = PIN_ROOT,
+             need: tuple[str, ...] = PROGRAM_NAMES) -> Dataplane:
+        """Load the programs (compiling only when no pinned build of `need` matches)."""
+        return cls(gateway, load_programs(gateway, root, need), root)
 
     @classmethod
     def open(cls, gateway: str, root: str = PIN_ROOT) -> Dataplane:
@@ -87,24 +111,45 @@ class Dataplane:
             return link_index(ipr, ifname)
 
     def attach(self, ifname: str, netns: str | None = None, mtu: int | None = None,
-               own_qdisc: bool = False) -> DeviceInfo:
+               fast: bool = False, own_qdisc: bool = False) -> DeviceInfo:
         """Translate on a device: set its entry, attach both programs (idempotent).
 
         mtu: the tunnel MTU; TCP SYNs crossing the device get their MSS clamped
-        to fit it. None disables clamping. own_qdisc: natgw made the device's
-        clsact qdisc (a record says so where the device entry cannot).
+        to fit it. None disables clamping. fast: its ingress program also
+        forwards (natgw_ingress_fast); switching replaces the program atomically.
+        own_qdisc: natgw made the device's clsact qdisc (a record says so where
+        the device entry cannot).
         """
+        mss4, mss6 = mss_for_mtu(mtu) if mtu else (0, 0)
+        return self._attach(ifname, netns, mss4, mss6, False,
+                            HOOKS_TRANSLATE_FAST if fast else HOOKS_TRANSLATE,
+                            own_qdisc=own_qdisc)
+
+    def attach_lan(self, ifname: str, netns: str | None = None,
+                   ipr: IPRoute | None = None) -> DeviceInfo:
+        """Run the fast path on a LAN-side device's ingress (idempotent): no mappings, no
+        egress program; a veth whose peer is in another netns is marked for redirect_peer.
+        ipr: an open socket in netns to use (each new one costs tens of ms)."""
+        return self._attach(ifname, netns, 0, 0, True, HOOKS_LAN, ipr)
+
+    def _attach(self, ifname: str, netns: str | None, mss4: int, mss6: int, lan: bool,
+                hooks: dict[str, str], ipr: IPRoute | None = None,
+                own_qdisc: bool = False) -> DeviceInfo:
         if self.programs is None:
             raise DataplaneError("dataplane opened read-only: use Dataplane.load() to attach")
-        mss4, mss6 = mss_for_mtu(mtu) if mtu else (0, 0)
-        with ipr_in(netns) as ipr:
+        kinds = layout.DEV_F_LAN | layout.DEV_F_PEER_NETNS
+        with nullcontext(ipr) if ipr is not None else ipr_in(netns) as ipr:
             idx = link_index(ipr, ifname)
             old = self.tables.device(idx)
-            flags = old.flags if old is not None else 0
+            flags = old.flags & ~kinds if old is not None else 0
+            if lan:
+                flags |= layout.DEV_F_LAN
+                if veth_peer_elsewhere(ipr, idx):
+                    flags |= layout.DEV_F_PEER_NETNS
             l3 = l3_offset(ipr, idx)
             # The device entry comes first: the programs ignore unknown devices.
             self.tables.set_device(idx, l3, mss4, mss6, flags)
-            own = attach(ipr, idx, self.programs,
+            own = attach(ipr, idx, self.programs, hooks,
                          own_qdisc or bool(flags & layout.DEV_F_OWN_QDISC))
             if own != bool(flags & layout.DEV_F_OWN_QDISC):
                 flags ^= layout.DEV_F_OWN_QDISC
@@ -123,6 +168,77 @@ class Dataplane:
             own = bool(dev and dev.flags & layout.DEV_F_OWN_QDISC)
             detach(ipr, idx[0], remove_qdisc=own, pins=self.pin_dir)
             self.tables.remove_device(idx[0])
+
+    def attach_xdp(self, ifname: str, netns: str | None = None,
+                   ipr: IPRoute | None = None) -> bool:
+        """fastpath: xdp on an Ethernet device that has its entry and tc programs (attach
+        first): the XDP program in native mode, and its maps (idempotent).
+
+        Returns whether XDP_REDIRECT may send to the device: it may if its driver
+        transmits XDP frames (a veth: if its peer has NAPI, i.e. an XDP program or
+        GRO on); else the XDP program leaves packets for it to tc. Raises
+        DataplaneError for a driver without native XDP, a foreign XDP program, or a
+        veth whose peer hands over partial checksums (tx checksum offload on).
+        """
+        from .xdp import (  # noqa: PLC0415
+            XDP_ACT_NDO_XMIT,
+            attach_xdp,
+            tx_csum_on,
+            veth_peer,
+            xdp_features,
+        )
+
+        if self.programs is None:
+            raise DataplaneError("dataplane opened read-only: use Dataplane.load() to attach")
+        with nullcontext(ipr) if ipr is not None else ipr_in(netns) as ipr:
+            idx = link_index(ipr, ifname)
+            dev = self.tables.device(idx)
+            if dev is None:
+                raise DataplaneError(f"device {ifname}: attach it before its XDP program")
+            if dev.l3_offset != ETH_HLEN:
+                raise DataplaneError(f"device {ifname}: XDP runs on Ethernet devices only")
+            peer = veth_peer(ipr, netns, idx)
+            if peer is None and _is_veth(ipr, idx):
+                log.warning("device %s: xdp needs complete checksums from its veth peer, "
+                            "whose netns natgw cannot see: turn its tx checksum offload off "
+                            "(ethtool -K <peer> tx off)", ifname)
+            elif peer is not None and tx_csum_on(*peer):
+                raise DataplaneError(
+                    f"device {ifname}: xdp needs complete checksums from its veth peer "
+                    f"{peer[1]}: turn its tx checksum offload off (ethtool -K {peer[1]} tx off) "
+                    "or use fastpath: tc")
+            mac = bytes.fromhex(ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS").replace(":", ""))
+            transmit = bool(xdp_features(netns, idx) & XDP_ACT_NDO_XMIT)
+            # The maps first: until its MAC is known, the program passes every frame.
+            in_netns(netns, lambda: self.tables.set_xdp(idx, mac, transmit))
+            attach_xdp(ipr, netns, idx, ifname, self.programs.fd("xdp"))
+        return transmit
+
+    def set_xdp(self, ifname: str, netns: str | None, on: bool,
+                ipr: IPRoute | None = None) -> bool:
+        """fastpath: xdp on an attached device where it applies, or off (idempotent).
+
+        L3 devices (wireguard, tun) have no XDP fast path: their ingress stays tc.
+        Returns whether XDP_REDIRECT may now send to the device.
+        """
+        with nullcontext(ipr) if ipr is not None else ipr_in(netns) as ipr:
+            dev = self.tables.device(link_index(ipr, ifname))
+            if on and dev is not None and dev.l3_offset == ETH_HLEN:
+                return self.attach_xdp(ifname, netns, ipr)
+            self.detach_xdp(ifname, netns, ipr)
+            return False
+
+    def detach_xdp(self, ifname: str, netns: str | None = None,
+                   ipr: IPRoute | None = None) -> None:
+        """Take natgw's XDP program off a device (its tc programs stay; idempotent)."""
+        from .xdp import detach_xdp  # noqa: PLC0415
+
+        with nullcontext(ipr) if ipr is not None else ipr_in(netns) as ipr:
+            idx = ipr.link_lookup(ifname=ifname)
+            if not idx:
+                return
+            detach_xdp(ipr, idx[0])
+            self.tables.clear_xdp(idx[0])
 
     def forget_device(self, ifindex: int) -> None:
         """Drop the entries of a device that no longer exists."""

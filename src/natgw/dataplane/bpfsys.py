@@ -153,12 +153,21 @@ def map_info(fd: int) -> MapInfo:
                    info.name.decode())
 
 
-def prog_id(fd: int) -> int:
+def _prog_info(fd: int) -> _ProgInfo:
     info = _ProgInfo()
     size = ctypes.c_uint32(ctypes.sizeof(info))
     _check(_lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
            "program info")
-    return info.id
+    return info
+
+
+def prog_id(fd: int) -> int:
+    return _prog_info(fd).id
+
+
+def prog_name(fd: int) -> str:
+    """The program's name (its C function's, cut to 15 characters)."""
+    return _prog_info(fd).name.decode(errors="replace")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from .hooks import (  # noqa: F401 - ETH_P_ALL ... has_clsact: where they were b
     FILTER_PRIO,
     PARENTS,
     TCX,
+    Attached,
     HookError,
     attach_hook,
     attached,
@@ -134,33 +135,74 @@ def inline_source(path: Path | None = None) -> str:
     return "\n".join(expand(path)) + "\n"
 
 
+# The dataplane's programs, by name (C function natgw_<name>):
+#   egress        translation after routing (tunnel and interface devices)
+#   ingress       translation before routing (the same devices, fastpath off)
+#   ingress_fast  ingress, then the fast path on the translated packet
+#   lan           the fast path of LAN-side devices (no translation)
+#   xdp           the fast path at XDP (fastpath: xdp), translating itself
+PROGRAM_NAMES = ("egress", "ingress", "ingress_fast", "lan", "xdp")
+XDP_PROGRAMS = ("xdp",)  # loaded as XDP programs; the others are tc (SCHED_CLS)
+# Which program runs on which hook of a device, by kind of device.
+HOOKS_TRANSLATE = {"egress": "egress", "ingress": "ingress"}
+HOOKS_TRANSLATE_FAST = {"egress": "egress", "ingress": "ingress_fast"}
+HOOKS_LAN = {"ingress": "lan"}
+
+_PROG_PIN_RE = re.compile(r"^prog_(\w+)_([0-9a-f]{12})$")
+
+
 @dataclass
 class Programs:
-    """The loaded egress and ingress programs (fds owned by this object)."""
+    """The loaded programs, fds by program name (owned by this object)."""
 
-    egress_fd: int
-    ingress_fd: int
-    build: str  # hash of source and flags: names the pins and the tc filters
+    fds: dict[str, int]
+    build: str  # hash of source and flags: names the pins, the tc filters and tcx links
     pin_dir: str = ""  # where the programs (and the tcx links running them) are pinned
 
-    def fd(self, direction: str) -> int:
-        return self.egress_fd if direction == "egress" else self.ingress_fd
+    def fd(self, name: str) -> int:
+        return self.fds[name]
 
-    def pin(self, direction: str) -> str:
+    @property
+    def egress_fd(self) -> int:
+        return self.fds["egress"]
+
+    @property
+    def ingress_fd(self) -> int:
+        return self.fds["ingress"]
+
+    def pin(self, name: str) -> str:
         """The program's pin: prog_<program>_<build> (hooks name filters and links by it)."""
-        return os.path.join(self.pin_dir, f"prog_{direction}_{self.build}")
+        return os.path.join(self.pin_dir, f"prog_{name}_{self.build}")
 
     def tags(self) -> dict[str, str]:
         """pin name -> program tag: what a gateway records, so that programs still
         attached can be pinned again under their build when their pins are removed."""
-        return {os.path.basename(self.pin(d)): prog_info(self.fd(d)).tag
-                for d in ("egress", "ingress")}
+        return {os.path.basename(self.pin(n)): prog_info(fd).tag
+                for n, fd in self.fds.items() if fd >= 0}
 
     def close(self) -> None:
-        for fd in (self.egress_fd, self.ingress_fd):
+        for fd in self.fds.values():
             if fd >= 0:
                 os.close(fd)
-        self.egress_fd = self.ingress_fd = -1
+        self.fds = {name: -1 for name in self.fds}
+
+
+def filter_program(filter_name: str) -> str:
+    """The program name (PROGRAM_NAMES) of a natgw filter's name, "" if not natgw's."""
+    head = filter_name.partition(":")[0]
+    return head[len("natgw_"):] if head.startswith("natgw_") else ""
+
+
+# The kernel keeps 15 characters of a program's name (natgw_ingress_fast is
+# "natgw_ingress_f"): what a tcx query reports, mapped back to PROGRAM_NAMES.
+_KERNEL_NAMES = {f"natgw_{n}"[:15]: n for n in PROGRAM_NAMES}
+
+
+def hook_program(hook: Attached) -> str:
+    """The program name (PROGRAM_NAMES) natgw runs on a hook, "" if unknown."""
+    if hook.filter_name:
+        return filter_program(hook.filter_name)
+    return _KERNEL_NAMES.get(hook.name, "")
 
 
 def bpffs_mounted(path: str = "/sys/fs/bpf") -> bool:
@@ -181,8 +223,34 @@ def ensure_bpffs(root: str = PIN_ROOT) -> None:
     os.makedirs(root, exist_ok=True)
 
 
-def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
+def programs_for(fast: bool, xdp: bool = False) -> tuple[str, ...]:
+    """The programs a gateway attaches, with the fast path (and XDP) or without."""
+    if not fast:
+        return ("egress", "ingress")
+    return ("egress", "ingress_fast", "lan") + (("xdp",) if xdp else ())
+
+
+def _maps_for(need: tuple[str, ...]) -> tuple[str, ...]:
+    # Only the fast path's programs use fast_stats, only XDP the XDP maps: without them
+    # their pins are not needed (re-pinning from the attached programs finds only the
+    # maps they use).
+    skip = set()
+    if not {"lan", "ingress_fast", "xdp"} & set(need):
+        skip.add(L.MAP_FAST_STATS)
+    if "xdp" not in need:
+        skip |= {L.MAP_XDP_TX, L.MAP_XDP_MACS}
+    return tuple(m for m in MAP_PINS if m not in skip)
+
+
+def load_programs(gateway: str, root: str = PIN_ROOT,
+                  need: tuple[str, ...] = PROGRAM_NAMES) -> Programs:
     """Load (or reuse the pinned) dataplane programs and maps of a gateway.
+
+    need: the programs the caller attaches (programs_for). A pinned build is reused
+    when their pins and the maps they use are there; a program no hook runs is
+    not pinned again with the others when pins are removed by hand
+    (repin_attached), and must not cost a compile. Reused, the Programs hold the
+    pinned programs only.
 
     Maps pinned by the previous layout are taken over (see upgrade.py) before
     this returns, so the caller's attach finds every mapping in place.
@@ -196,7 +264,7 @@ def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
         upgrade.check(pdir)
     except upgrade.UpgradeError as e:
         raise DataplaneError(str(e)) from e
-    progs = _load(pdir)
+    progs = _load(pdir, need)
     try:
         upgrade.migrate(pdir)
     except (upgrade.UpgradeError, OSError) as e:
@@ -205,13 +273,14 @@ def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
     return progs
 
 
-def _load(pdir: str) -> Programs:
+def _load(pdir: str, need: tuple[str, ...]) -> Programs:
     source = inline_source()
     cflags = [f'-DNATGW_PIN_DIR="{pdir}"']
     build = hashlib.sha256((source + "\0" + " ".join(cflags)).encode()).hexdigest()[:12]
-    pins = {d: os.path.join(pdir, f"prog_{d}_{build}") for d in ("egress", "ingress")}
-    if all(os.path.exists(p) for p in pins.values()) and not missing_map_pins(pdir):
-        return Programs(obj_get(pins["egress"]), obj_get(pins["ingress"]), build, pdir)
+    pins = {d: os.path.join(pdir, f"prog_{d}_{build}") for d in PROGRAM_NAMES}
+    if all(os.path.exists(pins[d]) for d in need) and not missing_map_pins(pdir, need):
+        return Programs({d: obj_get(path) for d, path in pins.items() if os.path.exists(path)},
+                        build, pdir)
     _check_pinned_maps(pdir)
     # A pin removed by hand: the programs are rebuilt against the maps that are
     # pinned (new ones where a pin is gone), so program pins of this build go too.
@@ -228,45 +297,44 @@ def _load(pdir: str) -> Programs:
         ) from e
     try:
         bpf = BPF(text=source.encode(), cflags=cflags)
-        fds = {d: bpf.load_func(f"natgw_{d}".encode(), BPF.SCHED_CLS).fd for d in pins}
+        fds = {d: bpf.load_func(f"natgw_{d}".encode(),
+                                BPF.XDP if d in XDP_PROGRAMS else BPF.SCHED_CLS).fd
+               for d in pins}
     except Exception as e:  # bcc raises bare Exception with the verifier log printed
         raise DataplaneError(f"loading the dataplane failed: {e}") from e
     for d, path in pins.items():
         obj_pin(fds[d], path)
-    progs = Programs(os.dup(fds["egress"]), os.dup(fds["ingress"]), build, pdir)
+    progs = Programs({d: os.dup(fd) for d, fd in fds.items()}, build, pdir)
     bpf.cleanup()
     _unpin_other_builds(pdir, build)
     return progs
 
 
-MAP_PINS = (L.MAP_XLATE_V4, L.MAP_XLATE_V6, L.MAP_DEVICES, L.MAP_MAP_STATS, L.MAP_DEV_STATS)
+MAP_PINS = L.MAP_NAMES
 
 
-def missing_map_pins(pdir: str) -> list[str]:
-    return [m for m in MAP_PINS if not os.path.exists(os.path.join(pdir, m))]
+def missing_map_pins(pdir: str, need: tuple[str, ...] = PROGRAM_NAMES) -> list[str]:
+    return [m for m in _maps_for(need) if not os.path.exists(os.path.join(pdir, m))]
 
 
-def missing_pins(pdir: str) -> list[str]:
-    """What a loaded gateway's pin directory lacks (maps, or programs of any build)."""
+def missing_pins(pdir: str, need: tuple[str, ...] = PROGRAM_NAMES) -> list[str]:
+    """What a loaded gateway's pin directory lacks (maps, or programs of any build) for
+    the programs `need`."""
     if not os.path.isdir(pdir):
         return [pdir]
-    names = os.listdir(pdir)
-    out = missing_map_pins(pdir)
-    for d in ("egress", "ingress"):
-        if not any(n.startswith(f"prog_{d}_") for n in names):
-            out.append(f"prog_{d}")
-    return out
+    pinned = {m.group(1) for m in map(_PROG_PIN_RE.match, os.listdir(pdir)) if m}
+    return missing_map_pins(pdir, need) + [f"prog_{d}" for d in need if d not in pinned]
 
 
 def repin_attached(gateway: str, netns: str | None, devices: list[str],
                    tags: dict[str, str] | None = None, root: str = PIN_ROOT) -> list[str]:
     """Pin again what runs on the gateway's devices, where its pins were removed.
 
-    The programs and maps are alive (a tcx link or a filter holds them): pinning
-    them again keeps every mapping and counter and needs no compiler. A program
-    is pinned under its build: the one its tc filter names, or the pin whose tag
-    `tags` (pin name -> tag, as the gateway recorded Programs.tags()) says; tcx
-    links are pinned again too. Returns what was pinned.
+    The programs and maps are alive (a tcx link, a filter or an XDP attachment
+    holds them): pinning them again keeps every mapping and counter and needs no
+    compiler. A program is pinned under its build: the pin whose tag `tags` (pin
+    name -> tag, as the gateway recorded Programs.tags()) says, or the one its tc
+    filter names; tcx links are pinned again too. Returns what was pinned.
     """
     pdir = pin_dir(gateway, root)
     by_tag = {tag: name for name, tag in (tags or {}).items()}
@@ -276,17 +344,23 @@ def repin_attached(gateway: str, netns: str | None, devices: list[str],
             idx = ipr.link_lookup(ifname=dev)
             if not idx:
                 continue
-            for direction, hook in attached(ipr, idx[0]).items():
+            hooks = attached(ipr, idx[0])
+            running: list[tuple[int, str | None]] = []
+            for hook in hooks.values():
+                program, _, build = hook.filter_name.partition(":")
+                running.append((hook.prog_id, f"prog_{program.removeprefix('natgw_')}_"
+                                f"{build.partition(':')[0]}" if build else None))
+            xdp_id = _natgw_xdp_id(ipr, idx[0])
+            if xdp_id:
+                running.append((xdp_id, None))
+            for pid, fallback in running:
                 os.makedirs(pdir, exist_ok=True)
-                fd = prog_fd_by_id(hook.prog_id)
+                fd = prog_fd_by_id(pid)
                 try:
-                    program, _, build = hook.filter_name.partition(":")
-                    name = by_tag.get(prog_info(fd).tag) or (
-                        f"prog_{program.removeprefix('natgw_')}_{build.partition(':')[0]}"
-                        if build else None)
-                    done += _pin_missing(fd, pdir, name)
+                    done += _pin_missing(fd, pdir, by_tag.get(prog_info(fd).tag) or fallback)
                 finally:
                     os.close(fd)
+            for direction, hook in hooks.items():
                 if hook.link_id:
                     lfd = link_fd_by_id(hook.link_id)
                     try:
@@ -314,6 +388,14 @@ def _pin_missing(fd: int, pdir: str, name: str | None, maps: bool = True) -> lis
         finally:
             os.close(mfd)
     return done
+
+
+def _natgw_xdp_id(ipr: IPRoute, ifindex: int) -> int:
+    """The id of natgw's XDP program on a device, 0 if it runs none."""
+    from .xdp import PROG_NAME, XDP_ATTACHED_DRV, attached, program_name  # noqa: PLC0415
+
+    mode, pid = attached(ipr, ifindex)
+    return pid if mode == XDP_ATTACHED_DRV and program_name(pid) == PROG_NAME else 0
 
 
 def _check_pinned_maps(pdir: str) -> None:
@@ -355,17 +437,37 @@ def link_index(ipr: IPRoute, ifname: str) -> int:
     return idx[0]
 
 
-def attach(ipr: IPRoute, ifindex: int, progs: Programs, own_qdisc: bool = False) -> bool:
-    """Attach both programs to a device (hooks.attach_hook: idempotent, atomic).
+def natgw_filters(ipr: IPRoute, ifindex: int) -> dict[str, str]:
+    """hook ("egress", "ingress") -> program name of natgw's programs on a device
+    (tcx links or tc filters)."""
+    out = {}
+    for hook, found in attached(ipr, ifindex).items():
+        prog = hook_program(found)
+        if prog:
+            out[hook] = prog
+    return out
 
-    own_qdisc: natgw made the device's clsact qdisc (before tcx, or on an older
-    kernel); once natgw's filters are off it and it is empty, it goes.
+
+def attach(ipr: IPRoute, ifindex: int, progs: Programs,
+           hooks: dict[str, str] | None = None, own_qdisc: bool = False) -> bool:
+    """Attach programs to a device (hooks.attach_hook: idempotent, atomic): hooks maps
+    a hook ("egress", "ingress") to a program name (default HOOKS_TRANSLATE).
+
+    natgw's program on a hook not in `hooks` is removed (a device that changes kind,
+    e.g. fastpath turned off, keeps no stale program). own_qdisc: natgw made the
+    device's clsact qdisc (before tcx, or on an older kernel); once natgw's filters
+    are off it and it is empty, it goes.
     Return: whether natgw owns a clsact qdisc on the device now.
     """
+    hooks = HOOKS_TRANSLATE if hooks is None else hooks
     try:
         for direction in ("egress", "ingress"):
-            own_qdisc |= attach_hook(ipr, ifindex, direction, progs.fd(direction),
-                                     progs.pin(direction))
+            if direction in hooks:
+                prog = hooks[direction]
+                own_qdisc |= attach_hook(ipr, ifindex, direction, progs.fd(prog),
+                                         progs.pin(prog))
+            else:
+                detach_hook(ipr, ifindex, direction)
         prune_link_pins(progs.pin_dir)
         if own_qdisc and all(h.mechanism == TCX for h in attached(ipr, ifindex).values()):
             own_qdisc = not remove_clsact_if_empty(ipr, ifindex)
@@ -375,9 +477,13 @@ def attach(ipr: IPRoute, ifindex: int, progs: Programs, own_qdisc: bool = False)
 
 
 def detach(ipr: IPRoute, ifindex: int, remove_qdisc: bool, pins: str | None = None) -> None:
-    """Remove natgw's programs from a device (both mechanisms); the clsact qdisc too if
-    natgw made it and it is now empty; with pins (the pin directory), unpin links
-    that no longer run."""
+    """Remove natgw's programs from a device: its XDP program first (it passes packets
+    on to the tc hooks), then its tc-hook programs (both mechanisms); the clsact qdisc
+    too if natgw made it and it is now empty; with pins (the pin directory), unpin
+    links that no longer run."""
+    from .xdp import detach_xdp  # noqa: PLC0415 - xdp builds on this module
+
+    detach_xdp(ipr, ifindex)
     try:
         for direction in ("egress", "ingress"):
             detach_hook(ipr, ifindex, direction)
@@ -393,3 +499,28 @@ def l3_offset(ipr: IPRoute, ifindex: int) -> int:
     """Where IP starts in packets of a device: after Ethernet on L2 devices, else 0."""
     link = ipr.get_links(ifindex)[0]
     return ETH_HLEN if link["ifi_type"] == ARPHRD_ETHER else 0
+
+
+def veth_peer_elsewhere(ipr: IPRoute, ifindex: int) -> bool:
+    """A veth whose peer lives in another netns (IFLA_LINK_NETNSID): bpf_redirect_peer
+    can hand packets straight to that peer (it refuses a peer in the same netns)."""
+    link = ipr.get_links(ifindex)[0]
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    return kind == "veth" and link.get_attr("IFLA_LINK_NETNSID") is not None
+
+
+def filter_uses_map(ipr: IPRoute, ifindex: int, hook: str, map_id: int) -> bool:
+    """Whether natgw's program on a hook uses the map `map_id` (tells one gateway's
+    programs from another's: each has its own `devices` map)."""
+    found = attached(ipr, ifindex).get(hook)
+    if found is None:
+        return False
+    try:
+        fd = prog_fd_by_id(found.prog_id)
+    except BpfError:
+        return False  # unloaded meanwhile
+    try:
+        return map_id in prog_map_ids(fd)
+    finally:
+        os.close(fd)

@@ -178,10 +178,23 @@ class Tables:
                                          percpu=True)
         self.dev_stats = Map.open_pinned(p(L.MAP_DEV_STATS), ctypes.c_uint32, ctypes.c_uint64,
                                          percpu=True)
+        # Absent on a gateway loaded by a natgw without the fast path (until its next
+        # `up` loads the new programs, which create it).
+        self.fast_stats = None
+        if os.path.exists(p(L.MAP_FAST_STATS)):
+            self.fast_stats = Map.open_pinned(p(L.MAP_FAST_STATS), ctypes.c_uint32,
+                                              ctypes.c_uint64, percpu=True)
+        # Likewise the XDP maps (fastpath: xdp).
+        self.xdp_tx = self.xdp_macs = None
+        if os.path.exists(p(L.MAP_XDP_TX)) and os.path.exists(p(L.MAP_XDP_MACS)):
+            self.xdp_tx = Map.open_pinned(p(L.MAP_XDP_TX), ctypes.c_uint32, ctypes.c_uint32)
+            self.xdp_macs = Map.open_pinned(p(L.MAP_XDP_MACS), ctypes.c_uint32, L.Mac)
 
     def close(self) -> None:
-        for m in (self.v4, self.v6, self.devices, self.map_stats, self.dev_stats):
-            m.close()
+        for m in (self.v4, self.v6, self.devices, self.map_stats, self.dev_stats,
+                  self.fast_stats, self.xdp_tx, self.xdp_macs):
+            if m is not None:
+                m.close()
 
     def __enter__(self) -> Tables:
         return self
@@ -214,6 +227,10 @@ class Tables:
             self._reset_dev_stats(dev.slot)
             for (_, version, table), lengths in self._entry_plens(ifindex).items():
                 set_plens(dev, version, table, lengths)
+            if self.xdp_tx is not None and self.xdp_macs is not None:
+                # A slot freed by a killed run may keep its XDP entries: XDP starts off.
+                self.xdp_tx.delete(ctypes.c_uint32(dev.slot))
+                self.xdp_macs.update(ctypes.c_uint32(dev.slot), L.Mac())
         dev.l3_offset, dev.mss_v4, dev.mss_v6, dev.flags = l3_offset, mss_v4, mss_v6, flags
         self.devices.update(ctypes.c_uint32(ifindex), dev)
         return dev
@@ -221,6 +238,7 @@ class Tables:
     def remove_device(self, ifindex: int) -> None:
         """Forget a device and every mapping installed for it (one pass over the maps)."""
         self.clear_mappings(ifindex)
+        self.clear_xdp(ifindex)
         self.devices.delete(ctypes.c_uint32(ifindex))
 
     def clear_mappings(self, ifindex: int | None = None) -> int:
@@ -303,6 +321,47 @@ class Tables:
                 return value
         return None
 
+    # -- XDP (fastpath: xdp) -----------------------------------------------
+
+    def _xdp_slot(self, ifindex: int) -> int:
+        dev = self.device(ifindex)
+        if dev is None:
+            raise TableError(f"ifindex {ifindex}: not a natgw device")
+        if self.xdp_tx is None or self.xdp_macs is None:
+            raise TableError("the loaded dataplane has no XDP maps: run natgw up again")
+        return int(dev.slot)
+
+    def set_xdp(self, ifindex: int, mac: bytes, transmit: bool) -> None:
+        """The XDP program's view of a device: frames to `mac` are for this host, and
+        XDP_REDIRECT may send to it if `transmit`.
+
+        Run it in the device's netns (netns.in_netns): a devmap entry names its
+        device by ifindex in the netns of the process writing it.
+        """
+        slot = self._xdp_slot(ifindex)
+        value = L.Mac()
+        ctypes.memmove(value.addr, mac, 6)
+        self.xdp_macs.update(ctypes.c_uint32(slot), value)
+        if transmit:
+            self.xdp_tx.update(ctypes.c_uint32(slot), ctypes.c_uint32(ifindex))
+        else:
+            self.xdp_tx.delete(ctypes.c_uint32(slot))
+
+    def clear_xdp(self, ifindex: int) -> None:
+        """The XDP program leaves the device to tc again (a no-op without XDP maps)."""
+        dev = self.device(ifindex)
+        if dev is None or self.xdp_tx is None or self.xdp_macs is None:
+            return
+        self.xdp_tx.delete(ctypes.c_uint32(dev.slot))
+        self.xdp_macs.update(ctypes.c_uint32(dev.slot), L.Mac())
+
+    def xdp_transmits(self, ifindex: int) -> bool:
+        """Whether XDP_REDIRECT may send to the device (it is in xdp_tx)."""
+        dev = self.device(ifindex)
+        if dev is None or self.xdp_tx is None:
+            return False
+        return self.xdp_tx.lookup(ctypes.c_uint32(dev.slot)) is not None
+
     def _free_slot(self) -> int:
         used = {d.slot for d in self.all_devices().values()}
         for slot in range(L.MAX_DEVICES):
@@ -314,6 +373,10 @@ class Tables:
         for stat in range(L.DEV_STAT_MAX):
             self.dev_stats.update(ctypes.c_uint32(slot * L.DEV_STAT_MAX + stat),
                                   ctypes.c_uint64(0))
+        if self.fast_stats is not None:
+            for reason in L.FAST_NAMES:
+                self.fast_stats.update(ctypes.c_uint32(slot * L.FAST_MAX + reason),
+                                       ctypes.c_uint64(0))
 
     def device_stats(self, ifindex: int) -> dict[str, int]:
         """Drops and events of a device by name, summed over CPUs."""
@@ -323,6 +386,19 @@ class Tables:
         out = {}
         for stat, name in L.DEV_STAT_NAMES.items():
             values = self.dev_stats.lookup(ctypes.c_uint32(dev.slot * L.DEV_STAT_MAX + stat))
+            out[name] = sum(int(v.value) for v in values or [])
+        return out
+
+    def fast_stats_of(self, ifindex: int) -> dict[str, int]:
+        """Fast-path decisions of a device by name, summed over CPUs ({} without the map)."""
+        dev = self.device(ifindex)
+        if dev is None:
+            raise TableError(f"ifindex {ifindex}: not a natgw device")
+        if self.fast_stats is None:
+            return {}
+        out = {}
+        for reason, name in L.FAST_NAMES.items():
+            values = self.fast_stats.lookup(ctypes.c_uint32(dev.slot * L.FAST_MAX + reason))
             out[name] = sum(int(v.value) for v in values or [])
         return out
 
