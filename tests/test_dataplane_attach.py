@@ -30,7 +30,7 @@ from natgw.dataplane.hooks import (
 )
 from natgw.dataplane.layout import DEV_F_OWN_QDISC
 from natgw.dataplane.loader import ipr_in
-from natgw.netns import netns_socket, in_netns
+from natgw.netns import in_netns, netns_socket
 
 pytestmark = [pytest.mark.bpf, pytest.mark.netns]
 TCX_TYPES = {"ingress": B.BPF_TCX_INGRESS, "egress": B.BPF_TCX_EGRESS}
