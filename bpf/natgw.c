@@ -7,6 +7,10 @@
  * ingress (before routing): src in a remote cidr  -> remote "as"
  *                          dst in a local "as"    -> local cidr
  *
+ * lan (LAN-side ingress): no translation; the fast path (natgw_fast.h) routes
+ *                          the packet to a natgw device, whose egress translates it
+ * ingress_fast:            ingress, then the fast path on the translated packet
+ *
  * A packet's journey: find the device, parse IP, look both addresses up,
  * plan the ICMP error quote if there is one, check that every checksum to
  * fix is present, then rewrite and count. Packets matching no mapping pass
@@ -45,6 +49,9 @@ static __always_inline int drop(const struct natgw_device *dev, __u32 reason)
 	dev_stat_inc(dev, reason);
 	return TC_ACT_SHOT;
 }
+
+/* The fast path passes with NATGW_PASS and drops with drop(): included after them. */
+#include "natgw_fast.h"
 
 /* Clamp the MSS of a TCP SYN; a failure mid-rewrite leaves a corrupt packet: drop it. */
 static __always_inline int finish_tcp(struct __sk_buff *skb, const struct natgw_device *dev,
@@ -223,4 +230,35 @@ int natgw_egress(struct __sk_buff *skb)
 int natgw_ingress(struct __sk_buff *skb)
 {
 	return natgw_handle(skb, NATGW_DIR_INGRESS);
+}
+
+/* Tunnel and interface devices with the fast path: translate, then forward. */
+int natgw_ingress_fast(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	struct natgw_device *dev = devices.lookup(&ifindex);
+	int ret;
+
+	if (!dev)
+		return NATGW_PASS;
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		ret = handle_v4(skb, dev, ifindex, NATGW_DIR_INGRESS);
+	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		ret = handle_v6(skb, dev, ifindex, NATGW_DIR_INGRESS);
+	else
+		ret = NATGW_PASS;
+	if (ret != NATGW_PASS)
+		return ret;
+	return fast_skb_forward(skb, dev, ifindex, 0);
+}
+
+/* LAN-side devices: route to a natgw device, whose egress program translates. */
+int natgw_lan(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	struct natgw_device *dev = devices.lookup(&ifindex);
+
+	if (!dev)
+		return NATGW_PASS;
+	return fast_skb_forward(skb, dev, ifindex, 1);
 }

@@ -33,6 +33,19 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct natgw_counter, map_stats,
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, dev_stats,
 		 NATGW_MAX_DEVICES * NATGW_DEV_STAT_MAX, NATGW_PIN_DIR "/dev_stats");
 
+/* Fast-path decisions per device slot and reason; written by the dataplane. */
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, fast_stats,
+		 NATGW_MAX_DEVICES * NATGW_FAST_MAX, NATGW_PIN_DIR "/fast_stats");
+
+static __always_inline void fast_stat_inc(const struct natgw_device *dev, __u32 reason)
+{
+	__u32 idx = dev->slot * NATGW_FAST_MAX + reason;
+	__u64 *v = fast_stats.lookup(&idx);
+
+	if (v)
+		*v += 1;
+}
+
 static __always_inline void dev_stat_inc(const struct natgw_device *dev, __u32 stat)
 {
 	__u32 idx = dev->slot * NATGW_DEV_STAT_MAX + stat;

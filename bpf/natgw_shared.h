@@ -28,7 +28,9 @@
 /* The LPM key starts with ifindex and table, matched exactly: 64 bits. */
 #define NATGW_KEY_FIXED_BITS	64
 
-/* natgw_device.flags; the dataplane reads none of them yet */
+/* natgw_device.flags */
+#define NATGW_DEV_F_LAN		0x0001	/* a LAN-side device: fast path only, no mappings */
+#define NATGW_DEV_F_PEER_NETNS	0x0002	/* a veth whose peer is in another netns (redirect_peer) */
 #define NATGW_DEV_F_OWN_QDISC	0x8000	/* natgw created the clsact qdisc: detach removes it */
 
 /*
@@ -46,6 +48,33 @@
 #define NATGW_EV_MSS_CLAMPED	6	/* TCP SYN whose MSS option was lowered */
 #define NATGW_DROP_IPV6_ROUTING	7	/* matched IPv6 packet whose routing header has segments left */
 #define NATGW_DEV_STAT_MAX	8
+
+/*
+ * Fast-path decisions (natgw_fast_stats) per device slot and reason: what the
+ * LAN program or the fast ingress program did with each packet. A redirect
+ * skips the kernel's forwarding path; every other reason is a fallback: the
+ * packet goes to the stack unchanged, which routes (and translates, in the
+ * post-routing program) it as without a fast path. Indices never change;
+ * NATGW_FAST_MAX leaves free slots so that a new reason keeps the pinned map.
+ */
+#define NATGW_FAST_REDIRECT_L3		0	/* to an L3 device (wireguard, tun) */
+#define NATGW_FAST_REDIRECT_ETH		1	/* to an Ethernet device, with the fib's MACs */
+#define NATGW_FAST_REDIRECT_PEER	2	/* into the peer of a veth in another netns */
+#define NATGW_FAST_NOT_IP		3	/* not IPv4/IPv6, or an unreadable header */
+#define NATGW_FAST_TTL			4	/* TTL or hop limit <= 1: the stack sends time-exceeded */
+#define NATGW_FAST_IP_OPTIONS		5	/* IPv4 options, IPv6 extension headers */
+#define NATGW_FAST_FRAGMENT		6	/* a fragment */
+#define NATGW_FAST_ICMP_ERROR		7	/* an ICMP or ICMPv6 error */
+#define NATGW_FAST_MULTICAST		8	/* multicast or broadcast, or a frame not for this host */
+#define NATGW_FAST_MARTIAN		9	/* an address the stack refuses to forward */
+#define NATGW_FAST_NO_NEIGH		10	/* fib: next hop's neighbour not resolved yet */
+#define NATGW_FAST_FRAG_NEEDED		11	/* fib: larger than the route's MTU */
+#define NATGW_FAST_UNREACHABLE		12	/* fib: blackhole, unreachable or prohibit */
+#define NATGW_FAST_LOCAL		13	/* fib: for the gateway itself (not forwarded) */
+#define NATGW_FAST_FWD_DISABLED		14	/* fib: forwarding disabled on the input device */
+#define NATGW_FAST_UNSUPPORTED		15	/* fib: lwt encapsulation, an error, a failed helper */
+#define NATGW_FAST_OUT_DEVICE		16	/* routed to a device the fast path may not send to */
+#define NATGW_FAST_MAX			24
 
 /* Longest IPv6 extension header chain walked to find the L4 header. */
 #define NATGW_V6_MAX_EXT	6

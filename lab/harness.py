@@ -131,6 +131,7 @@ class Topology:
     overlap: bool = True  # every cluster on the same pod CIDR, remapped with `as`
     hub: int = 0  # N > 0: one natgw hub and N clients instead (lab.hub), nothing else applies
     pipes: bool = False  # pipes web<j> between the natgw gateways (see the module doc)
+    fastpath: str = "auto"  # the natgw gateways' fastpath: (auto: the key is left out)
 
     def check(self) -> None:
         if self.hub:
@@ -370,6 +371,8 @@ def _natgw_gateway(run: Run, i: int, pubs: dict[int, str]) -> None:
            "peers": peers}
     if topo.pipes:
         cfg["pipes"] = _pipes(topo, i)
+    if topo.fastpath != "auto":
+        cfg["fastpath"] = topo.fastpath
     path = Path(run.config(i))
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     run.gateways[str(path)] = run.gw(i)

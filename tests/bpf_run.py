@@ -16,7 +16,10 @@ import ctypes
 import errno
 import os
 import struct
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
@@ -31,6 +34,9 @@ TC_ACT_SHOT = 2
 LO_IFINDEX = 1
 SKB_CTX_SIZE = 192  # sizeof(struct __sk_buff)
 SKB_IFINDEX_OFF = 40
+SKB_GSO_SIZE_OFF = 176
+TC_ACT_REDIRECT = 7
+CLONE_NEWNET = 0x40000000
 ETH_HLEN = 14
 BPF_F_TEST_SKB_CHECKSUM_COMPLETE = 1 << 2
 ETHER = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02"))[:12]
@@ -40,10 +46,44 @@ class StaleSkbCsum(AssertionError):
     """The program left skb->csum out of step with the packet (CHECKSUM_COMPLETE)."""
 
 
-def skb_ctx(ifindex: int) -> bytes:
+def skb_ctx(ifindex: int, gso_size: int = 0) -> bytes:
     ctx = bytearray(SKB_CTX_SIZE)
     struct.pack_into("<I", ctx, SKB_IFINDEX_OFF, ifindex)
+    struct.pack_into("<I", ctx, SKB_GSO_SIZE_OFF, gso_size)
     return bytes(ctx)
+
+
+T = TypeVar("T")
+
+
+def in_netns(netns: str, fn: Callable[[], T]) -> T:
+    """fn() run by a thread that entered netns (setns changes only the calling thread).
+
+    A test run takes its device from the ctx's ifindex and does its fib lookups in
+    the netns of the thread that runs it: this is how the fast path's lookups see
+    a test's routes and neighbours.
+    """
+    result: list = []
+
+    def run() -> None:
+        try:
+            fd = os.open(f"/var/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {netns}")
+            finally:
+                os.close(fd)
+            result.append((True, fn()))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            result.append((False, e))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
 
 
 def ethertype(raw: bytes) -> int:
@@ -56,11 +96,12 @@ class Result:
     out: bytes  # the IP packet (Ethernet header stripped)
 
 
-def run_frame(prog_fd: int, frame: bytes, csum_complete: bool = True) -> tuple[int, bytes]:
+def run_frame(prog_fd: int, frame: bytes, csum_complete: bool = True,
+              ifindex: int = LO_IFINDEX, gso_size: int = 0) -> tuple[int, bytes]:
     """(signed verdict, output frame) of one run; StaleSkbCsum on EBADMSG."""
     flags = BPF_F_TEST_SKB_CHECKSUM_COMPLETE if csum_complete else 0
     try:
-        res = prog_test_run(prog_fd, frame, skb_ctx(LO_IFINDEX), flags=flags)
+        res = prog_test_run(prog_fd, frame, skb_ctx(ifindex, gso_size), flags=flags)
     except BpfError as e:
         if e.errno == errno.EBADMSG:
             raise StaleSkbCsum(f"skb->csum stale after the run on {frame.hex()}") from e

@@ -49,6 +49,8 @@ def build(lab, tmp: Path) -> Setup:
     gw, side = lab.netns("g"), lab.netns("s")
     v1, _ = lab.veth(gw, "192.168.91.1/24", side, "192.168.91.2/24")
     v2, _ = lab.veth(gw, "192.168.92.1/24", side, "192.168.92.2/24")
+    # The LAN side: the route to cidrs makes it the fast path's LAN device.
+    v3, _ = lab.veth(gw, "10.60.0.1/16", side, "10.60.0.2/16")
     name = lab.name("k")
     key = tmp / "gw.key"
     key.write_text(keys.genkey() + "\n")
@@ -79,14 +81,14 @@ def build(lab, tmp: Path) -> Setup:
     for tag, data in (("A", a), ("B", b)):
         files[tag] = tmp / f"{tag}.yaml"
         files[tag].write_text(yaml.safe_dump(data, sort_keys=False))
-    setup = Setup(gw, name, files, {"A": [d1], "B": [d1, d2]}, [v1, v2])
-    setup.expect = {"A": expected(a), "B": expected(b)}
+    setup = Setup(gw, name, files, {"A": [d1], "B": [d1, d2]}, [v1, v2, v3])
+    setup.expect = {"A": expected(a, [v3]), "B": expected(b, [v3])}
     lab.on_cleanup(lambda: run("--netns", gw, "down", name))
     return setup
 
 
-def expected(data: dict) -> dict:
-    """The world a file asks for, in world()'s terms."""
+def expected(data: dict, lan: list[str]) -> dict:
+    """The world a file asks for, in world()'s terms (lan: its LAN devices)."""
     filters, routes, mappings = set(), set(), {}
     tunnels = set()
     for p in data["peers"]:
@@ -97,7 +99,8 @@ def expected(data: dict) -> dict:
         routes |= {(r.get("as", r["cidr"]), dev) for r in p["remote"]}
         mappings[dev] = {("remote", r["cidr"], r["as"]) for r in p["remote"] if "as" in r} | \
             {("local", m["cidr"], m["as"]) for m in p.get("local", [])}
-    return {"tunnels": tunnels, "filters": filters, "routes": routes, "mappings": mappings,
+    return {"tunnels": tunnels, "filters": filters, "lan": set(lan), "routes": routes,
+            "mappings": mappings,
             "orphans": [], "peers": {p["name"] for p in data["peers"]}, "pins": True}
 
 
@@ -120,6 +123,10 @@ def _tc_show(ns: str, *args: str) -> str:
 def _natgw_filter(ns: str, dev: str) -> bool:
     both = [_tc_show(ns, "filter", "show", "dev", dev, d) for d in ("ingress", "egress")]
     return all("natgw_" in f for f in both)
+
+
+def _lan_filter(ns: str, dev: str) -> bool:
+    return "natgw_lan:" in _tc_show(ns, "filter", "show", "dev", dev, "ingress")
 
 
 def _clsact(ns: str, dev: str) -> bool:
@@ -180,6 +187,7 @@ def world(s: Setup) -> dict:
     return {
         "tunnels": {d for d in s.tunnels["B"] if d in links},
         "filters": {d for d in devices if d in links and _natgw_filter(s.gw, d)},
+        "lan": {d for d in devices if d in links and _lan_filter(s.gw, d)},
         "clsact": {d for d in devices if d in links and _clsact(s.gw, d)},
         "routes": routes,
         "mappings": mappings,
@@ -209,7 +217,8 @@ def converged(s: Setup, tag: str) -> list[str]:
 def clean(s: Setup, sysctls_before: dict[str, str]) -> list[str]:
     """What is left of the gateway; [] when nothing is (a lock file may stay)."""
     w = world(s)
-    left = [f"{k}: {w[k]!r}" for k in ("tunnels", "filters", "clsact", "routes", "mappings",
+    left = [f"{k}: {w[k]!r}" for k in ("tunnels", "filters", "lan", "clsact", "routes",
+                                        "mappings",
                                         "processes", "files") if w[k]]
     if w["pins"]:
         left.append("pins")

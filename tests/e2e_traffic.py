@@ -9,8 +9,9 @@ any size, a UDP send to a closed port, the route cache's path MTU.
 prefix, waits until every pod reaches every other, yields it and destroys it
 in `finally`. `TrafficChecks` is what every scenario checks; a scenario module
 subclasses it with its `topology`, and gets one built run for all its tests
-(a class-scoped fixture: one class per module), each test once per ordered
-pair of clusters and address family.
+(a class-scoped fixture: one class per module) per fastpath (FASTPATHS: the
+default and off, the kernel's forwarding path alone), each test once per
+ordered pair of clusters and address family.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,8 @@ from lab.netnslab import netns_unavailable_reason
 from natgw.netns import netns_socket
 
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+# Every scenario passes with the fast path (the default) and without it.
+FASTPATHS = ("auto", "off")
 TOOLS = ("wireguard-go", "wg", "tshark", "ethtool", "nstat")
 TIMEOUT = 10.0  # seconds for any single socket operation
 
@@ -359,10 +362,10 @@ class TrafficChecks:
             cases = [Case(i, j, v) for v in topo.families for i, j in topo.pairs]
             metafunc.parametrize("case", cases, ids=str)
 
-    @pytest.fixture(scope="class")
+    @pytest.fixture(scope="class", params=FASTPATHS)
     @classmethod
-    def run(cls) -> Iterator[Run]:
-        yield from harness_run(cls.topology)
+    def run(cls, request: pytest.FixtureRequest) -> Iterator[Run]:
+        yield from harness_run(replace(cls.topology, fastpath=request.param))
 
     # Addresses, from the topology: how the client reaches the server, how the
     # server's cluster knows the client's.
@@ -385,6 +388,46 @@ class TrafficChecks:
     def test_ping(self, run: Run, case: Case) -> None:
         client, _, _, dst = self.ends(run, case)
         assert ping(client, dst, count=3) == 3
+
+    @pytest.mark.parametrize("hops", [1, 2])
+    def test_ttl_expiring_at_a_gateway_gets_time_exceeded(self, run: Run, case: Case,
+                                                          hops: int) -> None:
+        """TTL 1 expires at our gateway, 2 at the far one (after the tunnel): the fast path
+        hands both to the stack, which answers time exceeded, as without it."""
+        client, _, _, dst = self.ends(run, case)
+        if hops == 2 and run.topology.is_plain(case.dst):
+            pytest.skip("a plain gateway is not natgw's")
+        out = subprocess.run(["ip", "netns", "exec", client, "ping", f"-{case.v}", "-c", "1",
+                              "-W", "3", "-t", str(hops), dst], capture_output=True, text=True,
+                             timeout=15).stdout
+        assert re.search(r"Time to live exceeded|Time exceeded: Hop limit", out), out
+
+    def test_fast_path_forwards_both_ways_or_is_off(self, run: Run) -> None:
+        """With the fast path every natgw gateway's pod link is a LAN device whose
+        program redirects pod traffic to the peers, and the peers' ingress programs
+        redirect the replies; with `off` no device runs a fast-path program."""
+        from natgw.introspect import read_gateway
+
+        topo = run.topology
+        for v in topo.families:
+            for i, j in topo.pairs:
+                assert ping(run.pod(i), topo.addr_of(i, j, v), count=3) == 3
+        for i in range(1, topo.clusters + 1):
+            if topo.is_plain(i):
+                continue
+            devices = read_gateway(f"{run.prefix}c{i}").devices
+            filters = subprocess.run(["ip", "netns", "exec", run.gw(i), "tc", "filter", "show",
+                                      "dev", run.pod_link(i), "ingress"], capture_output=True,
+                                     text=True, check=True).stdout
+            lan = [d for d in devices if d.lan]
+            if topo.fastpath == "off":
+                assert lan == [] and "natgw" not in filters
+                assert all(d.fastpath == {} for d in devices)
+                continue
+            assert [d.ifname for d in lan] == [run.pod_link(i)] and "natgw_lan:" in filters
+            redirected = {d.ifname: sum(c for name, c in d.fastpath.items()
+                                        if name.startswith("redirect")) for d in devices}
+            assert all(redirected.values()), (i, {d.ifname: d.fastpath for d in devices})
 
     def test_tcp_bulk_arrives_intact_from_the_client_as_the_server_knows_it(
             self, run: Run, case: Case) -> None:
@@ -485,6 +528,10 @@ class TrafficChecks:
         the far gateway answers with fragmentation needed / packet too big,
         which crosses back through natgw with its quote translated, and the
         sender's kernel learns the path MTU.
+
+        The MTU is locked: bpf_fib_lookup, and so the fast path, honours a
+        route's MTU only when it is locked (README, "Fast path"); the stack
+        honours both alike.
         """
         v = case.v
         client, server, own, dst = self.ends(run, case)
@@ -492,7 +539,7 @@ class TrafficChecks:
         ip_cmd("-n", client, f"-{v}", "route", "flush", "cache")
         assert route_mtu(client, dst) is None
         ip_cmd("-n", far_gw, f"-{v}", "route", "add", host, "dev", run.pod_link(case.dst),
-               "mtu", str(LOWERED_MTU))
+               "mtu", "lock", str(LOWERED_MTU))
         try:
             t = tcp_bulk(client, server, own, dst, 2 * 1024 * 1024)
             assert t.received == t.sent and t.echoed == t.sent

@@ -143,7 +143,14 @@ def test_full_config_accessors(key_file: Path) -> None:
 def test_defaults() -> None:
     c = parse_config({"name": "gw", "cidrs": ["10.0.0.0/8"]}, Path("."))
     assert (c.engine, c.mtu, str(c.metrics), c.peers) == ("auto", 1420, "127.0.0.1:9000", [])
+    assert (c.fastpath, c.fast, c.lan_devices) == ("auto", True, None)
     assert c.private_key is None and c.public_key is None
+
+
+@pytest.mark.parametrize(("fastpath", "fast"), [("auto", True), ("tc", True), ("off", False)])
+def test_fastpath(fastpath: str, fast: bool) -> None:
+    c = parse_config(cfg(fastpath=fastpath, lanDevices=["eth0"]), Path("."))
+    assert (c.fast, c.lan_devices) == (fast, ["eth0"])
 
 
 def test_key_not_required_without_wireguard_peers() -> None:
@@ -333,6 +340,11 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("address in other peer's range", cfg(tunnel("a", PUB_A, m("10.192.0.0/24")), tunnel("b", PUB_B, m("10.1.0.0/16"), address="10.192.0.2/24")), "peers[1].address: 10.192.0.0/24 overlaps peers[0].remote[0].cidr 10.192.0.0/24; routes would collide"),
     ("same address network twice", cfg(PEER_A | {"address": "10.192.0.2/24"}, tunnel("b", PUB_B, m("10.1.0.0/16"), address="10.192.0.3/24")), "peers[1].address: 10.192.0.0/24 overlaps peers[0].address 10.192.0.0/24; routes would collide"),
     ("address in remapped cidr", cfg(tunnel("a", PUB_A, m("10.192.0.0/24", "10.50.0.0/24"), address="10.192.0.2/24")), "peers[0].address: 10.192.0.0/24 overlaps peers[0].remote[0].cidr 10.192.0.0/24, which as: remaps; the address would be translated"),
+    ("fastpath xdp not yet", cfg(fastpath="xdp"), "fastpath: xdp is not available yet; use auto, tc or off"),
+    ("fastpath unknown", cfg(fastpath="fast"), "fastpath: expected one of 'auto', 'tc', 'xdp' or 'off'"),
+    ("lanDevices twice", cfg(lanDevices=["eth0", "eth0"]), "lanDevices[1]: eth0 is listed twice"),
+    ("lanDevices a peer's device", cfg(link("lab", "eth1", m("10.1.0.0/16")), lanDevices=["eth1"]), "lanDevices[0]: eth1 is the device of peers[0]"),
+    ("lanDevices bad name", cfg(lanDevices=["a/b"]), "lanDevices[0]: invalid device name 'a/b'"),
     ("local as overlaps an address", cfg(PEER_A | {"address": "10.192.0.2/24"}, tunnel("b", PUB_B, m("10.1.0.0/16"), local=[m("10.244.0.0/16", "10.192.0.0/16")])), "peers[1].local[0].as: 10.192.0.0/16 overlaps peers[0].address 10.192.0.0/24"),
 ]  # fmt: skip
 

@@ -23,6 +23,7 @@ MAP_STRUCTS = {  # map -> (C key struct, C value struct) by their Python mirrors
     layout.MAP_DEVICES: (ctypes.c_uint32, layout.Device),
     layout.MAP_MAP_STATS: (ctypes.c_uint32, layout.Counter),
     layout.MAP_DEV_STATS: (ctypes.c_uint32, ctypes.c_uint64),
+    layout.MAP_FAST_STATS: (ctypes.c_uint32, ctypes.c_uint64),
 }
 
 
@@ -60,6 +61,16 @@ def test_every_drop_and_event_has_a_name():
     assert len(set(layout.DEV_STAT_NAMES.values())) == layout.DEV_STAT_MAX
     drops = {v for k, v in header_defines().items() if k.startswith("DROP_")}
     assert set(layout.DROP_REASONS) == drops
+
+
+def test_every_fast_path_decision_has_a_name():
+    reasons = {k: v for k, v in header_defines().items()
+               if k.startswith("FAST_") and k != "FAST_MAX"}
+    assert set(layout.FAST_NAMES) == set(reasons.values())
+    assert len(set(layout.FAST_NAMES.values())) == len(layout.FAST_NAMES)
+    assert max(layout.FAST_NAMES) < layout.FAST_MAX
+    assert set(layout.FAST_REDIRECTS) == {reasons["FAST_REDIRECT_L3"], reasons["FAST_REDIRECT_ETH"],
+                                          reasons["FAST_REDIRECT_PEER"]}
 
 
 def fields(ctype) -> list[tuple[str, int, int]]:

@@ -211,7 +211,8 @@ def _exported() -> tuple[set[str], set[str]]:
     net = ipaddress.ip_network
     rule = I.Rule("dst", net("10.245.0.0/16"), net("10.244.0.0/16"), 1, 84)
     m = I.MappingReport(0, "remote", net("10.244.0.0/16"), net("10.245.0.0/16"), rule, rule)
-    dev = I.DeviceReport(5, "wg-c2", "c2", (m,), {"truncated": 1, "unmatched": 2})
+    dev = I.DeviceReport(5, "wg-c2", "c2", (m,), {"truncated": 1, "unmatched": 2},
+                         fastpath={"redirect_eth": 3})
     families = [*dataplane_metrics([I.GatewayReport("gw", None, "abc", (dev,))]),
                 *peer_metrics([PeerHealth("gw", "c2", 1, 2, 3)], NOW),
                 drift_metrics({"gw": {"route": 1}}),

@@ -383,6 +383,10 @@ class GatewayConfig(_Model):
     peers: list[Peer] = []
     hub: Hub | None = None
     pipes: list[Pipe] = []
+    # The fast path (README "Fast path"): auto is tc; off is the post-routing path alone.
+    fastpath: Literal["auto", "tc", "xdp", "off"] = "auto"
+    # LAN-side devices for the fast path; None: derived from the routes to cidrs.
+    lan_devices: list[DeviceName] | None = Field(None, alias="lanDevices")
 
     _public_key: str | None = PrivateAttr(None)
 
@@ -411,6 +415,11 @@ class GatewayConfig(_Model):
     def public_key(self) -> str | None:
         """Our base64 public key (derived once from the private key), None without one."""
         return self._public_key
+
+    @property
+    def fast(self) -> bool:
+        """Whether the tc fast path runs (fastpath auto or tc)."""
+        return self.fastpath in ("auto", "tc")
 
     def peer(self, name: str) -> Peer:
         for p in self.peers:
@@ -893,7 +902,25 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> GatewayConfig:
     routed += _check_addresses(cfg, routed)
     _check_local(cfg, routed + _check_hub(cfg, routed))
     _check_pipes(cfg)
+    _check_fastpath(cfg)
     return cfg
+
+
+def _check_fastpath(cfg: GatewayConfig) -> None:
+    if cfg.fastpath == "xdp":
+        raise ConfigError("fastpath", "xdp is not available yet; use auto, tc or off")
+    if cfg.lan_devices is None:
+        return
+    ours = {p.device: f"peers[{i}]" for i, p in enumerate(cfg.peers)}
+    if cfg.hub is not None:
+        ours[cfg.hub.device] = "hub"
+    seen: set[str] = set()
+    for i, dev in enumerate(cfg.lan_devices):
+        if dev in seen:
+            raise ConfigError(f"lanDevices[{i}]", f"{dev} is listed twice")
+        if dev in ours:
+            raise ConfigError(f"lanDevices[{i}]", f"{dev} is the device of {ours[dev]}")
+        seen.add(dev)
 
 
 def _check_pipes(cfg: GatewayConfig) -> None:

@@ -1,8 +1,9 @@
 """Drift: what natgw made for a running gateway and someone removed by hand.
 
 The foreground `natgw up` compares the world with its record every few
-seconds (level-triggered, like a Kubernetes controller): the pins, and for
-every peer (and a hub's one device) its engine, device, filters, routes and
+seconds (level-triggered, like a Kubernetes controller): the pins, the fast
+path's filter on each recorded LAN device, and for every peer (and a hub's one
+device) its engine, device, filters (the programs of the file's fastpath), routes and
 mapping entries, and for a tunnel its WireGuard allowed-ips and (with pipes) its
 pipe address, and on a hub's device (with pipes) each client's pipe address in its
 allowed-ips. Each finding is "<kind> <what>"; the repair is an ordinary apply of the
@@ -14,7 +15,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from natgw.dataplane import Dataplane, DataplaneError, Mapping
-from natgw.dataplane.loader import missing_pins, natgw_filters, pin_dir
+from natgw.dataplane.loader import (
+    HOOKS_LAN,
+    HOOKS_TRANSLATE,
+    HOOKS_TRANSLATE_FAST,
+    missing_pins,
+    natgw_filters,
+    pin_dir,
+    programs_for,
+)
 from natgw.keys import decode_key
 from natgw.netns import NetnsNotFound, iproute
 from natgw.pipes.addressing import has_address
@@ -33,7 +42,7 @@ KINDS = ("pin", "engine", "device", "filter", "route", "mapping", "address", "al
 def detect(gw: Gateway, state: GatewayState) -> list[str]:
     """Everything of `state` that is missing, as "<kind> <what>" (kind from KINDS)."""
     name, netns = state.gateway, state.netns
-    out = [f"pin {p}" for p in missing_pins(pin_dir(name))]
+    out = [f"pin {p}" for p in missing_pins(pin_dir(name), programs_for(gw.cfg.fast))]
     try:
         ipr = iproute(netns)
     except NetnsNotFound:
@@ -59,6 +68,15 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
             tunnels.add(state.hub.device.device)
             recorded.append(state.hub.device)
             wanted[state.hub.device.device] = hub_mappings(gw.cfg.hub)
+        # The programs each device runs: a filter of the other fastpath is drift too.
+        hooks = HOOKS_TRANSLATE_FAST if gw.cfg.fast else HOOKS_TRANSLATE
+        for ls in state.lan:
+            # A LAN device is the admin's: one that went is not natgw's to put back.
+            idx = ipr.link_lookup(ifname=ls.device)
+            if idx and idx[0] == ls.ifindex:
+                have = natgw_filters(ipr, idx[0])
+                out += [f"filter {ls.device} {hook}" for hook, prog in HOOKS_LAN.items()
+                        if have.get(hook) != prog]
         for ps in recorded:
             if ps.device in tunnels and not gw.engine.is_alive(ps.device, netns):
                 out.append(f"engine {ps.device}")
@@ -70,8 +88,9 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
             if ps.ifindex and idx[0] != ps.ifindex:
                 out.append(f"device {ps.device} (recreated)")
                 continue
-            missing = {"egress", "ingress"} - natgw_filters(ipr, idx[0])
-            out += [f"filter {ps.device} {d}" for d in sorted(missing)]
+            have = natgw_filters(ipr, idx[0])
+            out += [f"filter {ps.device} {hook}" for hook, prog in sorted(hooks.items())
+                    if have.get(hook) != prog]
             out += [f"route {net} dev {ps.device}" for net in ps.routes
                     if ours.get(net) != idx[0]]
             if ps.pipe_address and not has_address(ipr, idx[0], ps.pipe_address):

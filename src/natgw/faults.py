@@ -43,6 +43,7 @@ STEPS = (
     "peer-removed",
     "mapping-ingress-written",
     "mapping-egress-removed",
+    "lan-intent",
     "applied",
     "down-peers-removed",
     "down-unpinned",

@@ -22,9 +22,17 @@ from natgw import addresses, faults, routes
 from natgw.config import ConfigError, GatewayConfig, Peer, parse_config
 from natgw.dataplane import Dataplane, DataplaneError, Mapping
 from natgw.dataplane.layout import DEV_F_OWN_QDISC
-from natgw.dataplane.loader import detach, has_clsact, missing_pins, pin_dir, repin_attached
+from natgw.dataplane.loader import (
+    detach,
+    has_clsact,
+    missing_pins,
+    pin_dir,
+    programs_for,
+    repin_attached,
+)
 from natgw.failure import one_line
 from natgw.keys import encode_key
+from natgw.lan import LanError, apply_lan, remove_lan, sweep_lan, wanted_lan_devices
 from natgw.lock import LockTimeout, gateway_lock
 from natgw.netns import NetnsNotFound, iproute, netns_exists, require_netns
 from natgw.resolve import ResolveError, is_hostname, resolve
@@ -129,6 +137,12 @@ class Gateway:
             try:
                 _ = self.engine
             except WireGuardError as e:
+                raise GatewayError(str(e)) from None
+        if self.cfg.fast and self.cfg.lan_devices:
+            try:
+                with iproute(self.netns) as ipr:
+                    wanted_lan_devices(self.cfg, self.netns, ipr)
+            except LanError as e:
                 raise GatewayError(str(e)) from None
         if not self.cfg.interface_peers:
             return  # (a netns socket costs tens of ms: only open one to look something up)
@@ -319,8 +333,12 @@ class Gateway:
         if previous is not None:
             state.peers = list(previous.peers)
             state.hub = previous.hub
+            state.lan = list(previous.lan)
             state.sysctls, state.repairs = previous.sysctls, previous.repairs
             state.last_repair = previous.last_repair
+        # Until every device runs the new fastpath's programs, the record keeps the old
+        # one: a kill half-way leaves the next apply reconciling every device (hub too).
+        state.fastpath = previous.fastpath if previous is not None else ""
         save_state(state)
         faults.step("intent-recorded")
         if not state.sysctls:
@@ -329,13 +347,15 @@ class Gateway:
             faults.step("sysctls-saved")
         routes.enable_forwarding(self.netns)
         faults.step("forwarding-set")
-        if previous is not None and missing_pins(pin_dir(self.cfg.name)):
+        need = programs_for(self.cfg.fast)
+        if previous is not None and missing_pins(pin_dir(self.cfg.name), need):
             # Pins removed by hand while the filters still run: pin those again, so
             # that mappings and counters are kept and nothing is recompiled.
             repin_attached(self.cfg.name, self.netns, [p.device for p in previous.peers]
-                           + ([previous.hub.device.device] if previous.hub else []))
+                           + ([previous.hub.device.device] if previous.hub else [])
+                           + [ls.device for ls in previous.lan])
         try:
-            dp = Dataplane.load(self.cfg.name)
+            dp = Dataplane.load(self.cfg.name, need=need)
         except (DataplaneError, OSError) as e:
             raise GatewayError(f"dataplane: {e}") from e
         faults.step("dataplane-loaded")
@@ -359,9 +379,23 @@ class Gateway:
                 self._remove_recorded(dp, state, gone)
                 report.removed.append(gone.name)
             self._apply_hub(dp, state, report)
+            self._apply_lan(dp, state)
         finally:
             dp.close()
         return report
+
+    def _apply_lan(self, dp: Dataplane, state: GatewayState) -> None:
+        """The fast path's LAN devices (natgw.lan), after the devices they send to."""
+        if self.cfg.fast or state.lan:  # else nothing to do: no netns socket (tens of ms)
+            with iproute(self.netns) as ipr:
+                try:
+                    wanted = wanted_lan_devices(self.cfg, self.netns, ipr)
+                except LanError as e:
+                    raise GatewayError(str(e)) from None
+                apply_lan(dp, self.netns, ipr, state.lan, wanted, lambda: save_state(state))
+        if state.fastpath != self.cfg.fastpath:
+            state.fastpath = self.cfg.fastpath
+            save_state(state)
 
     def _apply_hub(self, dp: Dataplane, state: GatewayState, report: ApplyReport) -> None:
         """The hub's part of an apply (natgw.hub), recorded as it goes; its clients join
@@ -389,7 +423,7 @@ class Gateway:
 
         try:
             changes = hub.apply_hub(self.cfg, self.netns, self.engine, dp, before, record,
-                                    full=self._full)
+                                    full=self._full or state.fastpath != self.cfg.fastpath)
         except Exception as e:  # noqa: BLE001 - one line, rolled back
             raise GatewayError(f"hub: {one_line(e)}") from None
         for kind in ("added", "updated", "removed", "unchanged"):
@@ -441,7 +475,7 @@ class Gateway:
         faults.step("device-entry")
         mappings = peer_mappings(peer)
         installed = {m.mapping for m in dp.mappings(ifindex)}
-        dp.attach(dev, self.netns, mtu=mtu)
+        dp.attach(dev, self.netns, mtu=mtu, fast=self.cfg.fast)
         faults.step("filters-attached")
         dp.set_mappings(dev, mappings, self.netns)
         faults.step("mappings-set")
@@ -669,6 +703,18 @@ def _down(gateway: str, netns: str | None, pins: str) -> bool:
                 raise GatewayError(f"hub: {one_line(e)}") from None
             state.hub = None
             save_state(state)
+        for ls in list(state.lan if state else []):
+            try:
+                remove_lan(dp, netns, ls)
+            except Exception as e:  # noqa: BLE001 - one line; the record stays for a retry
+                raise GatewayError(f"LAN device {ls.device}: {one_line(e)}") from None
+            state.lan.remove(ls)
+            save_state(state)
+        if dp is not None:
+            try:
+                sweep_lan(dp, netns)
+            except Exception as e:  # noqa: BLE001 - one line; the pins stay for a retry
+                raise GatewayError(f"LAN devices: {one_line(e)}") from None
         faults.step("down-peers-removed")
     finally:
         if dp is not None:

@@ -265,7 +265,8 @@ def apply_hub(cfg: GatewayConfig, netns: str | None, engine: Engine, dp: Datapla
     faults.step("hub-device-entry")
     entry = dp.tables.device(ifindex)
     if full or entry is None or entry.mss_v4 != mss_for_mtu(cfg.mtu)[0]:
-        dp.attach(dev, netns, mtu=cfg.mtu)  # a netns socket: only when something changed
+        # A netns socket: only when something changed (a new fastpath: makes it full).
+        dp.attach(dev, netns, mtu=cfg.mtu, fast=cfg.fast)
     faults.step("hub-filters-attached")
     mappings = hub_mappings(hub)
     gone = _mapping_changes(dp, ifindex, mappings, None if full else before.mappings)

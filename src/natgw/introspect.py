@@ -24,7 +24,11 @@ sorted by name; keys are stable, counters are exact integers:
                       "rewrite": "10.245.0.0/16", "packets": 0, "bytes": 0}}],
         "drops":  {"truncated": 0, "icmp_inner": 0, "ipv6_exthdr": 0, "rewrite_failed": 0,
                    "ipv6_routing": 0},
-        "events": {"unmatched": 0, "unparsed": 0, "mss_clamped": 0}}]}]
+        "events": {"unmatched": 0, "unparsed": 0, "mss_clamped": 0},
+        "lan": false,               # a LAN-side device of the fast path (no mappings)
+        "fastpath": {"redirect_l3": 0, "redirect_eth": 0, ...}}]}]
+                                    # decisions of its fast-path program by name
+                                    # (layout.FAST_NAMES); {} when it runs none
 
 "match" is the prefix a packet's address must fall in on that side
 ("src"/"dst"), "rewrite" the prefix it becomes (host bits kept). Packets and
@@ -50,7 +54,7 @@ import ipaddress
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from natgw.dataplane import layout as L
@@ -111,6 +115,9 @@ class DeviceReport:
     peer: str | None
     mappings: tuple[MappingReport, ...]
     stats: dict[str, int]  # layout.DEV_STAT_NAMES -> count
+    lan: bool = False  # a LAN-side device of the fast path
+    # layout.FAST_NAMES -> count; empty when the device has no fast-path program
+    fastpath: dict[str, int] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -180,7 +187,9 @@ def open_tables(gateway: str, root: str = PIN_ROOT) -> Tables:
     except DataplaneError as e:
         raise InspectError(str(e)) from None
     # All pins present: a gateway being set up or torn down counts as not loaded.
-    if not all(os.path.exists(os.path.join(pdir, m)) for m in L.MAP_NAMES):
+    # (fast_stats is missing on a gateway an older natgw loaded: Tables does without.)
+    if not all(os.path.exists(os.path.join(pdir, m)) for m in L.MAP_NAMES
+               if m != L.MAP_FAST_STATS):
         raise GatewayGone(f"gateway {gateway}: not loaded (no maps in {pdir})")
     try:
         return Tables(pdir)
@@ -229,14 +238,18 @@ def read_tables(gateway: str, tables: Tables, state: GatewayState | None,
             owners.get(f"{m.kind}:{m.as_}") if on_hub else None,
         ))
     devices = []
-    for ifindex in sorted(tables.all_devices()):
+    for ifindex, dev in sorted(tables.all_devices().items()):
         peer = state.peer_by_ifindex(ifindex) if state else None
         try:
             stats = tables.device_stats(ifindex)
+            fast = tables.fast_stats_of(ifindex)
         except TableError:
-            continue  # removed between the two reads
+            continue  # removed between the reads
+        lan = bool(dev.flags & L.DEV_F_LAN)
+        if not lan and not any(fast.values()):
+            fast = {}  # fastpath off, or nothing forwarded yet: no section to show
         devices.append(DeviceReport(ifindex, names.get(ifindex), peer.name if peer else None,
-                                    tuple(by_dev.get(ifindex, [])), stats))
+                                    tuple(by_dev.get(ifindex, [])), stats, lan, fast))
     return GatewayReport(gateway, state.netns if state else None, build, tuple(devices))
 
 
@@ -300,6 +313,8 @@ def to_json(reports: Iterable[GatewayReport]) -> list[dict[str, Any]]:
             } for m in d.mappings],
             "drops": d.drops,
             "events": d.events,
+            "lan": d.lan,
+            "fastpath": d.fastpath,
         } for d in g.devices],
     } for g in reports]
 

@@ -12,6 +12,8 @@ Metrics (label values are short and stable; no per-address labels):
     natgw_dropped_packets_total{gateway,peer,reason}                 counter
     natgw_packet_events_total{gateway,peer,event}                    counter
         (unmatched, unparsed, mss_clamped: packets passed, not dropped)
+    natgw_fastpath_packets_total{gateway,device,decision}            counter
+        (redirect_*: forwarded by the fast path; any other: handed to the stack)
     natgw_peer_up{gateway,peer}                                      gauge 0/1
     natgw_peer_last_handshake_timestamp_seconds{gateway,peer}        gauge (0: never)
     natgw_peer_receive_bytes_total{gateway,peer}                     counter
@@ -24,7 +26,8 @@ Metrics (label values are short and stable; no per-address labels):
 mapping is "<kind>:<as prefix>" (e.g. "remote:10.245.0.0/16"): unique per
 device. peer is the peer name from the state file, else the interface name,
 else "ifindex:N". direction is "egress" or "ingress"; reason and event are
-the names in natgw.dataplane.layout.DEV_STAT_NAMES.
+the names in natgw.dataplane.layout.DEV_STAT_NAMES, decision those of FAST_NAMES;
+device is the same label as peer (a LAN device: its interface name).
 """
 
 from __future__ import annotations
@@ -143,6 +146,10 @@ def dataplane_metrics(reports: Iterable[I.GatewayReport]) -> list[Metric]:
                                  labels=[*dev_labels, "event"])
     build = GaugeMetricFamily("natgw_build_info", "natgw version and pinned dataplane build",
                               labels=["gateway", "version", "dataplane_build"])
+    fast = CounterMetricFamily("natgw_fastpath_packets",
+                               "Fast-path decisions: packets redirected, or handed to the "
+                               "kernel's forwarding path, by reason",
+                               labels=["gateway", "device", "decision"])
     drop_names = set(DROP_REASONS.values())
     for g in reports:
         build.add_metric([g.gateway, __version__, g.build or ""], 1)
@@ -156,9 +163,13 @@ def dataplane_metrics(reports: Iterable[I.GatewayReport]) -> list[Metric]:
                     packets.add_metric(labels, rule.packets)
                     nbytes.add_metric(labels, rule.bytes)
             for name, count in d.stats.items():
+                if d.lan:
+                    continue  # nothing is translated on a LAN device
                 family = drops if name in drop_names else events
                 family.add_metric([g.gateway, peer, name], count)
-    return [packets, nbytes, drops, events, build]
+            for name, count in d.fastpath.items():
+                fast.add_metric([g.gateway, peer, name], count)
+    return [packets, nbytes, drops, events, fast, build]
 
 
 def peer_metrics(peers: Iterable[PeerHealth], now: float) -> list[Metric]:

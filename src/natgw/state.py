@@ -35,6 +35,15 @@ class PeerState:
 
 
 @dataclass
+class LanState:
+    """A LAN-side device natgw put its fast-path program on (never created by natgw)."""
+
+    device: str
+    ifindex: int = 0
+    own_qdisc: bool = False  # natgw added its clsact qdisc, so `down` removes it
+
+
+@dataclass
 class ClientState:
     """One hub client as applied: what its WireGuard peer, mappings and routes are."""
 
@@ -76,6 +85,8 @@ class GatewayState:
     repairs: dict[str, int] = field(default_factory=dict)
     last_repair: str = ""  # one line: what the newest repair fixed, and when
     hub: HubState | None = None
+    lan: list[LanState] = field(default_factory=list)  # recorded before their attach
+    fastpath: str = ""  # the file's fastpath: as last applied ("": before the fast path)
 
     def peer_by_ifindex(self, ifindex: int) -> PeerState | None:
         """The peer (or the hub's device) of a device."""
@@ -158,7 +169,8 @@ def load_state(gateway: str) -> GatewayState | None:
         clients = [ClientState(**_known(ClientState, c)) for c in hub.pop("clients", [])]
         device = PeerState(**_known(PeerState, hub.pop("device")))
         hub = HubState(device=device, clients=clients, **_known(HubState, hub))
-    return GatewayState(peers=peers, hub=hub, **_known(GatewayState, raw))
+    lan = [LanState(**_known(LanState, x)) for x in raw.pop("lan", []) if isinstance(x, dict)]
+    return GatewayState(peers=peers, hub=hub, lan=lan, **_known(GatewayState, raw))
 
 
 def _known(cls: type, raw: dict) -> dict:

@@ -88,7 +88,12 @@ def render_maps(reports: list[I.GatewayReport],
         head.append(f"build {g.build or '-'}")
         lines.append(" ".join(head))
         for d in g.devices:
-            lines.append("  " + _where(d.ifname, d.ifindex, d.peer))
+            lines.append("  " + _where(d.ifname, d.ifindex, d.peer)
+                         + ("  (LAN, fast path)" if d.lan else ""))
+            if d.lan:
+                lines.append("    fastpath " + "  ".join(f"{n} {c}" for n, c in
+                                                      d.fastpath.items()))
+                continue
             rows = []
             for direction in ("egress", "ingress"):
                 for i, m in enumerate(d.mappings):
@@ -107,8 +112,11 @@ def render_maps(reports: list[I.GatewayReport],
                 lines += _table(rows, "    ")
             else:
                 lines.append("    (no mappings)")
-            for name, stats in (("drops", d.drops), ("events", d.events)):
-                lines.append(f"    {name:<7}  " + "  ".join(f"{n} {c}" for n, c in stats.items()))
+            for name, stats in (("drops", d.drops), ("events", d.events),
+                                ("fastpath", d.fastpath)):
+                if stats:
+                    lines.append(f"    {name:<7}  "
+                                 + "  ".join(f"{n} {c}" for n, c in stats.items()))
     return "\n".join(lines)
 
 

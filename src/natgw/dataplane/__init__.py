@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import layout
 from .loader import (
+    HOOKS_LAN,
+    HOOKS_TRANSLATE,
+    HOOKS_TRANSLATE_FAST,
     PIN_ROOT,
+    PROGRAM_NAMES,
     DataplaneError,
     Programs,
     attach,
@@ -26,10 +32,15 @@ from .loader import (
     link_index,
     load_programs,
     pin_dir,
+    veth_peer_elsewhere,
 )
 from .tables import Counter, InstalledMapping, Mapping, TableError, Tables
 
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
 __all__ = [
+    "HOOKS_LAN", "HOOKS_TRANSLATE", "HOOKS_TRANSLATE_FAST",
     "Counter", "Dataplane", "DataplaneError", "DeviceInfo", "InstalledMapping", "Mapping",
     "TableError", "Tables", "layout", "mss_for_mtu",
 ]
@@ -59,9 +70,10 @@ class Dataplane:
         self.tables = Tables(self.pin_dir)
 
     @classmethod
-    def load(cls, gateway: str, root: str = PIN_ROOT) -> Dataplane:
-        """Load the programs (compiling only when no pinned build matches)."""
-        return cls(gateway, load_programs(gateway, root), root)
+    def load(cls, gateway: str, root: str = PIN_ROOT,
+             need: tuple[str, ...] = PROGRAM_NAMES) -> Dataplane:
+        """Load the programs (compiling only when no pinned build of `need` matches)."""
+        return cls(gateway, load_programs(gateway, root, need), root)
 
     @classmethod
     def open(cls, gateway: str, root: str = PIN_ROOT) -> Dataplane:
@@ -86,23 +98,42 @@ class Dataplane:
         with ipr_in(netns) as ipr:
             return link_index(ipr, ifname)
 
-    def attach(self, ifname: str, netns: str | None = None, mtu: int | None = None) -> DeviceInfo:
+    def attach(self, ifname: str, netns: str | None = None, mtu: int | None = None,
+               fast: bool = False) -> DeviceInfo:
         """Translate on a device: set its entry, attach both programs (idempotent).
 
         mtu: the tunnel MTU; TCP SYNs crossing the device get their MSS clamped
-        to fit it. None disables clamping.
+        to fit it. None disables clamping. fast: its ingress program also
+        forwards (natgw_ingress_fast); switching replaces the filter atomically.
         """
+        mss4, mss6 = mss_for_mtu(mtu) if mtu else (0, 0)
+        return self._attach(ifname, netns, mss4, mss6, False,
+                            HOOKS_TRANSLATE_FAST if fast else HOOKS_TRANSLATE)
+
+    def attach_lan(self, ifname: str, netns: str | None = None,
+                   ipr: IPRoute | None = None) -> DeviceInfo:
+        """Run the fast path on a LAN-side device's ingress (idempotent): no mappings, no
+        egress program; a veth whose peer is in another netns is marked for redirect_peer.
+        ipr: an open socket in netns to use (each new one costs tens of ms)."""
+        return self._attach(ifname, netns, 0, 0, True, HOOKS_LAN, ipr)
+
+    def _attach(self, ifname: str, netns: str | None, mss4: int, mss6: int, lan: bool,
+                hooks: dict[str, str], ipr: IPRoute | None = None) -> DeviceInfo:
         if self.programs is None:
             raise DataplaneError("dataplane opened read-only: use Dataplane.load() to attach")
-        mss4, mss6 = mss_for_mtu(mtu) if mtu else (0, 0)
-        with ipr_in(netns) as ipr:
+        kinds = layout.DEV_F_LAN | layout.DEV_F_PEER_NETNS
+        with nullcontext(ipr) if ipr is not None else ipr_in(netns) as ipr:
             idx = link_index(ipr, ifname)
             old = self.tables.device(idx)
-            flags = old.flags if old is not None else 0
+            flags = old.flags & ~kinds if old is not None else 0
+            if lan:
+                flags |= layout.DEV_F_LAN
+                if veth_peer_elsewhere(ipr, idx):
+                    flags |= layout.DEV_F_PEER_NETNS
             l3 = l3_offset(ipr, idx)
             # The device entry comes first: the programs ignore unknown devices.
             self.tables.set_device(idx, l3, mss4, mss6, flags)
-            if attach(ipr, idx, self.programs):
+            if attach(ipr, idx, self.programs, hooks):
                 self.tables.set_device(idx, l3, mss4, mss6, flags | layout.DEV_F_OWN_QDISC)
         dev = self.tables.device(idx)
         return DeviceInfo(idx, dev.l3_offset, dev.mss_v4, dev.mss_v6,

@@ -21,6 +21,9 @@ SIDE_SRC = 1
 
 KEY_FIXED_BITS = 64
 
+# natgw_device.flags
+DEV_F_LAN = 0x0001  # a LAN-side device: the fast path only, no mappings
+DEV_F_PEER_NETNS = 0x0002  # a veth whose peer is in another netns: bpf_redirect_peer into it
 # Remembers that natgw created the clsact qdisc, so detaching removes only what it added.
 DEV_F_OWN_QDISC = 0x8000
 
@@ -34,6 +37,48 @@ EV_UNPARSED = 5
 EV_MSS_CLAMPED = 6
 DROP_IPV6_ROUTING = 7
 DEV_STAT_MAX = 8
+
+# Fast-path decisions per device (natgw_shared.h): redirects, then fallbacks to the stack.
+FAST_REDIRECT_L3 = 0
+FAST_REDIRECT_ETH = 1
+FAST_REDIRECT_PEER = 2
+FAST_NOT_IP = 3
+FAST_TTL = 4
+FAST_IP_OPTIONS = 5
+FAST_FRAGMENT = 6
+FAST_ICMP_ERROR = 7
+FAST_MULTICAST = 8
+FAST_MARTIAN = 9
+FAST_NO_NEIGH = 10
+FAST_FRAG_NEEDED = 11
+FAST_UNREACHABLE = 12
+FAST_LOCAL = 13
+FAST_FWD_DISABLED = 14
+FAST_UNSUPPORTED = 15
+FAST_OUT_DEVICE = 16
+FAST_MAX = 24  # slots 17.. are free for new reasons (the pinned map keeps its size)
+
+# Names shown by `natgw maps` and used as the metrics' decision label.
+FAST_NAMES = {
+    FAST_REDIRECT_L3: "redirect_l3",
+    FAST_REDIRECT_ETH: "redirect_eth",
+    FAST_REDIRECT_PEER: "redirect_peer",
+    FAST_NOT_IP: "not_ip",
+    FAST_TTL: "ttl",
+    FAST_IP_OPTIONS: "ip_options",
+    FAST_FRAGMENT: "fragment",
+    FAST_ICMP_ERROR: "icmp_error",
+    FAST_MULTICAST: "multicast",
+    FAST_MARTIAN: "martian",
+    FAST_NO_NEIGH: "no_neigh",
+    FAST_FRAG_NEEDED: "frag_needed",
+    FAST_UNREACHABLE: "unreachable",
+    FAST_LOCAL: "local",
+    FAST_FWD_DISABLED: "fwd_disabled",
+    FAST_UNSUPPORTED: "unsupported",
+    FAST_OUT_DEVICE: "out_device",
+}
+FAST_REDIRECTS = (FAST_REDIRECT_L3, FAST_REDIRECT_ETH, FAST_REDIRECT_PEER)
 
 V6_MAX_EXT = 6
 
@@ -57,7 +102,9 @@ MAP_XLATE_V6 = "xlate_v6"
 MAP_DEVICES = "devices"
 MAP_MAP_STATS = "map_stats"
 MAP_DEV_STATS = "dev_stats"
-MAP_NAMES = (MAP_XLATE_V4, MAP_XLATE_V6, MAP_DEVICES, MAP_MAP_STATS, MAP_DEV_STATS)
+MAP_FAST_STATS = "fast_stats"
+MAP_NAMES = (MAP_XLATE_V4, MAP_XLATE_V6, MAP_DEVICES, MAP_MAP_STATS, MAP_DEV_STATS,
+             MAP_FAST_STATS)
 
 
 def table(direction: int, side: int) -> int:

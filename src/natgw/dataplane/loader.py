@@ -124,30 +124,57 @@ def inline_source(path: Path | None = None) -> str:
     return "\n".join(expand(path)) + "\n"
 
 
+# The dataplane's programs, by name (C function natgw_<name>):
+#   egress        translation after routing (tunnel and interface devices)
+#   ingress       translation before routing (the same devices, fastpath off)
+#   ingress_fast  ingress, then the fast path on the translated packet
+#   lan           the fast path of LAN-side devices (no translation)
+PROGRAM_NAMES = ("egress", "ingress", "ingress_fast", "lan")
+# Which program runs on which hook of a device, by kind of device.
+HOOKS_TRANSLATE = {"egress": "egress", "ingress": "ingress"}
+HOOKS_TRANSLATE_FAST = {"egress": "egress", "ingress": "ingress_fast"}
+HOOKS_LAN = {"ingress": "lan"}
+
+_PROG_PIN_RE = re.compile(r"^prog_(\w+)_([0-9a-f]{12})$")
+
+
 @dataclass
 class Programs:
-    """The loaded egress and ingress programs (fds owned by this object)."""
+    """The loaded programs, fds by program name (owned by this object)."""
 
-    egress_fd: int
-    ingress_fd: int
+    fds: dict[str, int]
     build: str  # hash of source and flags: names the pins and the tc filters
 
-    def fd(self, direction: str) -> int:
-        return self.egress_fd if direction == "egress" else self.ingress_fd
+    def fd(self, name: str) -> int:
+        return self.fds[name]
 
-    def filter_name(self, direction: str) -> str:
-        """The tc filter's name: build and program id, so that a program loaded again
-        (same build, new maps) is told apart, and re-pinned from the filter alone.
+    @property
+    def egress_fd(self) -> int:
+        return self.fds["egress"]
+
+    @property
+    def ingress_fd(self) -> int:
+        return self.fds["ingress"]
+
+    def filter_name(self, name: str) -> str:
+        """The tc filter's name: program, build and program id, so that a program loaded
+        again (same build, new maps) is told apart, and re-pinned from the filter alone.
 
         (The id is in the name because pyroute2 does not decode TCA_BPF_ID.)
         """
-        return f"natgw_{direction}:{self.build}:{prog_id(self.fd(direction))}"
+        return f"natgw_{name}:{self.build}:{prog_id(self.fd(name))}"
 
     def close(self) -> None:
-        for fd in (self.egress_fd, self.ingress_fd):
+        for fd in self.fds.values():
             if fd >= 0:
                 os.close(fd)
-        self.egress_fd = self.ingress_fd = -1
+        self.fds = {name: -1 for name in self.fds}
+
+
+def filter_program(filter_name: str) -> str:
+    """The program name (PROGRAM_NAMES) of a natgw filter's name, "" if not natgw's."""
+    head = filter_name.partition(":")[0]
+    return head[len("natgw_"):] if head.startswith("natgw_") else ""
 
 
 def bpffs_mounted(path: str = "/sys/fs/bpf") -> bool:
@@ -168,17 +195,38 @@ def ensure_bpffs(root: str = PIN_ROOT) -> None:
     os.makedirs(root, exist_ok=True)
 
 
-def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
-    """Load (or reuse the pinned) dataplane programs and maps of a gateway."""
+def programs_for(fast: bool) -> tuple[str, ...]:
+    """The programs a gateway attaches, with the fast path or without."""
+    return ("egress", "ingress_fast", "lan") if fast else ("egress", "ingress")
+
+
+def _maps_for(need: tuple[str, ...]) -> tuple[str, ...]:
+    # Only the fast path's programs use fast_stats: without them its pin is not needed
+    # (re-pinning from the attached programs finds only the maps they use).
+    if "lan" in need or "ingress_fast" in need:
+        return MAP_PINS
+    return tuple(m for m in MAP_PINS if m != L.MAP_FAST_STATS)
+
+
+def load_programs(gateway: str, root: str = PIN_ROOT,
+                  need: tuple[str, ...] = PROGRAM_NAMES) -> Programs:
+    """Load (or reuse the pinned) dataplane programs and maps of a gateway.
+
+    need: the programs the caller attaches (programs_for). A pinned build is reused
+    when their pins and the maps they use are there; a program no filter runs is
+    not pinned again with the others when pins are removed by hand
+    (repin_attached), and must not cost a compile. Reused, the Programs hold the
+    pinned programs only."""
     ensure_bpffs(root)
     pdir = pin_dir(gateway, root)
     os.makedirs(pdir, exist_ok=True)
     source = inline_source()
     cflags = [f'-DNATGW_PIN_DIR="{pdir}"']
     build = hashlib.sha256((source + "\0" + " ".join(cflags)).encode()).hexdigest()[:12]
-    pins = {d: os.path.join(pdir, f"prog_{d}_{build}") for d in ("egress", "ingress")}
-    if all(os.path.exists(p) for p in pins.values()) and not missing_map_pins(pdir):
-        return Programs(obj_get(pins["egress"]), obj_get(pins["ingress"]), build)
+    pins = {d: os.path.join(pdir, f"prog_{d}_{build}") for d in PROGRAM_NAMES}
+    if all(os.path.exists(pins[d]) for d in need) and not missing_map_pins(pdir, need):
+        return Programs({d: obj_get(path) for d, path in pins.items() if os.path.exists(path)},
+                        build)
     _check_pinned_maps(pdir)
     # A pin removed by hand: the programs are rebuilt against the maps that are
     # pinned (new ones where a pin is gone), so program pins of this build go too.
@@ -200,29 +248,26 @@ def load_programs(gateway: str, root: str = PIN_ROOT) -> Programs:
         raise DataplaneError(f"loading the dataplane failed: {e}") from e
     for d, path in pins.items():
         obj_pin(fds[d], path)
-    progs = Programs(os.dup(fds["egress"]), os.dup(fds["ingress"]), build)
+    progs = Programs({d: os.dup(fd) for d, fd in fds.items()}, build)
     bpf.cleanup()
     _unpin_other_builds(pdir, build)
     return progs
 
 
-MAP_PINS = (L.MAP_XLATE_V4, L.MAP_XLATE_V6, L.MAP_DEVICES, L.MAP_MAP_STATS, L.MAP_DEV_STATS)
+MAP_PINS = L.MAP_NAMES
 
 
-def missing_map_pins(pdir: str) -> list[str]:
-    return [m for m in MAP_PINS if not os.path.exists(os.path.join(pdir, m))]
+def missing_map_pins(pdir: str, need: tuple[str, ...] = PROGRAM_NAMES) -> list[str]:
+    return [m for m in _maps_for(need) if not os.path.exists(os.path.join(pdir, m))]
 
 
-def missing_pins(pdir: str) -> list[str]:
-    """What a loaded gateway's pin directory lacks (maps, or programs of any build)."""
+def missing_pins(pdir: str, need: tuple[str, ...] = PROGRAM_NAMES) -> list[str]:
+    """What a loaded gateway's pin directory lacks (maps, or programs of any build) for
+    the programs `need`."""
     if not os.path.isdir(pdir):
         return [pdir]
-    names = os.listdir(pdir)
-    out = missing_map_pins(pdir)
-    for d in ("egress", "ingress"):
-        if not any(n.startswith(f"prog_{d}_") for n in names):
-            out.append(f"prog_{d}")
-    return out
+    pinned = {m.group(1) for m in map(_PROG_PIN_RE.match, os.listdir(pdir)) if m}
+    return missing_map_pins(pdir, need) + [f"prog_{d}" for d in need if d not in pinned]
 
 
 def repin_attached(gateway: str, netns: str | None, devices: list[str],
@@ -239,16 +284,16 @@ def repin_attached(gateway: str, netns: str | None, devices: list[str],
             idx = ipr.link_lookup(ifname=dev)
             if not idx:
                 continue
-            for direction, parent in PARENTS.items():
+            for parent in PARENTS.values():
                 name, pid = _filters(ipr, idx[0], parent).get(FILTER_PRIO, ("", 0))
-                prefix = f"natgw_{direction}:"
-                if not name.startswith(prefix) or not pid:
+                prog = filter_program(name)
+                if prog not in PROGRAM_NAMES or not pid:
                     continue
                 os.makedirs(pdir, exist_ok=True)
                 fd = prog_fd_by_id(pid)
                 try:
-                    build = name[len(prefix):].partition(":")[0]
-                    path = os.path.join(pdir, f"prog_{direction}_{build}")
+                    build = name.split(":")[1]
+                    path = os.path.join(pdir, f"prog_{prog}_{build}")
                     if not os.path.exists(path):
                         obj_pin(fd, path)
                         done.append(os.path.basename(path))
@@ -330,21 +375,29 @@ def _filter_names(ipr: IPRoute, ifindex: int, parent: int) -> dict[int, str]:
     return {prio: name for prio, (name, _) in _filters(ipr, ifindex, parent).items()}
 
 
-def natgw_filters(ipr: IPRoute, ifindex: int) -> set[str]:
-    """Directions ("egress", "ingress") where natgw's filter is attached to a device."""
-    return {d for d, parent in PARENTS.items()
-            if _filter_names(ipr, ifindex, parent).get(FILTER_PRIO, "").startswith("natgw_")}
+def natgw_filters(ipr: IPRoute, ifindex: int) -> dict[str, str]:
+    """hook ("egress", "ingress") -> program name of natgw's filters on a device."""
+    out = {}
+    for hook, parent in PARENTS.items():
+        prog = filter_program(_filter_names(ipr, ifindex, parent).get(FILTER_PRIO, ""))
+        if prog:
+            out[hook] = prog
+    return out
 
 
 def has_clsact(ipr: IPRoute, ifindex: int) -> bool:
     return any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=ifindex))
 
 
-def attach(ipr: IPRoute, ifindex: int, progs: Programs) -> bool:
-    """Attach both programs to a device's clsact hooks.
+def attach(ipr: IPRoute, ifindex: int, progs: Programs,
+           hooks: dict[str, str] | None = None) -> bool:
+    """Attach programs to a device's clsact hooks: hooks maps a hook ("egress",
+    "ingress") to a program name (default HOOKS_TRANSLATE).
 
     Return: True if natgw created the clsact qdisc. A filter already running
-    this build is left alone; another build is replaced atomically.
+    this program of this build is left alone; another program or build is
+    replaced atomically. natgw's filter on a hook not in `hooks` is removed (a
+    device that changes kind, e.g. fastpath turned off, keeps no stale program).
     """
     from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
 
@@ -355,19 +408,37 @@ def attach(ipr: IPRoute, ifindex: int, progs: Programs) -> bool:
     except NetlinkError as e:
         if e.code != errno.EEXIST:
             raise DataplaneError(f"ifindex {ifindex}: adding clsact failed: {e}") from e
-    for direction, parent in PARENTS.items():
-        name = progs.filter_name(direction)
+    hooks = HOOKS_TRANSLATE if hooks is None else hooks
+    for hook, parent in PARENTS.items():
+        if hook not in hooks:
+            _del_filter(ipr, ifindex, parent)
+            continue
+        name = progs.filter_name(hooks[hook])
         # The same build may have been loaded again (its pins were removed): only the
         # very program pinned now, with the maps pinned now, counts as attached.
         if _filter_names(ipr, ifindex, parent).get(FILTER_PRIO) == name:
             continue
         try:
-            ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, fd=progs.fd(direction),
+            ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, fd=progs.fd(hooks[hook]),
                    name=name, parent=parent, classid=1, direct_action=True,
                    prio=FILTER_PRIO, protocol=ETH_P_ALL)
         except NetlinkError as e:
-            raise DataplaneError(f"ifindex {ifindex}: attaching {direction} failed: {e}") from e
+            raise DataplaneError(f"ifindex {ifindex}: attaching {hook} failed: {e}") from e
     return created
+
+
+def _del_filter(ipr: IPRoute, ifindex: int, parent: int) -> None:
+    """Remove natgw's filter (by priority and handle) from a hook, if it is there."""
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+
+    if FILTER_PRIO not in _filter_names(ipr, ifindex, parent):
+        return
+    try:
+        ipr.tc("del-filter", "bpf", ifindex, FILTER_HANDLE, parent=parent,
+               prio=FILTER_PRIO, protocol=ETH_P_ALL)
+    except NetlinkError as e:
+        if e.code not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+            raise
 
 
 def detach(ipr: IPRoute, ifindex: int, remove_qdisc: bool) -> None:
@@ -375,14 +446,7 @@ def detach(ipr: IPRoute, ifindex: int, remove_qdisc: bool) -> None:
     from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
 
     for parent in PARENTS.values():
-        if FILTER_PRIO not in _filter_names(ipr, ifindex, parent):
-            continue
-        try:
-            ipr.tc("del-filter", "bpf", ifindex, FILTER_HANDLE, parent=parent,
-                   prio=FILTER_PRIO, protocol=ETH_P_ALL)
-        except NetlinkError as e:
-            if e.code not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
-                raise
+        _del_filter(ipr, ifindex, parent)
     if remove_qdisc and not any(_filter_names(ipr, ifindex, p) for p in PARENTS.values()):
         try:
             ipr.tc("del", "clsact", ifindex)
@@ -395,3 +459,28 @@ def l3_offset(ipr: IPRoute, ifindex: int) -> int:
     """Where IP starts in packets of a device: after Ethernet on L2 devices, else 0."""
     link = ipr.get_links(ifindex)[0]
     return ETH_HLEN if link["ifi_type"] == ARPHRD_ETHER else 0
+
+
+def veth_peer_elsewhere(ipr: IPRoute, ifindex: int) -> bool:
+    """A veth whose peer lives in another netns (IFLA_LINK_NETNSID): bpf_redirect_peer
+    can hand packets straight to that peer (it refuses a peer in the same netns)."""
+    link = ipr.get_links(ifindex)[0]
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    return kind == "veth" and link.get_attr("IFLA_LINK_NETNSID") is not None
+
+
+def filter_uses_map(ipr: IPRoute, ifindex: int, hook: str, map_id: int) -> bool:
+    """Whether natgw's filter on a hook runs a program using the map `map_id` (tells
+    one gateway's filters from another's: each has its own `devices` map)."""
+    _, pid = _filters(ipr, ifindex, PARENTS[hook]).get(FILTER_PRIO, ("", 0))
+    if not pid:
+        return False
+    try:
+        fd = prog_fd_by_id(pid)
+    except BpfError:
+        return False  # unloaded meanwhile
+    try:
+        return map_id in prog_map_ids(fd)
+    finally:
+        os.close(fd)

@@ -139,10 +139,18 @@ class Tables:
                                          percpu=True)
         self.dev_stats = Map.open_pinned(p(L.MAP_DEV_STATS), ctypes.c_uint32, ctypes.c_uint64,
                                          percpu=True)
+        # Absent on a gateway loaded by a natgw without the fast path (until its next
+        # `up` loads the new programs, which create it).
+        self.fast_stats = None
+        if os.path.exists(p(L.MAP_FAST_STATS)):
+            self.fast_stats = Map.open_pinned(p(L.MAP_FAST_STATS), ctypes.c_uint32,
+                                              ctypes.c_uint64, percpu=True)
 
     def close(self) -> None:
-        for m in (self.v4, self.v6, self.devices, self.map_stats, self.dev_stats):
-            m.close()
+        for m in (self.v4, self.v6, self.devices, self.map_stats, self.dev_stats,
+                  self.fast_stats):
+            if m is not None:
+                m.close()
 
     def __enter__(self) -> Tables:
         return self
@@ -192,6 +200,10 @@ class Tables:
         for stat in range(L.DEV_STAT_MAX):
             self.dev_stats.update(ctypes.c_uint32(slot * L.DEV_STAT_MAX + stat),
                                   ctypes.c_uint64(0))
+        if self.fast_stats is not None:
+            for reason in L.FAST_NAMES:
+                self.fast_stats.update(ctypes.c_uint32(slot * L.FAST_MAX + reason),
+                                       ctypes.c_uint64(0))
 
     def device_stats(self, ifindex: int) -> dict[str, int]:
         """Drops and events of a device by name, summed over CPUs."""
@@ -201,6 +213,19 @@ class Tables:
         out = {}
         for stat, name in L.DEV_STAT_NAMES.items():
             values = self.dev_stats.lookup(ctypes.c_uint32(dev.slot * L.DEV_STAT_MAX + stat))
+            out[name] = sum(int(v.value) for v in values or [])
+        return out
+
+    def fast_stats_of(self, ifindex: int) -> dict[str, int]:
+        """Fast-path decisions of a device by name, summed over CPUs ({} without the map)."""
+        dev = self.device(ifindex)
+        if dev is None:
+            raise TableError(f"ifindex {ifindex}: not a natgw device")
+        if self.fast_stats is None:
+            return {}
+        out = {}
+        for reason, name in L.FAST_NAMES.items():
+            values = self.fast_stats.lookup(ctypes.c_uint32(dev.slot * L.FAST_MAX + reason))
             out[name] = sum(int(v.value) for v in values or [])
         return out
 

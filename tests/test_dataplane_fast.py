@@ -1,0 +1,269 @@
+"""The fast path's decisions, packet by packet, through BPF_PROG_TEST_RUN.
+
+A test run does its fib lookups in the netns of the thread that runs it, on
+the device its ctx names (bpf_run.in_netns): so the cases run in a gateway
+netns G whose routes and neighbours give every fib result. Topology of G:
+
+  lan   (LAN, Ethernet)  10.244.1.1/24, fd00:a:0:1::1/64   hosts L, L6 (neighbours)
+  pod   (LAN, veth, peer in another netns) 10.244.7.0/24    host P (neighbour)
+  ifc   (interface peer, Ethernet, mtu 1400)  10.250.0.1/24, fd00:f::1/64
+        10.245.0.0/16 and fd00:b::/48 via its neighbour; 10.245.4.0/24 via an
+        unresolved one; mappings remote 10.244.0.0/16 as 10.245.0.0/16,
+        local 10.244.0.0/16 as 10.246.0.0/16
+  tun   (L3) 10.245.9.0/24
+  other (no natgw) 10.245.5.0/24 via its neighbour
+  off   (LAN, forwarding off)
+  blackhole 10.245.66/24, unreachable 10.245.67/24, prohibit 10.245.68/24
+
+Expected packets are built by scapy with checksums left empty; a case's
+output equal to them byte for byte has every checksum right, and the run is
+CHECKSUM_COMPLETE (skb->csum checked by the kernel). A fallback returns the
+input unchanged with TC_ACT_UNSPEC; a redirect TC_ACT_REDIRECT with the TTL
+one lower (and for an Ethernet output the fib's MAC addresses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+from bpf_run import (
+    TC_ACT_REDIRECT,
+    TC_ACT_UNSPEC,
+    in_netns,
+    run_frame,
+)
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
+from scapy.layers.inet6 import (
+    ICMPv6DestUnreach,
+    ICMPv6EchoRequest,
+    IPv6,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+)
+from scapy.layers.l2 import ARP, Ether
+from scapy.packet import Packet, Raw
+
+from lab.net import add_address, sh, veth
+from natgw.dataplane import Dataplane, Mapping, layout
+
+pytestmark = [pytest.mark.bpf, pytest.mark.netns]
+
+MAC = {  # gateway side, far side
+    "lan": ("02:00:00:00:01:01", "02:00:00:00:01:02"),
+    "pod": ("02:00:00:00:07:01", "02:00:00:00:07:02"),
+    "ifc": ("02:00:00:00:0f:01", "02:00:00:00:0f:02"),
+    "other": ("02:00:00:00:05:01", "02:00:00:00:05:02"),
+    "off": ("02:00:00:00:0e:01", "02:00:00:00:0e:02"),
+}
+L, P, R, RA, LA = "10.244.1.2", "10.244.7.2", "10.244.3.4", "10.245.3.4", "10.246.7.2"
+L6, RA6 = "fd00:a:0:1::2", "fd00:b:0:3::4"
+IFC_MTU = 1400
+MAPPINGS = [Mapping.parse("remote", "10.244.0.0/16", "10.245.0.0/16"),
+            Mapping.parse("local", "10.244.0.0/16", "10.246.0.0/16"),
+            Mapping.parse("remote", "fd00:a::/48", "fd00:b::/48")]
+
+
+@pytest.fixture(scope="module")
+def gw(request):
+    from lab.netnslab import NetnsLab, netns_unavailable_reason
+
+    if netns_unavailable_reason():
+        pytest.skip(netns_unavailable_reason())
+    with NetnsLab() as lab:
+        g, far = lab.netns("G"), lab.netns("F")
+        devs = {}
+        for i, (role, (mac_g, mac_f)) in enumerate(MAC.items()):
+            devs[role] = lab.name(f"{role[:3]}{i}")
+            veth(g, devs[role], far, lab.name(f"f{i}"), mac_g, mac_f)
+        tun = lab.name("tun")
+        sh(g, "ip", "tuntap", "add", "dev", tun, "mode", "tun")
+        sh(g, "ip", "link", "set", tun, "up")
+        sh(g, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
+           f"net.ipv4.conf.{devs['off']}.forwarding=0")
+        for role, cidr in (("lan", "10.244.1.1/24"), ("lan", "fd00:a:0:1::1/64"),
+                           ("pod", "10.244.7.1/24"), ("ifc", "10.250.0.1/24"),
+                           ("ifc", "fd00:f::1/64"), ("other", "10.251.0.1/24"),
+                           ("off", "10.252.0.1/24")):
+            add_address(g, devs[role], cidr)
+        sh(g, "ip", "link", "set", devs["ifc"], "mtu", str(IFC_MTU))
+        for role, addr in (("lan", L), ("lan", L6), ("pod", P), ("ifc", "10.250.0.2"),
+                           ("ifc", "fd00:f::2"), ("other", "10.251.0.2")):
+            sh(g, "ip", "neigh", "replace", addr, "lladdr", MAC[role][1], "dev", devs[role],
+               "nud", "permanent")
+        for route in (f"10.245.0.0/16 via 10.250.0.2 dev {devs['ifc']}",
+                      f"fd00:b::/48 via fd00:f::2 dev {devs['ifc']}",
+                      f"10.245.4.0/24 via 10.250.0.3 dev {devs['ifc']}",
+                      f"10.245.9.0/24 dev {tun}",
+                      f"10.245.5.0/24 via 10.251.0.2 dev {devs['other']}",
+                      "blackhole 10.245.66.0/24", "unreachable 10.245.67.0/24",
+                      "prohibit 10.245.68.0/24"):
+            sh(g, "ip", "route", "add", *route.split())
+        idx = {role: int(sh(g, "cat", f"/sys/class/net/{dev}/ifindex"))
+               for role, dev in [*devs.items(), ("tun", tun)]}
+        dp = Dataplane.load(lab.name("fast"))
+        lab.on_cleanup(dp.destroy)
+        t = dp.tables
+        t.set_device(idx["lan"], 14, 0, 0, layout.DEV_F_LAN)
+        t.set_device(idx["off"], 14, 0, 0, layout.DEV_F_LAN)
+        t.set_device(idx["pod"], 14, 0, 0, layout.DEV_F_LAN | layout.DEV_F_PEER_NETNS)
+        t.set_device(idx["ifc"], 14, IFC_MTU - 40, IFC_MTU - 60)
+        t.set_device(idx["tun"], 0, 1380, 1360)
+        t.set_mappings(idx["ifc"], MAPPINGS)
+        yield {"ns": g, "dp": dp, "idx": idx}
+
+
+@dataclass
+class Case:
+    name: str
+    prog: str  # "lan" or "ingress_fast"
+    into: str  # the input device's role
+    pkt: Packet | bytes  # IP packet (or a whole frame when bytes start with a MAC)
+    decision: str
+    # The IP packet expected out (None: the input, with the TTL lowered if redirected).
+    expected: Packet | None = None
+    out: str | None = None  # the output device's role: its MACs are expected
+    dst_mac: str | None = None  # the frame's destination MAC (default: the input device's)
+    gso_size: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def v4(src, dst, ttl=64, **kw):
+    return IP(src=src, dst=dst, id=7, ttl=ttl, **kw)
+
+
+def v6(src, dst, hlim=64, **kw):
+    return IPv6(src=src, dst=dst, hlim=hlim, **kw)
+
+
+UDP_DATA = UDP(sport=5353, dport=53) / Raw(b"q" * 64)
+TCP_DATA = TCP(sport=40000, dport=80, flags="PA", seq=1, ack=1) / Raw(b"x" * 100)
+BIG_TCP = TCP(sport=40000, dport=80, flags="A") / Raw(b"b" * 1500)
+
+CASES = [
+    # Redirects: to an Ethernet interface peer, a tunnel (L3), a pod's veth peer.
+    Case("udp to interface peer", "lan", "lan", v4(L, RA) / UDP_DATA, "redirect_eth",
+         out="ifc"),
+    Case("tcp to interface peer", "lan", "lan", v4(L, RA) / TCP_DATA, "redirect_eth",
+         out="ifc"),
+    Case("ipv6 udp to interface peer", "lan", "lan", v6(L6, RA6) / UDP_DATA, "redirect_eth",
+         out="ifc"),
+    Case("icmp echo to tunnel", "lan", "lan", v4(L, "10.245.9.9") / ICMP() / Raw(b"hi"),
+         "redirect_l3"),
+    Case("gso segments fit the route mtu", "lan", "lan", v4(L, RA) / BIG_TCP, "redirect_eth",
+         out="ifc", gso_size=IFC_MTU - 40),
+    Case("ingress translated into a pod's veth", "ingress_fast", "ifc",
+         v4(R, LA) / UDP_DATA, "redirect_peer", expected=v4("10.245.3.4", P, ttl=63) / UDP_DATA,
+         out="pod"),
+    Case("ingress translated to a LAN host", "ingress_fast", "ifc",
+         v4(R, "10.246.1.2") / TCP_DATA, "redirect_eth",
+         expected=v4("10.245.3.4", L, ttl=63) / TCP_DATA, out="lan"),
+    # Fallbacks: the stack gets the packet unchanged.
+    Case("ttl 1", "lan", "lan", v4(L, RA, ttl=1) / UDP_DATA, "ttl"),
+    Case("hop limit 1", "lan", "lan", v6(L6, RA6, hlim=1) / UDP_DATA, "ttl"),
+    Case("ip options", "lan", "lan", v4(L, RA, options=[IPOption_RR()]) / UDP_DATA,
+         "ip_options"),
+    Case("ipv6 hop-by-hop", "lan", "lan", v6(L6, RA6) / IPv6ExtHdrHopByHop() / UDP_DATA,
+         "ip_options"),
+    Case("first fragment", "lan", "lan", v4(L, RA, flags="MF") / UDP_DATA, "fragment"),
+    Case("later fragment", "lan", "lan", v4(L, RA, frag=100) / Raw(b"f" * 64), "fragment"),
+    Case("ipv6 fragment", "lan", "lan", v6(L6, RA6) / IPv6ExtHdrFragment() / UDP_DATA,
+         "fragment"),
+    Case("icmp error", "lan", "lan", v4(L, RA) / ICMP(type=3, code=3) / v4(RA, L) / UDP_DATA,
+         "icmp_error"),
+    Case("icmpv6 error", "lan", "lan", v6(L6, RA6) / ICMPv6DestUnreach() / v6(RA6, L6)
+         / UDP_DATA, "icmp_error"),
+    Case("multicast", "lan", "lan", v4(L, "239.1.2.3") / UDP_DATA, "multicast"),
+    Case("broadcast", "lan", "lan", v4(L, "255.255.255.255") / UDP_DATA, "multicast"),
+    Case("ipv6 multicast", "lan", "lan", v6(L6, "ff02::1") / UDP_DATA, "multicast"),
+    Case("frame for another host", "lan", "lan", v4(L, RA) / UDP_DATA, "multicast",
+         dst_mac="02:00:00:00:99:99"),
+    Case("loopback source", "lan", "lan", v4("127.0.0.1", RA) / UDP_DATA, "martian"),
+    Case("ipv6 link-local destination", "lan", "lan", v6(L6, "fe80::1") / UDP_DATA, "martian"),
+    Case("not ip", "lan", "lan", bytes(ARP(psrc=L, pdst="10.244.1.1")), "not_ip"),
+    Case("unresolved neighbour", "lan", "lan", v4(L, "10.245.4.4") / UDP_DATA, "no_neigh"),
+    Case("larger than the route mtu", "lan", "lan", v4(L, RA) / BIG_TCP, "frag_needed"),
+    Case("gso segments larger than the route mtu", "lan", "lan", v4(L, RA) / BIG_TCP,
+         "frag_needed", gso_size=IFC_MTU),
+    Case("blackhole", "lan", "lan", v4(L, "10.245.66.1") / UDP_DATA, "unreachable"),
+    Case("unreachable", "lan", "lan", v4(L, "10.245.67.1") / UDP_DATA, "unreachable"),
+    Case("prohibit", "lan", "lan", v4(L, "10.245.68.1") / UDP_DATA, "unreachable"),
+    Case("for the gateway itself", "lan", "lan", v4(L, "10.244.1.1") / UDP_DATA, "local"),
+    Case("forwarding disabled", "lan", "off", v4("10.252.0.2", RA) / UDP_DATA,
+         "fwd_disabled"),
+    Case("to a device without natgw", "lan", "lan", v4(L, "10.245.5.5") / UDP_DATA,
+         "out_device"),
+    Case("LAN to LAN stays with the stack", "lan", "lan", v4(L, P) / UDP_DATA, "out_device"),
+    Case("ingress, back out of the same device", "ingress_fast", "ifc",
+         v4(R, "10.245.3.9") / UDP_DATA, "out_device",
+         expected=v4(RA, "10.245.3.9") / UDP_DATA),
+]
+
+
+def frame_of(case: Case) -> bytes:
+    dst = case.dst_mac or MAC[case.into][0]
+    if isinstance(case.pkt, bytes):
+        return bytes(Ether(src=MAC[case.into][1], dst=dst, type=0x0806)) + case.pkt
+    return bytes(Ether(src=MAC[case.into][1], dst=dst) / case.pkt)
+
+
+def lowered(pkt: Packet) -> Packet:
+    """The packet as forwarded: one hop less, checksums computed anew."""
+    out = pkt.copy()
+    if IP in out:
+        out[IP].ttl -= 1
+        del out[IP].chksum
+    else:
+        out[IPv6].hlim -= 1
+    return out
+
+
+def run_case(gw, case: Case) -> tuple[int, bytes, dict[str, int]]:
+    dp, idx = gw["dp"], gw["idx"]
+    before = dp.tables.fast_stats_of(idx[case.into])
+    verdict, out = in_netns(gw["ns"], lambda: run_frame(
+        dp.programs.fd(case.prog), frame_of(case), ifindex=idx[case.into],
+        gso_size=case.gso_size))
+    after = dp.tables.fast_stats_of(idx[case.into])
+    return verdict, out, {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_decision(gw, case):
+    verdict, out, counted = run_case(gw, case)
+    assert counted == {case.decision: 1}
+    if not case.decision.startswith("redirect"):
+        # Unchanged, or for ingress_fast translated exactly as natgw_ingress would.
+        want = frame_of(case)
+        if case.expected is not None:
+            want = want[:14] + bytes(case.expected)
+        assert (verdict, out) == (TC_ACT_UNSPEC, want)
+        return
+    assert verdict == TC_ACT_REDIRECT
+    want_ip = bytes(case.expected if case.expected is not None else lowered(case.pkt))
+    assert out[14:] == want_ip, "\n" + Ether(out).show(dump=True)
+    if case.out is not None:
+        assert out[:12] == bytes.fromhex(MAC[case.out][1].replace(":", "")
+                                         + MAC[case.out][0].replace(":", ""))
+    else:  # to an L3 device: the frame's header is the input's (the kernel strips it)
+        assert out[:14] == frame_of(case)[:14]
+
+
+def test_ingress_translation_drops_end_the_fast_path(gw):
+    """A packet the ingress translation drops is neither forwarded nor counted here."""
+    dp, idx = gw["dp"], gw["idx"]
+    before = dp.tables.fast_stats_of(idx["ifc"])
+    truncated = bytes(v4(R, LA, proto=17)) + b"\x00" * 4
+    frame = bytes(Ether(src=MAC["ifc"][1], dst=MAC["ifc"][0], type=0x0800)) + truncated
+    verdict, _ = in_netns(gw["ns"], lambda: run_frame(dp.programs.fd("ingress_fast"), frame,
+                                                       ifindex=idx["ifc"]))
+    assert verdict == 2  # TC_ACT_SHOT
+    assert dp.tables.fast_stats_of(idx["ifc"]) == before
+
+
+def test_echo_request_v6_to_interface_keeps_icmp_checksum(gw):
+    case = Case("icmpv6 echo", "lan", "lan", v6(L6, RA6) / ICMPv6EchoRequest(data=b"x"),
+                "redirect_eth", out="ifc")
+    verdict, out, counted = run_case(gw, case)
+    assert (verdict, counted) == (TC_ACT_REDIRECT, {"redirect_eth": 1})
+    assert out[14:] == bytes(lowered(case.pkt))
