@@ -24,7 +24,7 @@ from bench.topology import (
     WG_MODES,
     cleanup,
     load_records,
-    natgw_knows,
+    natgw_refuses,
 )
 from bench.workloads import FAMILIES, SIZES
 from lab.net import LabError
@@ -69,11 +69,10 @@ def _list(value: str) -> tuple[str, ...]:
 
 
 def default_modes(modes: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The default modes this natgw can run, and those it cannot (no `fastpath:` yet)."""
-    if natgw_knows("fastpath"):
-        return modes, ()
-    return (tuple(m for m in modes if MODE_TABLE[m].fastpath is None),
-            tuple(m for m in modes if MODE_TABLE[m].fastpath is not None))
+    """The default modes this natgw can run, and "mode (why not)" for the others."""
+    why = {m: natgw_refuses(m) for m in modes}
+    return (tuple(m for m in modes if not why[m]),
+            tuple(f"{m} ({why[m]})" for m in modes if why[m]))
 
 
 def options(a: argparse.Namespace) -> Options:
@@ -119,8 +118,7 @@ def options(a: argparse.Namespace) -> Options:
     opt.hooks = not a.no_hooks and "route" in opt.modes
     opt.log = lambda s: print(s, file=sys.stderr, flush=True)
     if skipped:
-        opt.log(f"natgw bench: not measuring {', '.join(skipped)}: this natgw has no "
-                "`fastpath:` setting")
+        opt.log(f"natgw bench: not measuring {'; '.join(skipped)}")
     return opt
 
 

@@ -110,7 +110,10 @@ def overhead_table(d: dict, md: bool) -> str | None:
     rows = []
     for label, key in (("route", "route"), ("route + natgw programs, no match",
                                             "route+natgw-hooks"),
-                       ("natgw, translating", "natgw")):
+                       ("natgw-off, translating after routing", "natgw-off"),
+                       ("natgw, translating (default fast path)", "natgw")):
+        if m.get(f"{key}/underlay/udp1_ns") is None and key == "natgw-off":
+            continue
         row = [label]
         for f in ("udp1", "udpn"):
             ns = m.get(f"{key}/underlay/{f}_ns")
@@ -120,6 +123,20 @@ def overhead_table(d: dict, md: bool) -> str | None:
         rows.append(row)
     return table(["underlay", "1 flow pps", "gw ns/pkt", "vs route", "new flow pps",
                   "gw ns/pkt", "vs route"], rows, md)
+
+
+def fastpath_table(d: dict, md: bool) -> str | None:
+    """natgw's fast-path decisions over the rounds, per natgw topology (both gateways)."""
+    fp = d.get("fastpath") or {}
+    if not fp:
+        return None
+    rows = []
+    for key, reasons in fp.items():
+        redirected = sum(n for r, n in reasons.items() if r.startswith("redirect"))
+        stack = {r: n for r, n in reasons.items() if not r.startswith("redirect")}
+        rows.append([key, f"{redirected:,}", f"{sum(stack.values()):,}",
+                     ", ".join(f"{r} {n:,}" for r, n in reasons.items()) or "-"])
+    return table(["natgw topology", "redirected", "to the stack", "by reason"], rows, md)
 
 
 def _kib(b: float | None) -> str:
@@ -260,8 +277,7 @@ def _modes_text(d: dict) -> str:
             + (f"; over WireGuard: {', '.join(wg)}" if "wg" in opt.get("transports", ())
                else "") + ". ")
     if opt.get("skipped"):
-        text += (f"Not measured: {', '.join(opt['skipped'])} (this natgw has no `fastpath:` "
-                 "setting). ")
+        text += f"Not measured: {'; '.join(opt['skipped'])}. "
     text += ("The pods' tx checksum offload: "
              + ("**off in every mode** (natgw-xdp on veth needs it; TCP without TSO). "
                 if opt.get("tx_csum_off") else "on (the kernel's default). "))
@@ -303,6 +319,8 @@ def render(d: dict, md: bool = False) -> str:
             parts += [f"{h}TCP, {TRANSPORT_TITLE[transport]}", body]
     for title, fn in (("Where natgw's cost goes (two hops: gw1 egress, gw2 ingress)",
                        overhead_table),
+                      ("natgw's fast-path decisions over the rounds (both gateways, "
+                       "every device)", fastpath_table),
                       ("natgw forwarding with many mappings (underlay)", mappings_table),
                       ("Installing the extra mappings through the library", install_table),
                       ("natgw's programs alone (BPF_PROG_TEST_RUN, per packet per hop)",

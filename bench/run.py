@@ -28,7 +28,7 @@ from bench.topology import (
     WG_MODES,
     Topology,
     cleanup,
-    natgw_knows,
+    natgw_refuses,
     new_record,
 )
 from bench.workloads import FAMILIES, HEADLINE, SIZES, workloads
@@ -68,6 +68,7 @@ class Results:
     build: dict = field(default_factory=dict)
     control: dict = field(default_factory=dict)
     micro: dict = field(default_factory=dict)
+    fastpath: dict = field(default_factory=dict)   # "<key>" -> natgw's decisions by reason
     started: float = 0.0
     finished: float = 0.0
     command: str = ""
@@ -95,7 +96,7 @@ class Results:
                 "finished": self.finished, "medians": self.medians(),
                 "spreads": self.spreads(), "samples": self.samples,
                 "details": self.details, "build": self.build, "control": self.control,
-                "micro": self.micro}
+                "micro": self.micro, "fastpath": self.fastpath}
 
 
 def _version(argv: list[str]) -> str:
@@ -148,9 +149,9 @@ def check_modes(modes: tuple[str, ...]) -> None:
     for m in modes:
         if m not in MODE_TABLE:
             raise LabError(f"unknown mode {m} (modes: {', '.join(MODE_TABLE)})")
-        if MODE_TABLE[m].fastpath is not None and not natgw_knows("fastpath"):
-            raise LabError(f"mode {m} needs natgw's `fastpath:` setting, which this "
-                           "natgw does not have")
+        why = natgw_refuses(m)
+        if why:
+            raise LabError(f"mode {m}: {why}")
 
 
 def _topologies(rec: Record, opt: Options) -> list[Topology]:
@@ -235,6 +236,9 @@ def run(opt: Options) -> Results:
             t0 = time.monotonic()
             measure_round(r, topos, counters, res, opt)
             opt.log(f"  round {r + 1}/{opt.rounds} done ({time.monotonic() - t0:.0f} s)")
+        for t in topos:  # which path natgw's packets took over the rounds
+            if t.spec.kind == "natgw":
+                res.fastpath[t.key] = t.fastpath_decisions()
         if opt.control:
             for t in topos:
                 if t.mode == "natgw" and not t.extra:  # the product itself

@@ -165,6 +165,26 @@ def natgw_knows(key: str) -> bool:
     return any(key in (name, f.alias) for name, f in GatewayConfig.model_fields.items())
 
 
+def natgw_refuses(mode: str) -> str | None:
+    """Why this checkout's natgw cannot run `mode` (None: it can): a `fastpath:`
+    value it does not have or refuses (natgw-xdp before XDP exists)."""
+    spec = MODE_TABLE[mode]
+    if spec.fastpath is None:
+        return None
+    if not natgw_knows("fastpath"):
+        return "this natgw has no `fastpath:` setting"
+    from natgw.config import ConfigError, parse_config  # noqa: PLC0415
+
+    probe = {"name": "nbprobe", "cidrs": [POD_CIDR], "fastpath": spec.fastpath,
+             "peers": [{"name": "peer", "interface": "nbprobe0", "via": UNDERLAY[1],
+                        "remote": [{"cidr": POD_CIDR, "as": C2_SEEN_BY_C1}]}]}
+    try:
+        parse_config(probe, Path("."))
+    except ConfigError as e:
+        return f"natgw refuses `fastpath: {spec.fastpath}`: {e.reason}"
+    return None
+
+
 def host_in(net: str, ref: str = POD_ADDR) -> str:
     """`ref` (the pod's address by default) moved into `net` by NETMAP."""
     return str(netmap(ref, net))
@@ -580,6 +600,23 @@ class Topology:
             except OSError:
                 pass
         return out
+
+    def fastpath_decisions(self) -> dict[str, int]:
+        """natgw's fast-path decisions so far by reason (redirect_eth, no_neigh, ...),
+        summed over both gateways and their devices; {} outside the natgw modes (or
+        with a natgw that counts none)."""
+        if self.spec.kind != "natgw":
+            return {}
+        from natgw.dataplane import Dataplane  # noqa: PLC0415
+
+        out: dict[str, int] = {}
+        for gw in self.gateways:
+            with Dataplane.open(gw) as dp:
+                count = getattr(dp.tables, "fast_stats_of", None)
+                for idx in dp.tables.all_devices() if count else ():
+                    for reason, n in count(idx).items():
+                        out[reason] = out.get(reason, 0) + n
+        return {k: v for k, v in sorted(out.items()) if v}
 
     # -- checks -----------------------------------------------------------------
 

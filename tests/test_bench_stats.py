@@ -334,11 +334,13 @@ def test_report_renders_a_run():
         "options": {"rounds": 3, "window": 2, "tcp_window": 3, "rr_window": 1,
                     "modes": ["route", "route-ct", "iptables", "natgw"],
                     "wg_modes": ["route", "natgw"], "transports": ["underlay", "wg"],
-                    "skipped": ["natgw-off"], "tx_csum_off": True},
+                    "skipped": ["natgw-off (no fastpath here)"], "tx_csum_off": True},
         "started": 0, "finished": 60,
         "medians": {**MEDIANS, "natgw-m100/underlay/udp1_pps": 98.0},
         "spreads": {"natgw/underlay/udp1_pps": 0.05},
         "samples": {"natgw/underlay": {"udp1_sat": [1.0, 0.0, 1.0]}},
+        "fastpath": {"natgw/underlay": {"no_neigh": 3, "redirect_eth": 900,
+                                        "redirect_peer": 100}},
         "build": {}, "control": {}, "micro": {"1": {"egress_translate": 60},
                                               "10000": {"egress_translate": 90}},
     }
@@ -350,6 +352,7 @@ def test_report_renders_a_run():
         assert f"UDP forwarding, {klass}, direct underlay" in md
         assert f"UDP forwarding, {klass}, WireGuard" in md
     assert "Not measured: natgw-off" in md and "off in every mode" in md
+    assert "| natgw/underlay | 1,000 | 3 | no_neigh 3, redirect_eth 900, redirect_peer 100 |" in md
     # the targets table: one line per target, its value, limit and verdict from the run
     rows = {r.split(" | ")[0].lstrip("| "): r.split(" | ")[1:]
             for r in md.splitlines() if "natgw capacity x" in r or "10,000 mappings" in r}
@@ -371,3 +374,15 @@ def test_losses_are_attributed_to_the_change_that_was_running():
     got = attribute_loss([150, 340, 360, 520], start, rate, changes)
     assert got == {"cli add": 2, "none": 1, "library remove": 1}
     assert loss_bursts([10, 11, 13, 500], rate) == [[0.01, 3], [0.5, 1]]
+
+
+def test_modes_natgw_cannot_run_are_named_with_the_reason():
+    from bench.__main__ import default_modes
+    from bench.topology import natgw_refuses
+
+    assert natgw_refuses("route") is None and natgw_refuses("natgw") is None
+    assert natgw_refuses("natgw-off") is None  # this branch's natgw has `fastpath: off`
+    run, skipped = default_modes(("route", "natgw-off", "natgw-xdp"))
+    why = natgw_refuses("natgw-xdp")
+    assert run == (("route", "natgw-off") if why else ("route", "natgw-off", "natgw-xdp"))
+    assert skipped == ((f"natgw-xdp ({why})",) if why else ())

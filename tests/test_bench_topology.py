@@ -30,7 +30,7 @@ from bench.topology import (
     Topology,
     cleanup,
     conntrack_entries,
-    natgw_knows,
+    natgw_refuses,
     new_record,
 )
 from bench.workloads import Workload, classes
@@ -44,10 +44,6 @@ SO_RCVBUFFORCE = 33  # Linux; not in Python's socket module
 # What pod2 sees pod1 as, and pod1 pod2, per family: plain routing, then NETMAP.
 ROUTED = {4: ("10.244.1.10", "10.245.1.10"), 6: ("fd00:244:0:1::10", "fd00:245:0:1::10")}
 TRANSLATED = {4: ("10.221.1.10", "10.212.1.10"), 6: ("fd00:221:0:1::10", "fd00:212:0:1::10")}
-
-
-def _runnable(mode: str) -> bool:
-    return MODE_TABLE[mode].fastpath is None or natgw_knows("fastpath")
 
 
 CASES = [(m, "underlay") for m in (*MODES, "natgw-xdp")] + [(m, "wg") for m in WG_MODES]
@@ -86,8 +82,9 @@ def built(record):
 
 @pytest.mark.parametrize("mode, transport", CASES)
 def test_each_mode_forwards_with_the_expected_addresses(built, mode, transport):
-    if not _runnable(mode):
-        pytest.skip(f"{mode}: this natgw has no fastpath setting")
+    why = natgw_refuses(mode)
+    if why:
+        pytest.skip(f"{mode}: {why}")
     spec = MODE_TABLE[mode]
     topo = built(mode, transport, tx_csum_off=spec.tx_csum_off)
     want = TRANSLATED if spec.overlapping else ROUTED
@@ -148,6 +145,24 @@ def test_generator_frames_arrive_translated(built, mode, size, family):
     assert len(many) > 100  # a new source port and address low bits per packet
     assert {ipaddress.ip_address(a) in ipaddress.ip_network(FAMILY[family].c1_seen_by_c2)
             for a, _ in many} == {True}
+
+
+def test_natgw_modes_take_the_path_they_promise(built):
+    # natgw's default sends the flood through its fast path; natgw-off never does.
+    work = Workload("64", 4, False)
+    modes = [m for m in ("natgw", "natgw-off") if not natgw_refuses(m)]
+    for mode in modes:
+        topo = built(mode)
+        before = topo.fastpath_decisions()
+        assert _receive(topo, work) == {(TRANSLATED[4][0], 40000)}
+        after = topo.fastpath_decisions()
+        redirected = sum(n - before.get(r, 0) for r, n in after.items()
+                         if r.startswith("redirect"))
+        if MODE_TABLE[mode].fastpath == "off":
+            assert redirected == 0
+        else:
+            assert redirected > 1000  # the 0.3 s flood, redirected on both gateways
+    assert built("route").fastpath_decisions() == {}
 
 
 def test_senders_checksum_offload_off_when_asked(built):
