@@ -15,8 +15,18 @@ import json
 import sys
 
 from bench import report
-from bench.run import Options, run, write_json
-from bench.topology import MODES, TRANSPORTS, cleanup, load_records
+from bench.run import Options, check_modes, run, write_json
+from bench.topology import (
+    ALL_MODES,
+    MODE_TABLE,
+    MODES,
+    TRANSPORTS,
+    WG_MODES,
+    cleanup,
+    load_records,
+    natgw_refuses,
+)
+from bench.workloads import FAMILIES, SIZES
 from lab.net import LabError
 
 
@@ -24,11 +34,21 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="2 rounds of short windows, fewer control-plane repeats (~3 min)")
+                    help="2 rounds of very short windows, 10,000 mappings only, fewer "
+                    "control-plane repeats (~4 min on a quiet machine)")
     ap.add_argument("--rounds", type=int, help="rounds of interleaved measures (default 6)")
-    ap.add_argument("--window", type=float, help="seconds per UDP rate sample (default 2)")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
+    ap.add_argument("--window", type=float, help="seconds per UDP rate sample (default 1)")
+    ap.add_argument("--modes", help=f"over the underlay, comma-separated, of {','.join(ALL_MODES)} "
+                    f"(default {','.join(MODES)}; natgw-xdp turns the pods' tx checksum "
+                    "offload off in every mode)")
+    ap.add_argument("--wg-modes", help=f"over WireGuard (default {','.join(WG_MODES)})")
     ap.add_argument("--transports", default=",".join(TRANSPORTS), help="underlay,wg")
+    ap.add_argument("--sizes", default=",".join(SIZES),
+                    help="UDP sizes: 64 (bytes of payload), 1400 (bytes of IP packet)")
+    ap.add_argument("--families", default=",".join(map(str, FAMILIES)), help="4,6")
+    ap.add_argument("--tx-csum-off", action="store_true",
+                    help="the pods send without tx checksum offload in every mode (natgw-xdp "
+                    "implies it)")
     ap.add_argument("--no-mappings", action="store_true", help="skip the 100/10,000 mappings")
     ap.add_argument("--no-control", action="store_true", help="skip natgw's control plane")
     ap.add_argument("--no-micro", action="store_true", help="skip BPF_PROG_TEST_RUN timing")
@@ -44,29 +64,61 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(x for x in value.split(",") if x)
+
+
+def default_modes(modes: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The default modes this natgw can run, and "mode (why not)" for the others."""
+    why = {m: natgw_refuses(m) for m in modes}
+    return (tuple(m for m in modes if not why[m]),
+            tuple(f"{m} ({why[m]})" for m in modes if why[m]))
+
+
 def options(a: argparse.Namespace) -> Options:
     opt = Options()
-    if a.quick:
-        opt.rounds, opt.window, opt.tcp_window, opt.rr_window = 2, 1.0, 2.0, 1.0
-        opt.change_cycles, opt.cold_repeats = 1, 1
+    if a.quick:  # a smoke run of everything: every topology, workload and measure once more
+        opt.rounds, opt.window, opt.warmup, opt.tcp_window, opt.rr_window = 2, 0.3, 0.15, 1.0, 0.5
+        opt.change_cycles, opt.cold_repeats, opt.mapping_counts = 1, 1, (10000,)
     if a.rounds:
         opt.rounds = a.rounds
     if a.window:
         opt.window = a.window
-    opt.modes = tuple(m for m in a.modes.split(",") if m)
-    opt.transports = tuple(t for t in a.transports.split(",") if t)
-    for m in opt.modes:
-        if m not in MODES:
-            raise LabError(f"--modes: unknown mode {m}")
+    skipped: tuple[str, ...] = ()
+    if a.modes is None:
+        opt.modes, skipped = default_modes(MODES)
+    else:
+        opt.modes = _list(a.modes)
+    if a.wg_modes is None:
+        opt.wg_modes, more = default_modes(WG_MODES)
+        skipped += tuple(m for m in more if m not in skipped)
+    else:
+        opt.wg_modes = _list(a.wg_modes)
+    opt.skipped = skipped
+    check_modes(opt.modes + opt.wg_modes)
+    opt.transports = _list(a.transports)
     for t in opt.transports:
         if t not in TRANSPORTS:
             raise LabError(f"--transports: unknown transport {t}")
+    opt.sizes = _list(a.sizes)
+    if not opt.sizes or any(s not in SIZES for s in opt.sizes):
+        raise LabError(f"--sizes: of {','.join(SIZES)}")
+    try:
+        opt.families = tuple(int(f) for f in _list(a.families))
+    except ValueError:
+        opt.families = ()
+    if not opt.families or any(f not in FAMILIES for f in opt.families):
+        raise LabError("--families: of 4,6")
+    opt.tx_csum_off = a.tx_csum_off or any(MODE_TABLE[m].tx_csum_off
+                                           for m in opt.modes + opt.wg_modes)
     if a.no_mappings:
         opt.mapping_counts = ()
     opt.control = not a.no_control and "natgw" in opt.modes
     opt.micro = not a.no_micro and "natgw" in opt.modes
     opt.hooks = not a.no_hooks and "route" in opt.modes
     opt.log = lambda s: print(s, file=sys.stderr, flush=True)
+    if skipped:
+        opt.log(f"natgw bench: not measuring {'; '.join(skipped)}")
     return opt
 
 
@@ -86,7 +138,12 @@ def main(argv: list[str]) -> int:
                 report.update_markdown(a.markdown, d, d.get("command", "python -m bench"))
             return 0
         a.json = a.json or f"bench-results/{'quick' if a.quick else 'latest'}.json"
-        res = run(options(a))
+        try:
+            opt = options(a)
+        except LabError as e:  # a usage error
+            print(f"natgw bench: {e}", file=sys.stderr)
+            return 2
+        res = run(opt)
     except LabError as e:
         print(f"natgw bench: {e}", file=sys.stderr)
         return 1

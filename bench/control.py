@@ -101,7 +101,10 @@ def config_change(topo: Topology, cycles: int, rate: float = 20000, flows: int =
     """
     pod2 = topo.plan.pod2_addr
     new_dst, new_real = host_in(EXTRA_C2_AS), host_in(EXTRA_C2_CIDR)
-    seconds = 2 + cycles * 4 * (settle + 2.5)
+    # A bound only: the streams are stopped after the last change. It must outlast the
+    # changes, which take many times their usual 0.1-0.7 s on a loaded machine (a
+    # stream that ended early would leave later changes unobserved).
+    seconds = 2 + cycles * 4 * (settle + 2.5) + 120
     streams = _Streams(topo, seconds)
     changes: list[dict] = []
     try:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from bench.stats import (
+    Target,
     capacity_ratio,
     evaluate_control_targets,
     evaluate_targets,
@@ -15,7 +16,8 @@ from bench.stats import (
     ratio,
     table,
 )
-from bench.topology import MODES
+from bench.topology import ALL_MODES
+from bench.workloads import Workload, classes
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 TRANSPORT_TITLE = {"underlay": "direct underlay (veth, no tunnel)",
@@ -31,24 +33,28 @@ def _saturated(d: dict, key: str, measure: str) -> str:
     return f"{int(sum(flags))}/{len(flags)}" if flags else "-"
 
 
-def forwarding_table(d: dict, transport: str, md: bool) -> str:
+def forwarding_table(d: dict, transport: str, size: str, family: int, md: bool) -> str | None:
     m, sp = d["medians"], d["spreads"]
+    one, new = Workload(size, family, False), Workload(size, family, True)
 
     def g(mode: str, measure: str) -> float | None:
         return m.get(f"{mode}/{transport}/{measure}")
 
+    modes = [x for x in ALL_MODES if g(x, f"{one.measure}_pps") is not None
+             or g(x, f"{new.measure}_pps") is not None]
+    if not modes:
+        return None
     rows = []
-    for mode in MODES:
-        if g(mode, "udp1_pps") is None:
-            continue
+    for mode in modes:
         row = [mode]
-        for flow in ("udp1", "udpn"):
-            row += [fmt_rate(g(mode, f"{flow}_pps")),
-                    fmt(ratio(g(mode, f"{flow}_pps"), g("route", f"{flow}_pps"))),
-                    _pct(sp.get(f"{mode}/{transport}/{flow}_pps")),
-                    fmt(g(mode, f"{flow}_ns"), 0),
-                    fmt(capacity_ratio(g(mode, f"{flow}_ns"), g("route", f"{flow}_ns"))),
-                    _saturated(d, f"{mode}/{transport}", flow)]
+        for w in (one, new):
+            f = w.measure
+            row += [fmt_rate(g(mode, f"{f}_pps")),
+                    fmt(ratio(g(mode, f"{f}_pps"), g("route", f"{f}_pps"))),
+                    _pct(sp.get(f"{mode}/{transport}/{f}_pps")),
+                    fmt(g(mode, f"{f}_ns"), 0),
+                    fmt(capacity_ratio(g(mode, f"{f}_ns"), g("route", f"{f}_ns"))),
+                    _saturated(d, f"{mode}/{transport}", f)]
         rows.append(row)
     headers = ["mode"]
     for flow in ("1 flow", "new flow/pkt"):
@@ -57,7 +63,7 @@ def forwarding_table(d: dict, transport: str, md: bool) -> str:
     return table(headers, rows, md)
 
 
-def tcp_table(d: dict, transport: str, md: bool) -> str:
+def tcp_table(d: dict, transport: str, md: bool) -> str | None:
     m = d["medians"]
 
     def g(mode: str, measure: str) -> float | None:
@@ -66,7 +72,9 @@ def tcp_table(d: dict, transport: str, md: bool) -> str:
     rows = [[mode, fmt(g(mode, "tcp_gbps")),
              fmt(ratio(g(mode, "tcp_gbps"), g("route", "tcp_gbps"))),
              fmt(g(mode, "rr_p50_us"), 0), fmt(g(mode, "rr_p99_us"), 0)]
-            for mode in MODES if g(mode, "tcp_gbps") is not None or g(mode, "rr_p50_us")]
+            for mode in ALL_MODES if g(mode, "tcp_gbps") is not None or g(mode, "rr_p50_us")]
+    if not rows:
+        return None
     return table(["mode", "TCP bulk Gbit/s", "x route", "RR p50 us", "RR p99 us"], rows, md)
 
 
@@ -105,9 +113,10 @@ def overhead_table(d: dict, md: bool) -> str | None:
                        ("route + natgw programs, no match (tcx)", "route+natgw-hooks"),
                        ("route + natgw programs, no match (clsact + cls_bpf)",
                         "route+natgw-hooks-tc"),
-                       ("natgw, translating", "natgw")):
+                       ("natgw-off, translating after routing", "natgw-off"),
+                       ("natgw, translating (default fast path)", "natgw")):
         if m.get(f"{key}/underlay/udp1_ns") is None and key != "natgw":
-            continue  # (runs from before the tc row)
+            continue  # (runs without that row)
         row = [label]
         for f in ("udp1", "udpn"):
             ns = m.get(f"{key}/underlay/{f}_ns")
@@ -117,6 +126,20 @@ def overhead_table(d: dict, md: bool) -> str | None:
         rows.append(row)
     return table(["underlay", "1 flow pps", "gw ns/pkt", "vs route", "new flow pps",
                   "gw ns/pkt", "vs route"], rows, md)
+
+
+def fastpath_table(d: dict, md: bool) -> str | None:
+    """natgw's fast-path decisions over the rounds, per natgw topology (both gateways)."""
+    fp = d.get("fastpath") or {}
+    if not fp:
+        return None
+    rows = []
+    for key, reasons in fp.items():
+        redirected = sum(n for r, n in reasons.items() if r.startswith("redirect"))
+        stack = {r: n for r, n in reasons.items() if not r.startswith("redirect")}
+        rows.append([key, f"{redirected:,}", f"{sum(stack.values()):,}",
+                     ", ".join(f"{r} {n:,}" for r, n in reasons.items()) or "-"])
+    return table(["natgw topology", "redirected", "to the stack", "by reason"], rows, md)
 
 
 def _kib(b: float | None) -> str:
@@ -208,29 +231,60 @@ def micro_table(d: dict, md: bool) -> str | None:
     return table(["mappings", *[f"{c} ns" for c in names]], rows, md)
 
 
-def targets(d: dict) -> list:
-    m = d["medians"]
-    out = []
-    for transport in ("underlay", "wg"):
-        if any(k.endswith(f"/{transport}/udp1_pps") for k in m):
-            out += evaluate_targets(m, transport)
-    return out + evaluate_control_targets(m)
+def targets(d: dict) -> list[Target]:
+    return evaluate_targets(d["medians"])
 
 
-def targets_text(d: dict, md: bool) -> str:
-    lines = []
+def _show(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "fraction":
+        return f"{v * 100:.1f} %"
+    if unit == "x":
+        return f"{v:.2f} x"
+    return f"{v:.3g} {unit}".strip()
+
+
+def targets_table(d: dict, md: bool) -> str | None:
+    """Issue 13's targets: one line each, value, target and verdict from this run."""
+    rows = []
     for t in targets(d):
+        verdict = t.verdict
+        if t.met is False:  # how far off: in points for a fraction, else in the unit
+            off = t.value - t.limit
+            verdict += (f" (by {off * 100:+.1f} points)" if t.unit == "fraction"
+                        else f" (by {off:+.2f})")
+        rows.append([t.name, _show(t.value, t.unit), f"{t.op} {_show(t.limit, t.unit)}",
+                     f"**{verdict}**" if md and t.met is False else verdict])
+    if not rows:
+        return None
+    return table(["target", "value", "target", "verdict"], rows, md)
+
+
+def control_targets_text(d: dict, md: bool) -> str | None:
+    lines = []
+    for t in evaluate_control_targets(d["medians"]):
         mark = {True: "met", False: "MISSED", None: "n/a"}[t.met]
-        if t.value is None:
-            val = "-"
-        elif t.unit == "packets":
-            val = f"{t.value:.0f}"
-        else:
-            val = f"{t.value:.3f}"
-        margin = "" if t.margin is None else f", margin {t.margin * 100:+.1f}%"
-        what = f"{t.name}: {val} {t.unit} (target {t.op} {t.limit}{margin})"
+        val = "-" if t.value is None else (f"{t.value:.0f}" if t.unit == "packets"
+                                           else f"{t.value:.3f}")
+        what = f"{t.name}: {val} {t.unit} (target {t.op} {t.limit})"
         lines.append(f"- **{mark}**: {what}" if md else f"  [{mark:>6}] {what}")
-    return "\n".join(lines)
+    return "\n".join(lines) or None
+
+
+def _modes_text(d: dict) -> str:
+    """The modes measured, what each is, and what the run could not measure."""
+    opt = d["options"]
+    under, wg = opt.get("modes") or [], opt.get("wg_modes") or []
+    text = (f"Modes over the underlay: {', '.join(under)}"
+            + (f"; over WireGuard: {', '.join(wg)}" if "wg" in opt.get("transports", ())
+               else "") + ". ")
+    if opt.get("skipped"):
+        text += f"Not measured: {'; '.join(opt['skipped'])}. "
+    text += ("The pods' tx checksum offload: "
+             + ("**off in every mode** (natgw-xdp on veth needs it; TCP without TSO). "
+                if opt.get("tx_csum_off") else "on (the kernel's default). "))
+    return text
 
 
 def render(d: dict, md: bool = False) -> str:
@@ -242,32 +296,43 @@ def render(d: dict, md: bool = False) -> str:
         f"kernel {mach['kernel']}; load average {_load(mach.get('loadavg_start'))} at start, "
         f"{_load(mach.get('loadavg_end'))} at end; natgw {mach['natgw_commit']}, "
         f"{mach['wireguard_go']}, {mach['iptables']}, {mach['nft']}",
-        f"Median of {opt['rounds']} rounds (modes interleaved); UDP: {opt['window']} s windows, "
-        f"64-byte payload (92-byte IP packets); TCP bulk: iperf3 {opt['tcp_window']} s; "
-        f"RR: 64-byte request/response over one TCP connection, {opt['rr_window']} s. "
-        f"'gw ns/pkt': the gateway CPU's busy time (less other processes) per forwarded "
-        f"packet; 'capacity x route' = route's ns/pkt / the mode's; 'gw-bound': rounds in "
-        f"which the gateway CPU, not the generator, was the bottleneck. Run "
+        f"Median of {opt['rounds']} rounds (modes interleaved); UDP: {opt['window']} s windows "
+        f"after {opt.get('warmup', 0.5)} s of warm-up, 64-byte payload (92-byte IPv4, "
+        f"112-byte IPv6 packets) and 1400-byte IP packets; TCP bulk: iperf3 "
+        f"{opt['tcp_window']} s; RR: 64-byte request/response over one TCP connection, "
+        f"{opt['rr_window']} s. 'gw ns/pkt': the gateway CPU's busy time (less other "
+        f"processes) per forwarded packet; 'capacity x route' = route's ns/pkt / the mode's; "
+        f"'gw-bound': rounds in which the gateway CPU, not the generator, was the "
+        f"bottleneck. {_modes_text(d)}Run "
         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(d['started']))}"
         f", {(d['finished'] - d['started']) / 60:.1f} min.",
     ]
+    body = targets_table(d, md)
+    if body:
+        parts += [f"{h}Targets (issue 13: natgw with its default fast path; by capacity, "
+                  "from gw ns/pkt)", body]
     for transport in ("underlay", "wg"):
-        if any(k.split("/")[1] == transport for k in d["medians"] if "/" in k
-               and not k.startswith("control/")):
-            parts += [f"{h}UDP forwarding, {TRANSPORT_TITLE[transport]}",
-                      forwarding_table(d, transport, md),
-                      f"{h}TCP, {TRANSPORT_TITLE[transport]}", tcp_table(d, transport, md)]
+        for size, family in classes():
+            body = forwarding_table(d, transport, size, family, md)
+            if body:
+                parts += [f"{h}UDP forwarding, {size} B IPv{family}, "
+                          f"{TRANSPORT_TITLE[transport]}", body]
+        body = tcp_table(d, transport, md)
+        if body:
+            parts += [f"{h}TCP, {TRANSPORT_TITLE[transport]}", body]
     for title, fn in (("Where natgw's cost goes (two hops: gw1 egress, gw2 ingress)",
                        overhead_table),
+                      ("natgw's fast-path decisions over the rounds (both gateways, "
+                       "every device)", fastpath_table),
                       ("natgw forwarding with many mappings (underlay)", mappings_table),
                       ("Installing the extra mappings through the library", install_table),
                       ("natgw's programs alone (BPF_PROG_TEST_RUN, per packet per hop)",
                        micro_table),
-                      ("natgw control plane and memory", control_table)):
+                      ("natgw control plane and memory", control_table),
+                      ("Control-plane goals", control_targets_text)):
         body = fn(d, md)
         if body:
             parts += [f"{h}{title}", body]
-    parts += [f"{h}Targets", targets_text(d, md)]
     return "\n\n".join(parts) + "\n"
 
 

@@ -1,8 +1,10 @@
 """One benchmark run: build every topology, measure them in alternation, report.
 
-Rounds interleave the modes (route, iptables, nftables, natgw, route, ...; the
-starting mode rotates each round) so that a change in the machine's load hits
-every mode alike; the report gives the median over rounds.
+Every topology (mode x transport) is built once, up front. Rounds interleave the
+modes: each UDP workload (size x family x flows) runs on every topology in turn
+(route, route-ct, iptables, ..., natgw-off; the starting mode rotates each round),
+then TCP bulk and request/response likewise, so that a change in the machine's
+load hits every mode alike; the report gives the median over rounds.
 """
 
 from __future__ import annotations
@@ -19,7 +21,17 @@ from dataclasses import dataclass, field
 
 from bench import control, generator, micro, traffic
 from bench.stats import median, spread
-from bench.topology import MODES, POD_CPU, Topology, cleanup, new_record
+from bench.topology import (
+    MODE_TABLE,
+    MODES,
+    POD_CPU,
+    WG_MODES,
+    Topology,
+    cleanup,
+    natgw_refuses,
+    new_record,
+)
+from bench.workloads import FAMILIES, HEADLINE, SIZES, workloads
 from lab.net import LabError
 from lab.record import Record
 
@@ -27,11 +39,17 @@ from lab.record import Record
 @dataclass
 class Options:
     rounds: int = 6
-    window: float = 2.0       # seconds per UDP rate sample
-    tcp_window: float = 3.0   # seconds per iperf3 sample (after 1 s omitted)
-    rr_window: float = 1.5    # seconds of request/response per sample
-    modes: tuple[str, ...] = MODES
+    window: float = 1.0       # seconds per UDP rate sample
+    warmup: float = 0.3       # seconds of flood before each UDP window
+    tcp_window: float = 2.0   # seconds per iperf3 sample (after 1 s omitted)
+    rr_window: float = 1.0    # seconds of request/response per sample
+    modes: tuple[str, ...] = MODES        # over the underlay
+    wg_modes: tuple[str, ...] = WG_MODES  # over WireGuard
     transports: tuple[str, ...] = ("underlay", "wg")
+    sizes: tuple[str, ...] = SIZES
+    families: tuple[int, ...] = FAMILIES
+    tx_csum_off: bool = False  # the pods send without tx checksum offload, in every mode
+    skipped: tuple[str, ...] = ()  # default modes this natgw cannot run (reported)
     mapping_counts: tuple[int, ...] = (100, 10000)  # besides natgw's own single mapping
     control: bool = True
     change_cycles: int = 3
@@ -52,6 +70,7 @@ class Results:
     build: dict = field(default_factory=dict)
     control: dict = field(default_factory=dict)
     micro: dict = field(default_factory=dict)
+    fastpath: dict = field(default_factory=dict)   # "<key>" -> natgw's decisions by reason
     started: float = 0.0
     finished: float = 0.0
     command: str = ""
@@ -79,7 +98,7 @@ class Results:
                 "finished": self.finished, "medians": self.medians(),
                 "spreads": self.spreads(), "samples": self.samples,
                 "details": self.details, "build": self.build, "control": self.control,
-                "micro": self.micro}
+                "micro": self.micro, "fastpath": self.fastpath}
 
 
 def _version(argv: list[str]) -> str:
@@ -117,8 +136,8 @@ def machine_info() -> dict:
 def preflight() -> None:
     if os.geteuid() != 0:
         raise LabError("run as root: network namespaces, tc, BPF")
-    missing = [t for t in ("ip", "nft", "iptables-legacy", "wireguard-go", "wg", "iperf3",
-                           "bpftool", "taskset", "timeout")
+    missing = [t for t in ("ip", "nft", "iptables-legacy", "ip6tables-legacy", "wireguard-go",
+                           "wg", "iperf3", "bpftool", "taskset", "timeout", "ethtool")
                if shutil.which(t) is None]
     if missing:
         raise LabError(f"missing tools: {', '.join(missing)} (make setup installs them)")
@@ -127,12 +146,25 @@ def preflight() -> None:
     generator.binary()
 
 
+def check_modes(modes: tuple[str, ...]) -> None:
+    """Every mode is known and this natgw has the settings it needs."""
+    for m in modes:
+        if m not in MODE_TABLE:
+            raise LabError(f"unknown mode {m} (modes: {', '.join(MODE_TABLE)})")
+        why = natgw_refuses(m)
+        if why:
+            raise LabError(f"mode {m}: {why}")
+
+
 def _topologies(rec: Record, opt: Options) -> list[Topology]:
-    topos = [Topology(rec, m, t) for t in opt.transports for m in opt.modes]
+    topos = [Topology(rec, m, t, tx_csum_off=opt.tx_csum_off) for t in opt.transports
+             for m in (opt.modes if t == "underlay" else opt.wg_modes)]
     if "natgw" in opt.modes and "underlay" in opt.transports:
-        topos += [Topology(rec, "natgw", "underlay", extra=n - 1) for n in opt.mapping_counts]
-    if opt.hooks and "underlay" in opt.transports:  # (opt.hooks: route is measured)
-        topos += [Topology(rec, "route", "underlay", hooks=h) for h in ("tcx", "tc")]
+        topos += [Topology(rec, "natgw", "underlay", extra=n - 1, tx_csum_off=opt.tx_csum_off)
+                  for n in opt.mapping_counts]
+    if opt.hooks and "route" in opt.modes and "underlay" in opt.transports:
+        topos += [Topology(rec, "route", "underlay", hooks=h, tx_csum_off=opt.tx_csum_off)
+                  for h in ("tcx", "tc")]
     return topos
 
 
@@ -141,19 +173,20 @@ def measure_round(r: int, topos: list[Topology], counters: traffic.Counters,
     main = [t for t in topos if not t.extra and not t.hooks]
     k = r % len(main) if main else 0
     order = main[k:] + main[:k]
-    more = [t for t in topos if t.extra or t.hooks]
-    k = r % len(more) if more else 0  # rotated too: tcx and tc hooks take turns going first
-    with_counts = order + more[k:] + more[:k]
-    for measure, new_flow in (("udp1", False), ("udpn", True)):
-        for t in with_counts:
+    side = [t for t in topos if t.extra or t.hooks]  # measured on the headline class only
+    k = r % len(side) if side else 0  # rotated too: tcx and tc hooks take turns going first
+    side = side[k:] + side[:k]
+    for work in workloads(opt.sizes, opt.families):
+        for t in order + (side if work in HEADLINE else []):
+            m = work.measure
             try:
-                f = traffic.udp_flood(t, counters, new_flow, opt.window)
-                res.add(t.key, f"{measure}_pps", f.pps, f.as_dict())
-                res.add(t.key, f"{measure}_ns", f.gw_ns_per_packet)
-                res.add(t.key, f"{measure}_sat", 1.0 if f.saturated else 0.0)
+                f = traffic.udp_flood(t, counters, work, opt.window, opt.warmup)
+                res.add(t.key, f"{m}_pps", f.pps, f.as_dict())
+                res.add(t.key, f"{m}_ns", f.gw_ns_per_packet)
+                res.add(t.key, f"{m}_sat", 1.0 if f.saturated else 0.0)
             except LabError as e:
-                opt.log(f"  {t.key} {measure}: {e}")
-                res.add(t.key, f"{measure}_pps", None)
+                opt.log(f"  {t.key} {m}: {e}")
+                res.add(t.key, f"{m}_pps", None)
     for t in order:
         try:
             res.add(t.key, "tcp_gbps", traffic.tcp_bulk(t, opt.tcp_window))
@@ -173,6 +206,7 @@ def measure_round(r: int, topos: list[Topology], counters: traffic.Counters,
 
 def run(opt: Options) -> Results:
     preflight()
+    check_modes(opt.modes + opt.wg_modes)
     res = Results(options={k: v for k, v in opt.__dict__.items() if k != "log"},
                   machine=machine_info())
     res.started = time.time()
@@ -206,6 +240,9 @@ def run(opt: Options) -> Results:
             t0 = time.monotonic()
             measure_round(r, topos, counters, res, opt)
             opt.log(f"  round {r + 1}/{opt.rounds} done ({time.monotonic() - t0:.0f} s)")
+        for t in topos:  # which path natgw's packets took over the rounds
+            if t.spec.kind == "natgw":
+                res.fastpath[t.key] = t.fastpath_decisions()
         if opt.control:
             for t in topos:
                 if t.mode == "natgw" and not t.extra:  # the product itself

@@ -1,25 +1,40 @@
 """The two-gateway topology, in network namespaces, in each benchmarked mode.
 
     pod1 e1 ---- p1 gw1 u1 ==== u2 gw2 p2 ---- e2 pod2
-                        (w1 ~~~~ w2: wireguard-go over u1/u2)
+                        v1 ==== v2                       (underlay, IPv6)
+                        (w1 ~~~~ w2: wireguard-go over u1/u2, both families)
 
-Modes (how gw1 and gw2 join the clusters):
+Modes (how gw1 and gw2 join the clusters; MODE_TABLE):
 
-- route:    distinct CIDRs (pod1 10.244.1.10, pod2 10.245.1.10), plain routing: the limit;
-- iptables: both pods 10.244.1.10; conntrack NAT with iptables-legacy NETMAP. Each
-            gateway translates its *own* cluster: SNAT on the way out of the peer
-            device (POSTROUTING), DNAT on the way in (PREROUTING, before routing,
-            which is right since the destination is then local). DNAT of the peer's
-            range on the sending side cannot work: it runs before routing, so the
-            rewritten (overlapping) destination would route back into the local pod;
-- nftables: the same with nftables prefix NAT (`snat/dnat ip prefix to ... map`, as Liqo);
-- natgw:    the product, `natgw --netns gwN up cluster.yaml --detach`: stateless tc-eBPF
-            translation on the peer device (remote mappings on both gateways).
+- route:     distinct CIDRs (pod1 10.244.1.10, pod2 10.245.1.10), plain routing, no
+             conntrack: the limit;
+- route-ct:  the same routing with conntrack on every forwarded packet, as on a
+             typical Kubernetes node: an nft `inet` forward chain with `ct state
+             established,related accept` (conntrack for both families), no NAT;
+- iptables:  both pods 10.244.1.10; conntrack NAT with iptables-legacy NETMAP
+             (ip6tables for IPv6). Each gateway translates its *own* cluster: SNAT on
+             the way out of the peer device (POSTROUTING), DNAT on the way in
+             (PREROUTING, before routing, which is right since the destination is
+             then local). DNAT of the peer's range on the sending side cannot work:
+             it runs before routing, so the rewritten (overlapping) destination would
+             route back into the local pod;
+- nftables:  the same with nftables prefix NAT (`snat/dnat ip prefix to ... map`, as
+             Liqo; `ip6` tables for IPv6);
+- natgw:     the product, `natgw --netns gwN up cluster.yaml --detach`: stateless
+             eBPF translation on the peer device, with natgw's default fast path;
+- natgw-off: the same with `fastpath: off` (translation after the kernel's routing);
+- natgw-xdp: the same with `fastpath: xdp` (not run by default). XDP on veth needs
+             the senders' tx checksum offload off: when it is measured, every mode
+             of the run is built so (Topology(tx_csum_off=True)) and the report says so.
 
-In every overlapping mode cluster1 reaches pod2 as 10.212.1.10 and pod2 sees pod1
-as 10.221.1.10. Transports: the direct underlay veth (natgw: an `interface:` peer)
-or a WireGuard tunnel run by wireguard-go in every mode (the benchmark starts and
-configures it with `wg` for the non-natgw modes; natgw runs its own).
+In every overlapping mode cluster1 reaches pod2 as 10.212.1.10 (fd00:212:0:1::10) and
+pod2 sees pod1 as 10.221.1.10 (fd00:221:0:1::10); FAMILY has both address plans.
+Transports: the direct underlay veths (natgw: `interface:` peers) or a WireGuard
+tunnel run by wireguard-go in every mode (the benchmark starts and configures it
+with `wg` for the non-natgw modes; natgw runs its own). Over the underlay each
+family has its own veth pair (u: IPv4, v: IPv6) in every mode: a natgw `interface:`
+peer has one `via` next hop, and Linux routes IPv6 through an IPv4 next hop never.
+A veth pair costs the same per packet whichever family it carries.
 
 CPU placement on the 2-core VM: the pods' processes (traffic generator, iperf3,
 echo) run on CPU 0; everything the gateways do runs on CPU 1: RPS steers packets
@@ -47,33 +62,129 @@ from pathlib import Path
 
 import yaml
 
-from lab.conntrack import iptables_rules, nftables_ruleset
+from lab.conntrack import conntrack_ruleset, iptables_rules, nftables_ruleset
 from lab.keys import new_key
-from lab.net import NATGW, LabError, add_address, in_ns, ip, run, sysctl, unique_prefix, veth
+from lab.net import (
+    NATGW,
+    LabError,
+    add_address,
+    in_ns,
+    ip,
+    offloads,
+    run,
+    sysctl,
+    unique_prefix,
+    veth,
+)
 from lab.record import Record
 from natgw.netmap import netmap
 from natgw.netns import netns_socket
 
 RECORD_DIR = Path("/run/natgw/bench")
-MODES = ("route", "iptables", "nftables", "natgw")
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One benchmarked mode: how its gateways are built."""
+
+    name: str
+    kind: str                  # route | iptables | nftables | natgw
+    letter: str                # in the topology's device and namespace names
+    conntrack: bool = False    # conntrack runs on every forwarded packet
+    fastpath: str | None = None  # natgw: cluster.yaml `fastpath:` (None: natgw's default)
+    tx_csum_off: bool = False  # needs the senders' tx checksum offload off (XDP on veth)
+
+    @property
+    def overlapping(self) -> bool:
+        """Both clusters on the same pod CIDR, translated (every mode but routing)."""
+        return self.kind != "route"
+
+
+MODE_TABLE = {m.name: m for m in (
+    Mode("route", "route", "r"),
+    Mode("route-ct", "route", "c", conntrack=True),
+    Mode("iptables", "iptables", "i", conntrack=True),
+    Mode("nftables", "nftables", "n", conntrack=True),
+    Mode("natgw", "natgw", "g"),
+    Mode("natgw-off", "natgw", "o", fastpath="off"),
+    Mode("natgw-xdp", "natgw", "x", fastpath="xdp", tx_csum_off=True),
+)}
+ALL_MODES = tuple(MODE_TABLE)
+MODES = ("route", "route-ct", "iptables", "nftables", "natgw", "natgw-off")  # by default
+WG_MODES = ("route", "natgw", "natgw-off")  # by default over WireGuard: natgw against route
 TRANSPORTS = ("underlay", "wg")
-POD_CIDR = "10.244.0.0/16"
-POD_ADDR = "10.244.1.10"
-C2_SEEN_BY_C1 = "10.212.0.0/16"  # how cluster1 addresses cluster2 (overlapping modes)
-C1_SEEN_BY_C2 = "10.221.0.0/16"  # how cluster2 addresses cluster1
-ROUTE_C2_CIDR = "10.245.0.0/16"  # cluster2's own CIDR in route mode (no overlap)
+
+
+@dataclass(frozen=True)
+class Family:
+    """The address plan of one IP family."""
+
+    version: int
+    pod_cidr: str        # both clusters' pods (overlapping modes); cluster1's in route mode
+    pod_addr: str        # pod1 (and pod2 in the overlapping modes)
+    pod_gw: str          # the gateway's address on the pod link
+    pod_len: int         # prefix length of the pod link
+    c2_seen_by_c1: str   # how cluster1 addresses cluster2 (overlapping modes)
+    c1_seen_by_c2: str   # how cluster2 addresses cluster1
+    route_c2_cidr: str   # cluster2's own CIDR in the routing modes (no overlap)
+    underlay: tuple[str, str]  # gw1's and gw2's addresses on the underlay link
+    underlay_len: int
+
+
+FAMILY = {
+    4: Family(4, "10.244.0.0/16", "10.244.1.10", "10.244.1.1", 24, "10.212.0.0/16",
+              "10.221.0.0/16", "10.245.0.0/16", ("192.168.77.1", "192.168.77.2"), 24),
+    6: Family(6, "fd00:244::/48", "fd00:244:0:1::10", "fd00:244:0:1::1", 64, "fd00:212::/48",
+              "fd00:221::/48", "fd00:245::/48", ("fd00:77::1", "fd00:77::2"), 64),
+}
+FAMILIES = tuple(FAMILY)
+# IPv4's plan under its earlier names (control.py, micro.py and the tests use them).
+POD_CIDR, POD_ADDR = FAMILY[4].pod_cidr, FAMILY[4].pod_addr
+C2_SEEN_BY_C1, C1_SEEN_BY_C2 = FAMILY[4].c2_seen_by_c1, FAMILY[4].c1_seen_by_c2
+ROUTE_C2_CIDR, UNDERLAY = FAMILY[4].route_c2_cidr, FAMILY[4].underlay
 EXTRA_C2_CIDR = "10.247.0.0/16"  # a second real range of cluster2 (config-change test)
 EXTRA_C2_AS = "10.214.0.0/16"    # ... and how cluster1 would address it
-UNDERLAY = ("192.168.77.1", "192.168.77.2")
 WG_PORT = 51820
 WG_MTU = 1420
+VERIFY_PORT = 7000  # the check's datagrams, each way
+# conntrack's timeout of unreplied UDP in the modes that track (30 s by default): a
+# new-flow sample leaves ~10^5 entries, which must be gone before the next sample
+# so that every one starts from a near-empty table, never at nf_conntrack_max, and
+# no gateway's table lengthens the chains of the one hash all namespaces share.
+CT_UDP_TIMEOUT = 3
 SINK_PORT = 9  # UDP flood destination port: dropped at pod2's ingress (nft netdev)
 GW_CPU, POD_CPU = 1, 0
 MAX_LIFETIME = 3600  # seconds: wireguard-go the benchmark starts ends by itself after this
 MAC = {"e1": "02:00:00:00:01:0a", "p1": "02:00:00:00:01:01",
        "e2": "02:00:00:00:02:0a", "p2": "02:00:00:00:02:01"}
-_LETTER = {"route": "r", "iptables": "i", "nftables": "n", "natgw": "g",
-           "underlay": "u", "wg": "w"}
+_TRANSPORT_LETTER = {"underlay": "u", "wg": "w"}
+
+
+def natgw_knows(key: str) -> bool:
+    """Whether this checkout's cluster.yaml has the top-level key (e.g. `fastpath`)."""
+    from natgw.config import GatewayConfig  # noqa: PLC0415
+
+    return any(key in (name, f.alias) for name, f in GatewayConfig.model_fields.items())
+
+
+def natgw_refuses(mode: str) -> str | None:
+    """Why this checkout's natgw cannot run `mode` (None: it can): a `fastpath:`
+    value it does not have or refuses (natgw-xdp before XDP exists)."""
+    spec = MODE_TABLE[mode]
+    if spec.fastpath is None:
+        return None
+    if not natgw_knows("fastpath"):
+        return "this natgw has no `fastpath:` setting"
+    from natgw.config import ConfigError, parse_config  # noqa: PLC0415
+
+    probe = {"name": "nbprobe", "cidrs": [POD_CIDR], "fastpath": spec.fastpath,
+             "peers": [{"name": "peer", "interface": "nbprobe0", "via": UNDERLAY[1],
+                        "remote": [{"cidr": POD_CIDR, "as": C2_SEEN_BY_C1}]}]}
+    try:
+        parse_config(probe, Path("."))
+    except ConfigError as e:
+        return f"natgw refuses `fastpath: {spec.fastpath}`: {e.reason}"
+    return None
 
 
 def host_in(net: str, ref: str = POD_ADDR) -> str:
@@ -83,12 +194,16 @@ def host_in(net: str, ref: str = POD_ADDR) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """Addresses and routes of one mode: what pod1 sends to, what pod2 must see."""
+    """Addresses and routes of one mode and family: what pod1 sends to, what pod2 must see."""
 
     mode: str
     transport: str
+    family: int
+    pod1_addr: str
+    pod1_gw: str
     pod2_addr: str
     pod2_gw: str
+    prefixlen: int       # of both pod links
     target: str          # the destination pod1 uses for pod2
     pod1_seen_as: str    # the source pod2 sees for pod1
     gw1_routes: str      # routed from gw1 into the peer link
@@ -96,16 +211,19 @@ class Plan:
     wg_allowed: tuple[str, str]  # allowed-ips of gw1's and gw2's peer (non-natgw modes)
 
 
-def plan(mode: str, transport: str) -> Plan:
-    if mode not in MODES or transport not in TRANSPORTS:
-        raise LabError(f"unknown mode/transport {mode}/{transport}")
-    if mode == "route":
-        pod2 = host_in(ROUTE_C2_CIDR)
-        return Plan(mode, transport, pod2, host_in(ROUTE_C2_CIDR, "0.0.1.1"), pod2, POD_ADDR,
-                    ROUTE_C2_CIDR, POD_CIDR, (ROUTE_C2_CIDR, POD_CIDR))
-    return Plan(mode, transport, POD_ADDR, "10.244.1.1", host_in(C2_SEEN_BY_C1),
-                host_in(C1_SEEN_BY_C2), C2_SEEN_BY_C1, C1_SEEN_BY_C2,
-                (C2_SEEN_BY_C1, C1_SEEN_BY_C2))
+def plan(mode: str, transport: str, family: int = 4) -> Plan:
+    if mode not in MODE_TABLE or transport not in TRANSPORTS or family not in FAMILY:
+        raise LabError(f"unknown mode/transport/family {mode}/{transport}/{family}")
+    f = FAMILY[family]
+    if not MODE_TABLE[mode].overlapping:
+        pod2 = host_in(f.route_c2_cidr, f.pod_addr)
+        return Plan(mode, transport, family, f.pod_addr, f.pod_gw, pod2,
+                    host_in(f.route_c2_cidr, f.pod_gw), f.pod_len, pod2, f.pod_addr,
+                    f.route_c2_cidr, f.pod_cidr, (f.route_c2_cidr, f.pod_cidr))
+    return Plan(mode, transport, family, f.pod_addr, f.pod_gw, f.pod_addr, f.pod_gw,
+                f.pod_len, host_in(f.c2_seen_by_c1, f.pod_addr),
+                host_in(f.c1_seen_by_c2, f.pod_addr), f.c2_seen_by_c1, f.c1_seen_by_c2,
+                (f.c2_seen_by_c1, f.c1_seen_by_c2))
 
 
 def extra_mappings(n: int) -> list[tuple[str, str]]:
@@ -149,28 +267,37 @@ def load_records(prefix: str | None = None) -> list[Record]:
 
 
 class Topology:
-    """pod1 - gw1 - gw2 - pod2 in one mode over one transport."""
+    """pod1 - gw1 - gw2 - pod2 in one mode over one transport, both IP families."""
 
     def __init__(self, rec: Record, mode: str, transport: str, extra: int = 0,
-                 hooks: str = "") -> None:
-        """extra: natgw mode with that many more mappings; hooks: route mode with natgw's
+                 hooks: str = "", tx_csum_off: bool = False) -> None:
+        """extra: a natgw mode with that many more mappings; hooks: route mode with natgw's
         programs attached to the peer devices but no mapping matching the traffic (what
         the hooks and programs cost before any translation), by "tcx" links or by "tc"
-        clsact + cls_bpf filters (natgw.dataplane.hooks)."""
-        if extra and mode != "natgw":
-            raise LabError("extra mappings exist only in natgw mode")
+        clsact + cls_bpf filters (natgw.dataplane.hooks); tx_csum_off: the pods' devices
+        send without tx checksum offload (what XDP on veth needs)."""
+        if mode not in MODE_TABLE:
+            raise LabError(f"unknown mode {mode} (modes: {', '.join(ALL_MODES)})")
+        self.spec = MODE_TABLE[mode]
+        if extra and self.spec.kind != "natgw":
+            raise LabError("extra mappings exist only in the natgw modes")
         if hooks and mode != "route":
             raise LabError("natgw hooks without translation: route mode only")
         if hooks not in ("", "tcx", "tc"):
             raise LabError(f"natgw hooks: tcx or tc, not {hooks}")
         self.rec = rec
         self.mode, self.transport, self.extra, self.hooks = mode, transport, extra, hooks
-        self.plan = plan(mode, transport)
-        self.tag = (_LETTER[mode] + _LETTER[transport] + (str(len(str(extra))) if extra else "")
-                    + {"": "", "tcx": "h", "tc": "c"}[hooks])
+        self.tx_csum_off = tx_csum_off
+        self.plans = {f: plan(mode, transport, f) for f in FAMILIES}
+        self.plan = self.plans[4]
+        self.tag = (self.spec.letter + _TRANSPORT_LETTER[transport]
+                    + (str(len(str(extra))) if extra else "")
+                    + {"": "", "tcx": "h", "tc": "c"}[hooks]
+                    + ("t" if tx_csum_off else ""))
         p = rec.prefix + self.tag
         self.pod1, self.gw1, self.gw2, self.pod2 = p + "p1", p + "g1", p + "g2", p + "p2"
-        self.dev = {d: p + d for d in ("e1", "p1", "u1", "u2", "p2", "e2", "w1", "w2")}
+        self.dev = {d: p + d for d in ("e1", "p1", "u1", "u2", "v1", "v2", "p2", "e2",
+                                       "w1", "w2")}
         for name in self.dev.values():
             if len(name) > 15:
                 raise LabError(f"device name {name} is longer than 15 characters")
@@ -181,50 +308,65 @@ class Topology:
 
     @property
     def key(self) -> str:
-        mode = f"natgw-m{self.extra + 1}" if self.extra else self.mode
+        mode = f"{self.mode}-m{self.extra + 1}" if self.extra else self.mode
         if self.hooks:
             mode = "route+natgw-hooks" + ("-tc" if self.hooks == "tc" else "")
         return f"{mode}/{self.transport}"
 
     @property
     def peer_dev(self) -> tuple[str, str]:
-        """The device of each gateway that leads to the other gateway."""
+        """The device of each gateway that leads to the other gateway (IPv4)."""
+        return self.peer_devs(4)
+
+    def peer_devs(self, family: int) -> tuple[str, str]:
+        """gw1's and gw2's device towards the other gateway for one family: the tunnel
+        carries both, the underlay has a veth pair per family."""
         if self.transport == "wg":
             return self.dev["w1"], self.dev["w2"]
-        return self.dev["u1"], self.dev["u2"]
+        a, b = ("u1", "u2") if family == 4 else ("v1", "v2")
+        return self.dev[a], self.dev[b]
 
     def __repr__(self) -> str:
         return f"Topology({self.key})"
 
     # -- build ---------------------------------------------------------------
 
-    def _veth(self, ns_a: str, a: str, addr_a: str, ns_b: str, b: str, addr_b: str) -> None:
+    def _veth(self, ns_a: str, a: str, ns_b: str, b: str) -> None:
         veth(ns_a, self.dev[a], ns_b, self.dev[b], MAC.get(a), MAC.get(b))
-        add_address(ns_a, self.dev[a], addr_a)
-        add_address(ns_b, self.dev[b], addr_b)
 
     def _rps(self, ns: str, dev: str, cpu: int) -> None:
         path = f"/sys/class/net/{dev}/queues/rx-0/rps_cpus"
         run(in_ns(ns, ["sh", "-c", f"echo {1 << cpu:x} > {path}"]))
 
     def build(self) -> None:
-        pl = self.plan
         for ns in (self.pod1, self.gw1, self.gw2, self.pod2):
             self.rec.netns(ns)
-        self._veth(self.pod1, "e1", f"{POD_ADDR}/24", self.gw1, "p1", "10.244.1.1/24")
-        self._veth(self.pod2, "e2", f"{pl.pod2_addr}/24", self.gw2, "p2", f"{pl.pod2_gw}/24")
-        self._veth(self.gw1, "u1", f"{UNDERLAY[0]}/24", self.gw2, "u2", f"{UNDERLAY[1]}/24")
-        ip("-n", self.pod1, "route", "add", pl.gw1_routes, "via", "10.244.1.1")
-        ip("-n", self.pod2, "route", "add", pl.gw2_routes, "via", pl.pod2_gw)
-        if self.mode == "natgw":
+        self._veth(self.pod1, "e1", self.gw1, "p1")
+        self._veth(self.pod2, "e2", self.gw2, "p2")
+        self._veth(self.gw1, "u1", self.gw2, "u2")
+        if self.transport == "underlay":
+            self._veth(self.gw1, "v1", self.gw2, "v2")
+        for fam, pl in self.plans.items():
+            add_address(self.pod1, self.dev["e1"], f"{pl.pod1_addr}/{pl.prefixlen}")
+            add_address(self.gw1, self.dev["p1"], f"{pl.pod1_gw}/{pl.prefixlen}")
+            add_address(self.pod2, self.dev["e2"], f"{pl.pod2_addr}/{pl.prefixlen}")
+            add_address(self.gw2, self.dev["p2"], f"{pl.pod2_gw}/{pl.prefixlen}")
+            f = FAMILY[fam]
+            if self.transport == "underlay" or fam == 4:  # the tunnel's underlay is IPv4
+                a, b = (("u1", "u2") if fam == 4 else ("v1", "v2"))
+                add_address(self.gw1, self.dev[a], f"{f.underlay[0]}/{f.underlay_len}")
+                add_address(self.gw2, self.dev[b], f"{f.underlay[1]}/{f.underlay_len}")
+            ip("-n", self.pod1, "route", "add", pl.gw1_routes, "via", pl.pod1_gw)
+            ip("-n", self.pod2, "route", "add", pl.gw2_routes, "via", pl.pod2_gw)
+        if self.spec.kind == "natgw":
             # A second real range behind pod2, reachable once a mapping is added.
-            ip("-n", self.pod1, "route", "add", EXTRA_C2_AS, "via", "10.244.1.1")
+            ip("-n", self.pod1, "route", "add", EXTRA_C2_AS, "via", self.plan.pod1_gw)
             ip("-n", self.pod2, "addr", "add", f"{host_in(EXTRA_C2_CIDR)}/24",
                "dev", self.dev["e2"])
             ip("-n", self.gw2, "route", "add", EXTRA_C2_CIDR, "via", POD_ADDR)
         for ns in (self.gw1, self.gw2):
-            sysctl(ns, "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
-                         "net.ipv4.conf.default.rp_filter=0")
+            sysctl(ns, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
+                   "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
         for ns, dev in ((self.gw1, "p1"), (self.gw2, "p2")):
             sysctl(ns, f"net.ipv4.conf.{self.dev[dev]}.rp_filter=0")
             if dev == "p2" or self.transport == "underlay":
@@ -234,6 +376,16 @@ class Topology:
         # ingress (cheap, the same in every mode), and the generator's CPU keeps
         # headroom so the gateway CPU is the one that saturates.
         self._rps(self.pod1, self.dev["e1"], POD_CPU)
+        if self.tx_csum_off:  # the pods compute their checksums in full (XDP on veth)
+            offloads(self.pod1, self.dev["e1"], "tx", "off")
+            offloads(self.pod2, self.dev["e2"], "tx", "off")
+            # XDP_REDIRECT into a veth needs NAPI at its peer (GRO on): in every mode of
+            # such a run alike, so that the receive path compared is the same.
+            offloads(self.pod1, self.dev["e1"], "gro", "on")
+            offloads(self.pod2, self.dev["e2"], "gro", "on")
+            for ns, dev in ((self.gw1, "u1"), (self.gw2, "u2"), (self.gw1, "v1"),
+                            (self.gw2, "v2")):
+                offloads(ns, self.dev[dev], "gro", "on")
         run(in_ns(self.pod2, ["nft", "-f", "-"]), input=f"""table netdev sink {{
   chain in {{
     type filter hook ingress device "{self.dev['e2']}" priority 0;
@@ -241,49 +393,61 @@ class Topology:
   }}
 }}
 """)
-        if self.mode == "natgw":
+        if self.spec.kind == "natgw":
             self._build_natgw()
             if self.extra:
                 self.install_extra_mappings()
-        else:
-            if self.transport == "wg":
-                self._build_wg()
-            self._build_routes()
-            if self.hooks:
-                self._attach_hooks()
-            if self.mode == "iptables":
-                self._build_iptables()
-            elif self.mode == "nftables":
-                self._build_nftables()
+            return
+        if self.spec.conntrack:
+            for ns in (self.gw1, self.gw2):
+                sysctl(ns, f"net.netfilter.nf_conntrack_udp_timeout={CT_UDP_TIMEOUT}")
+        if self.transport == "wg":
+            self._build_wg()
+        self._build_routes()
+        if self.hooks:
+            self._attach_hooks()
+        if self.spec.kind == "route" and self.spec.conntrack:
+            for ns in (self.gw1, self.gw2):
+                run(in_ns(ns, ["nft", "-f", "-"]),
+                    input=conntrack_ruleset(f"{self.rec.prefix}kube"))
+        elif self.spec.kind == "iptables":
+            self._build_iptables()
+        elif self.spec.kind == "nftables":
+            self._build_nftables()
 
-    def _gw_peer(self) -> list[tuple[str, str, str, str]]:
-        """Per gateway: (netns, peer device, underlay address of the other side, routes)."""
-        d1, d2 = self.peer_dev
-        return [(self.gw1, d1, UNDERLAY[1], self.plan.gw1_routes),
-                (self.gw2, d2, UNDERLAY[0], self.plan.gw2_routes)]
+    def _gw_peer(self, family: int) -> list[tuple[str, str, str, str, str]]:
+        """Per gateway, for one family: (netns, peer device, the other side's underlay
+        address, what it routes there, how the peer sees its own cluster)."""
+        d1, d2 = self.peer_devs(family)
+        f, pl = FAMILY[family], self.plans[family]
+        return [(self.gw1, d1, f.underlay[1], pl.gw1_routes, f.c1_seen_by_c2),
+                (self.gw2, d2, f.underlay[0], pl.gw2_routes, f.c2_seen_by_c1)]
 
     def _build_routes(self) -> None:
-        for ns, dev, other, net in self._gw_peer():
-            if self.transport == "wg":
-                ip("-n", ns, "route", "add", net, "dev", dev)
-            else:
-                ip("-n", ns, "route", "add", net, "via", other, "dev", dev)
+        for fam in FAMILIES:
+            for ns, dev, other, net, _ in self._gw_peer(fam):
+                if self.transport == "wg":
+                    ip("-n", ns, "route", "add", net, "dev", dev)
+                else:
+                    ip("-n", ns, "route", "add", net, "via", other, "dev", dev)
 
     def _build_iptables(self) -> None:
-        for (ns, dev, _, _), seen in zip(self._gw_peer(), (C1_SEEN_BY_C2, C2_SEEN_BY_C1),
-                                         strict=True):
-            for rule in iptables_rules(POD_CIDR, seen, dev):
-                run(in_ns(ns, ["iptables-legacy", "-w", *rule]))
+        for fam, tool in ((4, "iptables-legacy"), (6, "ip6tables-legacy")):
+            for ns, dev, _, _, seen in self._gw_peer(fam):
+                for rule in iptables_rules(FAMILY[fam].pod_cidr, seen, dev):
+                    run(in_ns(ns, [tool, "-w", *rule]))
 
     def _build_nftables(self) -> None:
-        for (ns, dev, _, _), seen in zip(self._gw_peer(), (C1_SEEN_BY_C2, C2_SEEN_BY_C1),
-                                         strict=True):
-            run(in_ns(ns, ["nft", "-f", "-"]),
-                input=nftables_ruleset(POD_CIDR, seen, dev, f"{self.rec.prefix}nat"))
+        for fam in FAMILIES:
+            for ns, dev, _, _, seen in self._gw_peer(fam):
+                run(in_ns(ns, ["nft", "-f", "-"]),
+                    input=nftables_ruleset(FAMILY[fam].pod_cidr, seen, dev,
+                                           f"{self.rec.prefix}nat"))
 
     def _attach_hooks(self) -> None:
-        """natgw's programs on both peer devices through the library (by self.hooks'
-        mechanism), with a mapping that matches none of the benchmark's addresses."""
+        """natgw's programs on both (IPv4) peer devices through the library (by
+        self.hooks' mechanism), with a mapping that matches none of the benchmark's
+        addresses."""
         from natgw.dataplane import Dataplane, Mapping  # noqa: PLC0415
         from natgw.dataplane.hooks import MECHANISM_ENV  # noqa: PLC0415
 
@@ -312,35 +476,41 @@ class Topology:
     def _build_wg(self) -> None:
         """wireguard-go on both gateways, pinned to the gateway CPU, configured with wg."""
         keyfiles, pubs = self._keys("wg")
-        for i, (ns, dev, other, _) in enumerate(self._gw_peer()):
+        for i, (ns, dev, other, _, _) in enumerate(self._gw_peer(4)):
             self.wg_pids.append(self.rec.start_wireguard_go(ns, dev, cpu=GW_CPU,
                                                             lifetime=MAX_LIFETIME))
+            allowed = ",".join(self.plans[f].wg_allowed[i] for f in FAMILIES)
             run(in_ns(ns, ["wg", "set", dev, "private-key", str(keyfiles[i]),
                            "listen-port", str(WG_PORT), "peer", pubs[1 - i], "endpoint",
-                           f"{other}:{WG_PORT}", "allowed-ips", self.plan.wg_allowed[i]]))
+                           f"{other}:{WG_PORT}", "allowed-ips", allowed]))
             ip("-n", ns, "link", "set", dev, "mtu", str(WG_MTU), "up")
 
     def natgw_config(self, i: int, extra_mapping: bool = False,
                      pubs: list[str] | None = None, keyfile: Path | None = None) -> dict:
-        """The cluster.yaml of gateway i (0 or 1)."""
-        seen = (C2_SEEN_BY_C1, C1_SEEN_BY_C2)[i]
-        remote = [{"cidr": POD_CIDR, "as": seen}]
-        if extra_mapping and i == 0:
-            remote.append({"cidr": EXTRA_C2_CIDR, "as": EXTRA_C2_AS})
-        d1, d2 = self.peer_dev
-        peer: dict = {"name": "peer"}
-        if self.transport == "wg":
-            peer.update({"device": (d1, d2)[i], "publicKey": (pubs or ["", ""])[1 - i],
-                         "endpoint": f"{UNDERLAY[1 - i]}:{WG_PORT}", "listenPort": WG_PORT})
-        else:
-            peer.update({"interface": (d1, d2)[i], "via": UNDERLAY[1 - i]})
-        peer["remote"] = remote
-        cfg: dict = {"name": self.gateways[i], "cidrs": [POD_CIDR]}
+        """The cluster.yaml of gateway i (0 or 1): both families, one remote mapping each."""
+        def remote(fam: int) -> list[dict]:
+            f = FAMILY[fam]
+            out = [{"cidr": f.pod_cidr, "as": (f.c2_seen_by_c1, f.c1_seen_by_c2)[i]}]
+            if fam == 4 and extra_mapping and i == 0:
+                out.append({"cidr": EXTRA_C2_CIDR, "as": EXTRA_C2_AS})
+            return out
+
+        cfg: dict = {"name": self.gateways[i], "cidrs": [FAMILY[f].pod_cidr for f in FAMILIES]}
+        if self.spec.fastpath is not None:
+            cfg["fastpath"] = self.spec.fastpath
         if keyfile is not None:
             cfg["privateKeyFile"] = str(keyfile)
         cfg.update({"engine": "wireguard-go", "mtu": WG_MTU,
-                    "metrics": f"127.0.0.1:{_metrics_port(self.rec.prefix, self.tag, i)}",
-                    "peers": [peer]})
+                    "metrics": f"127.0.0.1:{_metrics_port(self.rec.prefix, self.tag, i)}"})
+        if self.transport == "wg":
+            cfg["peers"] = [{"name": "peer", "device": self.peer_devs(4)[i],
+                             "publicKey": (pubs or ["", ""])[1 - i],
+                             "endpoint": f"{UNDERLAY[1 - i]}:{WG_PORT}", "listenPort": WG_PORT,
+                             "remote": remote(4) + remote(6)}]
+        else:  # an interface: peer has one next hop: one peer (and veth pair) per family
+            cfg["peers"] = [{"name": name, "interface": self.peer_devs(fam)[i],
+                             "via": FAMILY[fam].underlay[1 - i], "remote": remote(fam)}
+                            for name, fam in (("peer", 4), ("peer6", 6))]
         return cfg
 
     def write_natgw_configs(self, extra_mapping: bool = False) -> None:
@@ -382,7 +552,7 @@ class Topology:
             self.natgw_up(i)
 
     def install_extra_mappings(self) -> list[dict]:
-        """self.extra more mappings on both peer devices, through the library."""
+        """self.extra more mappings on both (IPv4) peer devices, through the library."""
         from bench.mappings import install  # noqa: PLC0415
 
         self.install_times = [
@@ -395,7 +565,7 @@ class Topology:
         """PIDs of the wireguard-go processes of this topology (none over the underlay)."""
         if self.transport != "wg":
             return []
-        if self.mode == "natgw":
+        if self.spec.kind == "natgw":
             out = []
             for dev in self.peer_dev:
                 try:
@@ -412,26 +582,45 @@ class Topology:
                 pass
         return out
 
+    def fastpath_decisions(self) -> dict[str, int]:
+        """natgw's fast-path decisions so far by reason (redirect_eth, no_neigh, ...),
+        summed over both gateways and their devices; {} outside the natgw modes (or
+        with a natgw that counts none)."""
+        if self.spec.kind != "natgw":
+            return {}
+        from natgw.dataplane import Dataplane  # noqa: PLC0415
+
+        out: dict[str, int] = {}
+        for gw in self.gateways:
+            with Dataplane.open(gw) as dp:
+                count = getattr(dp.tables, "fast_stats_of", None)
+                for idx in dp.tables.all_devices() if count else ():
+                    for reason, n in count(idx).items():
+                        out[reason] = out.get(reason, 0) + n
+        return {k: v for k, v in sorted(out.items()) if v}
+
     # -- checks -----------------------------------------------------------------
 
-    def verify(self, timeout: float = 10.0) -> tuple[str, str]:
+    def verify(self, family: int = 4, timeout: float = 10.0,
+               port: int = VERIFY_PORT) -> tuple[str, str]:
         """One UDP datagram each way; returns (pod1 as pod2 saw it, pod2 as pod1 saw it)."""
-        port = 7000
-        rx2 = netns_socket(self.pod2, socket.AF_INET, socket.SOCK_DGRAM)
-        rx2.bind((self.plan.pod2_addr, port))
+        pl = self.plans[family]
+        af = socket.AF_INET if family == 4 else socket.AF_INET6
+        rx2 = netns_socket(self.pod2, af, socket.SOCK_DGRAM)
+        rx2.bind((pl.pod2_addr, port))
         rx2.settimeout(0.2)
-        tx1 = netns_socket(self.pod1, socket.AF_INET, socket.SOCK_DGRAM)
-        tx1.bind((POD_ADDR, port))
+        tx1 = netns_socket(self.pod1, af, socket.SOCK_DGRAM)
+        tx1.bind((pl.pod1_addr, port))
         tx1.settimeout(0.2)
         try:
             deadline = time.monotonic() + timeout
             seen2 = seen1 = None
-            while seen2 is None:  # WireGuard needs a handshake: retry
+            while seen2 is None:  # WireGuard needs a handshake, IPv6 neighbours: retry
                 if time.monotonic() > deadline:
-                    raise LabError(f"{self.key}: pod1 -> {self.plan.target} got no answer")
-                tx1.sendto(b"ping", (self.plan.target, port))
+                    raise LabError(f"{self.key}: pod1 -> {pl.target} got no answer")
+                tx1.sendto(b"ping", (pl.target, port))
                 try:
-                    _, (seen2, _) = rx2.recvfrom(100)
+                    seen2 = rx2.recvfrom(100)[1][0]
                 except TimeoutError:
                     continue
             while seen1 is None:
@@ -439,7 +628,7 @@ class Topology:
                     raise LabError(f"{self.key}: pod2 -> {seen2} got no answer")
                 rx2.sendto(b"pong", (seen2, port))
                 try:
-                    _, (seen1, _) = tx1.recvfrom(100)
+                    seen1 = tx1.recvfrom(100)[1][0]
                 except TimeoutError:
                     continue
             return seen2, seen1
@@ -448,12 +637,21 @@ class Topology:
             tx1.close()
 
     def check(self) -> None:
-        """verify(), and insist on the addresses the mode promises."""
-        seen2, seen1 = self.verify()
-        if (seen2, seen1) != (self.plan.pod1_seen_as, self.plan.target):
-            raise LabError(f"{self.key}: pod2 saw pod1 as {seen2} (want "
-                             f"{self.plan.pod1_seen_as}), pod1 saw pod2 as {seen1} "
-                             f"(want {self.plan.target})")
+        """verify() for each family, and insist on the addresses the mode promises and
+        on conntrack seeing the datagrams exactly in the modes that have it."""
+        for fam, pl in self.plans.items():
+            seen2, seen1 = self.verify(fam)
+            if (seen2, seen1) != (pl.pod1_seen_as, pl.target):
+                raise LabError(f"{self.key}: pod2 saw pod1 as {seen2} (want "
+                               f"{pl.pod1_seen_as}), pod1 saw pod2 as {seen1} "
+                               f"(want {pl.target})")
+            for ns in (self.gw1, self.gw2):
+                n = len(conntrack_entries(ns, fam, VERIFY_PORT))
+                if self.spec.conntrack and n == 0:
+                    raise LabError(f"{self.key}: no IPv{fam} conntrack entry in {ns}")
+                if not self.spec.conntrack and n:
+                    raise LabError(f"{self.key}: {n} IPv{fam} conntrack entries in {ns}, "
+                                   "which should not track connections")
 
     # -- teardown ---------------------------------------------------------------
 
@@ -471,6 +669,16 @@ class Topology:
             if ns in self.rec.namespaces:
                 self.rec.delete_netns(ns)
         self.rec.save()
+
+
+def conntrack_entries(ns: str, family: int, port: int) -> list[str]:
+    """A namespace's conntrack entries of UDP port `port` to `port` in one family
+    (/proc/net/nf_conntrack is per namespace; empty where nothing tracks)."""
+    r = run(in_ns(ns, ["cat", "/proc/net/nf_conntrack"]), check=False, timeout=10)
+    name = f"ipv{family}"
+    return [ln for ln in r.stdout.splitlines()
+            if ln.split()[:1] == [name] and " udp " in ln
+            and f"sport={port} dport={port}" in ln]
 
 
 def _natgw_down(netns: str, config: str) -> None:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 from bench import generator
 from bench.stats import rate
-from bench.topology import GW_CPU, MAC, POD_ADDR, POD_CPU, SINK_PORT, Topology
+from bench.topology import GW_CPU, MAC, POD_CPU, SINK_PORT, Topology
+from bench.workloads import Workload
 from lab.net import LabError, in_ns
 from natgw.netns import iproute
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: bench/ and lab/
 
-UDP_PAYLOAD = 64  # bytes of UDP payload: a 92-byte IP packet, a 106-byte frame
 IPERF_PORT = 5201
 RR_PORT = 7001
 
@@ -128,11 +128,16 @@ class FloodResult:
                 "conntrack": self.conntrack}
 
 
-def udp_flood(topo: Topology, counters: Counters, new_flow: bool, window: float,
-              warmup: float = 0.5) -> FloodResult:
-    """udpgen floods from pod1 on CPU 0; count what reaches pod2 over `window` seconds."""
-    gen = generator.argv(topo.dev["e1"], MAC["p1"], MAC["e1"], POD_ADDR, topo.plan.target,
-                         40000, SINK_PORT, UDP_PAYLOAD, warmup + window + 1, new_flow)
+def udp_flood(topo: Topology, counters: Counters, work: Workload, window: float,
+              warmup: float = 0.3) -> FloodResult:
+    """udpgen floods from pod1 on CPU 0; count what reaches pod2 over `window` seconds.
+
+    The warm-up lets the queues, the neighbour entries and (new flows) conntrack's
+    table reach their steady state before the window opens.
+    """
+    pl = topo.plans[work.family]
+    gen = generator.argv(topo.dev["e1"], MAC["p1"], MAC["e1"], pl.pod1_addr, pl.target,
+                         40000, SINK_PORT, work.payload, warmup + window + 1, work.new_flow)
     proc = topo.rec.spawn(topo.pod1, ["timeout", "-k", "3", f"{warmup + window + 5:.1f}", *gen],
                           cpu=POD_CPU, marker=gen[0], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)

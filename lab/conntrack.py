@@ -22,7 +22,8 @@ LEAK_TABLE = "natgw_leak"  # nft table of count_leaks
 
 
 def iptables_rules(own: str, seen_by_peer: str, dev: str) -> list[list[str]]:
-    """NETMAP of a gateway's own cluster: SNAT out of the peer device, DNAT back in."""
+    """NETMAP of a gateway's own cluster: SNAT out of the peer device, DNAT back in.
+    The same rules for iptables and ip6tables (the prefixes say which)."""
     return [
         ["-t", "nat", "-A", "POSTROUTING", "-o", dev, "-s", own, "-j", "NETMAP",
          "--to", seen_by_peer],
@@ -32,17 +33,32 @@ def iptables_rules(own: str, seen_by_peer: str, dev: str) -> list[list[str]]:
 
 
 def nftables_ruleset(own: str, seen_by_peer: str, dev: str, table: str) -> str:
-    """The same with nftables prefix NAT, in Liqo's form (maps of prefixes)."""
-    dnat = f"dnat ip prefix to ip daddr map {{ {seen_by_peer} : {own} }}"
-    snat = f"snat ip prefix to ip saddr map {{ {own} : {seen_by_peer} }}"
-    return f"""table ip {table} {{
+    """The same with nftables prefix NAT, in Liqo's form (maps of prefixes); an `ip`
+    table for IPv4 prefixes, an `ip6` one for IPv6."""
+    fam = "ip6" if ":" in own else "ip"
+    dnat = f"dnat {fam} prefix to {fam} daddr map {{ {seen_by_peer} : {own} }}"
+    snat = f"snat {fam} prefix to {fam} saddr map {{ {own} : {seen_by_peer} }}"
+    return f"""table {fam} {table} {{
   chain pre {{
     type nat hook prerouting priority dstnat; policy accept;
-    iifname "{dev}" ip daddr {seen_by_peer} {dnat}
+    iifname "{dev}" {fam} daddr {seen_by_peer} {dnat}
   }}
   chain post {{
     type nat hook postrouting priority srcnat; policy accept;
-    oifname "{dev}" ip saddr {own} {snat}
+    oifname "{dev}" {fam} saddr {own} {snat}
+  }}
+}}
+"""
+
+
+def conntrack_ruleset(table: str) -> str:
+    """A Kubernetes node's forward path in nftables: conntrack on every forwarded
+    packet of both families (kube-proxy's `-m conntrack --ctstate RELATED,ESTABLISHED
+    -j ACCEPT`), nothing translated, nothing dropped."""
+    return f"""table inet {table} {{
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    ct state established,related accept
   }}
 }}
 """

@@ -1,9 +1,11 @@
 """bench's topologies: each mode really forwards, with the addresses it promises.
 
-One datagram each way through every mode and transport; the benchmark's UDP
-generator's packets arrive (so their checksums verify) translated as the mode
-says; natgw's programs count every BPF_PROG_TEST_RUN repetition; extra mappings
-install and clear. No timing is asserted anywhere.
+One datagram each way through every mode and transport, in both families; the
+benchmark's UDP generator's packets (64-byte and 1400-byte, IPv4 and IPv6, one
+flow and a new flow per packet) arrive whole, translated as the mode says;
+conntrack sees the traffic in exactly the modes that track; natgw's programs count
+every BPF_PROG_TEST_RUN repetition; extra mappings install and clear. No timing
+is asserted anywhere. Each topology is built once for the module.
 """
 
 from __future__ import annotations
@@ -18,17 +20,38 @@ import pytest
 
 from bench import generator, micro
 from bench.mappings import clear_mappings
-from bench.topology import MAC, MODES, POD_ADDR, TRANSPORTS, Topology, cleanup, new_record
-from lab.net import in_ns
+from bench.topology import (
+    FAMILY,
+    MAC,
+    MODE_TABLE,
+    MODES,
+    VERIFY_PORT,
+    WG_MODES,
+    Topology,
+    cleanup,
+    conntrack_entries,
+    natgw_refuses,
+    new_record,
+)
+from bench.workloads import Workload, classes
+from lab.net import in_ns, sh
 from natgw.dataplane import Dataplane
 from natgw.netns import netns_socket
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
+SO_RCVBUFFORCE = 33  # Linux; not in Python's socket module
+# What pod2 sees pod1 as, and pod1 pod2, per family: plain routing, then NETMAP.
+ROUTED = {4: ("10.244.1.10", "10.245.1.10"), 6: ("fd00:244:0:1::10", "fd00:245:0:1::10")}
+TRANSLATED = {4: ("10.221.1.10", "10.212.1.10"), 6: ("fd00:221:0:1::10", "fd00:212:0:1::10")}
 
-@pytest.fixture()
+
+CASES = [(m, "underlay") for m in (*MODES, "natgw-xdp")] + [(m, "wg") for m in WG_MODES]
+
+
+@pytest.fixture(scope="module")
 def record():
-    for tool in ("nft", "iptables-legacy", "wireguard-go", "wg"):
+    for tool in ("nft", "iptables-legacy", "ip6tables-legacy", "wireguard-go", "wg", "ethtool"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool}")
     rec = new_record()
@@ -36,32 +59,74 @@ def record():
     cleanup(rec)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize("mode", MODES)
-def test_each_mode_forwards_with_the_expected_addresses(record, mode, transport):
-    topo = Topology(record, mode, transport)
-    topo.build()
-    seen_by_pod2, seen_by_pod1 = topo.verify()
-    want = ("10.244.1.10", "10.245.1.10") if mode == "route" else ("10.221.1.10", "10.212.1.10")
-    assert (seen_by_pod2, seen_by_pod1) == want
-    assert (topo.plan.pod1_seen_as, topo.plan.target) == want
+@pytest.fixture(scope="module")
+def built(record):
+    """topology(mode, transport, **kw): built (and checked) once for the module."""
+    cache: dict[tuple, Topology] = {}
+
+    def get(mode: str, transport: str = "underlay", extra: int = 0, hooks: str = "",
+            tx_csum_off: bool = False) -> Topology:
+        key = (mode, transport, extra, hooks, tx_csum_off)
+        if key not in cache:
+            topo = Topology(record, mode, transport, extra=extra, hooks=hooks,
+                            tx_csum_off=tx_csum_off)
+            topo.build()
+            topo.check()  # raises unless both families arrive as the plan says
+            cache[key] = topo
+        return cache[key]
+
+    yield get
+    for topo in cache.values():
+        topo.teardown()
 
 
-def _receive(topo: Topology, new_flow: bool, port: int = 7002) -> set[tuple[str, int]]:
+@pytest.mark.parametrize("mode, transport", CASES)
+def test_each_mode_forwards_with_the_expected_addresses(built, mode, transport):
+    why = natgw_refuses(mode)
+    if why:
+        pytest.skip(f"{mode}: {why}")
+    spec = MODE_TABLE[mode]
+    topo = built(mode, transport, tx_csum_off=spec.tx_csum_off)
+    want = TRANSLATED if spec.overlapping else ROUTED
+    for fam in (4, 6):
+        assert topo.verify(fam) == want[fam]
+        assert (topo.plans[fam].pod1_seen_as, topo.plans[fam].target) == want[fam]
+        # conntrack saw the datagrams exactly where the mode has it
+        for ns in (topo.gw1, topo.gw2):
+            assert bool(conntrack_entries(ns, fam, VERIFY_PORT)) == spec.conntrack
+
+
+def test_route_ct_tracks_what_it_forwards_and_route_does_not(built):
+    ct, plain = built("route-ct"), built("route")
+    for fam in (4, 6):
+        ct.verify(fam)  # entries expire 3 s after the last datagram (CT_UDP_TIMEOUT)
+        plain.verify(fam)
+        entries = conntrack_entries(ct.gw1, fam, VERIFY_PORT)
+        assert entries and all(f"ipv{fam}" in e for e in entries)
+        assert conntrack_entries(plain.gw1, fam, VERIFY_PORT) == []
+    nft = sh(ct.gw1, "nft", "list", "ruleset")
+    assert "ct state established,related accept" in nft and "nat" not in nft
+
+
+def _receive(topo: Topology, work: Workload, port: int = 7002) -> set[tuple[str, int]]:
     """Sources of what udpgen's frames delivered to a socket in pod2."""
-    rx = netns_socket(topo.pod2, socket.AF_INET, socket.SOCK_DGRAM)
-    rx.bind((topo.plan.pod2_addr, port))
+    pl = topo.plans[work.family]
+    af = socket.AF_INET if work.family == 4 else socket.AF_INET6
+    rx = netns_socket(topo.pod2, af, socket.SOCK_DGRAM)
+    # room for thousands of 1400-byte datagrams: they are read after the generator ends
+    rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)
+    rx.bind((pl.pod2_addr, port))
     rx.settimeout(0.5)
-    argv = generator.argv(topo.dev["e1"], MAC["p1"], MAC["e1"], POD_ADDR, topo.plan.target,
-                          40000, port, 64, 0.3, new_flow)
+    argv = generator.argv(topo.dev["e1"], MAC["p1"], MAC["e1"], pl.pod1_addr, pl.target,
+                          40000, port, work.payload, 0.3, work.new_flow)
     subprocess.run(in_ns(topo.pod1, ["timeout", "5", *argv]), check=True, timeout=10,
                    capture_output=True)
     sources = set()
     try:
         while len(sources) < 5000:
             data, src = rx.recvfrom(2048)
-            assert len(data) == 64
-            sources.add(src)
+            assert len(data) == work.payload  # whole, and its checksum verified on receive
+            sources.add(src[:2])
     except TimeoutError:
         pass
     finally:
@@ -69,29 +134,56 @@ def _receive(topo: Topology, new_flow: bool, port: int = 7002) -> set[tuple[str,
     return sources
 
 
+@pytest.mark.parametrize("size, family", classes())
 @pytest.mark.parametrize("mode", ["nftables", "natgw"])
-def test_generator_frames_arrive_translated(record, mode):
-    topo = Topology(record, mode, "underlay")
-    topo.build()
-    topo.check()
-    one = _receive(topo, new_flow=False)
-    assert one == {("10.221.1.10", 40000)}
-    many = _receive(topo, new_flow=True)
+def test_generator_frames_arrive_translated(built, mode, size, family):
+    topo = built(mode)
+    seen = TRANSLATED[family][0]
+    one = _receive(topo, Workload(size, family, False))
+    assert one == {(seen, 40000)}
+    many = _receive(topo, Workload(size, family, True))
     assert len(many) > 100  # a new source port and address low bits per packet
-    assert {ipaddress.ip_address(a) in ipaddress.ip_network("10.221.0.0/16")
+    assert {ipaddress.ip_address(a) in ipaddress.ip_network(FAMILY[family].c1_seen_by_c2)
             for a, _ in many} == {True}
 
 
-def test_extra_mappings_install_and_clear(record):
-    topo = Topology(record, "natgw", "underlay", extra=150)
-    topo.build()
-    topo.check()  # the benchmark's own mapping still wins for its traffic
+def test_natgw_modes_take_the_path_they_promise(built):
+    # natgw's default sends the flood through its fast path; natgw-off never does.
+    work = Workload("64", 4, False)
+    modes = [m for m in ("natgw", "natgw-off") if not natgw_refuses(m)]
+    for mode in modes:
+        topo = built(mode)
+        before = topo.fastpath_decisions()
+        assert _receive(topo, work) == {(TRANSLATED[4][0], 40000)}
+        after = topo.fastpath_decisions()
+        redirected = sum(n - before.get(r, 0) for r, n in after.items()
+                         if r.startswith("redirect"))
+        if MODE_TABLE[mode].fastpath == "off":
+            assert redirected == 0
+        else:
+            assert redirected > 1000  # the 0.3 s flood, redirected on both gateways
+    assert built("route").fastpath_decisions() == {}
+
+
+def test_senders_checksum_offload_off_when_asked(built):
+    topo = built("route", tx_csum_off=True)
+    for ns, dev in ((topo.pod1, topo.dev["e1"]), (topo.pod2, topo.dev["e2"])):
+        assert "tx-checksumming: off" in sh(ns, "ethtool", "-k", dev)
+    assert "tx-checksumming: on" in sh(built("route").pod1, "ethtool", "-k",
+                                       built("route").dev["e1"])
+    work = Workload("1400", 6, False)  # checksums computed in software still verify
+    assert _receive(topo, work) == {(ROUTED[6][0], 40000)}
+
+
+def test_extra_mappings_install_and_clear(built):
+    topo = built("natgw", extra=150)
     assert topo.key == "natgw-m151/underlay"
     with Dataplane.open(topo.gateways[0]) as dp:
         assert len(dp.mappings(dp.ifindex(topo.dev["u1"], topo.gw1))) == 151
     times = topo.install_times[0]
     assert (times["public_calls"], times["bulk_calls"]) == (101, 49)  # 100, bulk, 1 last
-    assert clear_mappings(topo.gateways[0]) == 2 * 151  # an egress and an ingress entry each
+    # both families' own mappings plus the extra ones: an egress and an ingress entry each
+    assert clear_mappings(topo.gateways[0]) == 2 * 152
     with Dataplane.open(topo.gateways[0]) as dp:
         assert dp.mappings() == []
 
@@ -104,11 +196,10 @@ def test_programs_run_alone_count_every_repetition(record):
     assert not os.path.exists(f"/sys/fs/bpf/natgw/{record.prefix}x")  # pins removed
 
 
-def test_route_with_natgw_hooks_forwards_untranslated(record):
-    topo = Topology(record, "route", "underlay", hooks="tcx")
-    topo.build()
+def test_route_with_natgw_hooks_forwards_untranslated(built):
+    topo = built("route", hooks="tcx")
     assert topo.key == "route+natgw-hooks/underlay"
-    assert topo.verify() == ("10.244.1.10", "10.245.1.10")  # the programs matched nothing
+    assert topo.verify() == ROUTED[4]  # the programs matched nothing
     for gw, ns, dev in zip(topo.gateways, (topo.gw1, topo.gw2), topo.peer_dev, strict=True):
         with Dataplane.open(gw) as dp:
             assert [m.mapping.cidr.compressed for m in dp.mappings()] == ["10.99.0.0/16"]
