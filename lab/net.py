@@ -170,6 +170,24 @@ def natgw_hooks(netns: str, dev: str) -> dict[str, int]:
     return out
 
 
+def natgw_programs(netns: str, dev: str) -> dict[str, str]:
+    """hook -> the natgw program running there ("egress", "ingress", "ingress_fast",
+    "lan"), read from outside natgw: its tcx link's program (the kernel keeps 15
+    characters of a name), or before tcx its tc filter's name."""
+    out: dict[str, str] = {}
+    for hook, progs in tcx_programs(netns, dev).items():
+        name = next((name for name, _, _ in progs if name.startswith("natgw_")), None)
+        if name is not None:
+            out[hook] = {"natgw_ingress_f": "ingress_fast"}.get(name, name[len("natgw_"):])
+            continue
+        r = subprocess.run(in_ns(netns, ["tc", "filter", "show", "dev", dev, hook]),
+                           capture_output=True, text=True, timeout=20)
+        for word in r.stdout.split():
+            if word.startswith("natgw_") and ":" in word:
+                out[hook] = word.partition(":")[0][len("natgw_"):]
+    return out
+
+
 def remove_natgw_hook(netns: str, dev: str, hook: str) -> None:
     """Take natgw's program off a hook by hand, as an admin would: `bpftool link detach`
     of its tcx link (unpinning alone leaves a link someone holds), or `tc filter del`."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 from gateways import free_port
 
-from lab.net import NATGW, natgw_hooks
+from lab.net import NATGW, natgw_hooks, natgw_programs
 from natgw import keys
 
 STATE_DIR = Path(os.environ.get("NATGW_STATE_DIR", "/run/natgw"))
@@ -131,7 +131,11 @@ def _natgw_filter(ns: str, dev: str) -> bool:
 
 
 def _lan_filter(ns: str, dev: str) -> bool:
-    return "natgw_lan:" in _tc_show(ns, "filter", "show", "dev", dev, "ingress")
+    """natgw's LAN program on the device's ingress (tcx link or tc filter)."""
+    try:
+        return natgw_programs(ns, dev).get("ingress") == "lan"
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def _clsact(ns: str, dev: str) -> bool:

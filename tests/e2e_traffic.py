@@ -35,7 +35,7 @@ from e2e_capture import NOT_LINK_LOCAL, Capture, capturing
 
 from lab import harness
 from lab.harness import Run, Topology
-from lab.net import ping
+from lab.net import natgw_programs, ping
 from lab.netnslab import netns_unavailable_reason
 from natgw.netns import netns_socket
 
@@ -416,15 +416,13 @@ class TrafficChecks:
             if topo.is_plain(i):
                 continue
             devices = read_gateway(f"{run.prefix}c{i}").devices
-            filters = subprocess.run(["ip", "netns", "exec", run.gw(i), "tc", "filter", "show",
-                                      "dev", run.pod_link(i), "ingress"], capture_output=True,
-                                     text=True, check=True).stdout
+            on_lan = natgw_programs(run.gw(i), run.pod_link(i)).get("ingress")
             lan = [d for d in devices if d.lan]
             if topo.fastpath == "off":
-                assert lan == [] and "natgw" not in filters
+                assert lan == [] and on_lan is None
                 assert all(d.fastpath == {} for d in devices)
                 continue
-            assert [d.ifname for d in lan] == [run.pod_link(i)] and "natgw_lan:" in filters
+            assert [d.ifname for d in lan] == [run.pod_link(i)] and on_lan == "lan"
             redirected = {d.ifname: sum(c for name, c in d.fastpath.items()
                                         if name.startswith("redirect")) for d in devices}
             assert all(redirected.values()), (i, {d.ifname: d.fastpath for d in devices})

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.net import natgw, sh
+from lab.net import natgw, natgw_programs, sh
 from natgw.state import STATE_DIR
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
@@ -49,6 +49,11 @@ def ingress(g: str, dev: str) -> str:
     return sh(g, "tc", "filter", "show", "dev", dev, "ingress")
 
 
+def on(g: str, dev: str) -> str | None:
+    """The natgw program on a device's ingress (tcx link or tc filter), None if none."""
+    return natgw_programs(g, dev).get("ingress")
+
+
 def lan_report(name: str) -> list[dict]:
     (doc,) = json.loads(natgw("maps", name, "--json").stdout)
     return [d for d in doc["devices"] if d["lan"]]
@@ -58,8 +63,8 @@ def test_lan_program_follows_the_file_and_down_leaves_the_admins_things(gw):
     """One gateway through a sequence of files (one compile: every `down` costs one)."""
     g, lan, ifc, name = gw["g"], gw["lan"], gw["ifc"], gw["name"]
     gw["up"]()
-    assert "natgw_lan:" in ingress(g, lan) and f"pref {FOREIGN_PREF} " in ingress(g, lan)
-    assert "natgw_ingress_fast:" in ingress(g, ifc)
+    assert on(g, lan) == "lan" and f"pref {FOREIGN_PREF} " in ingress(g, lan)
+    assert on(g, ifc) == "ingress_fast"
     (report,) = lan_report(name)
     assert report["ifname"] == lan and report["mappings"] == []
     assert set(report["fastpath"]) >= {"redirect_l3", "redirect_eth", "ttl", "no_neigh"}
@@ -67,20 +72,20 @@ def test_lan_program_follows_the_file_and_down_leaves_the_admins_things(gw):
     assert [x["device"] for x in state["lan"]] == [lan] and not state["lan"][0]["own_qdisc"]
 
     gw["up"](fastpath="off")  # the kernel's path alone: nothing on the LAN device
-    assert "natgw" not in ingress(g, lan) and f"pref {FOREIGN_PREF} " in ingress(g, lan)
-    assert "natgw_ingress:" in ingress(g, ifc)
+    assert on(g, lan) is None and f"pref {FOREIGN_PREF} " in ingress(g, lan)
+    assert on(g, ifc) == "ingress"
     assert lan_report(name) == []
 
     err = gw["up"](cidrs=["10.61.0.0/16"])  # no route to cidrs: no LAN device, one line
     assert "no route to cidrs leaves through a LAN device" in err
-    assert "natgw" not in ingress(g, lan) and "natgw_ingress_fast:" in ingress(g, ifc)
+    assert on(g, lan) is None and on(g, ifc) == "ingress_fast"
     gw["up"](cidrs=["10.61.0.0/16"], lanDevices=[lan])  # named by the file
-    assert "natgw_lan:" in ingress(g, lan)
+    assert on(g, lan) == "lan"
     r = natgw("--netns", g, "up", str(_with(gw["path"], lanDevices=["nosuchdev"])), "--detach",
               check=False)
     assert r.returncode == 1, r.stderr
     assert f"lanDevices[0]: device nosuchdev not found in netns {g}" in r.stderr
-    assert "natgw_lan:" in ingress(g, lan)  # the previous file is restored
+    assert on(g, lan) == "lan"  # the previous file is restored
 
     # down takes the LAN program off even when the record lost it (a sweep by the
     # gateway's own maps), and leaves the admin's filter and qdisc.
@@ -89,7 +94,7 @@ def test_lan_program_follows_the_file_and_down_leaves_the_admins_things(gw):
     state["lan"] = []
     path.write_text(json.dumps(state))
     natgw("--netns", g, "down", name)
-    assert "natgw" not in ingress(g, lan) and f"pref {FOREIGN_PREF} " in ingress(g, lan)
+    assert on(g, lan) is None and f"pref {FOREIGN_PREF} " in ingress(g, lan)
     assert "clsact" in sh(g, "tc", "qdisc", "show", "dev", lan)
 
 
