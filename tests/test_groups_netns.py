@@ -246,7 +246,9 @@ def test_reload_replaces_the_weights_in_place_and_drift_is_repaired(topo, fg):
     # A range removed by hand comes back, over the same members.
     ip("-n", t.gw, "route", "del", RANGES[0])
     assert wait_for(lambda: routes(t.gw) == {net: [(a, 2), (b, 1)] for net in RANGES})
-    assert f"drift repaired: route {RANGES[0]} group far" in logfile.read_text()
+    # Logged once the repair's whole apply is done, a little after the route is back.
+    assert wait_for(lambda: f"drift repaired: route {RANGES[0]} group far"
+                    in logfile.read_text()), logfile.read_text()
     edit(t, r1=1, r2=3)
     proc.send_signal(signal.SIGHUP)
     assert wait_for(lambda: routes(t.gw) == {net: [(a, 1), (b, 3)] for net in RANGES})
