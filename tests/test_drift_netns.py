@@ -223,7 +223,7 @@ def _allowed_ips(dev: str) -> set[str]:
 def test_pipe_address_and_allowed_ips_come_back_and_go_with_the_pipes(netns_lab, tmp_path):
     """With pipes, the tunnel's pipe address and the peer's pipe /128 are natgw's too:
     removed by hand they come back; a reload without pipes takes both off."""
-    from natgw.pipes.addressing import pipe_address
+    from natgw.tunnel_address import tunnel_address
 
     if shutil.which("wireguard-go") is None or shutil.which("wg") is None:
         pytest.skip("needs wireguard-go and wg")
@@ -234,8 +234,8 @@ def test_pipe_address_and_allowed_ips_come_back_and_go_with_the_pipes(netns_lab,
     s.files["A"].write_text(yaml.safe_dump(data, sort_keys=False))
     from natgw.config import load_config
 
-    own = str(pipe_address(load_config(s.files["A"]).public_key))
-    theirs = f"{pipe_address(peer['publicKey'])}/128"
+    own = str(tunnel_address(load_config(s.files["A"]).public_key))
+    theirs = f"{tunnel_address(peer['publicKey'])}/128"
     dev = s.tunnels["A"][0]
     logfile = tmp_path / "natgw.log"
     log = open(logfile, "w+")
