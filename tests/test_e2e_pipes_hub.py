@@ -115,7 +115,9 @@ def test_a_clients_pipe_allowed_ip_removed_by_hand_is_repaired(demo) -> None:
 
 
 def test_a_reload_without_pipes_takes_the_hubs_pipe_addresses_off(demo) -> None:
-    # Last: it leaves the hub without pipes.
+    # Last: it leaves the hub without pipes. Unlike a tunnel peer's device, the hub's
+    # carries the tunnel addresses only for pipes: its clients are no group members
+    # (nothing probes them), and plain wg-quick clients would not answer anyway.
     dev, ns = hub_device(demo), demo.hub.netns
     own = f"{tunnel_address(demo.hub.key)}/64"
     show = ["ip", "-n", ns, "-6", "addr", "show", "dev", dev]

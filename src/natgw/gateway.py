@@ -466,7 +466,10 @@ class Gateway:
             faults.step("tunnel-configured")
             routes.set_link(self.netns, dev, self.cfg.mtu)
             faults.step("link-up")
-            self._apply_tunnel_address(state, ps)
+            # Unread when recorded on the same device and no full apply is asked for (a
+            # drift repair): a netns socket is most of an edit's cost.
+            self._apply_tunnel_address(state, ps, check=self._full or before is None
+                                       or before.ifindex != ifindex)
         # Only when there is or was an address: each netns socket costs tens of ms.
         readdressed = False
         if peer.is_tunnel and (peer.address is not None or (before and before.address)):
@@ -617,7 +620,8 @@ class Gateway:
             return f"health: {e}"
         return ""
 
-    def _apply_tunnel_address(self, state: GatewayState, ps: PeerState) -> None:
+    def _apply_tunnel_address(self, state: GatewayState, ps: PeerState,
+                              check: bool = True) -> None:
         """Put the gateway's tunnel address (natgw.tunnel_address) on a tunnel device,
         with or without pipes: health probes come from it. Recorded before it is added,
         so that a kill leaves it in the record; after the link is up, which would flush
@@ -636,6 +640,8 @@ class Gateway:
         if ps.pipe_address != wanted:
             ps.pipe_address = wanted
             save_state(state)
+        elif not check:
+            return
         ensure_address(self.netns, ps.device, tunnel_address(self.cfg.public_key))
 
     def _link_mtu(self, dev: str) -> int:
