@@ -563,7 +563,6 @@ class Gateway:
         now = time.monotonic()
         samples = self.health.read(self.netns, lambda dev: self.engine.status(dev, self.netns))
         lines, changed, retold = self.health.observe(samples, now)
-        lines += self.health.probe(self.netns, now)
         if changed or retold or self._health_resync:
             error = self._route_groups(sorted(self.cfg.groups) if self._health_resync
                                        else sorted(changed), sorted(retold))
@@ -571,7 +570,8 @@ class Gateway:
                 lines.append(error)
             # A failed change is tried again at each tick until it is done.
             self._health_error, self._health_resync = error, bool(error)
-        return lines
+        # After the route: a probe answered now is read at the next tick.
+        return lines + self.health.probe(self.netns, now)
 
     def resync_health(self) -> None:
         """At the next tick, route every group by the verdicts again (after an apply of

@@ -28,7 +28,8 @@ import socket
 import struct
 from ipaddress import IPv6Address
 
-from natgw.netns import NetnsNotFound, netns_socket
+from natgw.failure import one_line
+from natgw.netns import netns_socket
 
 ECHO_REQUEST = 128
 ICMP6_FILTER = 1  # <netinet/icmp6.h>: a bit per type, set = blocked
@@ -55,10 +56,12 @@ class Prober:
             # The kernel computes an ICMPv6 raw socket's checksum (RFC 3542 3.1).
             packet = struct.pack("!BBHHH", ECHO_REQUEST, 0, 0, self._ident, self._seq) + PAYLOAD
             sock.sendto(packet, (str(target), 0, 0, ifindex))
-        except (OSError, NetnsNotFound) as e:
+        except OSError as e:
             self._drop(device)
-            return f"probe {target} on {device}: {e.strerror or e}" \
-                if isinstance(e, OSError) else str(e)
+            return f"probe {target} on {device}: {e.strerror or e}"
+        except Exception as e:  # noqa: BLE001 - NetnsNotFound, pyroute2's: health goes on
+            self._drop(device)
+            return f"probe {target} on {device}: {one_line(e)}"
         return ""
 
     def _socket(self, device: str, ifindex: int) -> socket.socket:
