@@ -483,7 +483,7 @@ def _med(values: list[float]) -> str:
 
 def _stale_label(stale_after: int | None) -> str:
     if stale_after is None:
-        return f"staleAfter {3 * KEEPALIVE + 1} s (default)"
+        return f"staleAfter {2 * KEEPALIVE + 0.5:g} s (default)"
     return f"staleAfter {stale_after} s"
 
 
@@ -610,8 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ways", default=",".join(WAYS), help="comma-separated subset of "
                     + ",".join(WAYS))
     ap.add_argument("--stale-after", default="default,2", help="comma-separated settings "
-                    "of the peers' staleAfter, in seconds or `default` (natgw's: 3 x "
-                    "keepalive + 1 s); default: default,2")
+                    "of the peers' staleAfter, in seconds or `default` (natgw's: 2 x "
+                    "keepalive + 0.5 s); default: default,2")
     ap.add_argument("--no-contrast", action="store_true",
                     help="skip the conntrack contrast (asymmetric paths, failover)")
     ap.add_argument("--attempts", type=int, default=5, help="contrast: attempts per kind")

@@ -407,7 +407,7 @@ def test_valid_config(data: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("a", "b", "stale"),
     [
-        ({}, {"weight": 3, "staleAfter": 2}, (4.0, 2.0)),  # default: 3 keepalives and a second
+        ({}, {"weight": 3, "staleAfter": 2}, (2.5, 2.0)),  # default: 2 keepalives and half a second
         ({"persistentKeepalive": None}, {"persistentKeepalive": 0, "weight": 3}, (None, None)),  # device alone
     ],
 )

@@ -228,10 +228,10 @@ def _allowed_ips(dev: str) -> set[str]:
     return set(out.split()[1:])
 
 
-def test_pipe_address_and_allowed_ips_come_back_and_go_with_the_pipes(netns_lab, tmp_path):
-    """With pipes, the tunnel's pipe address and the peer's pipe /128 are natgw's too:
-    removed by hand they come back; a reload without pipes takes both off."""
-    from natgw.pipes.addressing import pipe_address
+def test_tunnel_address_and_allowed_ips_come_back_and_stay_without_pipes(netns_lab, tmp_path):
+    """The tunnel's address and the peer's /128 are natgw's too: removed by hand they
+    come back; a reload without pipes keeps both (health probes use them too)."""
+    from natgw.tunnel_address import tunnel_address
 
     if shutil.which("wireguard-go") is None or shutil.which("wg") is None:
         pytest.skip("needs wireguard-go and wg")
@@ -242,8 +242,8 @@ def test_pipe_address_and_allowed_ips_come_back_and_go_with_the_pipes(netns_lab,
     s.files["A"].write_text(yaml.safe_dump(data, sort_keys=False))
     from natgw.config import load_config
 
-    own = str(pipe_address(load_config(s.files["A"]).public_key))
-    theirs = f"{pipe_address(peer['publicKey'])}/128"
+    own = str(tunnel_address(load_config(s.files["A"]).public_key))
+    theirs = f"{tunnel_address(peer['publicKey'])}/128"
     dev = s.tunnels["A"][0]
     logfile = tmp_path / "natgw.log"
     log = open(logfile, "w+")
@@ -290,9 +290,9 @@ def test_pipe_address_and_allowed_ips_come_back_and_go_with_the_pipes(netns_lab,
         while "reloaded" not in "".join(logfile.read_text().splitlines()[lines_before:]) \
                 and time.monotonic() - t0 < 60:
             time.sleep(0.2)
-        assert own not in _addresses(s.gw, dev)
-        assert theirs not in _allowed_ips(dev)
-        assert json.load(open(f"/run/natgw/{s.name}.json"))["peers"][0]["pipe_address"] == ""
+        assert own in _addresses(s.gw, dev)
+        assert theirs in _allowed_ips(dev)
+        assert json.load(open(f"/run/natgw/{s.name}.json"))["peers"][0]["pipe_address"] == own
     finally:
         fg.send_signal(signal.SIGTERM)
         fg.wait(timeout=30)

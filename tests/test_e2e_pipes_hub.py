@@ -18,7 +18,7 @@ from gateways import scrape
 
 from lab.netnslab import NetnsLab, netns_unavailable_reason
 from lab.pipes import BACK_PAGE, PAGE, build_hub, connect, wait_for
-from natgw.pipes.addressing import pipe_address
+from natgw.tunnel_address import tunnel_address
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
@@ -77,7 +77,7 @@ def test_the_hub_tells_its_clients_apart_on_one_device(demo) -> None:
 
 def test_hub_device_pipe_address_and_client_allowed_ips_repaired(demo) -> None:
     dev, ns = hub_device(demo), demo.hub.netns
-    own = str(pipe_address(demo.hub.key))
+    own = str(tunnel_address(demo.hub.key))
 
     def addresses() -> str:
         return subprocess.run(["ip", "-n", ns, "-6", "addr", "show", "dev", dev],
@@ -90,7 +90,7 @@ def test_hub_device_pipe_address_and_client_allowed_ips_repaired(demo) -> None:
     assert f"{own}/64" in addresses()
     for g in (demo.client, demo.back):
         line = next(ln for ln in allowed().splitlines() if ln.startswith(g.key))
-        assert f"{pipe_address(g.key)}/128" in line
+        assert f"{tunnel_address(g.key)}/128" in line
     # Taken off by hand: the foreground `up` finds the drift and puts it back.
     subprocess.run(["ip", "-n", ns, "addr", "del", f"{own}/64", "dev", dev], check=True)
     wait_for(lambda: f"{own}/64" in addresses(), 30, "the hub's pipe address restored")
@@ -99,7 +99,7 @@ def test_hub_device_pipe_address_and_client_allowed_ips_repaired(demo) -> None:
 
 def test_a_clients_pipe_allowed_ip_removed_by_hand_is_repaired(demo) -> None:
     dev, ns, key = hub_device(demo), demo.hub.netns, demo.client.key
-    mine = f"{pipe_address(key)}/128"
+    mine = f"{tunnel_address(key)}/128"
 
     def client_allowed() -> str:
         out = subprocess.run(["ip", "netns", "exec", ns, "wg", "show", dev, "allowed-ips"],
@@ -115,9 +115,11 @@ def test_a_clients_pipe_allowed_ip_removed_by_hand_is_repaired(demo) -> None:
 
 
 def test_a_reload_without_pipes_takes_the_hubs_pipe_addresses_off(demo) -> None:
-    # Last: it leaves the hub without pipes.
+    # Last: it leaves the hub without pipes. Unlike a tunnel peer's device, the hub's
+    # carries the tunnel addresses only for pipes: its clients are no group members
+    # (nothing probes them), and plain wg-quick clients would not answer anyway.
     dev, ns = hub_device(demo), demo.hub.netns
-    own = f"{pipe_address(demo.hub.key)}/64"
+    own = f"{tunnel_address(demo.hub.key)}/64"
     show = ["ip", "-n", ns, "-6", "addr", "show", "dev", dev]
     assert own in subprocess.run(show, capture_output=True, text=True, check=True).stdout
     demo.hub.data["pipes"] = []

@@ -6,8 +6,9 @@
 r1 and r2 are bare wireguard-go devices (peer: gw), both replicas of one remote
 cluster: gw routes 10.245.0.0/16 and fd00:245::/64 over both devices with one
 multipath route (nexthop objects), weights 1 and 3. Keepalives every second, so a
-member is stale after the default 4 s. Silence is made in the replica's netns (a
-blackhole route to gw): nothing leaves the namespaces.
+member is stale after the default 2.5 s. Like a natgw replica, each carries its
+tunnel address and allows gw's, so its kernel answers gw's probes. Silence is made
+in the replica's netns (nftables): nothing leaves the namespaces.
 The tests run in file order on one topology: each leaves it as it found it.
 """
 
@@ -17,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -32,7 +34,9 @@ from lab.netnslab import NetnsLab, netns_unavailable_reason
 from natgw import keys
 from natgw.faults import GROUP_STEPS, KILL_ENV
 from natgw.multipath import group_id, hop_id
+from natgw.netns import netns_socket
 from natgw.status import STATIC
+from natgw.tunnel_address import tunnel_address
 from natgw.wireguard import DeviceConfig, PeerConfig, WireGuardGoEngine
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
@@ -45,6 +49,7 @@ class Topology:
     gw: str  # our gateway's netns (and gateway name)
     config: Path
     devices: dict[str, str]  # member peer -> its device in gw
+    keys: dict[str, str]  # member peer (and "gw") -> its public key
     replicas: dict[str, str]  # member peer -> the replica's netns
     lab: NetnsLab
 
@@ -79,8 +84,11 @@ def topo(tmp_path_factory):
             engine.configure(rdev, r, DeviceConfig(
                 private_key=keys.decode_key(private), listen_port=51820,
                 peers=(PeerConfig(keys.decode_key(ours), f"192.168.8{i}.1:{51820 + i}",
-                                  ("10.244.0.0/16",), persistent_keepalive=1),)))
+                                  ("10.244.0.0/16", f"{tunnel_address(ours)}/128"),
+                                  persistent_keepalive=1),)))
             ip("-n", r, "link", "set", rdev, "up")
+            ip("-n", r, "addr", "add", f"{tunnel_address(keys.pubkey(private))}/64", "dev", rdev,
+               "nodad")
         config = write_config(tmp / "gw.yaml", {
             "name": gw, "cidrs": ["10.244.0.0/16", "fd00:244::/64"],
             "privateKeyFile": str(tmp / "gw.key"), "engine": "wireguard-go",
@@ -88,7 +96,9 @@ def topo(tmp_path_factory):
         lab.on_cleanup(lambda: natgw("--netns", gw, "down", str(config), check=False))
         r = natgw("--netns", gw, "up", str(config), "--detach")
         assert r.returncode == 0, r.stderr
-        yield Topology(gw, config, devices, replicas, lab)
+        yield Topology(gw, config, devices,
+                       {"gw": ours} | {m["name"]: m["publicKey"] for m in members}, replicas,
+                       lab)
 
 
 def routes(netns: str) -> dict[str, list[tuple[str, int | None]]]:
@@ -178,23 +188,65 @@ def test_silence_takes_a_member_out_and_back(topo, fg):
     a, b = t.devices["r1"], t.devices["r2"]
     silence(t, "r2")
     try:
-        assert wait_for(lambda: in_route(t)["r2"] == (False, "nothing received for 4 s")), \
+        assert wait_for(lambda: in_route(t)["r2"] == (False, "nothing received for 2.5 s")), \
             (in_route(t), logfile.read_text())
         assert routes(t.gw) == {net: [(a, None)] for net in RANGES}
         assert in_route(t)["r1"] == (True, "receiving")
         assert in_route_metric(t) == {"r1": 1, "r2": 0}
         log = logfile.read_text()
-        assert "group far: r2 out of the route (nothing received for 4 s); route over r1" \
+        assert "group far: r2 out of the route (nothing received for 2.5 s); route over r1" \
             in log
         assert "drift" not in log  # the route changed as recorded: nothing to repair
         text = natgw("--netns", t.gw, "status", str(t.config)).stdout
-        assert "group: far, in route: no (nothing received for 4 s)" in text
+        assert "group: far, in route: no (nothing received for 2.5 s)" in text
     finally:
         silence(t, "r2", on=False)
     assert wait_for(lambda: in_route(t)["r2"] == (True, "receiving"))
     assert routes(t.gw) == {net: [(a, 1), (b, 3)] for net in RANGES}
     assert in_route_metric(t) == {"r1": 1, "r2": 1}
     assert "group far: r2 back in the route (receiving); route over r1, r2" in logfile.read_text()
+
+
+def test_a_member_that_only_receives_stays_in(topo, fg):
+    """WireGuard sends no keepalive while it receives: r2, sent a one-way stream it
+    answers nothing to, is heard only through gw's probes, and stays in the route with
+    the default staleAfter, also when r1 dies meanwhile (r1 goes out, and stays out)."""
+    t, (_, logfile, _) = topo, fg
+    r2 = t.replicas["r2"]
+    ours = tunnel_address(t.keys["gw"])
+    theirs = tunnel_address(t.keys["r2"])
+    index = int(json.loads(subprocess.run(["ip", "-n", t.gw, "-j", "link", "show",
+                                            t.devices["r2"]], capture_output=True, text=True,
+                                           check=True).stdout)[0]["ifindex"])
+    # r2 drops the stream unanswered (no port unreachable either).
+    nft = ["ip", "netns", "exec", r2, "nft"]
+    subprocess.run([*nft, "-f", "-"], check=True, text=True, input=(
+        "table inet natgwsink { chain in { type filter hook input priority 0; "
+        "udp dport 9 drop; }; }\n"))
+    sock = netns_socket(t.gw, socket.AF_INET6, socket.SOCK_DGRAM)
+    before = len(logfile.read_text())
+    try:
+        sock.bind((str(ours), 0, 0, index))
+        start = time.monotonic()
+        seen, dead = set(), False
+        while time.monotonic() < start + 10:  # 4 x the default staleAfter
+            if not dead and time.monotonic() > start + 4:
+                silence(t, "r1")
+                dead = True
+            sock.sendto(b"x" * 64, (str(theirs), 9, 0, index))
+            seen.add(in_route(t)["r2"])
+            time.sleep(0.05)
+        assert in_route(t)["r1"] == (False, "nothing received for 2.5 s")
+        assert routes(t.gw) == {net: [(t.devices["r2"], None)] for net in RANGES}
+    finally:
+        sock.close()
+        subprocess.run([*nft, "delete", "table", "inet", "natgwsink"], check=True)
+        if dead:
+            silence(t, "r1", on=False)
+    assert seen == {(True, "receiving")}, (seen, logfile.read_text())
+    log = logfile.read_text()[before:]
+    assert "r2 out of the route" not in log and log.count("r1 out of the route") == 1, log
+    assert wait_for(lambda: in_route(t)["r1"] == (True, "receiving"))
 
 
 def test_a_member_whose_device_goes_down_is_out_until_it_receives_again(topo, fg):
@@ -214,7 +266,7 @@ def test_a_member_whose_device_goes_down_is_out_until_it_receives_again(topo, fg
 def test_every_member_out_keeps_the_route_over_all(topo, fg):
     t = topo
     a, b = t.devices["r1"], t.devices["r2"]
-    kept = "kept: every member is out (nothing received for 4 s)"
+    kept = "kept: every member is out (nothing received for 2.5 s)"
     for peer in ("r1", "r2"):
         silence(t, peer)
     try:

@@ -1,8 +1,9 @@
 """natgw.health: who is in a replica group's route, tick by tick (no network needed).
 
-Each case is a group of members a, b (staleAfter 4 s) and c (no keepalive: judged
-by its device alone), the samples of successive ticks, and the verdicts after the
-last one: (in the route?, why).
+Each case is a group of members a, b (keepalive 1 s, staleAfter 4 s) and c (no
+keepalive: judged by its device alone), the samples of successive ticks, and the
+verdicts after the last one: (in the route?, why). Then which silent members are
+probed, tick by tick, and the default staleAfter against probes answered late.
 """
 
 # ruff: noqa: E501 - one case per line, like a fixture table.
@@ -11,13 +12,15 @@ from __future__ import annotations
 
 import pytest
 
+from natgw.config import Peer
 from natgw.health import DEVICE_ONLY, DOWN, GONE, RECEIVING, Health, Member, Sample, kept, silent
 
 UP = None  # a sample's link: up
 
 
 def group(*names: str) -> Health:
-    return Health([Member(n, "far", f"w-{n}", 1, None if n == "c" else 4.0) for n in names])
+    return Health([Member(n, "far", f"w-{n}", 1, None if n == "c" else 4.0,
+                          probe_every=None if n == "c" else 1.0) for n in names])
 
 
 def run(h: Health, ticks: list[tuple[float, dict[str, Sample]]]) -> list[str]:
@@ -67,6 +70,12 @@ CASES = [
     ("every member out: a down device is not kept",
      ("a", "b"), [(0, {"a": rx(0), "b": rx(0)}), (4, {"a": rx(0), "b": Sample(DOWN)})],
      {"a": (True, kept(STALE)), "b": (False, DOWN)}),
+    ("a dead member is out while one heard only through probe replies stays in",
+     ("a", "b"), [(0, {"a": rx(0), "b": rx(0)}), (1.5, {"a": rx(0), "b": rx(1)}), (3, {"a": rx(0), "b": rx(2)}), (4, {"a": rx(0), "b": rx(2)})],
+     {"a": (False, STALE), "b": (True, RECEIVING)}),
+    ("every member silent: kept until one is heard, then the silent one is out again",
+     ("a", "b"), [(0, {"a": rx(0), "b": rx(0)}), (4, {"a": rx(0), "b": rx(0)}), (4.5, {"a": rx(0), "b": rx(1)})],
+     {"a": (False, STALE), "b": (True, RECEIVING)}),
     ("no keepalive: judged by its device alone",
      ("a", "c"), [(0, {"a": rx(0), "c": rx(0)}), (9, {"a": rx(1), "c": rx(0)})],
      {"a": (True, RECEIVING), "c": (True, DEVICE_ONLY)}),
@@ -121,3 +130,48 @@ def test_a_reload_keeps_what_was_known() -> None:
     h2 = Health.of(cfg2, 2.0, before=h)
     assert [(m.peer, m.in_route, m.weight) for m in h2.members] == [
         ("a", True, 1), ("b", False, 5)]
+
+
+def test_a_silent_member_is_probed_once_per_keepalive_until_heard() -> None:
+    h = group("a", "b", "c")
+    probed = []
+    # b answers the probe of 2 s at 2.5 s; c (no keepalive) and a down device are never probed.
+    for now, b in [(0, 0), (0.5, 0), (1, 0), (1.5, 0), (2, 0), (2.5, 1), (3, 1), (3.5, 1),
+                   (4, 1), (4.5, 1)]:
+        h.observe({"a": Sample(DOWN), "b": rx(b), "c": rx(0)}, now)
+        due = h.due(now)
+        for m in due:
+            m.probed = now
+        probed.append((now, [m.peer for m in due]))
+    assert [now for now, peers in probed if peers] == [1, 2, 3.5, 4.5]
+    assert {p for _, peers in probed for p in peers} == {"b"}
+
+
+@pytest.mark.parametrize("work", [0.0, 0.25])  # seconds each tick takes beyond its 0.5 s wait
+def test_default_stale_after_keeps_a_member_heard_only_through_probes(work) -> None:
+    """A replica that receives a one-way stream answers nothing but probes (answered
+    within 0.2 s, seen at the next read); another dies at 20 s. With the default
+    staleAfter the live one never leaves, even with slow ticks, and the dead one is out
+    within staleAfter and a tick of its death: with 0.5 s ticks, 2 keepalives and a
+    second, the issue's failover target."""
+    ka = 1
+    stale = Peer.model_validate({"name": "x", "persistentKeepalive": ka, "group": "far",
+                                 "remote": [{"cidr": "10.1.0.0/16"}]}).stale_seconds
+    h = Health([Member(n, "far", f"w-{n}", 1, stale, probe_every=ka) for n in ("live", "dead")])
+    counters, answers, now, out_at = {"live": 0, "dead": 0}, [], 0.0, None
+    while now < 40:
+        for peer, _at in [a for a in answers if a[1] <= now]:
+            counters[peer] += 1
+        answers = [a for a in answers if a[1] > now]
+        h.observe({p: rx(n) for p, n in counters.items()}, now)
+        assert h.member("live").in_route, now
+        if out_at is None and not h.member("dead").in_route:
+            out_at = now
+        for m in h.due(now):
+            m.probed = now
+            if m.peer == "live" or now < 20:
+                answers.append((m.peer, now + 0.2))
+        now += 0.5 + work
+    assert out_at is not None and out_at - 20 <= stale + 0.5 + work
+    if not work:
+        assert out_at - 20 <= 2 * ka + 1

@@ -80,21 +80,21 @@ def test_device_config_one_peer_per_keyed_client() -> None:
 
 def test_with_pipes_each_keyed_client_allows_its_pipe_address() -> None:
     from natgw.hub import client_states
-    from natgw.pipes.addressing import pipe_network
+    from natgw.tunnel_address import tunnel_network
 
     c = hub_cfg(pipes=({"name": "web", "port": 8080, "peer": "a"},))
     assigned = {"a": ip_address("10.192.0.2"), "b": ip_address("10.192.0.3"),
                 "c": ip_address("10.192.0.4")}
     dc = device_config(c, assigned)
     assert [[str(n) for n in p.allowed_ips] for p in dc.peers] == [
-        ["10.192.0.2/32", "10.9.0.0/16", str(pipe_network(PUB_A))],
-        ["10.192.0.3/32", "10.8.0.0/16", str(pipe_network(PUB_B))]]
+        ["10.192.0.2/32", "10.9.0.0/16", str(tunnel_network(PUB_A))],
+        ["10.192.0.3/32", "10.8.0.0/16", str(tunnel_network(PUB_B))]]
     # What is recorded is what the device gets: the next apply's difference is empty.
     recorded = client_states(c.hub, assigned, pipes=True)
     assert [r.allowed_ips for r in recorded[:2]] == [
         [str(n) for n in p.allowed_ips] for p in dc.peers]
     assert recorded[2].allowed_ips == ["10.192.0.4/32"]  # no key: no pipe address
-    assert str(pipe_network(PUB_A)) not in client_states(c.hub, assigned)[0].allowed_ips
+    assert str(tunnel_network(PUB_A)) not in client_states(c.hub, assigned)[0].allowed_ips
 
 
 def test_status_text_has_a_block_per_client() -> None:

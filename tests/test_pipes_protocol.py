@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from natgw import keys
-from natgw.pipes.addressing import pipe_address, pipe_network
 from natgw.pipes.protocol import (
     MAGIC,
     MAX_HOPS,
@@ -23,6 +22,7 @@ from natgw.pipes.protocol import (
     parse_text,
     text_length,
 )
+from natgw.tunnel_address import tunnel_address, tunnel_network
 
 K = [keys.pubkey(keys.genkey()) for _ in range(MAX_HOPS + 1)]
 
@@ -108,10 +108,10 @@ def test_status_bytes() -> None:
 
 
 def test_pipe_addresses_are_link_local_stable_and_distinct() -> None:
-    addrs = {pipe_address(k) for k in K}
+    addrs = {tunnel_address(k) for k in K}
     assert len(addrs) == len(K)
     assert all(a in IPv6Network("fe80::/64") for a in addrs)
-    assert pipe_address(K[0]) == pipe_address(K[0])
-    assert pipe_network(K[0]) == IPv6Network(f"{pipe_address(K[0])}/128")
+    assert tunnel_address(K[0]) == tunnel_address(K[0])
+    assert tunnel_network(K[0]) == IPv6Network(f"{tunnel_address(K[0])}/128")
     # Pinned: two natgw versions must derive the same address from the same key.
-    assert pipe_address(keys.encode_key(bytes(range(32)))) == IPv6Address("fe80::8a28:243b:65f2:2703")
+    assert tunnel_address(keys.encode_key(bytes(range(32)))) == IPv6Address("fe80::8a28:243b:65f2:2703")

@@ -283,12 +283,15 @@ class Peer(_Model):
     @property
     def stale_seconds(self) -> float | None:
         """How long a group member may receive nothing before it leaves the route:
-        `staleAfter`, else 3 keepalives and a second; None without keepalives (then
-        only its device is judged: an idle tunnel without keepalives receives nothing)."""
+        `staleAfter`, else 2 keepalives and half a second; None without keepalives
+        (then only its device is judged: an idle tunnel without keepalives receives
+        nothing). With probes (natgw.health) a live member is heard at least every
+        keepalive plus a tick (0.5 s) and a round trip, and a dead one leaves the route
+        within staleAfter plus a tick: 2 keepalives and a second, the failover target."""
         if self.stale_after is not None:
             return float(self.stale_after)
         ka = self.persistent_keepalive
-        return 3.0 * ka + 1.0 if ka else None
+        return 2.0 * ka + 0.5 if ka else None
 
     @property
     def is_tunnel(self) -> bool:

@@ -30,9 +30,9 @@ from natgw.dataplane.loader import (
 )
 from natgw.keys import decode_key
 from natgw.netns import NetnsNotFound, iproute
-from natgw.pipes.addressing import has_address
 from natgw.routes import RTPROT_NATGW
 from natgw.state import GatewayState
+from natgw.tunnel_address import has_address
 from natgw.wireguard import WireGuardError
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def _hooks(ipr, ifindex: int, device: str, wanted: dict[str, str], pdir: str) ->
 def _client_pipe_ips(gw: Gateway, device: str, netns: str | None) -> list[str]:
     """The hub clients' pipe addresses (/128) missing from their allowed-ips: without
     one, the hub no longer knows (or answers) that client's pipe requests."""
-    from natgw.pipes.addressing import pipe_network  # noqa: PLC0415
+    from natgw.tunnel_address import tunnel_network  # noqa: PLC0415
 
     assert gw.cfg.hub is not None
     try:
@@ -182,7 +182,7 @@ def _client_pipe_ips(gw: Gateway, device: str, netns: str | None) -> list[str]:
     for c in gw.cfg.hub.clients:
         if c.public_key is None:
             continue
-        net = str(pipe_network(c.public_key))
+        net = str(tunnel_network(c.public_key))
         if net not in have.get(decode_key(c.public_key), set()):
             out.append(f"allowed-ips {net} on {device} ({c.name})")
     return out

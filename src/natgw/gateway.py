@@ -78,13 +78,11 @@ def peer_mappings(peer: Peer) -> list[Mapping]:
 def device_config(cfg: GatewayConfig, peer: Peer, endpoint: str | None) -> DeviceConfig:
     """The WireGuard device of a tunnel peer; `endpoint` is peer.endpoint resolved."""
     from natgw.keys import decode_key  # noqa: PLC0415
+    from natgw.tunnel_address import tunnel_network  # noqa: PLC0415
 
-    allowed = tuple(peer.allowed_ips)
-    if cfg.pipes:
-        # The peer's pipe address: cryptokey routing then vouches for who asks for a pipe.
-        from natgw.pipes.addressing import pipe_network  # noqa: PLC0415
-
-        allowed += (pipe_network(peer.public_key),)
+    # The peer's tunnel address: its kernel answers health probes from it, and
+    # cryptokey routing vouches for who asks for a pipe.
+    allowed = (*peer.allowed_ips, tunnel_network(peer.public_key))
     return DeviceConfig(
         private_key=cfg.private_key.get_secret_value(),
         listen_port=peer.listen_port,
@@ -516,7 +514,10 @@ class Gateway:
             faults.step("tunnel-configured")
             routes.set_link(self.netns, dev, self.cfg.mtu)
             faults.step("link-up")
-            self._apply_pipe_address(state, ps)
+            # Unread when recorded on the same device and no full apply is asked for (a
+            # drift repair): a netns socket is most of an edit's cost.
+            self._apply_tunnel_address(state, ps, check=self._full or before is None
+                                       or before.ifindex != ifindex)
         # Only when there is or was an address: each netns socket costs tens of ms.
         readdressed = False
         if peer.is_tunnel and (peer.address is not None or (before and before.address)):
@@ -617,7 +618,8 @@ class Gateway:
                 lines.append(error)
             # A failed change is tried again at each tick until it is done.
             self._health_error, self._health_resync = error, bool(error)
-        return lines
+        # After the route: a probe answered now is read at the next tick.
+        return lines + self.health.probe(self.netns, now)
 
     def resync_health(self) -> None:
         """At the next tick, route every group by the verdicts again (after an apply of
@@ -666,28 +668,29 @@ class Gateway:
             return f"health: {e}"
         return ""
 
-    def _apply_pipe_address(self, state: GatewayState, ps: PeerState) -> None:
-        """Put the gateway's pipe address on a tunnel device when the file has pipes, take
-        it off when it no longer has them. Recorded before it is added, so that a kill
-        leaves it in the record; after the link is up, which would flush it otherwise.
-        (No crash steps here: a file with pipes needs the foreground `up`, and the crash
-        test drives `up --detach`.)"""
-        from natgw.pipes.addressing import (  # noqa: PLC0415
+    def _apply_tunnel_address(self, state: GatewayState, ps: PeerState,
+                              check: bool = True) -> None:
+        """Put the gateway's tunnel address (natgw.tunnel_address) on a tunnel device,
+        with or without pipes: health probes come from it. Recorded before it is added,
+        so that a kill leaves it in the record; after the link is up, which would flush
+        it otherwise."""
+        from natgw.tunnel_address import (  # noqa: PLC0415
             ensure_address,
-            pipe_address,
             remove_address,
+            tunnel_address,
         )
 
-        wanted = str(pipe_address(self.cfg.public_key)) if self.cfg.pipes else ""
-        if ps.pipe_address and ps.pipe_address != wanted:
+        wanted = str(tunnel_address(self.cfg.public_key))
+        if ps.pipe_address and ps.pipe_address != wanted:  # another key
             remove_address(self.netns, ps.device, ps.pipe_address)
             ps.pipe_address = ""
             save_state(state)
-        if wanted:
-            if ps.pipe_address != wanted:
-                ps.pipe_address = wanted
-                save_state(state)
-            ensure_address(self.netns, ps.device, pipe_address(self.cfg.public_key))
+        if ps.pipe_address != wanted:
+            ps.pipe_address = wanted
+            save_state(state)
+        elif not check:
+            return
+        ensure_address(self.netns, ps.device, tunnel_address(self.cfg.public_key))
 
     def _link_mtu(self, dev: str) -> int:
         with iproute(self.netns) as ipr:

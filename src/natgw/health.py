@@ -11,15 +11,25 @@ live tunnel handshakes only every two minutes. A member without keepalives is
 judged by its device alone. A member comes back as soon as it recovers: its
 device up and, with keepalives, something received again.
 
+WireGuard postpones its keepalives while it receives: a live replica that only
+receives from us would send nothing. So a member silent for one keepalive
+interval is probed (natgw.probe: an echo its kernel answers through the
+tunnel), at most once per interval: a live member is then heard at least every
+interval plus a tick and a round trip, whatever the traffic's direction, and
+silence for `staleAfter` means dead.
+
 When every member of a group is out, every member whose device is up is kept
 in the route (Envoy's panic mode, and what an ECMP router does with a route
 whose health checks all fail but whose links are up): silence on every tunnel
 at once says more about the checker or a shared path than about each replica,
 and removing the route would send the remote cluster's ranges wherever the
-rest of the routing table points (a default route: out untranslated).
+rest of the routing table points (a default route: out untranslated). It lasts
+only while every member is out: as soon as one is heard again, the silent ones
+leave the route again.
 
 Cheap by design: per tick one netlink link dump (one socket kept open for the
-life of the foreground) and one engine status read per member device.
+life of the foreground) and one engine status read per member device; per
+silent member at most one probe per keepalive interval.
 """
 
 from __future__ import annotations
@@ -27,9 +37,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from ipaddress import IPv6Address
 from typing import TYPE_CHECKING, Any
 
 from natgw.netns import NetnsNotFound, iproute
+from natgw.probe import Prober
 
 if TYPE_CHECKING:
     from natgw.config import GatewayConfig
@@ -67,6 +79,11 @@ class Member:
     why: str = STARTING
     rx: int | None = None  # the receive counter last read (None: never read)
     heard: float = 0.0  # monotonic time the counter last grew (or the watch began)
+    probe_every: float | None = None  # its keepalive interval (None: not probed)
+    target: IPv6Address | None = None  # its tunnel address, which answers probes
+    probed: float = float("-inf")  # monotonic time of the last probe sent
+    up: bool = False  # its device was up at the last tick
+    ifindex: int = 0  # its device's, at the last read (0: gone)
 
 
 @dataclass(frozen=True)
@@ -100,23 +117,32 @@ class Health:
 
     members: list[Member] = field(default_factory=list)
     _ipr: Any = field(default=None, repr=False)
+    _prober: Prober | None = field(default=None, repr=False)
+    _source: IPv6Address | None = None  # our tunnel address: where probes come from
+    _probe_errors: dict[str, str] = field(default_factory=dict, repr=False)  # by peer
 
     @classmethod
     def of(cls, cfg: GatewayConfig, now: float, before: Health | None = None) -> Health:
         """Members of cfg's groups; what `before` knew of a member with the same device
         is kept (a reload must not reset who is out)."""
+        from natgw.tunnel_address import tunnel_address  # noqa: PLC0415
+
         known = {(m.peer, m.device): m for m in before.members} if before else {}
         out = []
         for group, peers in cfg.groups.items():
             for p in peers:
+                ka = float(p.persistent_keepalive) if p.persistent_keepalive else None
                 fresh = Member(p.name, group, p.device, p.route_weight, p.stale_seconds,
-                               heard=now)
+                               heard=now, probe_every=ka, target=tunnel_address(p.public_key))
                 old = known.get((p.name, p.device))
                 out.append(fresh if old is None else replace(
-                    old, group=group, weight=fresh.weight, stale_after=fresh.stale_after))
-        h = cls(out)
+                    old, group=group, weight=fresh.weight, stale_after=fresh.stale_after,
+                    probe_every=fresh.probe_every, target=fresh.target))
+        h = cls(out, _source=tunnel_address(cfg.public_key))
         if before is not None:
-            h._ipr, before._ipr = before._ipr, None  # the open socket goes along
+            h._ipr, before._ipr = before._ipr, None  # the open sockets go along
+            if before._source == h._source:
+                h._prober, before._prober = before._prober, None
         return h
 
     def hops(self, group: str) -> list[tuple[str, int]]:
@@ -145,6 +171,7 @@ class Health:
                 link_up = samples.get(m.peer, Sample(GONE)).link is None
                 inside = ok or (not healthy and link_up)
                 why = why if ok or not inside else kept(why)
+                m.up = link_up
                 if inside != m.in_route:
                     moved.append(m)
                 elif why != m.why:
@@ -157,13 +184,37 @@ class Health:
                           f"the route ({m.why}); route over {over}" for m in moved]
         return lines, changed, retold - changed
 
+    def due(self, now: float) -> list[Member]:
+        """The members to probe now: device up, silent for a keepalive interval, and not
+        probed within one."""
+        return [m for m in self.members if m.probe_every is not None and m.up
+                and now - m.heard >= m.probe_every and now - m.probed >= m.probe_every]
+
+    def probe(self, netns: str | None, now: float) -> list[str]:
+        """Probe the members due (natgw.probe). Returns one line per member whose probes
+        started failing (or failing otherwise), once."""
+        if self._source is None:
+            return []
+        if self._prober is None:
+            self._prober = Prober(netns, self._source)
+        self._prober.keep_only({m.device for m in self.members})
+        lines = []
+        for m in self.due(now):
+            m.probed = now
+            error = self._prober.send(m.device, m.ifindex, m.target) if m.ifindex \
+                and m.target is not None else ""
+            if error and error != self._probe_errors.get(m.peer):
+                lines.append(f"group {m.group}: {m.peer}: {error}")
+            self._probe_errors[m.peer] = error
+        return lines
+
     def read(self, netns: str | None, status: Callable[[str], Any]) -> dict[str, Sample]:
         """This tick's samples: one link dump, and status(device) (an engine's status)
         of each member whose device is up."""
         links = self._links(netns)
         out = {}
         for m in self.members:
-            flags = links.get(m.device)
+            flags, m.ifindex = links.get(m.device, (None, 0))
             if flags is None:
                 out[m.peer] = Sample(GONE)
                 continue
@@ -178,13 +229,13 @@ class Health:
             out[m.peer] = Sample(None, rx)
         return out
 
-    def _links(self, netns: str | None) -> dict[str, int]:
-        """Device name -> flags, from one dump on the socket kept open."""
+    def _links(self, netns: str | None) -> dict[str, tuple[int, int]]:
+        """Device name -> (flags, ifindex), from one dump on the socket kept open."""
         for attempt in (1, 2):
             try:
                 if self._ipr is None:
                     self._ipr = iproute(netns)
-                return {link.get_attr("IFLA_IFNAME"): link["flags"]
+                return {link.get_attr("IFLA_IFNAME"): (link["flags"], link["index"])
                         for link in self._ipr.get_links()}
             except NetnsNotFound:
                 return {}
@@ -195,6 +246,9 @@ class Health:
         return {}
 
     def close(self) -> None:
+        if self._prober is not None:
+            self._prober.close()
+            self._prober = None
         if self._ipr is not None:
             try:
                 self._ipr.close()

@@ -31,8 +31,8 @@ from natgw.config import GatewayConfig, Hub, HubClient, IPAddress
 from natgw.dataplane import Dataplane, Mapping, mss_for_mtu
 from natgw.keys import decode_key
 from natgw.netns import netns_exists
-from natgw.pipes.addressing import ensure_address, pipe_address, pipe_network, remove_address
 from natgw.state import ClientState, HubState, PeerState
+from natgw.tunnel_address import ensure_address, remove_address, tunnel_address, tunnel_network
 from natgw.wireguard import DeviceConfig, PeerConfig
 from natgw.wireguard.engines import Engine
 from natgw.wireguard.plan import Plan
@@ -61,10 +61,10 @@ def text(net) -> str:
 
 def client_allowed_ips(c: HubClient, address: IPAddress, pipes: bool = False) -> list:
     """Its address (a /32 or /128) and its remote cidrs, and with pipes in the file its
-    pipe address (natgw.pipes.addressing): cryptokey routing then vouches for who asks."""
+    pipe address (natgw.tunnel_address): cryptokey routing then vouches for who asks."""
     out = [ipaddress.ip_network(address), *(r.cidr for r in c.remote)]
     if pipes and c.public_key is not None:
-        out.append(pipe_network(c.public_key))
+        out.append(tunnel_network(c.public_key))
     return out
 
 
@@ -108,7 +108,7 @@ def client_states(hub: Hub, assigned: dict[str, IPAddress],
         addr = assigned[c.name]
         allowed = [f"{text(addr)}/{addr.max_prefixlen}", *(text(r.cidr) for r in c.remote)]
         if pipes and c.public_key is not None:
-            allowed.append(str(pipe_network(c.public_key)))
+            allowed.append(str(tunnel_network(c.public_key)))
         out.append(ClientState(
             c.name, c.public_key or "", text(addr), [text(n) for n in c.routed_networks],
             [f"remote:{text(r.as_)}" for r in c.remote if r.as_ is not None], allowed))
@@ -312,7 +312,7 @@ def _apply_pipe_address(cfg: GatewayConfig, netns: str | None, intent: HubState,
     the link is up, which would flush it otherwise. Left unread when the record already
     has it and nothing calls for a full apply: a netns socket is most of an edit's cost."""
     ps = intent.device
-    wanted = str(pipe_address(cfg.public_key)) if cfg.pipes and cfg.public_key else ""
+    wanted = str(tunnel_address(cfg.public_key)) if cfg.pipes and cfg.public_key else ""
     if ps.pipe_address and ps.pipe_address != wanted:
         remove_address(netns, ps.device, ps.pipe_address)
         ps.pipe_address = ""
@@ -321,7 +321,7 @@ def _apply_pipe_address(cfg: GatewayConfig, netns: str | None, intent: HubState,
         if ps.pipe_address != wanted:
             ps.pipe_address = wanted
             record(intent)
-        ensure_address(netns, ps.device, pipe_address(cfg.public_key))
+        ensure_address(netns, ps.device, tunnel_address(cfg.public_key))
 
 
 def _added(lines: list[str]) -> list[str]:

@@ -30,7 +30,7 @@ class PeerState:
     created_device: bool = False  # natgw made the device, so `down` removes it
     own_qdisc: bool = False  # natgw added the device's clsact qdisc, so `down` removes it
     address: str | None = None  # our own address on the tunnel (peers[].address)
-    # The pipe address (natgw.pipes.addressing) natgw put on the tunnel device: "" none.
+    # The pipe address (natgw.tunnel_address) natgw put on the tunnel device: "" none.
     pipe_address: str = ""
     group: str = ""  # its replica group ("" none): routed by the group's route (GroupState)
     in_route: bool = True  # a member: in its group's route now

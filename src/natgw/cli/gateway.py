@@ -92,9 +92,9 @@ def up(
     """Apply FILE (cluster.yaml): tunnels, dataplane, mappings, routes.
 
     In the foreground natgw serves the file's pipes and metrics, restarts dead
-    wireguard-go processes, takes a replica group's silent or down members out of
-    its route and puts them back, reloads FILE on SIGHUP, and exits on
-    SIGTERM/SIGINT leaving the dataplane forwarding (pipes stop; groups route over
+    wireguard-go processes, probes a replica group's silent members, takes the ones
+    still silent or down out of its route and puts them back, reloads FILE on SIGHUP,
+    and exits on SIGTERM/SIGINT leaving the dataplane forwarding (pipes stop; groups route over
     every member again, as with --detach, which checks no health). With a foreground natgw up
     serving this gateway, --detach hands FILE over to it (SIGHUP, and waits);
     without one, --detach refuses a file with pipes.

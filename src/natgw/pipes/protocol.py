@@ -1,7 +1,7 @@
 """The request one natgw sends another to open a pipe, and the one-byte reply.
 
 A gateway that passes a connection on dials the next gateway's pipe address
-(natgw.pipes.addressing) on PIPE_PORT, inside the tunnel, and first writes:
+(natgw.tunnel_address) on PIPE_PORT, inside the tunnel, and first writes:
 
     "NGP1"  magic and version                          4 bytes
     length  of the text that follows, big endian       2 bytes (at most MAX_TEXT)

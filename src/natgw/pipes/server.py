@@ -15,7 +15,7 @@ A connection accepted on a pipe's own port is sent on: to `remote` directly, or
 through the tunnel to the natgw of `peer` with a request (natgw.pipes.protocol).
 A request that arrives from a peer is served only if this gateway's file has a
 pipe of that name whose `from:` names the peer; the peer is known by the tunnel
-device and source address it arrived with (natgw.pipes.addressing).
+device and source address it arrived with (natgw.tunnel_address).
 
 `apply` changes only what changed: an unchanged pipe keeps its listener and
 its connections; the connections of a removed or changed pipe are reset.
@@ -41,7 +41,6 @@ from typing import Any
 from natgw.config import GatewayConfig, HostPort, Pipe
 from natgw.netns import netns_path
 from natgw.pipes import relay
-from natgw.pipes.addressing import pipe_address
 from natgw.pipes.protocol import (
     MAX_HOPS,
     PIPE_PORT,
@@ -52,6 +51,7 @@ from natgw.pipes.protocol import (
     parse_text,
     text_length,
 )
+from natgw.tunnel_address import tunnel_address
 
 log = logging.getLogger("natgw")
 
@@ -92,7 +92,7 @@ class Tunnel:
 
     @property
     def address(self) -> IPv6Address:
-        return pipe_address(self.public_key)
+        return tunnel_address(self.public_key)
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class Plan:
 
     @property
     def address(self) -> IPv6Address | None:
-        return pipe_address(self.public_key) if self.public_key else None
+        return tunnel_address(self.public_key) if self.public_key else None
 
 
 def plan_for(cfg: GatewayConfig, config: str = "") -> Plan:

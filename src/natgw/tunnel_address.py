@@ -1,13 +1,20 @@
-"""The tunnel addresses pipes run between: one IPv6 link-local address per gateway.
+"""The gateway's tunnel address: one IPv6 link-local address per WireGuard key.
 
-Every gateway's pipe address is derived from its WireGuard public key
+Every gateway's tunnel address is derived from its WireGuard public key
 (fe80::/64 + 64 bits of a hash of the key), so each side knows the other's
-from the key already in its file, and no address has to be planned. With
-pipes in its file, natgw puts its own address on every tunnel device and adds
-each peer's address (/128) to that peer's allowed-ips. The pipe listener binds
-to the own address on each tunnel device only: a link-local address is reached
-only over its own link, and that link is the tunnel, where WireGuard's
-cryptokey routing admits a source address only from the peer it belongs to.
+from the key already in its file, and no address has to be planned. natgw puts
+its own address on every tunnel device and adds each peer's address (/128) to
+that peer's allowed-ips. Two things use it:
+
+- health probes (natgw.probe): an ICMPv6 echo request to a silent replica's
+  address, which the far side's kernel answers through the tunnel;
+- pipes (natgw.pipes): the pipe listener binds to the own address on each
+  tunnel device only.
+
+A link-local address is reached only over its own link, and that link is the
+tunnel, where WireGuard's cryptokey routing admits a source address only from
+the peer it belongs to. (The derivation's domain string still says "pipe": the
+addresses must not change.)
 """
 
 from __future__ import annotations
@@ -28,16 +35,16 @@ _PREFIX = IPv6Network("fe80::/64")
 _DOMAIN = b"natgw pipe address v1\0"
 
 
-def pipe_address(public_key: str) -> IPv6Address:
-    """The pipe address of the gateway whose WireGuard public key (base64) this is."""
+def tunnel_address(public_key: str) -> IPv6Address:
+    """The tunnel address of the gateway whose WireGuard public key (base64) this is."""
     digest = hashlib.sha256(_DOMAIN + decode_key(public_key)).digest()
     iid = int.from_bytes(digest[:8], "big") or 1
     return IPv6Address(int(_PREFIX.network_address) | iid)
 
 
-def pipe_network(public_key: str) -> IPv6Network:
+def tunnel_network(public_key: str) -> IPv6Network:
     """The /128 that goes into the peer's allowed-ips."""
-    return ipaddress.ip_network(f"{pipe_address(public_key)}/128")
+    return ipaddress.ip_network(f"{tunnel_address(public_key)}/128")
 
 
 def ensure_address(netns: str | None, device: str, address: IPv6Address) -> None:
@@ -50,7 +57,7 @@ def ensure_address(netns: str | None, device: str, address: IPv6Address) -> None
             ipr.addr("replace", index=index[0], address=str(address),
                      prefixlen=_PREFIX.prefixlen, family=socket.AF_INET6, flags=IFA_F_NODAD)
         except NetlinkError as e:
-            raise OSError(e.code, f"pipe address {address} on {device}: {e}") from None
+            raise OSError(e.code, f"tunnel address {address} on {device}: {e}") from None
 
 
 def remove_address(netns: str | None, device: str, address: str) -> None:
@@ -64,7 +71,7 @@ def remove_address(netns: str | None, device: str, address: str) -> None:
                      family=socket.AF_INET6)
         except NetlinkError as e:
             if e.code != errno.EADDRNOTAVAIL:
-                raise OSError(e.code, f"pipe address {address} on {device}: {e}") from None
+                raise OSError(e.code, f"tunnel address {address} on {device}: {e}") from None
 
 
 def has_address(ipr, ifindex: int, address: str) -> bool:
