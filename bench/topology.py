@@ -386,8 +386,8 @@ class Topology:
             pairs = [(self.gw1, "u1"), (self.gw2, "u2")]
             if self.transport == "underlay":
                 pairs += [(self.gw1, "v1"), (self.gw2, "v2")]
-            for ns, dev in pairs:
-                offloads(ns, self.dev[dev], "gro", "on")
+            for ns, dev in pairs:  # the gateways send to each other's XDP devices too
+                offloads(ns, self.dev[dev], "tx", "off", "gro", "on")
         run(in_ns(self.pod2, ["nft", "-f", "-"]), input=f"""table netdev sink {{
   chain in {{
     type filter hook ingress device "{self.dev['e2']}" priority 0;

@@ -49,12 +49,14 @@ def asymmetric(run: Run) -> None:
 
 
 def pod_link_bytes(run: Run) -> dict[tuple[int, int, str], int]:
-    """Per gateway (cluster, replica): bytes received from its pod ("in") and sent to it."""
+    """Per gateway (cluster, replica): bytes received from its pod ("in") and sent to it,
+    read at the pod's end of the link: the fast path hands packets to the pod's end with
+    bpf_redirect_peer, which the gateway's end does not count as sent."""
     out = {}
     for i, r in run.replicas():
-        link = json.loads(sh(run.gw(i, r), "ip", "-j", "-s", "link", "show", run.pod_link(i, r)))
+        link = json.loads(sh(run.pod(i), "ip", "-j", "-s", "link", "show", run.pod_end(i, r)))
         stats = link[0]["stats64"]
-        out[(i, r, "in")], out[(i, r, "out")] = stats["rx"]["bytes"], stats["tx"]["bytes"]
+        out[(i, r, "in")], out[(i, r, "out")] = stats["tx"]["bytes"], stats["rx"]["bytes"]
     return out
 
 

@@ -30,7 +30,7 @@ IP_BYTES = 20 + 8 + PAYLOAD
 
 def maps_counters(c, label: str) -> dict:
     r = natgw("--netns", c.gw, "maps", c.name, "--json")
-    dev = json.loads(r.stdout)[0]["devices"][0]
+    dev = next(d for d in json.loads(r.stdout)[0]["devices"] if d["ifname"] == c.device)
     return next(m for m in dev["mappings"] if m["label"] == label)
 
 

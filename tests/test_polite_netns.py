@@ -137,7 +137,7 @@ def test_a_gateway_on_tc_filters_moves_to_tcx_on_its_next_up(s):
     longer claims a qdisc, so `down` later leaves a user's alone."""
     if not tcx_available():
         pytest.skip("the kernel has no tcx (< 6.6)")
-    devices = [*s.tunnels["A"], s.veths[0]]
+    devices = [*s.tunnels["A"], s.veths[0]]  # file A's peers (its LAN device: ingress only)
 
     def own_qdisc() -> dict[str, bool]:
         state = json.loads((STATE_DIR / f"{s.name}.json").read_text())
@@ -148,7 +148,9 @@ def test_a_gateway_on_tc_filters_moves_to_tcx_on_its_next_up(s):
     assert converged(s, "A") == []
     assert {d: natgw_hooks(s.gw, d) for d in devices} == \
         {d: {"ingress": 0, "egress": 0} for d in devices}  # filters, no links
-    assert world(s)["clsact"] == set(devices) and own_qdisc() == dict.fromkeys(devices, True)
+    # File A's LAN device (derived from the route to its cidrs) gets natgw's clsact too.
+    assert world(s)["clsact"] == {*devices, s.veths[2]}
+    assert own_qdisc() == dict.fromkeys(devices, True)
     r = run("--netns", s.gw, "up", str(s.files["A"]), "--detach")
     assert r.returncode == 0, r.stderr
     assert converged(s, "A") == []

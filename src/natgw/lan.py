@@ -91,6 +91,8 @@ def wanted_lan_devices(cfg: GatewayConfig, netns: str | None, ipr: IPRoute) -> l
                                + (f" in netns {netns}" if netns else ""))
         return list(cfg.lan_devices)
     ours = [p.device for p in cfg.peers] + ([cfg.hub.device] if cfg.hub else [])
+    if not ours:
+        return []  # no device to fast-forward to (e.g. a gateway of pipes only)
     found = derive_lan_devices(ipr, cfg.cidrs, ours)
     if not found:
         log.warning("fast path: no route to cidrs leaves through a LAN device; "
