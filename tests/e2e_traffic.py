@@ -55,14 +55,16 @@ def e2e_unavailable_reason() -> str | None:
     return reason
 
 
-def harness_run(topology: Topology) -> Iterator[Run]:
-    """Build a run (a fresh prefix), wait until all pods reach each other, destroy it after."""
+def harness_run(topology: Topology, reachable: bool = True) -> Iterator[Run]:
+    """Build a run (a fresh prefix), wait until all pods reach each other (unless not
+    `reachable`: the caller checks what it needs), destroy it after."""
     reason = e2e_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
     run = harness.build(topology)  # removes what it made if it fails
     try:
-        wait_reachable(run)
+        if reachable:
+            wait_reachable(run)
         yield run
     finally:
         harness.destroy(run)

@@ -24,14 +24,13 @@ from collections.abc import Iterator
 
 import pytest
 from e2e_traffic import (
-    e2e_unavailable_reason,
+    harness_run,
     tcp_bulk,
     tcp_many,
     udp_exchange,
     wait_reachable,
 )
 
-from lab import harness
 from lab.conntrack import count_leaks, invalid, leaked
 from lab.harness import Run, Topology, use_paths
 from lab.net import ping, sh
@@ -60,22 +59,11 @@ def pod_link_bytes(run: Run) -> dict[tuple[int, int, str], int]:
     return out
 
 
-def build(topology: Topology) -> Iterator[Run]:
-    reason = e2e_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    run = harness.build(topology)  # removes what it made if it fails
-    try:
-        yield run
-    finally:
-        harness.destroy(run)
-
-
 class TestNatgw:
     @pytest.fixture(scope="class")
     @classmethod
     def run(cls) -> Iterator[Run]:
-        for run in build(Topology(clusters=2, replicas=2)):
+        for run in harness_run(Topology(clusters=2, replicas=2), reachable=False):
             wait_reachable(run)
             asymmetric(run)
             yield run
@@ -140,7 +128,8 @@ class TestConntrackContrast:
     @pytest.fixture(scope="class")
     @classmethod
     def run(cls) -> Iterator[Run]:
-        for run in build(Topology(clusters=2, replicas=2, conntrack=True)):
+        for run in harness_run(Topology(clusters=2, replicas=2, conntrack=True),
+                               reachable=False):
             count_leaks(run.gw(2, B), [run.tunnel_dev(2, 1, B, r) for r in (A, B)],
                         run.topology.pod_cidr(2))
             yield run

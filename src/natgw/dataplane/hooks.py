@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
@@ -330,36 +331,35 @@ def link_pins(pdir: str) -> list[str]:
         return []
 
 
-def detach_pinned_links(pdir: str) -> None:
-    """Detach every link pinned in a gateway's pin directory, whatever device it is on
-    (recorded or not) and whoever else holds it; the pins stay for the caller to remove."""
+def _pinned_links(pdir: str) -> Iterator[tuple[str, int]]:
+    """(pin path, fd) of each link pinned in a gateway's pin directory (fd closed after)."""
     for path in link_pins(pdir):
         try:
             fd = obj_get(path)
         except BpfError:
             continue
+        try:
+            yield path, fd
+        finally:
+            os.close(fd)
+
+
+def detach_pinned_links(pdir: str) -> None:
+    """Detach every link pinned in a gateway's pin directory, whatever device it is on
+    (recorded or not) and whoever else holds it; the pins stay for the caller to remove."""
+    for _, fd in _pinned_links(pdir):
         try:
             link_detach(fd)
         except BpfError as e:
             if e.errno not in (errno.ENOLINK, errno.ENOENT, errno.EINVAL):
                 raise
-        finally:
-            os.close(fd)
 
 
 def prune_link_pins(pdir: str) -> None:
     """Unpin links that no longer run anywhere (detached, or their device went)."""
-    for path in link_pins(pdir):
-        try:
-            fd = obj_get(path)
-        except BpfError:
-            continue
-        try:
-            gone = link_info(fd).ifindex == 0
-        finally:
-            os.close(fd)
-        if gone:
-            os.unlink(path)
+    gone = [path for path, fd in _pinned_links(pdir) if link_info(fd).ifindex == 0]
+    for path in gone:
+        os.unlink(path)
 
 
 class LinkHolder:
