@@ -77,6 +77,23 @@ def connect(netns: str, host: str, port: int, timeout: float = 10) -> socket.soc
     return in_netns(netns, make)
 
 
+def reset_within(netns: str, host: str, port: int, payload: bytes = b"hello") -> float:
+    """Seconds until the pipe resets a connection it cannot carry (a reset is required).
+
+    The reset may land before connect() returns: the kernel completes the handshake with the
+    pipe's listener at once, and under load the pipe can hear the far side's refusal and reset
+    before this thread reads SO_ERROR. So connect, send and recv may each be the one to see it.
+    """
+    start = time.monotonic()
+    try:
+        with connect(netns, host, port) as s:
+            s.sendall(payload)
+            answer = s.recv(100)
+    except (ConnectionResetError, BrokenPipeError):
+        return time.monotonic() - start
+    raise AssertionError(f"expected a reset from {host}:{port}, got {answer!r}")
+
+
 def pattern(size: int) -> bytes:
     """Deterministic, incompressible-looking bytes."""
     block = hashlib.sha256(b"natgw").digest() * 2048  # 64 KiB

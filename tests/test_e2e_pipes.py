@@ -21,7 +21,7 @@ import yaml
 from gateways import free_port, scrape
 
 from lab.netnslab import NetnsLab, netns_unavailable_reason
-from lab.pipes import PAGE, SIZE, build, connect, in_netns, pattern, wait_for
+from lab.pipes import PAGE, SIZE, build, connect, in_netns, pattern, reset_within, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
@@ -48,16 +48,6 @@ def read_all(s: socket.socket) -> bytes:
     while chunk := s.recv(1 << 16):
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def refused_within(netns: str, host: str, port: int) -> float:
-    """Seconds until the pipe closes a connection whose far end fails (reset expected)."""
-    start = time.monotonic()
-    with connect(netns, host, port) as s:
-        s.sendall(b"hello")
-        with pytest.raises(ConnectionResetError):
-            s.recv(100)
-    return time.monotonic() - start
 
 
 def counted(gw, pipe: str, peer: str, result: str) -> float:
@@ -119,7 +109,7 @@ def pipe_state(gw, name: str) -> dict:
 
 
 def test_refused_far_end_closes_the_client_within_1s(demo) -> None:
-    assert refused_within(demo.pod, demo.near_lan, 8083) < 1.0
+    assert reset_within(demo.pod, demo.near_lan, 8083) < 1.0
     assert counted(demo.near, "closed", "local", "refused") >= 1
     assert counted(demo.far, "closed", demo.gws[0].name if demo.kind == "reverse"
                    else demo.near.name, "refused") >= 1
@@ -133,13 +123,13 @@ def test_reset_propagates(demo) -> None:
 
 
 def test_pipe_the_far_side_does_not_name_is_refused(demo) -> None:
-    assert refused_within(demo.pod, demo.near_lan, 8084) < 1.0
+    assert reset_within(demo.pod, demo.near_lan, 8084) < 1.0
     assert counted(demo.near, "ghost", "local", "unknown_pipe") >= 1
     assert counted(first_hop(demo), "(unknown)", demo.near.name, "unknown_pipe") >= 1
 
 
 def test_a_chain_back_to_a_gateway_on_it_is_refused(demo) -> None:
-    assert refused_within(demo.pod, demo.near_lan, 8088) < 1.0
+    assert reset_within(demo.pod, demo.near_lan, 8088) < 1.0
     hop = first_hop(demo)
     # The near gateway refuses the request the first hop passed back, and the client
     # learns why through the hop's relayed reply.
@@ -149,7 +139,7 @@ def test_a_chain_back_to_a_gateway_on_it_is_refused(demo) -> None:
 
 
 def test_from_excluding_the_asking_peer_is_refused(demo) -> None:
-    assert refused_within(demo.pod, demo.near_lan, 8085) < 1.0
+    assert reset_within(demo.pod, demo.near_lan, 8085) < 1.0
     assert counted(demo.near, "secret", "local", "forbidden") >= 1
     asker = demo.near.name if demo.kind == "minimal" else demo.gws[0].name
     assert counted(demo.far, "secret", asker, "forbidden") >= 1
