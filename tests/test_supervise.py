@@ -42,8 +42,11 @@ class StandIn:
         self.died_at: float | None = None
         self.repaired_at: float | None = None
         self.checks: list[float] = []
+        self.engine_checks: list[float] = []
+        self.health_checks: list[float] = []
 
     def dead_tunnels(self) -> list[str]:
+        self.engine_checks.append(time.monotonic())
         return ["t1"] if self.died_at is not None and self.repaired_at is None else []
 
     def superseded(self) -> bool:
@@ -61,22 +64,32 @@ class StandIn:
         return []
 
     # No replica groups: nothing to judge.
+    health = None
+
     def watch_health(self, before=None) -> None:
         pass
 
     def check_health(self) -> list[str]:
+        self.health_checks.append(time.monotonic())
         return []
 
     def release_health(self) -> list[str]:
         return []
 
 
+class WithGroups(StandIn):
+    """A gateway with replica groups: its health is judged (natgw.health)."""
+
+    health = object()
+
+
 @pytest.fixture()
-def loop(monkeypatch, tmp_path):
+def loop(request, monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "_start_metrics", lambda gw: None)
     monkeypatch.setattr("natgw.pipes.server.PipeServer", NoPipes)
     monkeypatch.setattr("natgw.pipes.server.plan_for", lambda cfg, path: None)
-    gw, stop, reload, wake = StandIn(), threading.Event(), threading.Event(), threading.Event()
+    kind = getattr(request, "param", StandIn)
+    gw, stop, reload, wake = kind(), threading.Event(), threading.Event(), threading.Event()
     t = threading.Thread(target=cli._foreground,
                          args=(gw, Path(tmp_path / "cluster.yaml"), None, stop, reload, wake))
     t.start()
@@ -104,3 +117,12 @@ def test_drift_checks_keep_their_cadence(loop):
     time.sleep(3 * cli.SUPERVISE_INTERVAL + 0.5)
     # A drift check per SUPERVISE_INTERVAL, not per engine check.
     assert 2 <= len(loop.checks) <= 3
+
+
+@pytest.mark.parametrize("loop", [WithGroups], indirect=True)
+def test_groups_are_judged_every_health_tick_and_engines_at_their_own_pace(loop):
+    # A dead replica is seen within two health ticks of its staleAfter (the failover
+    # target); the engine checks do not speed up with it.
+    time.sleep(2.0)
+    assert len(loop.health_checks) >= 2.0 / cli.HEALTH_INTERVAL - 2
+    assert 2.0 / cli.ENGINE_INTERVAL - 2 <= len(loop.engine_checks) <= 2.0 / cli.ENGINE_INTERVAL + 1

@@ -286,8 +286,9 @@ class Peer(_Model):
         `staleAfter`, else 2 keepalives and half a second; None without keepalives
         (then only its device is judged: an idle tunnel without keepalives receives
         nothing). With probes (natgw.health) a live member is heard at least every
-        keepalive plus a tick (0.5 s) and a round trip, and a dead one leaves the route
-        within staleAfter plus a tick: 2 keepalives and a second, the failover target."""
+        keepalive plus a tick (0.2 s) and a round trip, and a dead one leaves the route
+        within staleAfter plus two ticks: within 2 keepalives and a second, the failover
+        target."""
         if self.stale_after is not None:
             return float(self.stale_after)
         ka = self.persistent_keepalive

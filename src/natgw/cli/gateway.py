@@ -27,6 +27,11 @@ SUPERVISE_INTERVAL = 2.0  # seconds between drift checks (and retries of a faile
 # Seconds between checks that each wireguard-go still runs (a pid file, /proc and a
 # socket: cheap), so that a dead one is restarted well within SUPERVISE_INTERVAL.
 ENGINE_INTERVAL = 0.5
+# Seconds between health ticks of a gateway with replica groups (natgw.health): a
+# member's silence is seen, and its route changed, within two ticks of the fact, so
+# a dead replica leaves the route well within 2 x keepalive + 1 s. A tick is one link
+# dump and one status read per member.
+HEALTH_INTERVAL = 0.2
 NOTHING_RUNNING = "no natgw gateway is running"
 
 
@@ -232,8 +237,8 @@ def _catch_signals():
 def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) -> None:
     """Serve the pipes and supervise until SIGTERM/SIGINT; SIGHUP reloads the file.
 
-    Every ENGINE_INTERVAL the replica groups' members are judged (natgw.health) and
-    the engines checked, and every SUPERVISE_INTERVAL
+    Every HEALTH_INTERVAL the replica groups' members are judged (natgw.health),
+    every ENGINE_INTERVAL the engines are checked, and every SUPERVISE_INTERVAL
     (or as soon as a wireguard-go is found dead): a reload that failed (e.g. it
     met a dying engine) is tried again; a newer apply by another `natgw up` is
     adopted, never reverted; drift (a pin, engine, device, filter, route,
@@ -279,9 +284,11 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) 
     gw.watch_health()
     pending = False  # a SIGHUP not yet applied: kept until it succeeds or the file is invalid
     next_check = time.monotonic() + SUPERVISE_INTERVAL
+    next_engines = 0.0
     try:
         while not stop.is_set():
-            wake.wait(ENGINE_INTERVAL)  # a signal wakes it at once
+            # A signal wakes it at once.
+            wake.wait(HEALTH_INTERVAL if gw.health is not None else ENGINE_INTERVAL)
             wake.clear()
             if stop.is_set():
                 break
@@ -292,8 +299,12 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) 
                     reload.clear()
                     pending, next_check = True, 0.0
                 now = time.monotonic()
-                if now < next_check and not gw.dead_tunnels():
-                    continue
+                if now < next_check:
+                    if now < next_engines:
+                        continue
+                    next_engines = now + ENGINE_INTERVAL
+                    if not gw.dead_tunnels():
+                        continue
                 next_check = now + SUPERVISE_INTERVAL
                 if pending:
                     try:
