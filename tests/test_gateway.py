@@ -129,7 +129,8 @@ class FakeEngine:
     configured: list[DeviceConfig] = field(default_factory=list)
     name: str = "fake"
 
-    def status(self, ifname: str, netns: str | None) -> DeviceStatus:
+    def status(self, ifname: str, netns: str | None, timeout: float | None = None
+               ) -> DeviceStatus:
         peer = PeerStatus(b"\1" * 32, self.endpoint, (), self.latest_handshake, 0, 0, None)
         return DeviceStatus(ifname, "wireguard-go", None, 51820, (peer,), 1)
 

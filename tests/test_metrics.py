@@ -154,7 +154,8 @@ class FakeEngine:
         self.statuses = statuses
         self.calls: list[tuple[str, str | None]] = []
 
-    def status(self, ifname: str, netns: str | None) -> DeviceStatus:
+    def status(self, ifname: str, netns: str | None, timeout: float | None = None
+               ) -> DeviceStatus:
         self.calls.append((ifname, netns))
         st = self.statuses[ifname]
         if isinstance(st, Exception):

@@ -37,7 +37,8 @@ class FakeEngine:
     def __init__(self, handshake: int) -> None:
         self.handshake = handshake
 
-    def status(self, ifname: str, netns: str | None) -> DeviceStatus:
+    def status(self, ifname: str, netns: str | None, timeout: float | None = None
+               ) -> DeviceStatus:
         peer = PeerStatus(bytes(32), "192.0.2.2:51820", (), self.handshake, 10, 20, 25)
         return DeviceStatus(ifname, "wireguard-go", None, 51820, (peer,), 1)
 

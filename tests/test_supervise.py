@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from natgw import health_ticker
 from natgw.cli import gateway as cli
 
 
@@ -124,5 +125,26 @@ def test_groups_are_judged_every_health_tick_and_engines_at_their_own_pace(loop)
     # A dead replica is seen within two health ticks of its staleAfter (the failover
     # target); the engine checks do not speed up with it.
     time.sleep(2.0)
-    assert len(loop.health_checks) >= 2.0 / cli.HEALTH_INTERVAL - 2
+    assert len(loop.health_checks) >= 2.0 / health_ticker.INTERVAL - 2
     assert 2.0 / cli.ENGINE_INTERVAL - 2 <= len(loop.engine_checks) <= 2.0 / cli.ENGINE_INTERVAL + 1
+
+
+class StalledDrift(WithGroups):
+    """Its drift check waits 1.5 s, as one reading a wireguard-go that blocks in its
+    sends (a peer's endpoint without a neighbour entry) does until its reads time out."""
+
+    def drift(self) -> list[str]:
+        self.checks.append(time.monotonic())
+        time.sleep(1.5)
+        return []
+
+
+@pytest.mark.parametrize("loop", [StalledDrift], indirect=True)
+def test_a_stalled_supervision_step_does_not_stall_health(loop):
+    # A stalled step once stopped every judgement: a live replica, unheard meanwhile,
+    # left the route with the dead one. Health now ticks on through it.
+    time.sleep(cli.SUPERVISE_INTERVAL + 2.0)
+    assert loop.checks, "no drift check ran"
+    ticks = loop.health_checks
+    gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+    assert max(gaps) < 3 * health_ticker.INTERVAL, gaps

@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 
 from natgw.gateway import device_config, peer_mappings  # noqa: E402 - gateway imports drift lazily
 
+# Seconds an engine may take to answer a drift check's read. The gateway's lock is
+# held meanwhile, and a health route change waits for it (natgw.gateway).
+ENGINE_READ_TIMEOUT = 0.5
+
 KINDS = ("pin", "engine", "device", "filter", "route", "mapping", "address", "allowed-ips")
 
 
@@ -174,7 +178,7 @@ def _client_pipe_ips(gw: Gateway, device: str, netns: str | None) -> list[str]:
 
     assert gw.cfg.hub is not None
     try:
-        st = gw.engine.status(device, netns)
+        st = gw.engine.status(device, netns, timeout=ENGINE_READ_TIMEOUT)
     except (WireGuardError, OSError):
         return []  # an engine that does not answer is for the engine check
     have = {p.public_key: {str(n) for n in p.allowed_ips} for p in st.peers}
@@ -194,7 +198,7 @@ def _allowed_ips(gw: Gateway, name: str, device: str, netns: str | None) -> list
     if peer is None:
         return []
     try:
-        st = gw.engine.status(device, netns)
+        st = gw.engine.status(device, netns, timeout=ENGINE_READ_TIMEOUT)
     except (WireGuardError, OSError):
         return []  # an engine that does not answer is for the engine check
     wanted = device_config(gw.cfg, peer, None).peers[0]

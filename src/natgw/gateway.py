@@ -31,7 +31,7 @@ from natgw.dataplane.loader import (
     repin_attached,
 )
 from natgw.failure import one_line
-from natgw.health import Health
+from natgw.health import READ_TIMEOUT, Health
 from natgw.keys import encode_key
 from natgw.lan import LanError, apply_lan, remove_lan, sweep_lan, wanted_lan_devices
 from natgw.lock import LockTimeout, gateway_lock
@@ -51,6 +51,7 @@ from natgw.state import (
 )
 from natgw.wireguard import (
     DeviceConfig,
+    DeviceStatus,
     PeerConfig,
     WireGuardError,
     select_engine,
@@ -63,6 +64,9 @@ log = logging.getLogger(__name__)
 # Seconds between two lookups of one peer's hostname while its handshake stays stale
 # (the interval of wireguard-tools' reresolve-dns timer).
 RERESOLVE_INTERVAL = 30
+# Seconds a health route change waits for the gateway's lock (a drift check holds it
+# while it reads the engines, each within ENGINE_READ_TIMEOUT of natgw.drift).
+HEALTH_LOCK_WAIT = 1.5
 
 
 class GatewayError(Exception):
@@ -609,7 +613,7 @@ class Gateway:
         if self.health is None:
             return []
         now = time.monotonic()
-        samples = self.health.read(self.netns, lambda dev: self.engine.status(dev, self.netns))
+        samples = self.health.read(self.netns, self._member_status)
         lines, changed, retold = self.health.observe(samples, now)
         if changed or retold or self._health_resync:
             error = self._route_groups(sorted(self.cfg.groups) if self._health_resync
@@ -621,6 +625,9 @@ class Gateway:
         # After the route: a probe answered now is read at the next tick.
         return lines + self.health.probe(self.netns, now)
 
+    def _member_status(self, device: str) -> DeviceStatus:
+        return self.engine.status(device, self.netns, timeout=READ_TIMEOUT)
+
     def resync_health(self) -> None:
         """At the next tick, route every group by the verdicts again (after an apply of
         another configuration failed and restored this one with every member in)."""
@@ -631,7 +638,7 @@ class Gateway:
         route of --detach). Returns the log lines."""
         if self.health is None:
             return []
-        samples = self.health.read(self.netns, lambda dev: self.engine.status(dev, self.netns))
+        samples = self.health.read(self.netns, self._member_status)
         for m in self.health.members:
             m.in_route = samples[m.peer].link is None
             m.why = "" if m.in_route else samples[m.peer].link
@@ -645,7 +652,9 @@ class Gateway:
         them for `retold` groups); "" when done, else why not (tried again at the
         next tick)."""
         try:
-            with gateway_lock(self.cfg.name, timeout=0):
+            # Health ticks in a thread of its own (natgw.health_ticker): it can wait out
+            # a drift check, which holds the lock while it reads the engines.
+            with gateway_lock(self.cfg.name, timeout=HEALTH_LOCK_WAIT):
                 if self.superseded():
                     return ""  # the newer `up` owns the routes now
                 state = load_state(self.cfg.name)

@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Seconds a member's engine may take to answer a tick's status read: a stalled one
+# (natgw.health_ticker) must not hold up the judgement of the others.
+READ_TIMEOUT = 0.25
+
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
 
@@ -182,6 +186,9 @@ class Health:
                 over = ", ".join(m.peer for m in members if m.in_route) or "no member"
                 lines += [f"group {group}: {m.peer} {'back in' if m.in_route else 'out of'} "
                           f"the route ({m.why}); route over {over}" for m in moved]
+                if not healthy:  # each member's own reason, which the lines above hide
+                    lines.append(f"group {group}: every member is out (" + "; ".join(
+                        f"{m.peer}: {verdicts[m.peer][1]}" for m in members) + ")")
         return lines, changed, retold - changed
 
     def due(self, now: float) -> list[Member]:

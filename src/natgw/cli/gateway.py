@@ -27,11 +27,6 @@ SUPERVISE_INTERVAL = 2.0  # seconds between drift checks (and retries of a faile
 # Seconds between checks that each wireguard-go still runs (a pid file, /proc and a
 # socket: cheap), so that a dead one is restarted well within SUPERVISE_INTERVAL.
 ENGINE_INTERVAL = 0.5
-# Seconds between health ticks of a gateway with replica groups (natgw.health): a
-# member's silence is seen, and its route changed, within two ticks of the fact, so
-# a dead replica leaves the route well within 2 x keepalive + 1 s. A tick is one link
-# dump and one status read per member.
-HEALTH_INTERVAL = 0.2
 NOTHING_RUNNING = "no natgw gateway is running"
 
 
@@ -237,8 +232,9 @@ def _catch_signals():
 def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) -> None:
     """Serve the pipes and supervise until SIGTERM/SIGINT; SIGHUP reloads the file.
 
-    Every HEALTH_INTERVAL the replica groups' members are judged (natgw.health),
-    every ENGINE_INTERVAL the engines are checked, and every SUPERVISE_INTERVAL
+    The replica groups' members are judged in a thread of their own
+    (natgw.health_ticker), every ENGINE_INTERVAL the engines are checked, and every
+    SUPERVISE_INTERVAL
     (or as soon as a wireguard-go is found dead): a reload that failed (e.g. it
     met a dying engine) is tried again; a newer apply by another `natgw up` is
     adopted, never reverted; drift (a pin, engine, device, filter, route,
@@ -255,6 +251,7 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) 
     from natgw.dataplane.loader import pin_dir  # noqa: PLC0415
     from natgw.failure import one_line  # noqa: PLC0415
     from natgw.gateway import Gateway, GatewayError  # noqa: PLC0415
+    from natgw.health_ticker import HealthTicker  # noqa: PLC0415
     from natgw.pipes import publish  # noqa: PLC0415
     from natgw.pipes.server import PipeServer, plan_for  # noqa: PLC0415
 
@@ -282,29 +279,23 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) 
     links.refresh(pin_dir(name))
     log.info("running in the foreground (SIGHUP reloads %s)", file)
     gw.watch_health()
+    ticker = HealthTicker(gw)
+    ticker.start()
     pending = False  # a SIGHUP not yet applied: kept until it succeeds or the file is invalid
     next_check = time.monotonic() + SUPERVISE_INTERVAL
-    next_engines = 0.0
     try:
         while not stop.is_set():
-            # A signal wakes it at once.
-            wake.wait(HEALTH_INTERVAL if gw.health is not None else ENGINE_INTERVAL)
+            wake.wait(ENGINE_INTERVAL)  # a signal wakes it at once
             wake.clear()
             if stop.is_set():
                 break
             try:
-                for line in gw.check_health():  # every tick: failover waits for no check
-                    log.info("%s", line)
                 if reload.is_set():
                     reload.clear()
                     pending, next_check = True, 0.0
                 now = time.monotonic()
-                if now < next_check:
-                    if now < next_engines:
-                        continue
-                    next_engines = now + ENGINE_INTERVAL
-                    if not gw.dead_tunnels():
-                        continue
+                if now < next_check and not gw.dead_tunnels():
+                    continue
                 next_check = now + SUPERVISE_INTERVAL
                 if pending:
                     try:
@@ -314,21 +305,26 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) 
                         log.error("reload: %s (keeping the running config)", e)
                         pipes.set_reload(f"reload: {e}")
                         continue
-                    new.watch_health(gw.health)
-                    try:
-                        new.apply()  # GatewayError: still pending, tried again next check
-                    except GatewayError:
-                        gw.resync_health()  # the restored configuration has every member in
-                        raise
-                    gw, pending = new, False
+                    with ticker.paused():
+                        new.watch_health(gw.health)
+                        try:
+                            new.apply()  # GatewayError: pending, tried again next check
+                        except GatewayError:
+                            gw.resync_health()  # the restored configuration has every member in
+                            raise
+                        gw, pending = new, False
+                        ticker.gateway = gw
                     errors = pipes.apply(plan_for(gw.cfg, gw.config_path))
                     for e in errors:
                         log.error("reload: %s", e)
                     pipes.set_reload("; ".join(errors) or None)
                     log.info("reloaded %s", file)
                 elif gw.superseded():
-                    if gw.adopt_record():
-                        gw.watch_health(gw.health)
+                    with ticker.paused():
+                        adopted = gw.adopt_record()
+                        if adopted:
+                            gw.watch_health(gw.health)
+                    if adopted:
                         log.info("supervising the configuration another natgw up applied")
                 elif drift := gw.drift():
                     if gw.repair(drift):
@@ -344,6 +340,7 @@ def _foreground(gw: Gateway, file: Path, netns: str | None, stop, reload, wake) 
             except Exception as e:  # noqa: BLE001 - the supervisor must keep running
                 log.error("%s", one_line(e))
     finally:
+        ticker.stop()
         links.close()
         try:
             for line in gw.release_health():

@@ -37,7 +37,12 @@ class Engine(Protocol):
         """Write a known difference without reading the device back (a hub's edits)."""
         ...
 
-    def status(self, ifname: str, netns: str | None) -> DeviceStatus: ...
+    def status(self, ifname: str, netns: str | None, timeout: float | None = None
+               ) -> DeviceStatus:
+        """The device's state and counters. `timeout`: at most this many seconds for an
+        engine that can stall (wireguard-go's UAPI answers only when the device's locks
+        are free; its sends block while a peer's endpoint has no neighbour entry)."""
+        ...
 
     def delete(self, ifname: str, netns: str | None) -> None:
         """Remove the device; a no-op when it does not exist."""

@@ -224,7 +224,9 @@ class KernelEngine:
                 except NetlinkError as exc:
                     raise self._fail(ifname, "setting keys/peers", exc) from None
 
-    def status(self, ifname: str, netns: str | None) -> DeviceStatus:
+    def status(self, ifname: str, netns: str | None, timeout: float | None = None
+               ) -> DeviceStatus:
+        # Netlink answers from the kernel's own state: it does not stall, no timeout.
         with self._open(self._wireguard, netns) as wg:
             state, pub = self._read(wg, ifname)
         return DeviceStatus(

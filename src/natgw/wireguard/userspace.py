@@ -172,13 +172,17 @@ class WireGuardGoEngine:
         if not plan.is_empty():
             self._client(ifname).set(plan)
 
-    def status(self, ifname: str, netns: str | None) -> DeviceStatus:
+    def status(self, ifname: str, netns: str | None, timeout: float | None = None
+               ) -> DeviceStatus:
         check_ifname(ifname)
         self._require_netns(netns)
         pid = self._socket_owner(ifname, netns)
         if pid is None:
             raise WireGuardError(f"wireguard-go {ifname}: device not running")
-        state = self._client(ifname).get()
+        client = self._client(ifname)
+        if timeout is not None:
+            client.timeout = min(client.timeout, timeout)
+        state = client.get()
         # UAPI reports only the private key. Deriving the public key from it at every
         # status and scrape would handle the secret for nothing: natgw derives it once
         # per apply and keeps it in its state (natgw.gateway).
