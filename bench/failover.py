@@ -10,7 +10,8 @@ Each trial builds the harness's two clusters with two natgw replicas each
 (lab.harness, --replicas 2, persistentKeepalive 1 s, foreground `natgw up`),
 then from cluster 1's pod to cluster 2's pod runs
 
-- a paced TCP bulk transfer, hashed at both ends, on a connection that was
+- a paced TCP bulk transfer (the kernel's pacing caps its catching up after the
+  stall at 2 x its rate), hashed at both ends, on a connection that was
   seen to cross replica 2a (a new connection is tried until one does: the
   gateways hash a local socket's flow by its random flow hash, not its ports);
 - numbered UDP streams (lab.net.udp_stream, FLOWS flows of distinct ports), each
@@ -26,7 +27,8 @@ through 2b throughout: a cluster's own path to its gateways is its network's
 
 Reported per trial: the transfer's hashes; each UDP flow through 2a, its loss
 window (from the kill to the send time of the first datagram that arrived after
-its losses); the flows through 2b, their losses (none expected); the time from
+the run of losses that began at the kill); the flows through 2b, their losses
+(none expected); every other run of losses, when it began; the time from
 the kill to the route change in 1a and 1b (the route polled every 50 ms).
 Target: window <= 2 x keepalive + 1 s.
 
@@ -72,6 +74,8 @@ FLOWS = 8
 UDP_INTERVAL = 0.005  # s between datagrams of one flow (200/s)
 UDP_PORT, UDP_SPORT = 7300, 41000
 TCP_RATE = 2 << 20  # bytes per second of the paced transfer
+PACING = 2  # x TCP_RATE: the kernel's pacing cap on the transfer (catching up after a stall)
+SO_MAX_PACING_RATE = 47  # <asm-generic/socket.h>
 KILL_AT = 3.0  # s after the traffic starts
 AFTER = 10.0  # s of traffic after the kill
 POLL = 0.05
@@ -169,6 +173,11 @@ class Bulk:
         self.srv.settimeout(30)
         self.cli = netns_socket(run.pod(1), socket.AF_INET, socket.SOCK_STREAM)
         self.cli.settimeout(60)
+        # Paced by the kernel too, retransmissions included: unpaced, the backlog of
+        # its stall leaves in one burst when the transfer resumes, which overruns the
+        # 2-CPU VM's userspace WireGuard and drops other flows' datagrams (measured:
+        # single datagrams, 3.1-3.4 s after the kill, on every flow of a gateway).
+        self.cli.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, int(PACING * rate))
         self.cli.connect((topo.addr_of(1, 2), self.srv.getsockname()[1]))
         self.threads = [threading.Thread(target=self._serve, daemon=True),
                         threading.Thread(target=self._send, daemon=True)]
@@ -298,21 +307,38 @@ def kill(run: Run, way: str, i: int = 2, r: int = A) -> float:
 # --- one trial ---------------------------------------------------------------------------------
 
 
-def loss_window(stream: StreamLog, t_kill: float) -> tuple[float | None, int]:
-    """(seconds from the kill to the send time of the first datagram that arrived after
-    the losses of the kill, datagrams lost before the kill).
+def loss_bursts(stream: StreamLog, t_kill: float) -> tuple[list[dict], int]:
+    """(the runs of consecutive datagrams lost from the kill on, datagrams lost before).
 
-    A datagram sent less than IN_FLIGHT before the kill may still have been on its
-    way through the replica: its loss is the kill's.
+    Each run: when its first datagram was sent and when the first datagram to arrive
+    after it was (None: none did), in seconds from the kill, and how many it lost. A
+    datagram sent less than IN_FLIGHT before the kill may still have been on its way
+    through the replica: its loss is the kill's.
     """
     lost = stream.lost()
     before = sum(1 for k in lost if stream.sent_at[k] < t_kill - IN_FLIGHT)
     after = [k for k in lost if stream.sent_at[k] >= t_kill - IN_FLIGHT]
-    if not after:
-        return 0.0, before
-    nxt = next((k for k in range(after[-1] + 1, len(stream.sent_at)) if k in stream.received),
-               None)
-    return (None if nxt is None else stream.sent_at[nxt] - t_kill), before
+    runs: list[list[int]] = []
+    for k in after:
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    out = []
+    for run in runs:
+        nxt = run[-1] + 1
+        end = stream.sent_at[nxt] - t_kill if nxt < len(stream.sent_at) else None
+        out.append({"start_s": stream.sent_at[run[0]] - t_kill, "end_s": end,
+                    "lost": len(run)})
+    return out, before
+
+
+def loss_window(bursts: list[dict]) -> float | None:
+    """Seconds from the kill to the first datagram that arrived after the kill's own
+    losses (the run that begins at the kill); 0.0: none lost; None: never recovered."""
+    if not bursts or bursts[0]["start_s"] > IN_FLIGHT:
+        return 0.0
+    return bursts[0]["end_s"]
 
 
 def _replace_route(run: Run, i: int, r: int, s: int) -> None:
@@ -395,10 +421,12 @@ def trial(way: str, rep: int, stale_after: int | None, conntrack: str = "") -> d
                                  for r in watch.left}
         out["flows"] = []
         for (sp, _), path, sl in zip(flows, paths, logs, strict=True):
-            window, before = loss_window(sl, t_kill)
+            bursts, before = loss_bursts(sl, t_kill)
+            window = loss_window(bursts)
             out["flows"].append({"sport": sp, "via": f"2{'ab'[path[1] - 1]}",
                                  "sent": len(sl.sent_at), "lost": len(sl.lost()),
-                                 "lost_before_kill": before, "window_s": window})
+                                 "lost_before_kill": before, "window_s": window,
+                                 "bursts": bursts})
         out["health_log"] = {f"1{'ab'[r - 1]}": health_lines(run, r) for r in topo.replica_ids}
         out["loadavg"] = os.getloadavg()
         return out
@@ -504,7 +532,19 @@ def _rows(ts: list[dict]) -> dict:
         "flows_2b": sum(1 for t in ts for f in t["flows"] if f["via"] == "2b"),
         "lost_2b": sum(f["lost"] for t in ts for f in t["flows"] if f["via"] == "2b"),
         "lost_before": sum(f["lost_before_kill"] for t in ts for f in t["flows"]),
+        # Losses after a flow's window (via 2a) or at all (via 2b): when they began.
+        "later": sorted(b["start_s"] for t in ts for f in t["flows"]
+                        for b in _later(f)),
+        "later_lost": sum(b["lost"] for t in ts for f in t["flows"] for b in _later(f)),
     }
+
+
+def _later(flow: dict) -> list[dict]:
+    """A flow's loss runs other than its window's (older results: none recorded)."""
+    bursts = flow.get("bursts", [])
+    if flow["via"] == "2a" and bursts and bursts[0]["start_s"] <= IN_FLIGHT:
+        return bursts[1:]
+    return bursts
 
 
 def summarize(trials: list[dict]) -> dict:
@@ -546,11 +586,13 @@ def render(res: dict) -> str:
         table(["gateways, way", "loss window, flows via 2a, s: median (min-max, n)",
                "kill -> route change, s (slower of 1a/1b)", "TCP intact",
                "TCP stall after the kill, s",
-               "flows via 2b: lost", "lost before the kill"],
+               "flows via 2b: lost", "other losses: datagrams (began s after the kill)",
+               "lost before the kill"],
               [[f"{w['label']}, {w['way']}", _med(w["window"]) + _never(w["window"]),
                 _med(w["route_change"]),
                 f"{w['tcp_intact']}/{w['trials']}", _med(w["tcp_stall"]),
                 f"{w['lost_2b']} ({w['flows_2b']} flows)" if w["flows_2b"] else "-",
+                f"{w['later_lost']} ({_med(w['later'])})" if w["later"] else "0",
                 str(w["lost_before"])] for w in s["rows"]], markdown=True),
         "",
         table(["target", "value", "limit", "verdict"],
