@@ -333,12 +333,16 @@ def loss_bursts(stream: StreamLog, t_kill: float) -> tuple[list[dict], int]:
     return out, before
 
 
+def kills_runs(bursts: list[dict]) -> list[dict]:
+    """The runs of losses that began at the kill (within IN_FLIGHT of it)."""
+    return [b for b in bursts if b["start_s"] <= IN_FLIGHT]
+
+
 def loss_window(bursts: list[dict]) -> float | None:
     """Seconds from the kill to the first datagram that arrived after the kill's own
-    losses (the run that begins at the kill); 0.0: none lost; None: never recovered."""
-    if not bursts or bursts[0]["start_s"] > IN_FLIGHT:
-        return 0.0
-    return bursts[0]["end_s"]
+    losses; 0.0: none lost; None: never recovered."""
+    runs = kills_runs(bursts)
+    return runs[-1]["end_s"] if runs else 0.0
 
 
 def _replace_route(run: Run, i: int, r: int, s: int) -> None:
@@ -542,9 +546,7 @@ def _rows(ts: list[dict]) -> dict:
 def _later(flow: dict) -> list[dict]:
     """A flow's loss runs other than its window's (older results: none recorded)."""
     bursts = flow.get("bursts", [])
-    if flow["via"] == "2a" and bursts and bursts[0]["start_s"] <= IN_FLIGHT:
-        return bursts[1:]
-    return bursts
+    return bursts if flow["via"] == "2b" else bursts[len(kills_runs(bursts)):]
 
 
 def summarize(trials: list[dict]) -> dict:
