@@ -39,7 +39,8 @@ from bench import generator
 from bench.failover import machine, write_markdown
 from bench.stats import rate, table
 from bench.topology import GW_CPU, POD_CPU, SINK_PORT
-from bench.traffic import UDP_PAYLOAD, Counters, cpu_use, proc_cpu_seconds, read_cpu
+from bench.traffic import Counters, cpu_use, proc_cpu_seconds, read_cpu
+from bench.workloads import SMALL_PAYLOAD
 from lab import harness
 from lab.harness import Run, Topology
 from lab.net import LabError, in_ns, sh
@@ -104,7 +105,7 @@ def flood(run: Run, pids: list[int], counters: Counters, window: float,
     for r in topo.replica_ids:
         argv = generator.argv(run.pod_end(1, r), mac(run.gw(1, r), run.pod_link(1, r)),
                               mac(run.pod(1), run.pod_end(1, r)), topo.pod_addr(1),
-                              topo.addr_of(1, 2), 40000, SINK_PORT, UDP_PAYLOAD,
+                              topo.addr_of(1, 2), 40000, SINK_PORT, SMALL_PAYLOAD,
                               warmup + window + 1, True)
         procs.append(run.spawn(run.pod(1), ["timeout", "-k", "3",
                                             f"{warmup + window + 5:.1f}", *argv],
