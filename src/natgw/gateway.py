@@ -49,6 +49,7 @@ from natgw.state import (
     save_applied,
     save_state,
 )
+from natgw.tunnel_address import place_address, tunnel_address, tunnel_network
 from natgw.wireguard import (
     DeviceConfig,
     DeviceStatus,
@@ -82,7 +83,6 @@ def peer_mappings(peer: Peer) -> list[Mapping]:
 def device_config(cfg: GatewayConfig, peer: Peer, endpoint: str | None) -> DeviceConfig:
     """The WireGuard device of a tunnel peer; `endpoint` is peer.endpoint resolved."""
     from natgw.keys import decode_key  # noqa: PLC0415
-    from natgw.tunnel_address import tunnel_network  # noqa: PLC0415
 
     # The peer's tunnel address: its kernel answers health probes from it, and
     # cryptokey routing vouches for who asks for a pipe.
@@ -518,10 +518,11 @@ class Gateway:
             faults.step("tunnel-configured")
             routes.set_link(self.netns, dev, self.cfg.mtu)
             faults.step("link-up")
-            # Unread when recorded on the same device and no full apply is asked for (a
-            # drift repair): a netns socket is most of an edit's cost.
-            self._apply_tunnel_address(state, ps, check=self._full or before is None
-                                       or before.ifindex != ifindex)
+            # With or without pipes: health probes come from it. Read back on a full
+            # apply (a drift repair) or a new device only.
+            place_address(self.netns, ps, tunnel_address(self.cfg.public_key),
+                          lambda: save_state(state),
+                          check=self._full or before is None or before.ifindex != ifindex)
         # Only when there is or was an address: each netns socket costs tens of ms.
         readdressed = False
         if peer.is_tunnel and (peer.address is not None or (before and before.address)):
@@ -676,30 +677,6 @@ class Gateway:
         except routes.RouteError as e:
             return f"health: {e}"
         return ""
-
-    def _apply_tunnel_address(self, state: GatewayState, ps: PeerState,
-                              check: bool = True) -> None:
-        """Put the gateway's tunnel address (natgw.tunnel_address) on a tunnel device,
-        with or without pipes: health probes come from it. Recorded before it is added,
-        so that a kill leaves it in the record; after the link is up, which would flush
-        it otherwise."""
-        from natgw.tunnel_address import (  # noqa: PLC0415
-            ensure_address,
-            remove_address,
-            tunnel_address,
-        )
-
-        wanted = str(tunnel_address(self.cfg.public_key))
-        if ps.pipe_address and ps.pipe_address != wanted:  # another key
-            remove_address(self.netns, ps.device, ps.pipe_address)
-            ps.pipe_address = ""
-            save_state(state)
-        if ps.pipe_address != wanted:
-            ps.pipe_address = wanted
-            save_state(state)
-        elif not check:
-            return
-        ensure_address(self.netns, ps.device, tunnel_address(self.cfg.public_key))
 
     def _link_mtu(self, dev: str) -> int:
         with iproute(self.netns) as ipr:

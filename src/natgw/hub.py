@@ -32,7 +32,7 @@ from natgw.dataplane import Dataplane, Mapping, mss_for_mtu
 from natgw.keys import decode_key
 from natgw.netns import netns_exists
 from natgw.state import ClientState, HubState, PeerState
-from natgw.tunnel_address import ensure_address, remove_address, tunnel_address, tunnel_network
+from natgw.tunnel_address import place_address, tunnel_address, tunnel_network
 from natgw.wireguard import DeviceConfig, PeerConfig
 from natgw.wireguard.engines import Engine
 from natgw.wireguard.plan import Plan
@@ -286,7 +286,10 @@ def apply_hub(cfg: GatewayConfig, netns: str | None, engine: Engine, dp: Datapla
     else:
         ipbatch.run_batch(netns, link_lines(dev, cfg, before, False))
     faults.step("hub-link-up")
-    _apply_pipe_address(cfg, netns, intent, record, full)
+    # The hub's own pipe address, with pipes in the file only (natgw.tunnel_address).
+    place_address(netns, intent.device,
+                  tunnel_address(cfg.public_key) if cfg.pipes and cfg.public_key else None,
+                  lambda: record(intent), check=full)
     add, remove = route_lines(dev, wanted, [] if full else before.device.routes)
     if full:
         remove = route_lines(dev, [], [n for n in intent.device.routes if n not in wanted])[1]
@@ -302,26 +305,6 @@ def apply_hub(cfg: GatewayConfig, netns: str | None, engine: Engine, dp: Datapla
     record(state)
     faults.step("hub-recorded")
     return diff_clients(before.clients if before else [], clients, recreated)
-
-
-def _apply_pipe_address(cfg: GatewayConfig, netns: str | None, intent: HubState,
-                        record: Callable[[HubState], None], full: bool) -> None:
-    """The hub's own pipe address on its device when the file has pipes, off when it no
-    longer has them (as natgw.gateway does for a peer's device). Recorded before it is
-    added, so that a kill leaves it in the record (and the next apply is full); after
-    the link is up, which would flush it otherwise. Left unread when the record already
-    has it and nothing calls for a full apply: a netns socket is most of an edit's cost."""
-    ps = intent.device
-    wanted = str(tunnel_address(cfg.public_key)) if cfg.pipes and cfg.public_key else ""
-    if ps.pipe_address and ps.pipe_address != wanted:
-        remove_address(netns, ps.device, ps.pipe_address)
-        ps.pipe_address = ""
-        record(intent)
-    if wanted and (full or ps.pipe_address != wanted):
-        if ps.pipe_address != wanted:
-            ps.pipe_address = wanted
-            record(intent)
-        ensure_address(netns, ps.device, tunnel_address(cfg.public_key))
 
 
 def _added(lines: list[str]) -> list[str]:

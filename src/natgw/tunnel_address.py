@@ -23,12 +23,17 @@ import errno
 import hashlib
 import ipaddress
 import socket
+from collections.abc import Callable
 from ipaddress import IPv6Address, IPv6Network
+from typing import TYPE_CHECKING
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from natgw.keys import decode_key
 from natgw.netns import iproute
+
+if TYPE_CHECKING:
+    from natgw.state import PeerState
 
 IFA_F_NODAD = 0x02  # no duplicate address detection: the address is usable at once
 _PREFIX = IPv6Network("fe80::/64")
@@ -72,6 +77,29 @@ def remove_address(netns: str | None, device: str, address: str) -> None:
         except NetlinkError as e:
             if e.code != errno.EADDRNOTAVAIL:
                 raise OSError(e.code, f"tunnel address {address} on {device}: {e}") from None
+
+
+def place_address(netns: str | None, ps: PeerState, wanted: IPv6Address | None,
+                  record: Callable[[], None], check: bool) -> None:
+    """Make the tunnel address on ps.device `wanted` (None: none), as ps.pipe_address
+    records it. A recorded address that is not wanted (another key, or none wanted) is
+    taken off first. The new one is recorded before it is added, so that a kill leaves
+    it in the record; after the link is up, which would flush it otherwise. `check`:
+    put it on even when the record already has it (a full apply, a recreated device);
+    otherwise that is left unread, since a netns socket is most of an edit's cost."""
+    text = "" if wanted is None else str(wanted)
+    if ps.pipe_address and ps.pipe_address != text:
+        remove_address(netns, ps.device, ps.pipe_address)
+        ps.pipe_address = ""
+        record()
+    if wanted is None:
+        return
+    if ps.pipe_address != text:
+        ps.pipe_address = text
+        record()
+    elif not check:
+        return
+    ensure_address(netns, ps.device, wanted)
 
 
 def has_address(ipr, ifindex: int, address: str) -> bool:
