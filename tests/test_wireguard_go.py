@@ -196,6 +196,24 @@ def test_killed_wireguard_go_is_detected_and_restarted(tunnel: Tunnel) -> None:
     assert ping(a.netns, tunnel.b.tunnel_ip) == 3
 
 
+def test_a_stalled_wireguard_go_answers_status_within_the_callers_timeout(tunnel: Tunnel) -> None:
+    # Health reads each member within natgw.health.READ_TIMEOUT: an engine that does not
+    # answer (here stopped; in the field blocked in its sends) must not hold the caller
+    # for the engine's default 2 s.
+    a, engine = tunnel.a, tunnel.engine
+    pid = engine.status(a.ifname, a.netns).pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(WireGuardError, match="no UAPI reply within 0.3s"):
+            engine.status(a.ifname, a.netns, timeout=0.3)
+        assert time.monotonic() - start < 1.5
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert engine.status(a.ifname, a.netns, timeout=0.3).pid == pid
+
+
 def test_delete_leaves_nothing_behind(tunnel: Tunnel) -> None:
     engine = tunnel.engine
     for side in (tunnel.a, tunnel.b):

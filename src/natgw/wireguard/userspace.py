@@ -73,8 +73,10 @@ class WireGuardGoEngine:
 
         write_private(self.pid_path(ifname), f"{pid}\n")
 
-    def _client(self, ifname: str) -> UapiClient:
-        return UapiClient(ifname, SOCKET_DIR, self.uapi_timeout)
+    def _client(self, ifname: str, timeout: float | None = None) -> UapiClient:
+        """A UAPI client; `timeout` shortens (never lengthens) uapi_timeout."""
+        wait = self.uapi_timeout if timeout is None else min(self.uapi_timeout, timeout)
+        return UapiClient(ifname, SOCKET_DIR, wait)
 
     # --- process identity ----------------------------------------------------
 
@@ -179,10 +181,7 @@ class WireGuardGoEngine:
         pid = self._socket_owner(ifname, netns)
         if pid is None:
             raise WireGuardError(f"wireguard-go {ifname}: device not running")
-        client = self._client(ifname)
-        if timeout is not None:
-            client.timeout = min(client.timeout, timeout)
-        state = client.get()
+        state = self._client(ifname, timeout).get()
         # UAPI reports only the private key. Deriving the public key from it at every
         # status and scrape would handle the secret for nothing: natgw derives it once
         # per apply and keeps it in its state (natgw.gateway).
