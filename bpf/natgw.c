@@ -7,8 +7,9 @@
  * ingress (before routing): src in a remote cidr  -> remote "as"
  *                          dst in a local "as"    -> local cidr
  *
- * lan (LAN-side ingress): no translation; the fast path (natgw_fast.h) routes
- *                          the packet to a natgw device, whose egress translates it
+ * lan (LAN-side ingress): the fast path (natgw_fast.h) routes the packet to a
+ *                          natgw device, translates it by that device's egress
+ *                          tables and redirects it (the egress program passes it)
  * ingress_fast:            ingress, then the fast path on the translated packet
  * xdp (natgw_xdp.h):       the fast path at XDP on Ethernet devices, translating
  *                          itself; what it cannot do goes on to the tc programs
@@ -55,6 +56,7 @@ static __always_inline int drop(const struct natgw_device *dev, __u32 reason)
 /* The fast path passes with NATGW_PASS and drops with drop(): included after them. */
 #include "natgw_fast.h"
 #include "natgw_xdp.h"
+#include "natgw_lane.h"
 
 /* Clamp the MSS of a TCP SYN; a failure mid-rewrite leaves a corrupt packet: drop it. */
 static __always_inline int finish_tcp(struct __sk_buff *skb, const struct natgw_device *dev,
@@ -85,9 +87,9 @@ static __always_inline void count(struct __sk_buff *skb, __u32 l3, __u32 dir,
 }
 
 static __always_inline int handle_v4(struct __sk_buff *skb, const struct natgw_device *dev,
-				    __u32 ifindex, __u32 dir)
+				    __u32 ifindex, __u32 dir, __u32 l3)
 {
-	__u32 l3 = dev->l3_offset, l4_off, csum_off = 0, icmp_csum_off = 0;
+	__u32 l4_off, csum_off = 0, icmp_csum_off = 0;
 	struct natgw_xlate *xs, *xd;
 	struct quoted_v4 q = {};
 	int first, has_quote = 0;
@@ -129,23 +131,25 @@ static __always_inline int handle_v4(struct __sk_buff *skb, const struct natgw_d
 
 	if (has_quote && quoted_v4_apply(skb, &q, icmp_csum_off) < 0)
 		return drop(dev, NATGW_DROP_REWRITE);
-	if (xs && rewrite_v4_addr(skb, l3 + offsetof(struct iphdr, saddr),
-				  l3 + offsetof(struct iphdr, check), csum_off, l4_flags,
-				  ip.saddr, netmap_v4(ip.saddr, xs)) < 0)
-		return drop(dev, NATGW_DROP_REWRITE);
-	if (xd && rewrite_v4_addr(skb, l3 + offsetof(struct iphdr, daddr),
-				  l3 + offsetof(struct iphdr, check), csum_off, l4_flags,
-				  ip.daddr, netmap_v4(ip.daddr, xd)) < 0)
-		return drop(dev, NATGW_DROP_REWRITE);
+	if (either_hit(xs, xd)) {
+		__be32 from[2] = { ip.saddr, ip.daddr }, to[2] = { ip.saddr, ip.daddr };
+
+		if (xs)
+			to[0] = netmap_v4(ip.saddr, xs);
+		if (xd)
+			to[1] = netmap_v4(ip.daddr, xd);
+		if (rewrite_v4_addrs(skb, l3, csum_off, l4_flags, from, to) < 0)
+			return drop(dev, NATGW_DROP_REWRITE);
+	}
 
 	count(skb, l3, dir, xs, xd);
 	return finish_tcp(skb, dev, ip.protocol, first, l4_off, dev->mss_v4);
 }
 
 static __always_inline int handle_v6(struct __sk_buff *skb, const struct natgw_device *dev,
-				    __u32 ifindex, __u32 dir)
+				    __u32 ifindex, __u32 dir, __u32 l3)
 {
-	__u32 l3 = dev->l3_offset, csum_off = 0, icmp_csum_off = 0;
+	__u32 csum_off = 0, icmp_csum_off = 0;
 	struct natgw_xlate *xs, *xd;
 	struct quoted_v6 q = {};
 	struct ipv6hdr ip6;
@@ -201,15 +205,32 @@ static __always_inline int handle_v6(struct __sk_buff *skb, const struct natgw_d
 
 	if (has_quote && quoted_v6_apply(skb, &q, icmp_csum_off) < 0)
 		return drop(dev, NATGW_DROP_REWRITE);
-	if (xs && rewrite_v6_addr(skb, l3 + offsetof(struct ipv6hdr, saddr), csum_off, l4_flags,
-				  &ip6.saddr, xs) < 0)
-		return drop(dev, NATGW_DROP_REWRITE);
-	if (xd && rewrite_v6_addr(skb, l3 + offsetof(struct ipv6hdr, daddr), csum_off, l4_flags,
-				  &ip6.daddr, xd) < 0)
-		return drop(dev, NATGW_DROP_REWRITE);
+	if (either_hit(xs, xd)) {
+		union v6addr from[2], to[2];
+
+		__builtin_memcpy(from, &ip6.saddr, 32);
+		__builtin_memcpy(to, &ip6.saddr, 32);
+		if (xs)
+			netmap_v6(&to[0], xs);
+		if (xd)
+			netmap_v6(&to[1], xd);
+		if (rewrite_v6_addrs(skb, l3, csum_off, l4_flags, from, to) < 0)
+			return drop(dev, NATGW_DROP_REWRITE);
+	}
 
 	count(skb, l3, dir, xs, xd);
 	return finish_tcp(skb, dev, l4.proto, l4.first, l4.off, dev->mss_v6);
+}
+
+/* Translate a packet by one device's tables. Return: NATGW_PASS or TC_ACT_SHOT. */
+static __always_inline int translate(struct __sk_buff *skb, const struct natgw_device *dev,
+				     __u32 ifindex, __u32 dir, __u32 l3)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		return handle_v4(skb, dev, ifindex, dir, l3);
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return handle_v6(skb, dev, ifindex, dir, l3);
+	return NATGW_PASS;
 }
 
 static __always_inline int natgw_handle(struct __sk_buff *skb, __u32 dir)
@@ -219,15 +240,14 @@ static __always_inline int natgw_handle(struct __sk_buff *skb, __u32 dir)
 
 	if (!dev)
 		return NATGW_PASS;
-	if (skb->protocol == bpf_htons(ETH_P_IP))
-		return handle_v4(skb, dev, ifindex, dir);
-	if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		return handle_v6(skb, dev, ifindex, dir);
-	return NATGW_PASS;
+	return translate(skb, dev, ifindex, dir, dev->l3_offset);
 }
 
 int natgw_egress(struct __sk_buff *skb)
 {
+	/* Translated already by the LAN program, which routed it here. */
+	if (fast_take_mark(skb))
+		return NATGW_PASS;
 	return natgw_handle(skb, NATGW_DIR_EGRESS);
 }
 
@@ -245,26 +265,46 @@ int natgw_ingress_fast(struct __sk_buff *skb)
 
 	if (!dev)
 		return NATGW_PASS;
-	if (skb->protocol == bpf_htons(ETH_P_IP))
-		ret = handle_v4(skb, dev, ifindex, NATGW_DIR_INGRESS);
-	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		ret = handle_v6(skb, dev, ifindex, NATGW_DIR_INGRESS);
-	else
-		ret = NATGW_PASS;
+	ret = lane_v4_ingress(skb, dev, ifindex);
+	if (ret != NATGW_LANE_SLOW)
+		return ret;
+	ret = translate(skb, dev, ifindex, NATGW_DIR_INGRESS, dev->l3_offset);
 	if (ret != NATGW_PASS)
 		return ret;
 	return fast_skb_forward(skb, dev, ifindex, 0);
 }
 
-/* LAN-side devices: route to a natgw device, whose egress program translates. */
+/*
+ * LAN-side devices: route to a natgw device, translate as its egress program
+ * would (after the routing decision, by its tables), and send it there.
+ *
+ * Nothing of the routing decision but the route itself is kept across the
+ * translation, so that the verifier checks the translation once, not once for
+ * every way of reaching it: the send's decision and family are found again.
+ * The LAN program never redirects into a peer (fast_fib_decide).
+ */
 int natgw_lan(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ifindex;
 	struct natgw_device *dev = devices_v2.lookup(&ifindex);
+	struct fast_route r = {};
+	int ret;
 
 	if (!dev)
 		return NATGW_PASS;
-	return fast_skb_forward(skb, dev, ifindex, 1);
+	ret = lane_v4_lan(skb, dev, ifindex);
+	if (ret != NATGW_LANE_SLOW)
+		return ret;
+	ret = fast_skb_route(skb, dev, ifindex, 1, &r);
+	if (ret > NATGW_FAST_REDIRECT_ETH || !r.out)
+		return NATGW_PASS;
+	ret = translate(skb, r.out, r.oif, NATGW_DIR_EGRESS, dev->l3_offset);
+	if (ret != NATGW_PASS)
+		return ret;
+	fast_mark_translated(skb, r.oif);
+	return fast_skb_send(skb, dev, &r,
+			     r.out->l3_offset ? NATGW_FAST_REDIRECT_ETH : NATGW_FAST_REDIRECT_L3,
+			     skb->protocol == bpf_htons(ETH_P_IPV6));
 }
 
 /* Ethernet devices with fastpath: xdp; every XDP_PASS goes on to the programs above. */

@@ -11,7 +11,7 @@
  * must leave skb->csum equal to the new packet's sum. IPv4 address changes are
  * cancelled inside the packet by the header checksum, and changes covered by
  * an ICMP checksum by that checksum, so skb->csum only follows the L4 field
- * (which BPF_F_PSEUDO_HDR does); IPv6 addresses see rewrite_v6_addr.
+ * (which BPF_F_PSEUDO_HDR does); IPv6 addresses see rewrite_v6_addrs.
  */
 #ifndef NATGW_CSUM_H
 #define NATGW_CSUM_H
@@ -62,54 +62,85 @@ static __always_inline void netmap_v6(union v6addr *addr, const struct natgw_xla
 	}
 }
 
+/*
+ * Incremental updates on packet memory, for XDP (no skb, no csum helpers).
+ * A ones' complement sum does not depend on byte order, so words are summed
+ * as they lie in memory; a diff collects ~old + new of every changed word.
+ */
+static __always_inline __u64 csum_diff32(__u64 diff, __be32 from, __be32 to)
+{
+	return diff + (__u32)~from + (__u32)to;
+}
+
+static __always_inline __u64 csum_diff16(__u64 diff, __be16 from, __be16 to)
+{
+	return diff + (__u16)~from + (__u16)to;
+}
+
+/* A diff as the 32-bit partial sum the csum helpers take (end-around carries). */
+static __always_inline __u32 csum_fold32(__u64 diff)
+{
+	diff = (diff & 0xffffffff) + (diff >> 32);
+	diff = (diff & 0xffffffff) + (diff >> 32);
+	return (__u32)diff;
+}
+
 /**
- * rewrite_v4_addr - replace an IPv4 address of the packet's own header.
- * @off: offset of the address
- * @ip_csum_off: offset of the IPv4 header checksum
- * @l4_csum_off: offset of a TCP/UDP checksum covering the address, or 0
+ * rewrite_v4_addrs - replace the addresses of the packet's own IPv4 header.
+ * @l3: offset of the IPv4 header
+ * @l4_csum_off: offset of a TCP/UDP checksum covering the addresses, or 0
  * @l4_flags: BPF_F_MARK_MANGLED_0 for UDP (a zero checksum stays zero)
+ * @from: source and destination as read (adjacent in the header)
+ * @to: the new source and destination
+ *
+ * One store and one update per checksum, whether one address changes or both:
+ * each helper call is a real call and return on this path.
  *
  * Return: 0, or -1 if a helper failed.
  */
-static __always_inline int rewrite_v4_addr(struct __sk_buff *skb, __u32 off, __u32 ip_csum_off,
-					   __u32 l4_csum_off, __u64 l4_flags,
-					   __be32 from, __be32 to)
+static __always_inline int rewrite_v4_addrs(struct __sk_buff *skb, __u32 l3, __u32 l4_csum_off,
+					    __u64 l4_flags, const __be32 from[2],
+					    const __be32 to[2])
 {
-	if (from == to)
+	__u32 diff;
+
+	if (from[0] == to[0] && from[1] == to[1])
 		return 0;
-	if (bpf_skb_store_bytes(skb, off, &to, 4, 0) < 0)
+	diff = csum_fold32(csum_diff32(csum_diff32(0, from[0], to[0]), from[1], to[1]));
+	if (bpf_skb_store_bytes(skb, l3 + offsetof(struct iphdr, saddr), (void *)to, 8, 0) < 0)
 		return -1;
-	if (bpf_l3_csum_replace(skb, ip_csum_off, from, to, 4) < 0)
+	if (bpf_l3_csum_replace(skb, l3 + offsetof(struct iphdr, check), 0, diff, 0) < 0)
 		return -1;
 	if (l4_csum_off &&
-	    bpf_l4_csum_replace(skb, l4_csum_off, from, to, l4_flags | BPF_F_PSEUDO_HDR | 4) < 0)
+	    bpf_l4_csum_replace(skb, l4_csum_off, 0, diff, l4_flags | BPF_F_PSEUDO_HDR) < 0)
 		return -1;
 	return 0;
 }
 
 /**
- * rewrite_v6_addr - translate an IPv6 address of the packet's own header.
- * @off: offset of the address
- * @l4_csum_off: offset of a TCP/UDP/ICMPv6 checksum covering it, or 0
- * @addr: the address as read from the packet
- * @x: the mapping it matched
+ * rewrite_v6_addrs - replace the addresses of the packet's own IPv6 header.
+ * @l3: offset of the IPv6 header
+ * @l4_csum_off: offset of a TCP/UDP/ICMPv6 checksum covering them, or 0
+ * @from: source and destination as read (adjacent in the header)
+ * @to: the new source and destination
  *
  * Return: 0, or -1 if a helper failed.
  */
-static __always_inline int rewrite_v6_addr(struct __sk_buff *skb, __u32 off, __u32 l4_csum_off,
-					   __u64 l4_flags, const struct in6_addr *addr,
-					   const struct natgw_xlate *x)
+static __always_inline int rewrite_v6_addrs(struct __sk_buff *skb, __u32 l3, __u32 l4_csum_off,
+					    __u64 l4_flags, const union v6addr from[2],
+					    const union v6addr to[2])
 {
-	union v6addr from, to;
-	__s64 diff;
+	__u64 diff = 0;
 
-	__builtin_memcpy(from.b, addr, 16);
-	to = from;
-	netmap_v6(&to, x);
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		diff = csum_diff32(diff, from[0].w[i], to[0].w[i]);
+		diff = csum_diff32(diff, from[1].w[i], to[1].w[i]);
+	}
 	/*
 	 * On a CHECKSUM_COMPLETE skb, skb->csum sums the whole packet. IPv6 has
-	 * no header checksum to absorb the new address, so the store must add
-	 * its difference to skb->csum (BPF_F_RECOMPUTE_CSUM); the pseudo-header
+	 * no header checksum to absorb the new addresses, so the store must add
+	 * their difference to skb->csum (BPF_F_RECOMPUTE_CSUM); the pseudo-header
 	 * update below then takes off the L4 field's opposite change, and the
 	 * two cancel as they do in the packet. Stored with flags 0, skb->csum
 	 * was left off by the L4 change alone. The kernel's BPF_F_IPV6 (6.16+)
@@ -117,14 +148,12 @@ static __always_inline int rewrite_v6_addr(struct __sk_buff *skb, __u32 off, __u
 	 * older kernels and leaves skb->csum stale when no L4 checksum is
 	 * updated (later fragments, a UDP zero checksum).
 	 */
-	if (bpf_skb_store_bytes(skb, off, to.b, 16, BPF_F_RECOMPUTE_CSUM) < 0)
+	if (bpf_skb_store_bytes(skb, l3 + offsetof(struct ipv6hdr, saddr), (void *)to, 32,
+				BPF_F_RECOMPUTE_CSUM) < 0)
 		return -1;
-	if (!l4_csum_off)
-		return 0;
-	diff = natgw_csum_diff(from.w, 16, to.w, 16, 0);
-	if (diff < 0)
-		return -1;
-	if (bpf_l4_csum_replace(skb, l4_csum_off, 0, diff, l4_flags | BPF_F_PSEUDO_HDR) < 0)
+	if (l4_csum_off &&
+	    bpf_l4_csum_replace(skb, l4_csum_off, 0, csum_fold32(diff),
+				l4_flags | BPF_F_PSEUDO_HDR) < 0)
 		return -1;
 	return 0;
 }
@@ -156,21 +185,6 @@ static __always_inline int quoted_csum_update(struct __sk_buff *skb, __u32 csum_
 		}
 	}
 	return 0;
-}
-
-/*
- * Incremental updates on packet memory, for XDP (no skb, no csum helpers).
- * A ones' complement sum does not depend on byte order, so words are summed
- * as they lie in memory; a diff collects ~old + new of every changed word.
- */
-static __always_inline __u64 csum_diff32(__u64 diff, __be32 from, __be32 to)
-{
-	return diff + (__u32)~from + (__u32)to;
-}
-
-static __always_inline __u64 csum_diff16(__u64 diff, __be16 from, __be16 to)
-{
-	return diff + (__u16)~from + (__u16)to;
 }
 
 /* A checksum field after the changes summed in @diff (RFC 1624, eqn. 3). */

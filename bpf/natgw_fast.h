@@ -2,9 +2,9 @@
 /*
  * The fast path: route a packet with bpf_fib_lookup at tc ingress and redirect
  * it to its output device, skipping the kernel's forwarding path (ip_rcv,
- * netfilter, the FIB walk, neighbour output). The translation is not done
- * here: a redirect to a natgw device goes through that device's tc egress
- * program like a routed packet does, so there is one translation code path.
+ * netfilter, the FIB walk, neighbour output). The translation is natgw.c's,
+ * called with the output device's egress tables after the routing decision,
+ * as the device's egress program would call it (see fast_mark_translated).
  *
  * Anything the fast path cannot do exactly as the stack would goes to the
  * stack unchanged (a fallback, counted by reason): the stack then sends the
@@ -13,7 +13,8 @@
  * Split in two so that an XDP variant can reuse the decisions:
  *  - fast_v4_check, fast_v6_check, fast_fib_decide: pure decisions on headers
  *    and the fib result (no context, no packet writes);
- *  - fast_skb_*: reading and writing an skb.
+ *  - fast_skb_*: reading and writing an skb: fast_skb_route decides,
+ *    fast_skb_send redirects, the translation may run between the two.
  */
 #ifndef NATGW_FAST_H
 #define NATGW_FAST_H
@@ -322,52 +323,122 @@ static __always_inline int fast_skb_set_eth(struct __sk_buff *skb, __u32 l3,
 	return bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0 ? -1 : 0;
 }
 
+/* What the fast path's routing decision found, for the redirect that follows it. */
+struct fast_route {
+	struct bpf_fib_lookup p;	/* the lookup's result: output device, MACs */
+	struct natgw_device *out;	/* the output device's entry (set for a redirect) */
+	__u32 oif;
+	int v6;
+};
+
 /**
- * fast_skb_forward - route a packet at tc ingress and redirect it, or fall back.
- * @dev: the input device's entry (its counters take the decision)
+ * fast_skb_route - route a packet at tc ingress: may the fast path send it?
+ * @dev: the input device's entry (its counters take a fallback)
  * @from_lan: 1 for the LAN program
+ * @r: filled with the route found
  *
- * Return: TC_ACT_REDIRECT, or NATGW_PASS with the packet unchanged.
+ * Nothing is written to the packet. A fallback is counted here.
+ *
+ * Return: a NATGW_FAST_REDIRECT_* decision, or a fallback reason.
  */
-static __always_inline int fast_skb_forward(struct __sk_buff *skb, const struct natgw_device *dev,
-					    __u32 ifindex, int from_lan)
+static __always_inline int fast_skb_route(struct __sk_buff *skb, const struct natgw_device *dev,
+					  __u32 ifindex, int from_lan, struct fast_route *r)
 {
-	struct bpf_fib_lookup p = {};
-	struct natgw_device *out;
-	__u32 l3 = dev->l3_offset, oif;
-	int v6, decision;
+	__u32 l3 = dev->l3_offset;
+	int decision;
 	long rc = -1;
 
+	r->v6 = 0;
+	r->out = NULL;
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		v6 = 0;
-		decision = fast_skb_v4_lookup(skb, l3, &p, &rc);
+		decision = fast_skb_v4_lookup(skb, l3, &r->p, &rc);
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		v6 = 1;
-		decision = fast_skb_v6_lookup(skb, l3, &p, &rc);
+		r->v6 = 1;
+		decision = fast_skb_v6_lookup(skb, l3, &r->p, &rc);
 	} else {
-		v6 = 0;
 		decision = NATGW_FAST_NOT_IP;
 	}
 	if (decision == NATGW_FAST_GO) {
-		oif = p.ifindex;
-		out = devices_v2.lookup(&oif);
-		decision = fast_fib_decide(rc, oif, out, ifindex, from_lan);
+		r->oif = r->p.ifindex;
+		r->out = devices_v2.lookup(&r->oif);
+		decision = fast_fib_decide(rc, r->oif, r->out, ifindex, from_lan);
 	}
-	if (decision > NATGW_FAST_REDIRECT_PEER) {
+	if (decision > NATGW_FAST_REDIRECT_PEER)
 		fast_stat_inc(dev, decision);
-		return NATGW_PASS;
-	}
+	return decision;
+}
+
+/**
+ * fast_skb_send - forward a packet the way fast_skb_route decided.
+ * @dev: the input device's entry (its counters take the decision)
+ * @decision: a NATGW_FAST_REDIRECT_* decision of fast_skb_route
+ * @v6: 1 for IPv6
+ *
+ * Return: TC_ACT_REDIRECT, or TC_ACT_SHOT if a helper failed.
+ */
+static __always_inline int fast_skb_send(struct __sk_buff *skb, const struct natgw_device *dev,
+					 const struct fast_route *r, int decision, int v6)
+{
+	__u32 l3 = dev->l3_offset;
+
 	/*
 	 * From here the packet is written: a failed helper leaves it half
 	 * forwarded (TTL decremented), so it is dropped, never passed.
 	 */
 	if (fast_skb_dec_ttl(skb, l3, v6) < 0 ||
-	    (decision != NATGW_FAST_REDIRECT_L3 && fast_skb_set_eth(skb, l3, &p, v6) < 0))
+	    (decision != NATGW_FAST_REDIRECT_L3 && fast_skb_set_eth(skb, l3, &r->p, v6) < 0))
 		return drop(dev, NATGW_DROP_REWRITE);
 	fast_stat_inc(dev, decision);
 	if (decision == NATGW_FAST_REDIRECT_PEER)
-		return bpf_redirect_peer(oif, 0);
-	return bpf_redirect(oif, 0);
+		return bpf_redirect_peer(r->oif, 0);
+	return bpf_redirect(r->oif, 0);
+}
+
+/**
+ * fast_skb_forward - route a packet at tc ingress and redirect it, or fall back.
+ * @dev: the input device's entry (its counters take the decision)
+ * @from_lan: 1 for the LAN program
+ *
+ * Return: TC_ACT_REDIRECT, NATGW_PASS with the packet unchanged, or TC_ACT_SHOT.
+ */
+static __always_inline int fast_skb_forward(struct __sk_buff *skb, const struct natgw_device *dev,
+					    __u32 ifindex, int from_lan)
+{
+	struct fast_route r = {};
+	int decision = fast_skb_route(skb, dev, ifindex, from_lan, &r);
+
+	if (decision > NATGW_FAST_REDIRECT_PEER)
+		return NATGW_PASS;
+	return fast_skb_send(skb, dev, &r, decision, r.v6);
+}
+
+/*
+ * The LAN program translates for the output device itself and redirects to
+ * its egress, where the device's egress program would translate again: it
+ * leaves this mark in cb[] (which a redirect keeps, and the stack's IP input
+ * overwrites) for that program to take and pass the packet on. Both words
+ * name the output device, so a stale cb[] from another layer cannot match.
+ */
+#define NATGW_CB_XLATED_A	0x6e617467	/* "natg" */
+#define NATGW_CB_XLATED_B	0x77786c74	/* "wxlt" */
+
+static __always_inline void fast_mark_translated(struct __sk_buff *skb, __u32 oif)
+{
+	skb->cb[0] = NATGW_CB_XLATED_A ^ oif;
+	skb->cb[1] = NATGW_CB_XLATED_B ^ oif;
+}
+
+/* 1 if the LAN program translated this packet for this device (the mark is cleared). */
+static __always_inline int fast_take_mark(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+
+	if (skb->cb[0] != (NATGW_CB_XLATED_A ^ ifindex) ||
+	    skb->cb[1] != (NATGW_CB_XLATED_B ^ ifindex))
+		return 0;
+	skb->cb[0] = 0;
+	skb->cb[1] = 0;
+	return 1;
 }
 
 #endif /* NATGW_FAST_H */

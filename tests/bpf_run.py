@@ -35,6 +35,7 @@ LO_IFINDEX = 1
 SKB_CTX_SIZE = 192  # sizeof(struct __sk_buff)
 SKB_IFINDEX_OFF = 40
 SKB_GSO_SIZE_OFF = 176
+SKB_CB_OFF = 48  # __u32 cb[5]
 TC_ACT_REDIRECT = 7
 CLONE_NEWNET = 0x40000000
 ETH_HLEN = 14
@@ -46,11 +47,17 @@ class StaleSkbCsum(AssertionError):
     """The program left skb->csum out of step with the packet (CHECKSUM_COMPLETE)."""
 
 
-def skb_ctx(ifindex: int, gso_size: int = 0) -> bytes:
+def skb_ctx(ifindex: int, gso_size: int = 0, cb: tuple[int, ...] = ()) -> bytes:
     ctx = bytearray(SKB_CTX_SIZE)
     struct.pack_into("<I", ctx, SKB_IFINDEX_OFF, ifindex)
     struct.pack_into("<I", ctx, SKB_GSO_SIZE_OFF, gso_size)
+    struct.pack_into(f"<{len(cb)}I", ctx, SKB_CB_OFF, *cb)
     return bytes(ctx)
+
+
+def skb_cb(ctx: bytes) -> tuple[int, ...]:
+    """The five cb[] words of a __sk_buff as a run left them."""
+    return struct.unpack_from("<5I", ctx, SKB_CB_OFF)
 
 
 T = TypeVar("T")
@@ -99,14 +106,22 @@ class Result:
 def run_frame(prog_fd: int, frame: bytes, csum_complete: bool = True,
               ifindex: int = LO_IFINDEX, gso_size: int = 0) -> tuple[int, bytes]:
     """(signed verdict, output frame) of one run; StaleSkbCsum on EBADMSG."""
+    verdict, out, _ = run_frame_cb(prog_fd, frame, csum_complete, ifindex, gso_size)
+    return verdict, out
+
+
+def run_frame_cb(prog_fd: int, frame: bytes, csum_complete: bool = True,
+                 ifindex: int = LO_IFINDEX, gso_size: int = 0,
+                 cb: tuple[int, ...] = ()) -> tuple[int, bytes, tuple[int, ...]]:
+    """As run_frame, with the skb's cb[] words given in and returned."""
     flags = BPF_F_TEST_SKB_CHECKSUM_COMPLETE if csum_complete else 0
     try:
-        res = prog_test_run(prog_fd, frame, skb_ctx(ifindex, gso_size), flags=flags)
+        res = prog_test_run(prog_fd, frame, skb_ctx(ifindex, gso_size, cb), flags=flags)
     except BpfError as e:
         if e.errno == errno.EBADMSG:
             raise StaleSkbCsum(f"skb->csum stale after the run on {frame.hex()}") from e
         raise
-    return ctypes.c_int32(res.retval).value, res.data
+    return ctypes.c_int32(res.retval).value, res.data, skb_cb(res.ctx)
 
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)

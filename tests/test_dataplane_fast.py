@@ -19,7 +19,9 @@ Expected packets are built by scapy with checksums left empty; a case's
 output equal to them byte for byte has every checksum right, and the run is
 CHECKSUM_COMPLETE (skb->csum checked by the kernel). A fallback returns the
 input unchanged with TC_ACT_UNSPEC; a redirect TC_ACT_REDIRECT with the TTL
-one lower (and for an Ethernet output the fib's MAC addresses).
+one lower (and for an Ethernet output the fib's MAC addresses), translated by
+the output device's tables: the LAN program translates as that device's egress
+program would, and marks the packet so that the egress program passes it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from bpf_run import (
     TC_ACT_UNSPEC,
     in_netns,
     run_frame,
+    run_frame_cb,
 )
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
 from scapy.layers.inet6 import (
@@ -57,7 +60,8 @@ MAC = {  # gateway side, far side
     "off": ("02:00:00:00:0e:01", "02:00:00:00:0e:02"),
 }
 L, P, R, RA, LA = "10.244.1.2", "10.244.7.2", "10.244.3.4", "10.245.3.4", "10.246.7.2"
-L6, RA6 = "fd00:a:0:1::2", "fd00:b:0:3::4"
+L_AS = "10.246.1.2"  # L as the far side of ifc sees it (the local mapping)
+L6, RA6, R6 = "fd00:a:0:1::2", "fd00:b:0:3::4", "fd00:a:0:3::4"
 IFC_MTU = 1400
 MAPPINGS = [Mapping.parse("remote", "10.244.0.0/16", "10.245.0.0/16"),
             Mapping.parse("local", "10.244.0.0/16", "10.246.0.0/16"),
@@ -136,6 +140,17 @@ def v6(src, dst, hlim=64, **kw):
     return IPv6(src=src, dst=dst, hlim=hlim, **kw)
 
 
+def lowered(pkt: Packet) -> Packet:
+    """The packet as forwarded: one hop less, checksums computed anew."""
+    out = pkt.copy()
+    if IP in out:
+        out[IP].ttl -= 1
+        del out[IP].chksum
+    else:
+        out[IPv6].hlim -= 1
+    return out
+
+
 UDP_DATA = UDP(sport=5353, dport=53) / Raw(b"q" * 64)
 TCP_DATA = TCP(sport=40000, dport=80, flags="PA", seq=1, ack=1) / Raw(b"x" * 100)
 BIG_TCP = TCP(sport=40000, dport=80, flags="A") / Raw(b"b" * 1500)
@@ -143,15 +158,15 @@ BIG_TCP = TCP(sport=40000, dport=80, flags="A") / Raw(b"b" * 1500)
 CASES = [
     # Redirects: to an Ethernet interface peer, a tunnel (L3), a pod's veth peer.
     Case("udp to interface peer", "lan", "lan", v4(L, RA) / UDP_DATA, "redirect_eth",
-         out="ifc"),
+         expected=lowered(v4(L_AS, R) / UDP_DATA), out="ifc"),
     Case("tcp to interface peer", "lan", "lan", v4(L, RA) / TCP_DATA, "redirect_eth",
-         out="ifc"),
+         expected=lowered(v4(L_AS, R) / TCP_DATA), out="ifc"),
     Case("ipv6 udp to interface peer", "lan", "lan", v6(L6, RA6) / UDP_DATA, "redirect_eth",
-         out="ifc"),
-    Case("icmp echo to tunnel", "lan", "lan", v4(L, "10.245.9.9") / ICMP() / Raw(b"hi"),
-         "redirect_l3"),
+         expected=lowered(v6(L6, R6) / UDP_DATA), out="ifc"),
+    Case("icmp echo to tunnel (no mappings: unchanged)", "lan", "lan",
+         v4(L, "10.245.9.9") / ICMP() / Raw(b"hi"), "redirect_l3"),
     Case("gso segments fit the route mtu", "lan", "lan", v4(L, RA) / BIG_TCP, "redirect_eth",
-         out="ifc", gso_size=IFC_MTU - 40),
+         expected=lowered(v4(L_AS, R) / BIG_TCP), out="ifc", gso_size=IFC_MTU - 40),
     Case("ingress translated into a pod's veth", "ingress_fast", "ifc",
          v4(R, LA) / UDP_DATA, "redirect_peer", expected=v4("10.245.3.4", P, ttl=63) / UDP_DATA,
          out="pod"),
@@ -207,17 +222,6 @@ def frame_of(case: Case) -> bytes:
     return bytes(Ether(src=MAC[case.into][1], dst=dst) / case.pkt)
 
 
-def lowered(pkt: Packet) -> Packet:
-    """The packet as forwarded: one hop less, checksums computed anew."""
-    out = pkt.copy()
-    if IP in out:
-        out[IP].ttl -= 1
-        del out[IP].chksum
-    else:
-        out[IPv6].hlim -= 1
-    return out
-
-
 def run_case(gw, case: Case) -> tuple[int, bytes, dict[str, int]]:
     dp, idx = gw["dp"], gw["idx"]
     before = dp.tables.fast_stats_of(idx[case.into])
@@ -266,7 +270,54 @@ def test_echo_request_v6_to_interface_keeps_icmp_checksum(gw):
                 "redirect_eth", out="ifc")
     verdict, out, counted = run_case(gw, case)
     assert (verdict, counted) == (TC_ACT_REDIRECT, {"redirect_eth": 1})
-    assert out[14:] == bytes(lowered(case.pkt))
+    assert out[14:] == bytes(lowered(v6(L6, R6) / ICMPv6EchoRequest(data=b"x")))
+
+
+# The mark the LAN program leaves in cb[] for the output device's egress program
+# (natgw_fast.h: NATGW_CB_XLATED_A, _B, each xor the output device's ifindex).
+XLATED_A, XLATED_B = 0x6E617467, 0x77786C74
+
+
+def xlated_mark(ifindex: int) -> tuple[int, int]:
+    return XLATED_A ^ ifindex, XLATED_B ^ ifindex
+
+
+def test_lan_program_marks_what_it_translated_and_only_that(gw):
+    dp, idx = gw["dp"], gw["idx"]
+
+    def lan(pkt, **kw):
+        frame = bytes(Ether(src=MAC["lan"][1], dst=MAC["lan"][0]) / pkt)
+        return in_netns(gw["ns"], lambda: run_frame_cb(dp.programs.fd("lan"), frame,
+                                                       ifindex=idx["lan"], **kw))
+
+    verdict, _, cb = lan(v4(L, RA) / UDP_DATA)
+    assert verdict == TC_ACT_REDIRECT and cb[:2] == xlated_mark(idx["ifc"])
+    verdict, _, cb = lan(v4(L, RA, ttl=1) / UDP_DATA)  # to the stack: no mark
+    assert verdict == TC_ACT_UNSPEC and cb == (0,) * 5
+    verdict, _, cb = lan(v4(L, "10.245.9.9") / UDP_DATA)  # a tunnel: its own mark
+    assert verdict == TC_ACT_REDIRECT and cb[:2] == xlated_mark(idx["tun"])
+
+
+def test_egress_program_passes_what_the_lan_program_translated_for_it(gw):
+    """The mark saves the egress program its work; without it (the stack routed the
+    packet), or with another device's, it translates as always."""
+    dp, idx = gw["dp"], gw["idx"]
+    frame = bytes(Ether(src=MAC["ifc"][0], dst=MAC["ifc"][1]) / v4(L, RA) / UDP_DATA)
+
+    def egress(cb):
+        before = dp.tables.device_stats(idx["ifc"]), mapping_packets(dp)
+        res = in_netns(gw["ns"], lambda: run_frame_cb(dp.programs.fd("egress"), frame,
+                                                      ifindex=idx["ifc"], cb=cb))
+        after = dp.tables.device_stats(idx["ifc"]), mapping_packets(dp)
+        return res, before != after
+
+    (verdict, out, cb), counted = egress(xlated_mark(idx["ifc"]) + (5, 6, 7))
+    assert (verdict, out, counted) == (TC_ACT_UNSPEC, frame, False)
+    assert cb == (0, 0, 5, 6, 7)  # taken: a second egress would translate
+    for cb_in in ((), xlated_mark(idx["tun"]), (xlated_mark(idx["ifc"])[0], 0)):
+        (verdict, out, _), counted = egress(cb_in)
+        assert verdict == TC_ACT_UNSPEC and counted
+        assert out[14:] == bytes(v4(L_AS, R) / UDP_DATA)
 
 
 # -- fastpath: xdp ------------------------------------------------------------

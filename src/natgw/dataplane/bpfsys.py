@@ -329,6 +329,7 @@ class TestRunResult:
     retval: int
     data: bytes
     duration_ns: int
+    ctx: bytes = b""  # the context after the run, when one was given
 
 
 def prog_test_run(prog_fd: int, data: bytes, ctx: bytes | None = None,
@@ -344,12 +345,16 @@ def prog_test_run(prog_fd: int, data: bytes, ctx: bytes | None = None,
     opts.data_size_out = len(out)
     opts.repeat = repeat
     opts.flags = flags
+    ctx_out = ctypes.create_string_buffer(len(ctx or b""))
     if ctx is not None:
         ctx_in = ctypes.create_string_buffer(ctx, len(ctx))
         opts.ctx_in = ctypes.cast(ctx_in, ctypes.c_void_p)
         opts.ctx_size_in = len(ctx)
+        opts.ctx_out = ctypes.cast(ctx_out, ctypes.c_void_p)
+        opts.ctx_size_out = len(ctx)
     _check(_lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
-    return TestRunResult(opts.retval, out.raw[: opts.data_size_out], opts.duration)
+    return TestRunResult(opts.retval, out.raw[: opts.data_size_out], opts.duration,
+                         ctx_out.raw[: opts.ctx_size_out])
 
 
 # -- tcx links (kernel >= 6.6) --------------------------------------------------
