@@ -266,21 +266,33 @@ int natgw_ingress_fast(struct __sk_buff *skb)
 	if (!dev)
 		return NATGW_PASS;
 	ret = lane_v4_ingress(skb, dev, ifindex);
+	if (ret == NATGW_LANE_SLOW)
+		ret = lane_v6_ingress(skb, dev, ifindex);
 	if (ret != NATGW_LANE_SLOW)
 		return ret;
-	ret = translate(skb, dev, ifindex, NATGW_DIR_INGRESS, dev->l3_offset);
-	if (ret != NATGW_PASS)
-		return ret;
-	return fast_skb_forward(skb, dev, ifindex, 0);
+	/* The general path; each family's forward on its own translation's paths. */
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		ret = handle_v4(skb, dev, ifindex, NATGW_DIR_INGRESS, dev->l3_offset);
+		if (ret != NATGW_PASS)
+			return ret;
+		return fast_skb_forward(skb, dev, ifindex, 0, bpf_htons(ETH_P_IP));
+	}
+	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		ret = handle_v6(skb, dev, ifindex, NATGW_DIR_INGRESS, dev->l3_offset);
+		if (ret != NATGW_PASS)
+			return ret;
+		return fast_skb_forward(skb, dev, ifindex, 0, bpf_htons(ETH_P_IPV6));
+	}
+	return fast_skb_forward(skb, dev, ifindex, 0, 0);	/* counted: not IP */
 }
 
 /*
  * LAN-side devices: route to a natgw device, translate as its egress program
  * would (after the routing decision, by its tables), and send it there.
  *
- * Nothing of the routing decision but the route itself is kept across the
- * translation, so that the verifier checks the translation once, not once for
- * every way of reaching it: the send's decision and family are found again.
+ * The IPv4 lane (natgw_lane.h) takes the common packet; this is the general
+ * path. The family the route was looked up in picks the translation, so that
+ * the verifier checks each family's translation on that family's paths only.
  * The LAN program never redirects into a peer (fast_fib_decide).
  */
 int natgw_lan(struct __sk_buff *skb)
@@ -293,18 +305,23 @@ int natgw_lan(struct __sk_buff *skb)
 	if (!dev)
 		return NATGW_PASS;
 	ret = lane_v4_lan(skb, dev, ifindex);
+	if (ret == NATGW_LANE_SLOW)
+		ret = lane_v6_lan(skb, dev, ifindex);
 	if (ret != NATGW_LANE_SLOW)
 		return ret;
-	ret = fast_skb_route(skb, dev, ifindex, 1, &r);
+	ret = fast_skb_route(skb, dev, ifindex, 1, &r, skb->protocol);
 	if (ret > NATGW_FAST_REDIRECT_ETH || !r.out)
 		return NATGW_PASS;
-	ret = translate(skb, r.out, r.oif, NATGW_DIR_EGRESS, dev->l3_offset);
+	if (r.v6)
+		ret = handle_v6(skb, r.out, r.oif, NATGW_DIR_EGRESS, dev->l3_offset);
+	else
+		ret = handle_v4(skb, r.out, r.oif, NATGW_DIR_EGRESS, dev->l3_offset);
 	if (ret != NATGW_PASS)
 		return ret;
 	fast_mark_translated(skb, r.oif);
 	return fast_skb_send(skb, dev, &r,
 			     r.out->l3_offset ? NATGW_FAST_REDIRECT_ETH : NATGW_FAST_REDIRECT_L3,
-			     skb->protocol == bpf_htons(ETH_P_IPV6));
+			     r.v6);
 }
 
 /* Ethernet devices with fastpath: xdp; every XDP_PASS goes on to the programs above. */

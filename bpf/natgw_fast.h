@@ -76,18 +76,24 @@ static __always_inline int fast_v6_is_ext(__u8 nexthdr)
 }
 
 /* Unspecified, loopback, link-local (either side) or a multicast source. */
-static __always_inline int fast_v6_martian(const struct ipv6hdr *ip6)
+static __always_inline int fast_v6_martian_addrs(const struct in6_addr *saddr,
+						 const struct in6_addr *daddr)
 {
-	__u32 s0 = bpf_ntohl(ip6->saddr.in6_u.u6_addr32[0]);
-	__u32 d0 = bpf_ntohl(ip6->daddr.in6_u.u6_addr32[0]);
+	__u32 s0 = bpf_ntohl(saddr->in6_u.u6_addr32[0]);
+	__u32 d0 = bpf_ntohl(daddr->in6_u.u6_addr32[0]);
 
 	if ((s0 >> 24) == 0xff || (s0 & 0xffc00000) == 0xfe800000 ||
 	    (d0 & 0xffc00000) == 0xfe800000)
 		return 1;
 	/* ::/96 holds :: and ::1; nothing routable starts with 96 zero bits. */
-	if (!s0 && !ip6->saddr.in6_u.u6_addr32[1] && !ip6->saddr.in6_u.u6_addr32[2])
+	if (!s0 && !saddr->in6_u.u6_addr32[1] && !saddr->in6_u.u6_addr32[2])
 		return 1;
-	return !d0 && !ip6->daddr.in6_u.u6_addr32[1] && !ip6->daddr.in6_u.u6_addr32[2];
+	return !d0 && !daddr->in6_u.u6_addr32[1] && !daddr->in6_u.u6_addr32[2];
+}
+
+static __always_inline int fast_v6_martian(const struct ipv6hdr *ip6)
+{
+	return fast_v6_martian_addrs(&ip6->saddr, &ip6->daddr);
 }
 
 /* As fast_v4_check, for IPv6: extension headers go to the stack like IPv4 options. */
@@ -336,13 +342,16 @@ struct fast_route {
  * @dev: the input device's entry (its counters take a fallback)
  * @from_lan: 1 for the LAN program
  * @r: filled with the route found
+ * @proto: skb->protocol, or the constant a caller that knows it read there (the
+ *         verifier then checks only that family's lookup on the caller's path)
  *
  * Nothing is written to the packet. A fallback is counted here.
  *
  * Return: a NATGW_FAST_REDIRECT_* decision, or a fallback reason.
  */
 static __always_inline int fast_skb_route(struct __sk_buff *skb, const struct natgw_device *dev,
-					  __u32 ifindex, int from_lan, struct fast_route *r)
+					  __u32 ifindex, int from_lan, struct fast_route *r,
+					  __be16 proto)
 {
 	__u32 l3 = dev->l3_offset;
 	int decision;
@@ -350,9 +359,9 @@ static __always_inline int fast_skb_route(struct __sk_buff *skb, const struct na
 
 	r->v6 = 0;
 	r->out = NULL;
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+	if (proto == bpf_htons(ETH_P_IP)) {
 		decision = fast_skb_v4_lookup(skb, l3, &r->p, &rc);
-	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		r->v6 = 1;
 		decision = fast_skb_v6_lookup(skb, l3, &r->p, &rc);
 	} else {
@@ -398,14 +407,15 @@ static __always_inline int fast_skb_send(struct __sk_buff *skb, const struct nat
  * fast_skb_forward - route a packet at tc ingress and redirect it, or fall back.
  * @dev: the input device's entry (its counters take the decision)
  * @from_lan: 1 for the LAN program
+ * @proto: as for fast_skb_route
  *
  * Return: TC_ACT_REDIRECT, NATGW_PASS with the packet unchanged, or TC_ACT_SHOT.
  */
 static __always_inline int fast_skb_forward(struct __sk_buff *skb, const struct natgw_device *dev,
-					    __u32 ifindex, int from_lan)
+					    __u32 ifindex, int from_lan, __be16 proto)
 {
 	struct fast_route r = {};
-	int decision = fast_skb_route(skb, dev, ifindex, from_lan, &r);
+	int decision = fast_skb_route(skb, dev, ifindex, from_lan, &r, proto);
 
 	if (decision > NATGW_FAST_REDIRECT_PEER)
 		return NATGW_PASS;

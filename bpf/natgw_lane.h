@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * The fast path's IPv4 lane: the common packet, handled with direct packet
- * access so that it costs a few helper calls instead of a score.
+ * The fast path's lanes (IPv4 and IPv6): the common packet, handled with direct
+ * packet access so that it costs a few helper calls instead of a score.
  *
  * On this path every helper call is a real call and return, and returns are
  * expensive where the CPU needs return-stack mitigations; the general path
@@ -12,7 +12,12 @@
  * lookups, the L4 checksum (CHECKSUM_PARTIAL and CHECKSUM_COMPLETE skbs need
  * bpf_l4_csum_replace, see natgw_csum.h) and the redirect.
  *
- * The lane's packet: IPv4 without options, not a fragment, TCP (not a SYN:
+ * IPv6 has no header checksum to absorb a rewrite: the lane adds the change
+ * to skb->csum with bpf_csum_update (a CHECKSUM_COMPLETE skb's sum must
+ * follow the packet, as the general path's BPF_F_RECOMPUTE_CSUM stores do).
+ *
+ * The lane's packet: IPv4 without options or IPv6 without extension headers,
+ * not a fragment, TCP (not a SYN:
  * the MSS clamp is the general path's) or UDP, one segment (no GSO: the
  * general path checks a segment's length against the route's MTU), every
  * header it touches in the linear area, received on an Ethernet device.
@@ -40,6 +45,17 @@ struct lane_v4 {
 	__u32 csum_off;		/* the TCP or UDP checksum, from skb->data */
 	__u64 csum_flags;	/* BPF_F_MARK_MANGLED_0 for UDP */
 };
+
+/*
+ * The input device's header offset, read for the lane alone. Were the value
+ * shared with the general path, the lane's check (l3 == ETH_HLEN) would reach
+ * it as a known constant on some paths and not on others, and the verifier
+ * would check the general path twice.
+ */
+static __always_inline __u32 lane_l3(const struct natgw_device *dev)
+{
+	return *(volatile const __u16 *)&dev->l3_offset;
+}
 
 /**
  * lane_v4_parse - is this the lane's packet? Read what the lane needs.
@@ -80,12 +96,19 @@ static __always_inline int lane_v4_parse(struct __sk_buff *skb, __u32 l3, struct
 	return 0;
 }
 
-/* What fast_v4_check says of addresses the ingress translation chose. */
-static __always_inline int lane_v4_forwardable(const __be32 to[2])
+/*
+ * What fast_v4_check says of the addresses the ingress translation chose (it
+ * checks the translated header on the general path).
+ */
+static __always_inline int lane_v4_recheck(const __be32 to[2])
 {
 	__u8 d = bpf_ntohl(to[1]) >> 24;
 
-	return !fast_v4_martian(to[0], to[1]) && !(d >= 224 && d < 240) && to[1] != 0xffffffff;
+	if ((d >= 224 && d < 240) || to[1] == 0xffffffff)
+		return NATGW_FAST_MULTICAST;
+	if (fast_v4_martian(to[0], to[1]))
+		return NATGW_FAST_MARTIAN;
+	return NATGW_FAST_GO;
 }
 
 /* The route of a packet leaving with addresses @saddr, @daddr (as fast_skb_v4_lookup). */
@@ -189,8 +212,9 @@ static __always_inline int lane_redirect(__u32 oif, int decision)
 /**
  * lane_v4_lan - the LAN program's lane: route, translate by the output
  * device's egress tables, forward (as natgw_lan does on the general path).
+ * @v: the packet, as lane_v4_parse read it
  *
- * Return: a tc verdict, or NATGW_LANE_SLOW.
+ * Return: a tc verdict.
  */
 static __always_inline int lane_v4_lan(struct __sk_buff *skb, const struct natgw_device *dev,
 				       __u32 ifindex)
@@ -198,15 +222,16 @@ static __always_inline int lane_v4_lan(struct __sk_buff *skb, const struct natgw
 	struct bpf_fib_lookup p = {};
 	struct natgw_xlate *xs, *xd;
 	struct natgw_device *out;
-	struct lane_v4 v;
+	struct lane_v4 lv, *v = &lv;
 	__be32 to[2];
 	int decision;
 	__u32 oif;
 	long rc;
 
-	if (lane_v4_parse(skb, dev->l3_offset, &v) < 0)
+	if (lane_v4_parse(skb, lane_l3(dev), v) < 0)
 		return NATGW_LANE_SLOW;
-	rc = lane_v4_fib(skb, &v, v.saddr, v.daddr, &p);
+
+	rc = lane_v4_fib(skb, v, v->saddr, v->daddr, &p);
 	oif = p.ifindex;
 	out = devices_v2.lookup(&oif);
 	decision = fast_fib_decide(rc, oif, out, ifindex, 1);
@@ -214,12 +239,12 @@ static __always_inline int lane_v4_lan(struct __sk_buff *skb, const struct natgw
 		fast_stat_inc(dev, decision);
 		return NATGW_PASS;
 	}
-	if (!out || decision == NATGW_FAST_REDIRECT_PEER)	/* not from a LAN device */
-		return NATGW_LANE_SLOW;
-	xs = xlate_v4_lookup(out, oif, NATGW_TABLE(NATGW_DIR_EGRESS, NATGW_SIDE_SRC), v.saddr);
-	xd = xlate_v4_lookup(out, oif, NATGW_TABLE(NATGW_DIR_EGRESS, NATGW_SIDE_DST), v.daddr);
-	lane_v4_netmap(&v, xs, xd, to);
-	if (lane_v4_write(skb, &v, to, 1, decision, &p) < 0)
+	if (!out)	/* a redirect has one (fast_fib_decide): for the verifier */
+		return NATGW_PASS;
+	xs = xlate_v4_lookup(out, oif, NATGW_TABLE(NATGW_DIR_EGRESS, NATGW_SIDE_SRC), v->saddr);
+	xd = xlate_v4_lookup(out, oif, NATGW_TABLE(NATGW_DIR_EGRESS, NATGW_SIDE_DST), v->daddr);
+	lane_v4_netmap(v, xs, xd, to);
+	if (lane_v4_write(skb, v, to, 1, decision, &p) < 0)
 		return drop(out, NATGW_DROP_REWRITE);
 	lane_count(skb, out, NATGW_DIR_EGRESS, xs, xd);
 	fast_stat_inc(dev, decision);
@@ -231,8 +256,9 @@ static __always_inline int lane_v4_lan(struct __sk_buff *skb, const struct natgw
  * lane_v4_ingress - the fast ingress program's lane: translate by the input
  * device's ingress tables, route the translated packet, forward it or hand it
  * to the stack translated (as natgw_ingress_fast does on the general path).
+ * @v: the packet, as lane_v4_parse read it
  *
- * Return: a tc verdict, or NATGW_LANE_SLOW.
+ * Return: a tc verdict.
  */
 static __always_inline int lane_v4_ingress(struct __sk_buff *skb, const struct natgw_device *dev,
 					   __u32 ifindex)
@@ -240,32 +266,265 @@ static __always_inline int lane_v4_ingress(struct __sk_buff *skb, const struct n
 	struct bpf_fib_lookup p = {};
 	struct natgw_xlate *xs, *xd;
 	struct natgw_device *out;
-	struct lane_v4 v;
+	struct lane_v4 lv, *v = &lv;
 	__be32 to[2];
 	int decision;
 	__u32 oif;
 	long rc;
 
-	if (lane_v4_parse(skb, dev->l3_offset, &v) < 0)
+	if (lane_v4_parse(skb, lane_l3(dev), v) < 0)
 		return NATGW_LANE_SLOW;
-	xs = xlate_v4_lookup(dev, ifindex, NATGW_TABLE(NATGW_DIR_INGRESS, NATGW_SIDE_SRC), v.saddr);
-	xd = xlate_v4_lookup(dev, ifindex, NATGW_TABLE(NATGW_DIR_INGRESS, NATGW_SIDE_DST), v.daddr);
-	lane_v4_netmap(&v, xs, xd, to);
-	if (!lane_v4_forwardable(to))
-		return NATGW_LANE_SLOW;
-	rc = lane_v4_fib(skb, &v, to[0], to[1], &p);
-	oif = p.ifindex;
-	out = devices_v2.lookup(&oif);
-	decision = fast_fib_decide(rc, oif, out, ifindex, 0);
-	if (decision > NATGW_FAST_REDIRECT_PEER) {
-		/* To the stack, translated (the general path's order). */
-		if (lane_v4_write(skb, &v, to, 0, decision, &p) < 0)
+
+	xs = xlate_v4_lookup(dev, ifindex, NATGW_TABLE(NATGW_DIR_INGRESS, NATGW_SIDE_SRC), v->saddr);
+	xd = xlate_v4_lookup(dev, ifindex, NATGW_TABLE(NATGW_DIR_INGRESS, NATGW_SIDE_DST), v->daddr);
+	lane_v4_netmap(v, xs, xd, to);
+	decision = lane_v4_recheck(to);
+	if (decision != NATGW_FAST_GO) {
+		/* To the stack, translated: its fast_v4_check said so. */
+		if (lane_v4_write(skb, v, to, 0, decision, &p) < 0)
 			return drop(dev, NATGW_DROP_REWRITE);
 		lane_count(skb, dev, NATGW_DIR_INGRESS, xs, xd);
 		fast_stat_inc(dev, decision);
 		return NATGW_PASS;
 	}
-	if (lane_v4_write(skb, &v, to, 1, decision, &p) < 0)
+	rc = lane_v4_fib(skb, v, to[0], to[1], &p);
+	oif = p.ifindex;
+	out = devices_v2.lookup(&oif);
+	decision = fast_fib_decide(rc, oif, out, ifindex, 0);
+	if (decision > NATGW_FAST_REDIRECT_PEER) {
+		/* To the stack, translated (the general path's order). */
+		if (lane_v4_write(skb, v, to, 0, decision, &p) < 0)
+			return drop(dev, NATGW_DROP_REWRITE);
+		lane_count(skb, dev, NATGW_DIR_INGRESS, xs, xd);
+		fast_stat_inc(dev, decision);
+		return NATGW_PASS;
+	}
+	if (lane_v4_write(skb, v, to, 1, decision, &p) < 0)
+		return drop(dev, NATGW_DROP_REWRITE);
+	lane_count(skb, dev, NATGW_DIR_INGRESS, xs, xd);
+	fast_stat_inc(dev, decision);
+	return lane_redirect(oif, decision);
+}
+
+/* -- IPv6 ----------------------------------------------------------------- */
+
+/* bpf_csum_update: add a sum to skb->csum of a CHECKSUM_COMPLETE skb (else nothing). */
+static __s64 (*natgw_csum_update)(void *ctx, __u32 csum) = (void *)BPF_FUNC_csum_update;
+
+struct lane_v6 {
+	union v6addr saddr;
+	union v6addr daddr;
+	__be32 flowinfo;
+	__be16 sport;
+	__be16 dport;
+	__u16 tot_len;
+	__u8 proto;
+	__u32 csum_off;
+	__u64 csum_flags;
+};
+
+/* As lane_v4_parse, for IPv6. */
+static __always_inline int lane_v6_parse(struct __sk_buff *skb, __u32 l3, struct lane_v6 *v)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ipv6hdr *ip6 = data + ETH_HLEN;
+	__u8 *l4 = (__u8 *)(ip6 + 1);
+	__be32 first;
+
+	if (l3 != ETH_HLEN || skb->gso_size || skb->protocol != bpf_htons(ETH_P_IPV6) ||
+	    l4 + sizeof(struct udphdr) > (__u8 *)end)
+		return NATGW_LANE_SLOW;
+	if (fast_v6_check(ip6, skb->pkt_type == PACKET_HOST) != NATGW_FAST_GO)
+		return NATGW_LANE_SLOW;
+	if (ip6->nexthdr == IPPROTO_UDP) {
+		v->csum_off = ETH_HLEN + sizeof(*ip6) + offsetof(struct udphdr, check);
+		v->csum_flags = BPF_F_MARK_MANGLED_0;
+	} else if (ip6->nexthdr == IPPROTO_TCP) {
+		if (l4 + sizeof(struct tcphdr) > (__u8 *)end ||
+		    (l4[NATGW_TCP_FLAGS_OFF] & NATGW_TCP_SYN))
+			return NATGW_LANE_SLOW;
+		v->csum_off = ETH_HLEN + sizeof(*ip6) + offsetof(struct tcphdr, check);
+		v->csum_flags = 0;
+	} else {
+		return NATGW_LANE_SLOW;
+	}
+	__builtin_memcpy(v->saddr.b, &ip6->saddr, 16);
+	__builtin_memcpy(v->daddr.b, &ip6->daddr, 16);
+	__builtin_memcpy(&first, ip6, 4);
+	v->flowinfo = first & bpf_htonl(NATGW_IPV6_FLOWINFO);
+	__builtin_memcpy(&v->sport, l4, 2);
+	__builtin_memcpy(&v->dport, l4 + 2, 2);
+	v->tot_len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+	v->proto = ip6->nexthdr;
+	return 0;
+}
+
+/* As lane_v4_fib, for IPv6 (as fast_skb_v6_lookup). */
+static __always_inline long lane_v6_fib(struct __sk_buff *skb, const struct lane_v6 *v,
+					const union v6addr to[2], struct bpf_fib_lookup *p)
+{
+	__u32 flags;
+
+	p->family = AF_INET6;
+	p->l4_protocol = v->proto;
+	p->flowinfo = v->flowinfo;
+	p->tot_len = v->tot_len;
+	__builtin_memcpy(p->ipv6_src, to[0].b, 16);
+	__builtin_memcpy(p->ipv6_dst, to[1].b, 16);
+	p->sport = v->sport;
+	p->dport = v->dport;
+	p->ifindex = skb->ifindex;
+	flags = fast_skb_mark(skb, p);
+	return bpf_fib_lookup(skb, p, sizeof(*p), flags);
+}
+
+/* What fast_v6_check says of the addresses the ingress translation chose. */
+static __always_inline int lane_v6_recheck(const union v6addr to[2])
+{
+	if (to[1].b[0] == 0xff)
+		return NATGW_FAST_MULTICAST;
+	if (fast_v6_martian_addrs((const struct in6_addr *)to[0].b,
+				  (const struct in6_addr *)to[1].b))
+		return NATGW_FAST_MARTIAN;
+	return NATGW_FAST_GO;
+}
+
+static __always_inline void lane_v6_netmap(const struct lane_v6 *v, const struct natgw_xlate *xs,
+					   const struct natgw_xlate *xd, union v6addr to[2])
+{
+	to[0] = v->saddr;
+	to[1] = v->daddr;
+	if (xs)
+		netmap_v6(&to[0], xs);
+	if (xd)
+		netmap_v6(&to[1], xd);
+}
+
+static __always_inline int lane_v6_changed(const struct lane_v6 *v, const union v6addr to[2])
+{
+	__u32 d = 0;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		d |= (v->saddr.w[i] ^ to[0].w[i]) | (v->daddr.w[i] ^ to[1].w[i]);
+	return d != 0;
+}
+
+/* As lane_v4_write, for IPv6. Return: 0, or -1 if a helper failed. */
+static __always_inline int lane_v6_write(struct __sk_buff *skb, const struct lane_v6 *v,
+					 const union v6addr to[2], int forward, int decision,
+					 const struct bpf_fib_lookup *p)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = data + ETH_HLEN;
+	__u64 addrs = 0, diff;
+	__be16 word_old;
+
+	if ((void *)(ip6 + 1) > end)	/* as lane_v6_parse found: for the verifier */
+		return -1;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		addrs = csum_diff32(addrs, v->saddr.w[i], to[0].w[i]);
+		addrs = csum_diff32(addrs, v->daddr.w[i], to[1].w[i]);
+	}
+	diff = addrs;
+	__builtin_memcpy(&ip6->saddr, to[0].b, 16);
+	__builtin_memcpy(&ip6->daddr, to[1].b, 16);
+	if (forward) {
+		/* Next header and hop limit share a 16-bit word of the sums. */
+		__builtin_memcpy(&word_old, &ip6->nexthdr, 2);
+		ip6->hop_limit--;
+		diff = csum_diff16(diff, word_old, *(__be16 *)&ip6->nexthdr);
+		if (decision != NATGW_FAST_REDIRECT_L3) {
+			__builtin_memcpy(eth->h_dest, p->dmac, ETH_ALEN);
+			__builtin_memcpy(eth->h_source, p->smac, ETH_ALEN);
+		}
+	}
+	/* skb->csum of a CHECKSUM_COMPLETE skb follows the header (no header checksum). */
+	natgw_csum_update(skb, csum_fold32(diff));
+	if (!lane_v6_changed(v, to))
+		return 0;
+	return bpf_l4_csum_replace(skb, v->csum_off, 0, csum_fold32(addrs),
+				   v->csum_flags | BPF_F_PSEUDO_HDR) < 0 ? -1 : 0;
+}
+
+/* As lane_v4_lan, for IPv6. */
+static __always_inline int lane_v6_lan(struct __sk_buff *skb, const struct natgw_device *dev,
+				       __u32 ifindex)
+{
+	struct bpf_fib_lookup p = {};
+	struct natgw_xlate *xs, *xd;
+	struct natgw_device *out;
+	union v6addr to[2];
+	struct lane_v6 v;
+	int decision;
+	__u32 oif;
+	long rc;
+
+	if (lane_v6_parse(skb, lane_l3(dev), &v) < 0)
+		return NATGW_LANE_SLOW;
+	to[0] = v.saddr;
+	to[1] = v.daddr;
+	rc = lane_v6_fib(skb, &v, to, &p);
+	oif = p.ifindex;
+	out = devices_v2.lookup(&oif);
+	decision = fast_fib_decide(rc, oif, out, ifindex, 1);
+	if (decision > NATGW_FAST_REDIRECT_PEER) {
+		fast_stat_inc(dev, decision);
+		return NATGW_PASS;
+	}
+	if (!out)	/* a redirect has one (fast_fib_decide): for the verifier */
+		return NATGW_PASS;
+	xs = xlate_v6_lookup(out, oif, NATGW_TABLE(NATGW_DIR_EGRESS, NATGW_SIDE_SRC),
+			     (const struct in6_addr *)v.saddr.b);
+	xd = xlate_v6_lookup(out, oif, NATGW_TABLE(NATGW_DIR_EGRESS, NATGW_SIDE_DST),
+			     (const struct in6_addr *)v.daddr.b);
+	lane_v6_netmap(&v, xs, xd, to);
+	if (lane_v6_write(skb, &v, to, 1, decision, &p) < 0)
+		return drop(out, NATGW_DROP_REWRITE);
+	lane_count(skb, out, NATGW_DIR_EGRESS, xs, xd);
+	fast_stat_inc(dev, decision);
+	fast_mark_translated(skb, oif);
+	return lane_redirect(oif, decision);
+}
+
+/* As lane_v4_ingress, for IPv6. */
+static __always_inline int lane_v6_ingress(struct __sk_buff *skb, const struct natgw_device *dev,
+					   __u32 ifindex)
+{
+	struct bpf_fib_lookup p = {};
+	struct natgw_xlate *xs, *xd;
+	struct natgw_device *out;
+	union v6addr to[2];
+	struct lane_v6 v;
+	int decision;
+	__u32 oif;
+	long rc;
+
+	if (lane_v6_parse(skb, lane_l3(dev), &v) < 0)
+		return NATGW_LANE_SLOW;
+	xs = xlate_v6_lookup(dev, ifindex, NATGW_TABLE(NATGW_DIR_INGRESS, NATGW_SIDE_SRC),
+			     (const struct in6_addr *)v.saddr.b);
+	xd = xlate_v6_lookup(dev, ifindex, NATGW_TABLE(NATGW_DIR_INGRESS, NATGW_SIDE_DST),
+			     (const struct in6_addr *)v.daddr.b);
+	lane_v6_netmap(&v, xs, xd, to);
+	decision = lane_v6_recheck(to);
+	if (decision == NATGW_FAST_GO) {
+		rc = lane_v6_fib(skb, &v, to, &p);
+		oif = p.ifindex;
+		out = devices_v2.lookup(&oif);
+		decision = fast_fib_decide(rc, oif, out, ifindex, 0);
+	}
+	if (decision > NATGW_FAST_REDIRECT_PEER) {
+		/* To the stack, translated (the general path's order). */
+		if (lane_v6_write(skb, &v, to, 0, decision, &p) < 0)
+			return drop(dev, NATGW_DROP_REWRITE);
+		lane_count(skb, dev, NATGW_DIR_INGRESS, xs, xd);
+		fast_stat_inc(dev, decision);
+		return NATGW_PASS;
+	}
+	if (lane_v6_write(skb, &v, to, 1, decision, &p) < 0)
 		return drop(dev, NATGW_DROP_REWRITE);
 	lane_count(skb, dev, NATGW_DIR_INGRESS, xs, xd);
 	fast_stat_inc(dev, decision);
