@@ -8,8 +8,9 @@
  *                          dst in a local "as"    -> local cidr
  *
  * lan (LAN-side ingress): the fast path (natgw_fast.h) routes the packet to a
- *                          natgw device, translates it by that device's egress
- *                          tables and redirects it (the egress program passes it)
+ *                          natgw device and redirects it; its lanes (natgw_lane.h)
+ *                          also translate it by that device's egress tables (the
+ *                          egress program then passes it), else the egress does
  * ingress_fast:            ingress, then the fast path on the translated packet
  * xdp (natgw_xdp.h):       the fast path at XDP on Ethernet devices, translating
  *                          itself; what it cannot do goes on to the tc programs
@@ -287,19 +288,17 @@ int natgw_ingress_fast(struct __sk_buff *skb)
 }
 
 /*
- * LAN-side devices: route to a natgw device, translate as its egress program
- * would (after the routing decision, by its tables), and send it there.
- *
- * The IPv4 lane (natgw_lane.h) takes the common packet; this is the general
- * path. The family the route was looked up in picks the translation, so that
- * the verifier checks each family's translation on that family's paths only.
- * The LAN program never redirects into a peer (fast_fib_decide).
+ * LAN-side devices. The lanes (natgw_lane.h) route the common packet,
+ * translate it by the output device's egress tables and mark it for that
+ * device's egress program, which passes it on. The general path only routes
+ * and redirects: the output device's egress program translates what it sends,
+ * as it translates what the stack routes (one translation code path, and the
+ * verifier checks the translation in that program only).
  */
 int natgw_lan(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ifindex;
 	struct natgw_device *dev = devices_v2.lookup(&ifindex);
-	struct fast_route r = {};
 	int ret;
 
 	if (!dev)
@@ -309,19 +308,7 @@ int natgw_lan(struct __sk_buff *skb)
 		ret = lane_v6_lan(skb, dev, ifindex);
 	if (ret != NATGW_LANE_SLOW)
 		return ret;
-	ret = fast_skb_route(skb, dev, ifindex, 1, &r, skb->protocol);
-	if (ret > NATGW_FAST_REDIRECT_ETH || !r.out)
-		return NATGW_PASS;
-	if (r.v6)
-		ret = handle_v6(skb, r.out, r.oif, NATGW_DIR_EGRESS, dev->l3_offset);
-	else
-		ret = handle_v4(skb, r.out, r.oif, NATGW_DIR_EGRESS, dev->l3_offset);
-	if (ret != NATGW_PASS)
-		return ret;
-	fast_mark_translated(skb, r.oif);
-	return fast_skb_send(skb, dev, &r,
-			     r.out->l3_offset ? NATGW_FAST_REDIRECT_ETH : NATGW_FAST_REDIRECT_L3,
-			     r.v6);
+	return fast_skb_forward(skb, dev, ifindex, 1, skb->protocol);
 }
 
 /* Ethernet devices with fastpath: xdp; every XDP_PASS goes on to the programs above. */
