@@ -25,6 +25,10 @@ BPF_TABLE_PINNED("hash", struct natgw_xlate_v4_key, struct natgw_xlate, xlate_v4
 BPF_TABLE_PINNED("hash", struct natgw_xlate_v6_key, struct natgw_xlate, xlate_v6_hash,
 		 NATGW_XLATE_ENTRIES, NATGW_PIN_DIR "/xlate_v6_hash", BPF_F_NO_PREALLOC);
 
+/* Bitmaps of /16 buckets without long IPv4 prefixes (see NATGW_SKIP_PLEN); control plane. */
+BPF_TABLE_PINNED("array", __u32, __u64, xlate_v4_skip,
+		 NATGW_MAX_DEVICES * NATGW_TABLES * NATGW_SKIP_WORDS, NATGW_PIN_DIR "/xlate_v4_skip");
+
 /*
  * ifindex -> device settings and the prefix lengths of its tables; written by
  * the control plane on attach and with every mapping change.
@@ -154,6 +158,17 @@ static __always_inline __be32 prefix_mask32(__s64 bits)
  */
 #define NATGW_PLEN_NONE		0xffff
 
+/* 1 if @table of @dev holds no prefix longer than NATGW_SKIP_PLEN in @addr's bucket. */
+static __always_inline int skip_long_v4(const struct natgw_device *dev, __u32 table, __be32 addr)
+{
+	__u32 bucket = (bpf_ntohl(addr) >> 16) & (NATGW_SKIP_BUCKETS - 1);
+	__u32 idx = (dev->slot * NATGW_TABLES + (table & (NATGW_TABLES - 1))) * NATGW_SKIP_WORDS +
+		    bucket / 64;
+	__u64 *word = xlate_v4_skip.lookup(&idx);
+
+	return word && ((*word >> (bucket & 63)) & 1);
+}
+
 /**
  * xlate_v4_lookup - the entry of the longest prefix holding @addr in a table.
  * @dev: the device's entry (its plens_v4 say which prefix lengths to probe)
@@ -173,6 +188,8 @@ xlate_v4_lookup(const struct natgw_device *dev, __u32 ifindex, __u32 table, __be
 		.prefixlen = NATGW_PLEN_NONE,
 	};
 
+	if ((plens >> (NATGW_SKIP_PLEN + 1)) && skip_long_v4(dev, table, addr))
+		plens &= (2ULL << NATGW_SKIP_PLEN) - 1;
 	if (!plens)
 		return NULL;	/* no mapping of this kind: no lookup at all */
 	/* Each round clears one of at most 33 bits. */

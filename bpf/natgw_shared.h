@@ -39,6 +39,20 @@
 #define NATGW_V6_PLEN_MAX	128
 #define NATGW_V6_PLEN_WORDS	3
 
+/*
+ * Skipping long IPv4 prefixes where there are none: per device slot and
+ * table, a bitmap of NATGW_SKIP_BUCKETS buckets of /16 blocks (the block's
+ * number modulo NATGW_SKIP_BUCKETS). A set bit says that the table holds no
+ * prefix longer than NATGW_SKIP_PLEN in the bucket, so a lookup there probes
+ * only the shorter lengths: a /16 mapping among 10,000 /24s costs one probe,
+ * not two. A clear bit (and a new, zeroed map) means probe every length: safe
+ * whatever the control plane has written so far. Word w of table t of slot s
+ * is entry (s * NATGW_TABLES + t) * NATGW_SKIP_WORDS + w.
+ */
+#define NATGW_SKIP_PLEN		16
+#define NATGW_SKIP_BUCKETS	1024
+#define NATGW_SKIP_WORDS	(NATGW_SKIP_BUCKETS >> 6)	/* 64-bit words per bitmap */
+
 /* natgw_device.flags */
 #define NATGW_DEV_F_LAN		0x0001	/* a LAN-side device: fast path only, no mappings */
 #define NATGW_DEV_F_PEER_NETNS	0x0002	/* a veth whose peer is in another netns (redirect_peer) */

@@ -26,6 +26,7 @@ MAP_STRUCTS = {  # map -> (C key struct, C value struct) by their Python mirrors
     layout.MAP_FAST_STATS: (ctypes.c_uint32, ctypes.c_uint64),
     layout.MAP_XDP_TX: (ctypes.c_uint32, ctypes.c_uint32),
     layout.MAP_XDP_MACS: (ctypes.c_uint32, layout.Mac),
+    layout.MAP_XLATE_V4_SKIP: (ctypes.c_uint32, ctypes.c_uint64),
 }
 
 

@@ -233,3 +233,49 @@ def test_set_mappings_repairs_bits_left_out_of_step(dp):
     assert bits(dp) == {16}
     assert Runner(dp).run("egress", IP(src="192.0.2.1", dst="10.245.3.4") / UDP()).out == bytes(
         IP(src="192.0.2.1", dst="10.244.3.4") / UDP())
+
+
+# -- long-prefix skip bitmaps (natgw_shared.h: NATGW_SKIP_PLEN) -----------------
+
+def _skipped(dp, block: str, table: int = 0) -> bool:
+    """Whether lookups in the /16 block of `block` skip lengths above /16 (egress dst)."""
+    from natgw.dataplane import layout
+
+    bucket = layout.skip_bucket(ipaddress.ip_address(block).packed)
+    return bool(dp.tables.skip_words(LO_IFINDEX, table)[bucket // 64] >> (bucket % 64) & 1)
+
+
+def test_skip_bits_follow_the_long_prefixes(dp):
+    """A /16 among /24s of other blocks costs one probe; a /24 in its own block is found."""
+    others = [Mapping.parse("remote", f"172.20.{i}.0/24", f"10.{100 + i}.7.0/24")
+              for i in range(3)]
+    dp.tables.set_mappings(LO_IFINDEX, [R, *others])
+    assert bits(dp) == {16, 24}
+    assert _skipped(dp, "10.245.0.0") and not _skipped(dp, "10.100.0.0")
+    run = Runner(dp)
+    out = run.run("egress", IP(src="192.0.2.1", dst="10.245.3.4") / UDP()).out
+    assert out == bytes(IP(src="192.0.2.1", dst="10.244.3.4") / UDP())
+
+    inside = Mapping.parse("remote", "172.21.0.0/24", "10.245.3.0/24")  # in the /16's block
+    dp.tables.add_mapping(LO_IFINDEX, inside)
+    assert not _skipped(dp, "10.245.0.0")
+    out = run.run("egress", IP(src="192.0.2.1", dst="10.245.3.4") / UDP()).out
+    assert out == bytes(IP(src="192.0.2.1", dst="172.21.0.4") / UDP())  # the longer prefix
+
+    assert dp.tables.remove_mapping(LO_IFINDEX, inside)
+    assert _skipped(dp, "10.245.0.0")
+    dp.tables.remove_device(LO_IFINDEX)
+    assert not any(dp.tables.skip_words(LO_IFINDEX, 0))  # gone with the device
+
+
+def test_zeroed_skip_bits_probe_every_length(dp):
+    """A map a newer natgw created over an older gateway's entries starts at zero:
+    every length is probed, so nothing is missed before the control plane writes it."""
+    inside = Mapping.parse("remote", "172.21.0.0/24", "10.245.3.0/24")
+    dp.tables.set_mappings(LO_IFINDEX, [R, inside])
+    dp.tables._write_skip_words(dp.tables.device(LO_IFINDEX).slot, None)
+    run = Runner(dp)
+    out = run.run("egress", IP(src="192.0.2.1", dst="10.245.3.4") / UDP()).out
+    assert out == bytes(IP(src="192.0.2.1", dst="172.21.0.4") / UDP())
+    out = run.run("egress", IP(src="192.0.2.1", dst="10.245.4.4") / UDP()).out
+    assert out == bytes(IP(src="192.0.2.1", dst="10.244.4.4") / UDP())

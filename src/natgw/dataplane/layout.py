@@ -26,6 +26,10 @@ TABLES = 4
 V4_PLEN_MAX = 32
 V6_PLEN_MAX = 128
 V6_PLEN_WORDS = 3
+# Long-prefix skip bitmaps (natgw_shared.h: NATGW_SKIP_PLEN).
+SKIP_PLEN = 16
+SKIP_BUCKETS = 1024
+SKIP_WORDS = SKIP_BUCKETS // 64
 
 # natgw_device.flags
 DEV_F_LAN = 0x0001  # a LAN-side device: the fast path only, no mappings
@@ -117,10 +121,21 @@ MAP_DEV_STATS = "dev_stats"
 MAP_FAST_STATS = "fast_stats"
 MAP_XDP_TX = "xdp_tx"  # devmap: device slot -> ifindex XDP_REDIRECT may send to
 MAP_XDP_MACS = "xdp_macs"  # device slot -> Mac of a device with the XDP program
+MAP_XLATE_V4_SKIP = "xlate_v4_skip"  # word index -> bitmap of buckets (SKIP_PLEN)
 MAP_NAMES = (MAP_XLATE_V4, MAP_XLATE_V6, MAP_DEVICES, MAP_MAP_STATS, MAP_DEV_STATS,
-             MAP_FAST_STATS, MAP_XDP_TX, MAP_XDP_MACS)
+             MAP_FAST_STATS, MAP_XDP_TX, MAP_XDP_MACS, MAP_XLATE_V4_SKIP)
 # Absent on a gateway an older natgw loaded (until its next `up`): Tables does without.
-MAP_OPTIONAL = (MAP_FAST_STATS, MAP_XDP_TX, MAP_XDP_MACS)
+MAP_OPTIONAL = (MAP_FAST_STATS, MAP_XDP_TX, MAP_XDP_MACS, MAP_XLATE_V4_SKIP)
+
+
+def skip_index(slot: int, table: int, word: int) -> int:
+    """The xlate_v4_skip entry of a word of a device slot's table."""
+    return (slot * TABLES + table) * SKIP_WORDS + word
+
+
+def skip_bucket(addr: bytes) -> int:
+    """The skip bucket of an IPv4 address or prefix (its /16 block, modulo SKIP_BUCKETS)."""
+    return ((addr[0] << 8) | addr[1]) & (SKIP_BUCKETS - 1)
 
 
 def table(direction: int, side: int) -> int:

@@ -184,6 +184,11 @@ class Tables:
         if os.path.exists(p(L.MAP_FAST_STATS)):
             self.fast_stats = Map.open_pinned(p(L.MAP_FAST_STATS), ctypes.c_uint32,
                                               ctypes.c_uint64, percpu=True)
+        # Likewise the long-prefix skip bitmaps (without them every length is probed).
+        self.v4_skip = None
+        if os.path.exists(p(L.MAP_XLATE_V4_SKIP)):
+            self.v4_skip = Map.open_pinned(p(L.MAP_XLATE_V4_SKIP), ctypes.c_uint32,
+                                           ctypes.c_uint64)
         # Likewise the XDP maps (fastpath: xdp).
         self.xdp_tx = self.xdp_macs = None
         if os.path.exists(p(L.MAP_XDP_TX)) and os.path.exists(p(L.MAP_XDP_MACS)):
@@ -192,7 +197,7 @@ class Tables:
 
     def close(self) -> None:
         for m in (self.v4, self.v6, self.devices, self.map_stats, self.dev_stats,
-                  self.fast_stats, self.xdp_tx, self.xdp_macs):
+                  self.fast_stats, self.xdp_tx, self.xdp_macs, self.v4_skip):
             if m is not None:
                 m.close()
 
@@ -231,13 +236,19 @@ class Tables:
                 # A slot freed by a killed run may keep its XDP entries: XDP starts off.
                 self.xdp_tx.delete(ctypes.c_uint32(dev.slot))
                 self.xdp_macs.update(ctypes.c_uint32(dev.slot), L.Mac())
+        new = self.device(ifindex) is None
         dev.l3_offset, dev.mss_v4, dev.mss_v6, dev.flags = l3_offset, mss_v4, mss_v6, flags
         self.devices.update(ctypes.c_uint32(ifindex), dev)
+        if new:  # the slot's bitmaps may be a former device's
+            self._write_skip(ifindex)
         return dev
 
     def remove_device(self, ifindex: int) -> None:
         """Forget a device and every mapping installed for it (one pass over the maps)."""
         self.clear_mappings(ifindex)
+        dev = self.device(ifindex)
+        if dev is not None:
+            self._write_skip_words(dev.slot, None)  # zero: what a new map holds
         self.clear_xdp(ifindex)
         self.devices.delete(ctypes.c_uint32(ifindex))
 
@@ -254,7 +265,53 @@ class Tables:
             for key in xlate.keys():
                 if ifindex is None or key.ifindex == ifindex:
                     n += xlate.delete(key)
+        for idx in self.all_devices():
+            if ifindex is None or idx == ifindex:
+                self._write_skip(idx)
         return n
+
+    def _write_skip(self, ifindex: int) -> None:
+        """Rewrite a device's long-prefix skip bitmaps from its IPv4 entries.
+
+        Called after entries are written and after they are deleted: until then a
+        new long prefix in a skipped bucket is not probed yet (as a new prefix
+        length is not before its bit is set), and a bucket just emptied is probed
+        for nothing. One pass over the IPv4 keys.
+        """
+        dev = self.device(ifindex)
+        if self.v4_skip is None or dev is None:
+            return
+        long: dict[int, set[int]] = {t: set() for t in range(L.TABLES)}
+        for key in self.v4.keys():
+            if key.ifindex == ifindex and key.prefixlen > L.SKIP_PLEN:
+                long[key.table].add(L.skip_bucket(bytes(key.addr)))
+        self._write_skip_words(dev.slot, long)
+
+    def _write_skip_words(self, slot: int, long: dict[int, set[int]] | None) -> None:
+        """Set a slot's bitmaps: a bucket's bit set unless `long` names it (None: all zero,
+        every length probed). Only changed words are written."""
+        if self.v4_skip is None:
+            return
+        for table in range(L.TABLES):
+            words = [0 if long is None else (1 << 64) - 1] * L.SKIP_WORDS
+            for bucket in long[table] if long is not None else ():
+                words[bucket // 64] &= ~(1 << (bucket % 64))
+            for word, bits in enumerate(words):
+                key = ctypes.c_uint32(L.skip_index(slot, table, word))
+                have = self.v4_skip.lookup(key)
+                if have is None or int(have.value) != bits:
+                    self.v4_skip.update(key, ctypes.c_uint64(bits))
+
+    def skip_words(self, ifindex: int, table: int) -> list[int]:
+        """A device's skip bitmap of a table, word by word, as the dataplane reads it."""
+        dev = self.device(ifindex)
+        if self.v4_skip is None or dev is None:
+            return []
+        out = []
+        for word in range(L.SKIP_WORDS):
+            v = self.v4_skip.lookup(ctypes.c_uint32(L.skip_index(dev.slot, table, word)))
+            out.append(int(v.value) if v is not None else 0)
+        return out
 
     def _entry_plens(self, ifindex: int | None = None) -> PlenSets:
         """Prefix lengths of the entries in the maps (keys only: one pass)."""
@@ -464,6 +521,7 @@ class Tables:
             entry = self._install(ifindex, m, used, next_id, seen=seen)
             next_id = entry.mapping_id + 1
             out.append(entry)
+        self._write_skip(ifindex)
         return out
 
     def _install(self, ifindex: int, mapping: Mapping, used: set[int] | None = None,
@@ -549,6 +607,7 @@ class Tables:
             for m, here in zip(mappings, present, strict=True):
                 if here:
                     self._delete_entries(ifindex, m, None, counts)
+            self._write_skip(ifindex)
         return present
 
     def _plen_counts(self, ifindex: int) -> Tally:
@@ -633,6 +692,7 @@ class Tables:
         self._write_plens(ifindex, lengths)
         for m, keys in stale.items():
             self._delete_entries(ifindex, m, keys, None)
+        self._write_skip(ifindex)
 
     def counters(self, mapping_id: int) -> dict[str, Counter]:
         """Packets and bytes of a mapping per direction, summed over CPUs."""
