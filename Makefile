@@ -9,7 +9,7 @@ setup:
 
 test: setup
 	$(VENV)/bin/ruff check src lab bench tests scripts
-	$(VENV)/bin/pytest -q -n 2 --dist loadfile
+	NATGW_BPF_BTF=0 $(VENV)/bin/pytest -q -n 2 --dist loadfile
 
 lint: setup
 	$(VENV)/bin/ruff check src lab bench tests scripts
