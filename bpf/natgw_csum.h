@@ -63,9 +63,10 @@ static __always_inline void netmap_v6(union v6addr *addr, const struct natgw_xla
 }
 
 /*
- * Incremental updates on packet memory, for XDP (no skb, no csum helpers).
- * A ones' complement sum does not depend on byte order, so words are summed
- * as they lie in memory; a diff collects ~old + new of every changed word.
+ * Incremental checksum updates computed in the program (XDP has no csum
+ * helpers; the tc rewrites hand one diff to the helpers). A ones' complement
+ * sum does not depend on byte order, so words are summed as they lie in
+ * memory; a diff collects ~old + new of every changed word.
  */
 static __always_inline __u64 csum_diff32(__u64 diff, __be32 from, __be32 to)
 {

@@ -2,9 +2,10 @@
 /*
  * The fast path: route a packet with bpf_fib_lookup at tc ingress and redirect
  * it to its output device, skipping the kernel's forwarding path (ip_rcv,
- * netfilter, the FIB walk, neighbour output). The translation is natgw.c's,
- * called with the output device's egress tables after the routing decision,
- * as the device's egress program would call it (see fast_mark_translated).
+ * netfilter, the FIB walk, neighbour output). A redirect to a natgw device
+ * goes through that device's tc egress program like a routed packet does,
+ * which translates it; only the lanes (natgw_lane.h) translate for it, and
+ * mark the packet so (fast_mark_translated).
  *
  * Anything the fast path cannot do exactly as the stack would goes to the
  * stack unchanged (a fallback, counted by reason): the stack then sends the
@@ -13,8 +14,10 @@
  * Split in two so that an XDP variant can reuse the decisions:
  *  - fast_v4_check, fast_v6_check, fast_fib_decide: pure decisions on headers
  *    and the fib result (no context, no packet writes);
- *  - fast_skb_*: reading and writing an skb: fast_skb_route decides,
- *    fast_skb_send redirects, the translation may run between the two.
+ *  - fast_skb_*: reading and writing an skb. fast_skb_forward is split into
+ *    fast_skb_route and fast_skb_send: merged back into one function, the
+ *    same code costs the verifier 856k instructions in the fast ingress
+ *    program instead of 680k.
  */
 #ifndef NATGW_FAST_H
 #define NATGW_FAST_H
@@ -423,8 +426,8 @@ static __always_inline int fast_skb_forward(struct __sk_buff *skb, const struct 
 }
 
 /*
- * The LAN program translates for the output device itself and redirects to
- * its egress, where the device's egress program would translate again: it
+ * The LAN program's lanes translate for the output device themselves and
+ * redirect to its egress, where the device's egress program would translate again: it
  * leaves this mark in cb[] (which a redirect keeps, and the stack's IP input
  * overwrites) for that program to take and pass the packet on. Both words
  * name the output device, so a stale cb[] from another layer cannot match.

@@ -226,7 +226,8 @@ class Tables:
         device (mappings may be installed before their device is).
         """
         dev = self.device(ifindex)
-        if dev is None:
+        new = dev is None
+        if new:
             dev = L.Device()
             dev.slot = self._free_slot()
             self._reset_dev_stats(dev.slot)
@@ -236,7 +237,6 @@ class Tables:
                 # A slot freed by a killed run may keep its XDP entries: XDP starts off.
                 self.xdp_tx.delete(ctypes.c_uint32(dev.slot))
                 self.xdp_macs.update(ctypes.c_uint32(dev.slot), L.Mac())
-        new = self.device(ifindex) is None
         dev.l3_offset, dev.mss_v4, dev.mss_v6, dev.flags = l3_offset, mss_v4, mss_v6, flags
         self.devices.update(ctypes.c_uint32(ifindex), dev)
         if new:  # the slot's bitmaps may be a former device's
