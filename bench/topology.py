@@ -39,7 +39,7 @@ A veth pair costs the same per packet whichever family it carries.
 CPU placement on the 2-core VM: the pods' processes (traffic generator, iperf3,
 echo) run on CPU 0; everything the gateways do runs on CPU 1: RPS steers packets
 entering gw1 and gw2 from the pods to CPU 1, from where forwarding through both
-gateways (and pod2's receive path, which only drops the UDP flood) continues on
+gateways (and the pods' receive paths: pod2 only drops the UDP flood) continues on
 that CPU, and wireguard-go runs pinned to CPU 1. So the gateways, not the
 generator, are what saturates.
 
@@ -371,11 +371,13 @@ class Topology:
             sysctl(ns, f"net.ipv4.conf.{self.dev[dev]}.rp_filter=0")
             if dev == "p2" or self.transport == "underlay":
                 self._rps(ns, self.dev[dev], GW_CPU)
-        # Replies to pod1 are processed on the pods' CPU. What enters pod2 stays on
-        # the gateway CPU, where forwarding put it: pod2 only drops the flood at its
-        # ingress (cheap, the same in every mode), and the generator's CPU keeps
-        # headroom so the gateway CPU is the one that saturates.
-        self._rps(self.pod1, self.dev["e1"], POD_CPU)
+        # What enters either pod stays on the gateway CPU, where forwarding put it:
+        # pod2 only drops the flood at its ingress (cheap, the same in every mode),
+        # and the generator's CPU keeps headroom so the gateway CPU is the one that
+        # saturates. No RPS on the pods' devices: natgw's bpf_redirect_peer hands a
+        # packet to the pod's device without the backlog, where RPS would act, so
+        # with RPS there only the other modes would move the pods' receive work (TCP
+        # ACKs, and the data they release) off the gateway CPU.
         if self.tx_csum_off:  # the pods compute their checksums in full (XDP on veth)
             offloads(self.pod1, self.dev["e1"], "tx", "off")
             offloads(self.pod2, self.dev["e2"], "tx", "off")
