@@ -8,12 +8,11 @@ from pathlib import Path
 
 from bench.stats import (
     Target,
-    capacity_ratio,
     evaluate_control_targets,
     evaluate_targets,
     fmt,
     fmt_rate,
-    ratio,
+    relative,
     table,
 )
 from bench.topology import ALL_MODES
@@ -45,15 +44,16 @@ def forwarding_table(d: dict, transport: str, size: str, family: int, md: bool) 
     if not modes:
         return None
     rows = []
+    route = f"route/{transport}"
     for mode in modes:
-        row = [mode]
+        row, key = [mode], f"{mode}/{transport}"
         for w in (one, new):
             f = w.measure
             row += [fmt_rate(g(mode, f"{f}_pps")),
-                    fmt(ratio(g(mode, f"{f}_pps"), g("route", f"{f}_pps"))),
+                    fmt(relative(m, d.get("samples"), key, route, f"{f}_pps")),
                     _pct(sp.get(f"{mode}/{transport}/{f}_pps")),
                     fmt(g(mode, f"{f}_ns"), 0),
-                    fmt(capacity_ratio(g(mode, f"{f}_ns"), g("route", f"{f}_ns"))),
+                    fmt(relative(m, d.get("samples"), route, key, f"{f}_ns")),
                     _saturated(d, f"{mode}/{transport}", f)]
         rows.append(row)
     headers = ["mode"]
@@ -70,7 +70,8 @@ def tcp_table(d: dict, transport: str, md: bool) -> str | None:
         return m.get(f"{mode}/{transport}/{measure}")
 
     rows = [[mode, fmt(g(mode, "tcp_gbps")),
-             fmt(ratio(g(mode, "tcp_gbps"), g("route", "tcp_gbps"))),
+             fmt(relative(m, d.get("samples"), f"{mode}/{transport}", f"route/{transport}",
+                          "tcp_gbps")),
              fmt(g(mode, "rr_p50_us"), 0), fmt(g(mode, "rr_p99_us"), 0)]
             for mode in ALL_MODES if g(mode, "tcp_gbps") is not None or g(mode, "rr_p50_us")]
     if not rows:
@@ -89,12 +90,11 @@ def mappings_table(d: dict, md: bool) -> str | None:
         k = "natgw/underlay" if n == 1 else f"natgw-m{n}/underlay"
         row = [f"{n:,}"]
         for flow in ("udp1", "udpn"):
-            base_pps, base_ns = (m.get(f"natgw/underlay/{flow}_pps"),
-                                 m.get(f"natgw/underlay/{flow}_ns"))
+            base, s = "natgw/underlay", d.get("samples")
             row += [fmt_rate(m.get(f"{k}/{flow}_pps")),
-                    fmt(ratio(m.get(f"{k}/{flow}_pps"), base_pps)),
+                    fmt(relative(m, s, k, base, f"{flow}_pps")),
                     fmt(m.get(f"{k}/{flow}_ns"), 0),
-                    fmt(capacity_ratio(m.get(f"{k}/{flow}_ns"), base_ns))]
+                    fmt(relative(m, s, base, k, f"{flow}_ns"))]
         rows.append(row)
     return table(["mappings per gateway", "1 flow pps", "x 1 mapping", "gw ns/pkt",
                   "capacity x 1 mapping", "new flow pps", "x 1 mapping", "gw ns/pkt",
@@ -232,7 +232,7 @@ def micro_table(d: dict, md: bool) -> str | None:
 
 
 def targets(d: dict) -> list[Target]:
-    return evaluate_targets(d["medians"])
+    return evaluate_targets(d["medians"], samples=d.get("samples"))
 
 
 def _show(v: float | None, unit: str) -> str:
@@ -301,7 +301,9 @@ def render(d: dict, md: bool = False) -> str:
         f"112-byte IPv6 packets) and 1400-byte IP packets; TCP bulk: iperf3 "
         f"{opt['tcp_window']} s; RR: 64-byte request/response over one TCP connection, "
         f"{opt['rr_window']} s. 'gw ns/pkt': the gateway CPU's busy time (less other "
-        f"processes) per forwarded packet; 'capacity x route' = route's ns/pkt / the mode's; "
+        f"processes) per forwarded packet; 'capacity x route' = route's ns/pkt / the mode's, "
+        f"and 'x route' the mode's rate / route's: each the median over rounds of the "
+        f"ratio within a round (the modes take turns within a round); "
         f"'gw-bound': rounds in which the gateway CPU, not the generator, was the "
         f"bottleneck. {_modes_text(d)}Run "
         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(d['started']))}"

@@ -114,6 +114,28 @@ def capacity_ratio(ns_a: float | None, ns_b: float | None) -> float | None:
     return ratio(ns_b, ns_a)
 
 
+def paired_ratio(a: Sequence[float | None], b: Sequence[float | None]) -> float | None:
+    """Median over rounds of a / b within the same round (rounds where either failed
+    are left out). The modes take turns within a round, so a round's pair shares the
+    machine's state: a slow round for both cancels out, as it does not in the ratio
+    of the two medians."""
+    return median(ratio(x, y) for x, y in zip(a, b, strict=True))
+
+
+Samples = Mapping[str, Mapping[str, Sequence[float | None]]]  # key -> measure -> rounds
+
+
+def relative(m: Mapping[str, float | None], samples: Samples | None, key_a: str, key_b: str,
+             measure: str) -> float | None:
+    """key_a's measure over key_b's ("<mode>/<transport>" keys): paired by round
+    where both have a sample every round, else the ratio of the medians."""
+    a = (samples or {}).get(key_a, {}).get(measure)
+    b = (samples or {}).get(key_b, {}).get(measure)
+    if a and b and len(a) == len(b):
+        return paired_ratio(a, b)
+    return ratio(m.get(f"{key_a}/{measure}"), m.get(f"{key_b}/{measure}"))
+
+
 # Issue 13's goals for natgw (the default, fast path) over the underlay, for every
 # UDP workload: at least `limit` x the capacity of `baseline`.
 AGAINST = (("route", 1.0, ""), ("route", 1.1, " (moonshot)"), ("route-ct", 1.3, ""),
@@ -129,8 +151,10 @@ def measured(m: Mapping[str, float | None], transport: str, measure: str = "") -
 
 
 def evaluate_targets(m: Mapping[str, float | None],
-                     works: Sequence[Workload] = tuple(workloads())) -> list[Target]:
-    """Issue 13's targets from medians keyed "<mode>/<transport>/<measure>".
+                     works: Sequence[Workload] = tuple(workloads()),
+                     samples: Samples | None = None) -> list[Target]:
+    """Issue 13's targets from medians keyed "<mode>/<transport>/<measure>", and the
+    per-round samples the ratios pair (see `relative`).
 
     Measures: "<workload>_ns" (the gateways' CPU time per forwarded packet, whose
     ratio is the capacity ratio: the figure that counts, whatever limited the
@@ -138,12 +162,11 @@ def evaluate_targets(m: Mapping[str, float | None],
     did not measure at all gets no line; one measured for some modes only gets a
     line without a value (n/a).
     """
-    def g(mode: str, transport: str, measure: str) -> float | None:
-        return m.get(f"{mode}/{transport}/{measure}")
+    def rel(mode: str, base: str, transport: str, measure: str) -> float | None:
+        return relative(m, samples, f"{mode}/{transport}", f"{base}/{transport}", measure)
 
     def cap(mode: str, base: str, transport: str, w: Workload) -> float | None:
-        return capacity_ratio(g(mode, transport, f"{w.measure}_ns"),
-                              g(base, transport, f"{w.measure}_ns"))
+        return rel(base, mode, transport, f"{w.measure}_ns")  # base's ns over the mode's
 
     out = []
     for transport, title in (("underlay", "underlay"), ("wg", "WireGuard")):
@@ -158,12 +181,11 @@ def evaluate_targets(m: Mapping[str, float | None],
                                   cap("natgw", base, transport, w), ">=", limit, "x"))
         if measured(m, transport, "/tcp_gbps"):
             out.append(Target(f"{title}, TCP bulk: natgw x route",
-                              ratio(g("natgw", transport, "tcp_gbps"),
-                                    g("route", transport, "tcp_gbps")), ">=", 1.0, "x"))
+                              rel("natgw", "route", transport, "tcp_gbps"), ">=", 1.0, "x"))
         if measured(m, transport, "/rr_p50_us"):
             out.append(Target(f"{title}, TCP request/response p50: natgw x route",
-                              ratio(g("natgw", transport, "rr_p50_us"),
-                                    g("route", transport, "rr_p50_us")), "<=", 1.0, "x"))
+                              rel("natgw", "route", transport, "rr_p50_us"), "<=", 1.0,
+                              "x"))
         if transport == "underlay" and any(v is not None for k, v in m.items()
                                            if k.startswith(f"{MANY_MAPPINGS}/{transport}/")):
             for w in HEADLINE:

@@ -18,9 +18,11 @@ from bench.stats import (
     evaluate_control_targets,
     evaluate_targets,
     median,
+    paired_ratio,
     percentile,
     rate,
     ratio,
+    relative,
     seq_loss,
     spread,
     table,
@@ -81,6 +83,36 @@ def test_percentile_rejects_nothing_and_out_of_range():
 ])
 def test_ratio(a, b, want):
     assert ratio(a, b) == want
+
+
+def test_ratios_pair_the_rounds():
+    # A slow round slows both modes: paired, it cancels; the medians' ratio says
+    # the opposite of what every round said.
+    a, b = [100, 300, 200], [105, 310, 190]
+    assert paired_ratio(a, b) == pytest.approx(300 / 310)
+    assert ratio(median(a), median(b)) > 1 > paired_ratio(a, b)
+    assert paired_ratio([1, None, 4], [2, 5, None]) == 0.5  # failed rounds left out
+    assert paired_ratio([None], [1]) is None
+    samples = {"x/u": {"n": a}, "y/u": {"n": b}, "z/u": {"n": [1.0]}}
+    m = {"x/u/n": 200, "y/u/n": 190, "z/u/n": 1.0}
+    assert relative(m, samples, "x/u", "y/u", "n") == pytest.approx(300 / 310)
+    # without a sample every round for both, the medians
+    assert relative(m, samples, "x/u", "z/u", "n") == 200
+    assert relative(m, None, "x/u", "y/u", "n") == pytest.approx(200 / 190)
+
+
+def test_targets_pair_the_rounds_when_the_run_has_them():
+    rounds = {"route/underlay": {"udp1_ns": [1000.0, 2000.0, 1500.0]},
+              "natgw/underlay": {"udp1_ns": [900.0, 2100.0, 1400.0]}}
+    m = {"route/underlay/udp1_ns": 1500.0, "natgw/underlay/udp1_ns": 1400.0}
+    works = [w for w in workloads() if w.measure == "udp1"]
+    t = evaluate_targets(m, works, rounds)[0]
+    assert t.name == "underlay, 64 B IPv4, one flow: natgw capacity x route"
+    assert t.value == pytest.approx(1500 / 1400)  # the middle round's pair: 1.07
+    # natgw slower in two rounds of three: a miss, though its median is the lower
+    rounds["natgw/underlay"]["udp1_ns"] = [1050.0, 2100.0, 1400.0]
+    assert evaluate_targets(m, works, rounds)[0].value == pytest.approx(1 / 1.05)
+    assert evaluate_targets(m, works, rounds)[0].met is False
 
 
 def test_rate_and_spread():
