@@ -323,6 +323,21 @@ struct lane_v6 {
 	__u64 csum_flags;
 };
 
+/*
+ * xlate_v6_lookup, without a lookup for an empty table (a device with only
+ * remote mappings has an empty egress source table). For the LAN lane only:
+ * in the fast ingress program the split costs the verifier 170k instructions
+ * more (850k of its 1M).
+ */
+static __always_inline struct natgw_xlate *lane_v6_lookup(const struct natgw_device *dev,
+							  __u32 ifindex, __u32 table,
+							  const union v6addr *addr)
+{
+	if (xlate_v6_empty(dev, table))
+		return NULL;
+	return xlate_v6_lookup(dev, ifindex, table, (const struct in6_addr *)addr->b);
+}
+
 /* As lane_v4_parse, for IPv6. */
 static __always_inline int lane_v6_parse(struct __sk_buff *skb, __u32 l3, struct lane_v6 *v)
 {
@@ -476,10 +491,8 @@ static __always_inline int lane_v6_lan(struct __sk_buff *skb, const struct natgw
 	}
 	if (!out)	/* a redirect has one (fast_fib_decide): for the verifier */
 		return NATGW_PASS;
-	xs = xlate_v6_lookup(out, oif, NATGW_TABLE(NATGW_DIR_EGRESS, NATGW_SIDE_SRC),
-			     (const struct in6_addr *)v.saddr.b);
-	xd = xlate_v6_lookup(out, oif, NATGW_TABLE(NATGW_DIR_EGRESS, NATGW_SIDE_DST),
-			     (const struct in6_addr *)v.daddr.b);
+	xs = lane_v6_lookup(out, oif, NATGW_TABLE(NATGW_DIR_EGRESS, NATGW_SIDE_SRC), &v.saddr);
+	xd = lane_v6_lookup(out, oif, NATGW_TABLE(NATGW_DIR_EGRESS, NATGW_SIDE_DST), &v.daddr);
 	lane_v6_netmap(&v, xs, xd, to);
 	if (lane_v6_write(skb, &v, to, 1, decision, &p) < 0)
 		return drop(out, NATGW_DROP_REWRITE);

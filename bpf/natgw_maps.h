@@ -247,6 +247,18 @@ xlate_v6_lookup(const struct natgw_device *dev, __u32 ifindex, __u32 table,
 }
 
 /*
+ * 1 if a device's IPv6 table holds no prefix: xlate_v6_lookup looks an empty
+ * table up once (see NATGW_PLEN_NONE), which a caller the verifier can afford
+ * the split in skips.
+ */
+static __always_inline int xlate_v6_empty(const struct natgw_device *dev, __u32 table)
+{
+	const __u64 *words = &dev->plens_v6[(table & (NATGW_TABLES - 1)) * NATGW_V6_PLEN_WORDS];
+
+	return !(words[0] | words[1] | (words[2] & 1));
+}
+
+/*
  * 1 if either lookup matched. The volatile flag stops clang from turning
  * "a || b" into a bitwise OR of two map value pointers, which the verifier
  * rejects ("pointer |= pointer prohibited").

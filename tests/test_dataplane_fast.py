@@ -283,6 +283,23 @@ def test_echo_request_v6_to_interface_keeps_icmp_checksum(gw):
     assert out[14:] == bytes(lowered(case.pkt))
 
 
+@pytest.mark.parametrize("l4", [UDP_DATA, TCP_DATA], ids=["udp", "tcp"])
+def test_ipv6_lane_translates_the_source_by_a_local_mapping(gw, l4):
+    """The IPv6 LAN lane skips an empty source table (the other cases have one);
+    with a local mapping there, it translates the source too."""
+    dp, idx = gw["dp"], gw["idx"]
+    local6 = Mapping.parse("local", "fd00:a::/48", "fd00:c::/48")
+    dp.tables.set_mappings(idx["ifc"], [*MAPPINGS, local6])
+    try:
+        case = Case("ipv6 local and remote", "lan", "lan", v6(L6, RA6) / l4, "redirect_eth",
+                    expected=lowered(v6("fd00:c:0:1::2", R6) / l4), out="ifc")
+        verdict, out, counted = run_case(gw, case)
+        assert (verdict, counted) == (TC_ACT_REDIRECT, {"redirect_eth": 1})
+        assert out[14:] == bytes(case.expected), "\n" + Ether(out).show(dump=True)
+    finally:
+        dp.tables.set_mappings(idx["ifc"], MAPPINGS)
+
+
 # The mark the LAN program leaves in cb[] for the output device's egress program
 # (natgw_fast.h: NATGW_CB_XLATED_A, _B, each xor the output device's ifindex).
 XLATED_A, XLATED_B = 0x6E617467, 0x77786C74
