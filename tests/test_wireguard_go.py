@@ -196,6 +196,18 @@ def test_killed_wireguard_go_is_detected_and_restarted(tunnel: Tunnel) -> None:
     assert ping(a.netns, tunnel.b.tunnel_ip) == 3
 
 
+def wait_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Until every thread of pid is stopped (SIGSTOP takes effect thread by thread)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = [Path(f"/proc/{pid}/task/{t}/stat").read_text().rpartition(")")[2].split()[0]
+                  for t in os.listdir(f"/proc/{pid}/task")]
+        if all(st in ("T", "t") for st in states):
+            return
+        assert time.monotonic() < deadline, f"{pid} not stopped: thread states {states}"
+        time.sleep(0.01)
+
+
 def test_a_stalled_wireguard_go_answers_status_within_the_callers_timeout(tunnel: Tunnel) -> None:
     # Health reads each member within natgw.health.READ_TIMEOUT: an engine that does not
     # answer (here stopped; in the field blocked in its sends) must not hold the caller
@@ -205,6 +217,7 @@ def test_a_stalled_wireguard_go_answers_status_within_the_callers_timeout(tunnel
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
     try:
+        wait_stopped(pid)  # every thread: one still running could answer
         start = time.monotonic()
         with pytest.raises(WireGuardError, match="no UAPI reply within 0.3s"):
             engine.status(a.ifname, a.netns, timeout=0.3)
