@@ -12,6 +12,7 @@ from bench.stats import (
     evaluate_targets,
     fmt,
     fmt_rate,
+    mapping_measure,
     relative,
     table,
 )
@@ -82,19 +83,20 @@ def tcp_table(d: dict, transport: str, md: bool) -> str | None:
 def mappings_table(d: dict, md: bool) -> str | None:
     m = d["medians"]
     counts = sorted({int(k.split("/")[0][len("natgw-m"):]) for k in m
-                     if k.startswith("natgw-m") and k.endswith("/underlay/udp1_pps")})
+                     if k.startswith("natgw-m") and k.endswith("udp1_pps")})
     if not counts:
         return None
     rows = []
+    base, s = "natgw/underlay", d.get("samples")
     for n in [1, *counts]:
-        k = "natgw/underlay" if n == 1 else f"natgw-m{n}/underlay"
+        k = base if n == 1 else f"natgw-m{n}/underlay"
         row = [f"{n:,}"]
         for flow in ("udp1", "udpn"):
-            base, s = "natgw/underlay", d.get("samples")
-            row += [fmt_rate(m.get(f"{k}/{flow}_pps")),
-                    fmt(relative(m, s, k, base, f"{flow}_pps")),
-                    fmt(m.get(f"{k}/{flow}_ns"), 0),
-                    fmt(relative(m, s, base, k, f"{flow}_ns"))]
+            pps, ns = (mapping_measure(m, k, f"{flow}_pps"), mapping_measure(m, k, f"{flow}_ns"))
+            row += [fmt_rate(m.get(f"{k}/{pps}")),
+                    fmt(relative(m, s, k, base, pps)),
+                    fmt(m.get(f"{k}/{ns}"), 0),
+                    fmt(relative(m, s, base, k, ns))]
         rows.append(row)
     return table(["mappings per gateway", "1 flow pps", "x 1 mapping", "gw ns/pkt",
                   "capacity x 1 mapping", "new flow pps", "x 1 mapping", "gw ns/pkt",

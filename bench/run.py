@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench import control, generator, micro, traffic
-from bench.stats import median, spread
+from bench.stats import MAPPING_SERIES, median, spread
 from bench.topology import (
     MODE_TABLE,
     MODES,
@@ -31,7 +31,7 @@ from bench.topology import (
     natgw_refuses,
     new_record,
 )
-from bench.workloads import FAMILIES, HEADLINE, SIZES, workloads
+from bench.workloads import FAMILIES, HEADLINE, SIZES, Workload, workloads
 from lab.net import LabError
 from lab.record import Record
 
@@ -51,6 +51,10 @@ class Options:
     tx_csum_off: bool = False  # the pods send without tx checksum offload, in every mode
     skipped: tuple[str, ...] = ()  # default modes this natgw cannot run (reported)
     mapping_counts: tuple[int, ...] = (100, 10000)  # besides natgw's own single mapping
+    # Each round measures natgw and its many-mappings topologies this many times in
+    # turn (the headline workloads): their difference is a few percent, within one
+    # sample's noise, so it needs more pairs, taken close together.
+    mapping_repeats: int = 3
     control: bool = True
     change_cycles: int = 3
     cold_repeats: int = 2
@@ -168,25 +172,42 @@ def _topologies(rec: Record, opt: Options) -> list[Topology]:
     return topos
 
 
+def _flood(t: Topology, work: Workload, measure: str, counters: traffic.Counters,
+           res: Results, opt: Options) -> None:
+    """One UDP sample of `work` on `t`, recorded under `measure`."""
+    try:
+        f = traffic.udp_flood(t, counters, work, opt.window, opt.warmup)
+        res.add(t.key, f"{measure}_pps", f.pps, f.as_dict())
+        res.add(t.key, f"{measure}_ns", f.gw_ns_per_packet)
+        res.add(t.key, f"{measure}_sat", 1.0 if f.saturated else 0.0)
+    except LabError as e:
+        opt.log(f"  {t.key} {measure}: {e}")
+        res.add(t.key, f"{measure}_pps", None)
+        res.add(t.key, f"{measure}_ns", None)
+        res.add(t.key, f"{measure}_sat", None)
+
+
 def measure_round(r: int, topos: list[Topology], counters: traffic.Counters,
                   res: Results, opt: Options) -> None:
     main = [t for t in topos if not t.extra and not t.hooks]
     k = r % len(main) if main else 0
     order = main[k:] + main[:k]
-    side = [t for t in topos if t.extra or t.hooks]  # measured on the headline class only
+    side = [t for t in topos if t.hooks]  # measured on the headline class only
     k = r % len(side) if side else 0  # rotated too: tcx and tc hooks take turns going first
     side = side[k:] + side[:k]
-    for work in workloads(opt.sizes, opt.families):
+    works = workloads(opt.sizes, opt.families)
+    for work in works:
         for t in order + (side if work in HEADLINE else []):
-            m = work.measure
-            try:
-                f = traffic.udp_flood(t, counters, work, opt.window, opt.warmup)
-                res.add(t.key, f"{m}_pps", f.pps, f.as_dict())
-                res.add(t.key, f"{m}_ns", f.gw_ns_per_packet)
-                res.add(t.key, f"{m}_sat", 1.0 if f.saturated else 0.0)
-            except LabError as e:
-                opt.log(f"  {t.key} {m}: {e}")
-                res.add(t.key, f"{m}_pps", None)
+            _flood(t, work, work.measure, counters, res, opt)
+    # natgw with 1, 100 and 10,000 mappings, in turn, several times (MAPPING_SERIES).
+    series = [t for t in main if t.mode == "natgw" and t.transport == "underlay"]
+    series += [t for t in topos if t.extra]
+    if len(series) > 1:
+        for work in (w for w in HEADLINE if w in works):
+            for rep in range(opt.mapping_repeats):
+                k = (r * opt.mapping_repeats + rep) % len(series)
+                for t in series[k:] + series[:k]:
+                    _flood(t, work, MAPPING_SERIES + work.measure, counters, res, opt)
     for t in order:
         try:
             res.add(t.key, "tcp_gbps", traffic.tcp_bulk(t, opt.tcp_window))

@@ -115,6 +115,21 @@ def test_targets_pair_the_rounds_when_the_run_has_them():
     assert evaluate_targets(m, works, rounds)[0].met is False
 
 
+def test_the_cost_of_mappings_comes_from_the_series_taken_in_turn():
+    m = {"natgw/underlay/udp1_ns": 1000.0, "natgw-m10000/underlay/udp1_ns": 1100.0,
+         "natgw/underlay/map-udp1_ns": 1000.0, "natgw-m10000/underlay/map-udp1_ns": 1010.0}
+    series = {"natgw/underlay": {"map-udp1_ns": [1000.0, 990.0, 1200.0, 1000.0]},
+              "natgw-m10000/underlay": {"map-udp1_ns": [1010.0, 1000.0, 1212.0, 1010.0]}}
+    works = [w for w in workloads() if w.measure == "udp1"]
+    by = {t.name: t for t in evaluate_targets(m, works, series)}
+    t = by["underlay, 64 B IPv4, one flow: cost of 10,000 mappings"]
+    assert t.value == pytest.approx(1 - 1 / 1.01) and t.met
+    # A run without the series: the one sample a round of each
+    old = {k: v for k, v in m.items() if "map-" not in k}
+    t = {t.name: t for t in evaluate_targets(old, works)}[t.name]
+    assert t.value == pytest.approx(1 - 1000 / 1100) and t.met is False
+
+
 def test_rate_and_spread():
     assert rate(1000, 4000, 10.0, 11.5) == 2000
     with pytest.raises(ValueError):
