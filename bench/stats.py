@@ -109,11 +109,6 @@ def medians_by_key(samples: Mapping[str, Sequence[float | None]]) -> dict[str, f
     return {k: median(v) for k, v in samples.items()}
 
 
-def capacity_ratio(ns_a: float | None, ns_b: float | None) -> float | None:
-    """How many times b's forwarding capacity a has, from CPU time per packet."""
-    return ratio(ns_b, ns_a)
-
-
 def paired_ratio(a: Sequence[float | None], b: Sequence[float | None]) -> float | None:
     """Median over rounds of a / b within the same round (rounds where either failed
     are left out). The modes take turns within a round, so a round's pair shares the
