@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 
 import pytest
 from bpf_run import run_gateway_name
@@ -49,5 +51,29 @@ def test_a_gateway_pins_only_the_programs_it_attaches_and_gains_the_fast_path_la
             assert set(again.programs.fds) == set(fast)
         finally:
             again.close()
+    finally:
+        dp.destroy()
+
+
+def bpftool_show(kind: str, pin: str) -> dict:
+    out = subprocess.run(["bpftool", "-j", kind, "show", "pinned", pin], capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("btf", ["1", "0"])
+def test_the_dataplane_carries_btf_unless_told_not_to(monkeypatch, btf):
+    """The product's programs and maps carry BTF (bpftool prints maps as structs);
+    NATGW_BPF_BTF=0, which make test sets to compile faster, leaves it out."""
+    if btf == "1":
+        monkeypatch.delenv("NATGW_BPF_BTF", raising=False)
+    else:
+        monkeypatch.setenv("NATGW_BPF_BTF", "0")
+    dp = Dataplane.load(run_gateway_name() + "b" + btf, need=("egress",))
+    try:
+        prog = bpftool_show("prog", dp.programs.pin("egress"))
+        xlate = bpftool_show("map", os.path.join(dp.pin_dir, L.MAP_NAMES[0]))
+        assert ("btf_id" in prog) == (btf == "1")
+        assert ("btf_id" in xlate) == (btf == "1")
     finally:
         dp.destroy()
