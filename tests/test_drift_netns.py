@@ -4,6 +4,7 @@ within 5 s, with one log line, a metric and a line in `status`."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import ipaddress
 import json
@@ -57,6 +58,29 @@ def remove_mapping_entry(s):
         key = _key(4, idx, L.table(L.DIR_INGRESS, L.SIDE_DST),
                    ipaddress.ip_network("10.70.1.0/24"))
         assert dp.tables.v4.delete(key)
+
+
+def tunnel_ifindex(s) -> int:
+    return json.loads(subprocess.run(["ip", "-n", s.gw, "-j", "link", "show",
+                                      s.tunnels["A"][0]], capture_output=True, text=True,
+                                     check=True).stdout)[0]["ifindex"]
+
+
+def hide_by_skip_bitmap(s) -> int:
+    """Set the skip bit over the local mapping's /24 (ingress destination table), as a
+    kill between the entry's write and the bitmaps' rewrite leaves it."""
+    from natgw.dataplane import Dataplane
+    from natgw.dataplane import layout as L
+
+    idx = tunnel_ifindex(s)
+    with Dataplane.open(s.name) as dp:
+        bucket = L.skip_bucket(ipaddress.ip_address("10.70.1.0").packed)
+        table = L.table(L.DIR_INGRESS, L.SIDE_DST)
+        key = ctypes.c_uint32(L.skip_index(dp.tables.device(idx).slot, table, bucket // 64))
+        word = int(dp.tables.v4_skip.lookup(key).value)
+        dp.tables.v4_skip.update(key, ctypes.c_uint64(word | 1 << (bucket % 64)))
+        assert dp.tables.hidden_by_skip(idx) == [ipaddress.ip_network("10.70.1.0/24")]
+    return idx
 
 
 def mapping_ids(s) -> dict:
@@ -146,6 +170,24 @@ def test_what_is_removed_by_hand_comes_back(foreground):
     assert json.loads(st.stdout)[0]["repairs"] == {k: 1 for *_, k, _ in CASES}
     text = run("--netns", s.gw, "status", s.name).stdout
     assert "drift repairs: engine 1, filter 1, mapping 1, pin 1, route 1 (last: " in text
+
+
+def test_a_prefix_its_skip_bitmap_hides_is_found_and_shown_again(foreground):
+    from natgw.dataplane import Dataplane
+
+    s, logfile = foreground
+    lines_before = len(logfile.read_text().splitlines())
+    idx = hide_by_skip_bitmap(s)
+    t0 = time.monotonic()
+    while not [line for line in _new_lines(logfile, lines_before) if "drift repaired" in line] \
+            and time.monotonic() - t0 < REPAIR_WITHIN + 5:
+        time.sleep(0.1)
+    assert time.monotonic() - t0 <= REPAIR_WITHIN
+    lines = [line for line in _new_lines(logfile, lines_before) if "drift repaired" in line]
+    assert lines and lines[0].startswith("natgw: drift repaired: mapping entry 10.70.1.0/24 "), \
+        lines
+    with Dataplane.open(s.name) as dp:
+        assert dp.tables.hidden_by_skip(idx) == []
 
 
 def _new_lines(logfile, since: int) -> list[str]:

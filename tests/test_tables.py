@@ -279,3 +279,28 @@ def test_zeroed_skip_bits_probe_every_length(dp):
     assert out == bytes(IP(src="192.0.2.1", dst="172.21.0.4") / UDP())
     out = run.run("egress", IP(src="192.0.2.1", dst="10.245.4.4") / UDP()).out
     assert out == bytes(IP(src="192.0.2.1", dst="10.244.4.4") / UDP())
+
+
+def test_a_long_prefix_hidden_by_its_skip_bit_is_found_and_an_apply_repairs_it(dp):
+    """A kill between an entry's write and the bitmaps' rewrite leaves the entry's bucket
+    marked "no long prefix": drift finds it, and any apply of the mappings rewrites it."""
+    from natgw.dataplane import layout
+
+    inside = Mapping.parse("remote", "172.21.0.0/24", "10.245.3.0/24")
+    dp.tables.set_mappings(LO_IFINDEX, [R, inside])
+    assert dp.tables.hidden_by_skip(LO_IFINDEX) == []
+    slot = dp.tables.device(LO_IFINDEX).slot
+    bucket = layout.skip_bucket(ipaddress.ip_address("10.245.3.0").packed)
+    egress_dst = layout.table(layout.DIR_EGRESS, layout.SIDE_DST)
+    key = ctypes.c_uint32(layout.skip_index(slot, egress_dst, bucket // 64))
+    word = int(dp.tables.v4_skip.lookup(key).value)
+    dp.tables.v4_skip.update(key, ctypes.c_uint64(word | 1 << (bucket % 64)))  # the kill
+    assert dp.tables.hidden_by_skip(LO_IFINDEX) == [ipaddress.ip_network("10.245.3.0/24")]
+    run = Runner(dp)
+    out = run.run("egress", IP(src="192.0.2.1", dst="10.245.3.4") / UDP()).out
+    assert out == bytes(IP(src="192.0.2.1", dst="10.244.3.4") / UDP())  # hidden: the /16's
+
+    dp.tables.set_mappings(LO_IFINDEX, [R, inside])  # what the repair's apply does
+    assert dp.tables.hidden_by_skip(LO_IFINDEX) == []
+    out = run.run("egress", IP(src="192.0.2.1", dst="10.245.3.4") / UDP()).out
+    assert out == bytes(IP(src="192.0.2.1", dst="172.21.0.4") / UDP())

@@ -4,11 +4,11 @@ The foreground `natgw up` compares the world with its record every few
 seconds (level-triggered, like a Kubernetes controller): the pins, the fast
 path's program on each recorded LAN device, and for every peer (and a hub's one
 device) its engine, device, hook programs (those of the file's fastpath) and their
-tcx link pins, routes and mapping entries, each replica group's route and its
-members, and for a tunnel its WireGuard allowed-ips and (with pipes) its
-pipe address, and on a hub's device (with pipes) each client's pipe address in its
-allowed-ips. Each finding is "<kind> <what>"; the repair is an ordinary apply of the
-file (in full for a hub: Gateway.repair).
+tcx link pins, routes and mapping entries (and the skip bitmaps over them), each
+replica group's route and its members, and for a tunnel its WireGuard allowed-ips
+and (with pipes) its pipe address, and on a hub's device (with pipes) each client's
+pipe address in its allowed-ips. Each finding is "<kind> <what>"; the repair is an
+ordinary apply of the file (in full for a hub: Gateway.repair).
 """
 
 from __future__ import annotations
@@ -112,6 +112,8 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
             if dp is not None:
                 out += [f"mapping {d} entry {net} on {ps.device} has no twin"
                         for _, d, net in dp.tables.orphans(idx[0])]
+                out += [f"mapping entry {net} on {ps.device} hidden by its skip bitmap"
+                        for net in dp.tables.hidden_by_skip(idx[0])]
                 installed = {m.mapping for m in dp.mappings(idx[0])}
                 out += [f"mapping {m} on {ps.device}" for m in wanted.get(ps.device, [])
                         if m not in installed]

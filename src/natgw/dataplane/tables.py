@@ -313,6 +313,24 @@ class Tables:
             out.append(int(v.value) if v is not None else 0)
         return out
 
+    def hidden_by_skip(self, ifindex: int) -> list[IPNetwork]:
+        """A device's IPv4 entries its skip bitmaps hide: prefixes longer than
+        SKIP_PLEN in a bucket whose bit says it holds none. A kill between an
+        entry's write and the bitmaps' rewrite leaves that; any apply repairs it."""
+        dev = self.device(ifindex)
+        if self.v4_skip is None or dev is None:
+            return []
+        words: dict[int, list[int]] = {}
+        out = []
+        for key in self.v4.keys():
+            if key.ifindex != ifindex or key.prefixlen <= L.SKIP_PLEN:
+                continue
+            bucket = L.skip_bucket(bytes(key.addr))
+            table = words.setdefault(key.table, self.skip_words(ifindex, key.table))
+            if table[bucket // 64] >> (bucket % 64) & 1:
+                out.append(_key_net(key))
+        return sorted(out, key=str)
+
     def _entry_plens(self, ifindex: int | None = None) -> PlenSets:
         """Prefix lengths of the entries in the maps (keys only: one pass)."""
         out: PlenSets = {}
