@@ -206,12 +206,18 @@ xlate_v4_lookup(const struct natgw_device *dev, __u32 ifindex, __u32 table, __be
 	return xlate_v4_hash.lookup(&key);
 }
 
+/* A table's IPv6 prefix lengths: three words of plens_v6 (lengths 0-63, 64-127, 128). */
+static __always_inline const __u64 *plens_v6_words(const struct natgw_device *dev, __u32 table)
+{
+	return &dev->plens_v6[(table & (NATGW_TABLES - 1)) * NATGW_V6_PLEN_WORDS];
+}
+
 /* As xlate_v4_lookup, for IPv6 (prefix lengths in three words of plens_v6). */
 static __always_inline struct natgw_xlate *
 xlate_v6_lookup(const struct natgw_device *dev, __u32 ifindex, __u32 table,
 		const struct in6_addr *addr)
 {
-	const __u64 *words = &dev->plens_v6[(table & (NATGW_TABLES - 1)) * NATGW_V6_PLEN_WORDS];
+	const __u64 *words = plens_v6_words(dev, table);
 	__u64 lo = words[0], mid = words[1], hi = words[2] & 1;	/* lengths 0-63, 64-127, 128 */
 	struct natgw_xlate_v6_key key = {
 		.ifindex = ifindex,
@@ -253,7 +259,7 @@ xlate_v6_lookup(const struct natgw_device *dev, __u32 ifindex, __u32 table,
  */
 static __always_inline int xlate_v6_empty(const struct natgw_device *dev, __u32 table)
 {
-	const __u64 *words = &dev->plens_v6[(table & (NATGW_TABLES - 1)) * NATGW_V6_PLEN_WORDS];
+	const __u64 *words = plens_v6_words(dev, table);
 
 	return !(words[0] | words[1] | (words[2] & 1));
 }

@@ -17,7 +17,7 @@ import ctypes
 import ipaddress
 import os
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -282,10 +282,15 @@ class Tables:
         if self.v4_skip is None or dev is None:
             return
         long: dict[int, set[int]] = {t: set() for t in range(L.TABLES)}
+        for key, bucket in self._long_v4_keys(ifindex):
+            long[key.table].add(bucket)
+        self._write_skip_words(dev.slot, long)
+
+    def _long_v4_keys(self, ifindex: int) -> Iterator[tuple[L.XlateV4Key, int]]:
+        """A device's IPv4 keys longer than SKIP_PLEN, each with its skip bucket."""
         for key in self.v4.keys():
             if key.ifindex == ifindex and key.prefixlen > L.SKIP_PLEN:
-                long[key.table].add(L.skip_bucket(bytes(key.addr)))
-        self._write_skip_words(dev.slot, long)
+                yield key, L.skip_bucket(bytes(key.addr))
 
     def _write_skip_words(self, slot: int, long: dict[int, set[int]] | None) -> None:
         """Set a slot's bitmaps: a bucket's bit set unless `long` names it (None: all zero,
@@ -322,10 +327,7 @@ class Tables:
             return []
         words: dict[int, list[int]] = {}
         out = []
-        for key in self.v4.keys():
-            if key.ifindex != ifindex or key.prefixlen <= L.SKIP_PLEN:
-                continue
-            bucket = L.skip_bucket(bytes(key.addr))
+        for key, bucket in self._long_v4_keys(ifindex):
             table = words.setdefault(key.table, self.skip_words(ifindex, key.table))
             if table[bucket // 64] >> (bucket % 64) & 1:
                 out.append(_key_net(key))
