@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import ipaddress
 import os
 import struct
 import threading
@@ -149,6 +150,17 @@ class Runner:
         frame = ETHER + ethertype(raw).to_bytes(2, "big") + raw
         verdict, out = run_frame(self.dp.programs.fd(direction), frame, self.csum_complete)
         return Result(verdict, out[ETH_HLEN:])
+
+
+def set_skip_bit(tables, ifindex: int, table: int, addr: str) -> None:
+    """Mark the /16 bucket of `addr` as holding no long prefix in a device's table: what
+    a kill between an entry's write and the skip bitmaps' rewrite leaves."""
+    from natgw.dataplane import layout
+
+    bucket = layout.skip_bucket(ipaddress.ip_address(addr).packed)
+    key = ctypes.c_uint32(layout.skip_index(tables.device(ifindex).slot, table, bucket // 64))
+    word = int(tables.v4_skip.lookup(key).value)
+    tables.v4_skip.update(key, ctypes.c_uint64(word | 1 << (bucket % 64)))
 
 
 def run_gateway_name() -> str:

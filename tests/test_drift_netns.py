@@ -4,7 +4,6 @@ within 5 s, with one log line, a metric and a line in `status`."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import ipaddress
 import json
@@ -51,9 +50,7 @@ def remove_mapping_entry(s):
     from natgw.dataplane import layout as L
     from natgw.dataplane.tables import _key
 
-    idx = json.loads(subprocess.run(["ip", "-n", s.gw, "-j", "link", "show",
-                                     s.tunnels["A"][0]], capture_output=True, text=True,
-                                    check=True).stdout)[0]["ifindex"]
+    idx = tunnel_ifindex(s)
     with Dataplane.open(s.name) as dp:
         key = _key(4, idx, L.table(L.DIR_INGRESS, L.SIDE_DST),
                    ipaddress.ip_network("10.70.1.0/24"))
@@ -69,16 +66,14 @@ def tunnel_ifindex(s) -> int:
 def hide_by_skip_bitmap(s) -> int:
     """Set the skip bit over the local mapping's /24 (ingress destination table), as a
     kill between the entry's write and the bitmaps' rewrite leaves it."""
+    from bpf_run import set_skip_bit
+
     from natgw.dataplane import Dataplane
     from natgw.dataplane import layout as L
 
     idx = tunnel_ifindex(s)
     with Dataplane.open(s.name) as dp:
-        bucket = L.skip_bucket(ipaddress.ip_address("10.70.1.0").packed)
-        table = L.table(L.DIR_INGRESS, L.SIDE_DST)
-        key = ctypes.c_uint32(L.skip_index(dp.tables.device(idx).slot, table, bucket // 64))
-        word = int(dp.tables.v4_skip.lookup(key).value)
-        dp.tables.v4_skip.update(key, ctypes.c_uint64(word | 1 << (bucket % 64)))
+        set_skip_bit(dp.tables, idx, L.table(L.DIR_INGRESS, L.SIDE_DST), "10.70.1.0")
         assert dp.tables.hidden_by_skip(idx) == [ipaddress.ip_network("10.70.1.0/24")]
     return idx
 

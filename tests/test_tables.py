@@ -6,7 +6,7 @@ import ctypes
 import ipaddress
 
 import pytest
-from bpf_run import LO_IFINDEX, Runner, run_gateway_name
+from bpf_run import LO_IFINDEX, Runner, run_gateway_name, set_skip_bit
 from scapy.layers.inet import IP, UDP
 
 from natgw.dataplane import Dataplane, Mapping, TableError
@@ -289,12 +289,8 @@ def test_a_long_prefix_hidden_by_its_skip_bit_is_found_and_an_apply_repairs_it(d
     inside = Mapping.parse("remote", "172.21.0.0/24", "10.245.3.0/24")
     dp.tables.set_mappings(LO_IFINDEX, [R, inside])
     assert dp.tables.hidden_by_skip(LO_IFINDEX) == []
-    slot = dp.tables.device(LO_IFINDEX).slot
-    bucket = layout.skip_bucket(ipaddress.ip_address("10.245.3.0").packed)
     egress_dst = layout.table(layout.DIR_EGRESS, layout.SIDE_DST)
-    key = ctypes.c_uint32(layout.skip_index(slot, egress_dst, bucket // 64))
-    word = int(dp.tables.v4_skip.lookup(key).value)
-    dp.tables.v4_skip.update(key, ctypes.c_uint64(word | 1 << (bucket % 64)))  # the kill
+    set_skip_bit(dp.tables, LO_IFINDEX, egress_dst, "10.245.3.0")  # the kill
     assert dp.tables.hidden_by_skip(LO_IFINDEX) == [ipaddress.ip_network("10.245.3.0/24")]
     run = Runner(dp)
     out = run.run("egress", IP(src="192.0.2.1", dst="10.245.3.4") / UDP()).out
