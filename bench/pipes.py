@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 from lab.netnslab import NetnsLab
-from lab.pipes import WEB, build, in_netns
+from lab.pipes import WEB, build
+from natgw.netns import in_netns
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ def start_echo(lab: NetnsLab, netns: str) -> None:
         writer.close()
 
     def run() -> None:
-        from natgw.pipes.server import enter_netns
+        from natgw.netns import enter_netns
 
         enter_netns(netns)
         asyncio.set_event_loop(loop)

@@ -41,33 +41,13 @@ import yaml
 from lab.keys import new_key
 from lab.net import NATGW, LabError
 from lab.netnslab import NetnsLab
-from natgw.pipes.server import enter_netns
+from natgw.netns import in_netns
 
 WEB = "172.25.0.3"
 PAGE = b"<html><body>natgw pipe: legacy nginx</body></html>\n"
 SIZE = 20 * 1024 * 1024
 PORTS = {"nginx": (8080, 80), "data": (8081, 9000), "download": (8086, 9001),
          "echo": (8082, 9002), "closed": (8083, 9999), "reset": (8087, 9003)}
-
-
-def in_netns(netns: str, fn: Callable[[], Any]) -> Any:
-    """Run fn in a thread that entered netns (sockets it makes live there)."""
-    out: list[Any] = []
-    err: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            enter_netns(netns)
-            out.append(fn())
-        except BaseException as e:
-            err.append(e)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if err:
-        raise err[0]
-    return out[0]
 
 
 def connect(netns: str, host: str, port: int, timeout: float = 10) -> socket.socket:

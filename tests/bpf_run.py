@@ -17,10 +17,7 @@ import errno
 import ipaddress
 import os
 import struct
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
@@ -38,7 +35,6 @@ SKB_IFINDEX_OFF = 40
 SKB_GSO_SIZE_OFF = 176
 SKB_CB_OFF = 48  # __u32 cb[5]
 TC_ACT_REDIRECT = 7
-CLONE_NEWNET = 0x40000000
 ETH_HLEN = 14
 BPF_F_TEST_SKB_CHECKSUM_COMPLETE = 1 << 2
 ETHER = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02"))[:12]
@@ -59,39 +55,6 @@ def skb_ctx(ifindex: int, gso_size: int = 0, cb: tuple[int, ...] = ()) -> bytes:
 def skb_cb(ctx: bytes) -> tuple[int, ...]:
     """The five cb[] words of a __sk_buff as a run left them."""
     return struct.unpack_from("<5I", ctx, SKB_CB_OFF)
-
-
-T = TypeVar("T")
-
-
-def in_netns(netns: str, fn: Callable[[], T]) -> T:
-    """fn() run by a thread that entered netns (setns changes only the calling thread).
-
-    A test run takes its device from the ctx's ifindex and does its fib lookups in
-    the netns of the thread that runs it: this is how the fast path's lookups see
-    a test's routes and neighbours.
-    """
-    result: list = []
-
-    def run() -> None:
-        try:
-            fd = os.open(f"/var/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {netns}")
-            finally:
-                os.close(fd)
-            result.append((True, fn()))
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-            result.append((False, e))
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    ok, value = result[0]
-    if not ok:
-        raise value
-    return value
 
 
 def ethertype(raw: bytes) -> int:

@@ -1,7 +1,7 @@
 """The fast path's decisions, packet by packet, through BPF_PROG_TEST_RUN.
 
 A test run does its fib lookups in the netns of the thread that runs it, on
-the device its ctx names (bpf_run.in_netns): so the cases run in a gateway
+the device its ctx names (natgw.netns.in_netns): so the cases run in a gateway
 netns G whose routes and neighbours give every fib result. Topology of G:
 
   lan   (LAN, Ethernet)  10.244.1.1/24, fd00:a:0:1::1/64   hosts L, L6 (neighbours)
@@ -33,7 +33,6 @@ import pytest
 from bpf_run import (
     TC_ACT_REDIRECT,
     TC_ACT_UNSPEC,
-    in_netns,
     run_frame,
     run_frame_cb,
 )
@@ -50,6 +49,7 @@ from scapy.packet import Packet, Raw
 
 from lab.net import add_address, sh, veth
 from natgw.dataplane import Dataplane, Mapping, layout
+from natgw.netns import in_netns
 
 pytestmark = [pytest.mark.bpf, pytest.mark.netns]
 
@@ -359,12 +359,11 @@ def test_egress_program_passes_what_the_lan_program_translated_for_it(gw):
 
 @pytest.fixture(scope="module")
 def xgw(gw):
-    from natgw.netns import in_netns as netns_call
 
     t, idx = gw["dp"].tables, gw["idx"]
     for role in ("lan", "pod", "ifc", "off"):
         mac = bytes.fromhex(MAC[role][0].replace(":", ""))
-        netns_call(gw["ns"], lambda role=role, mac=mac: t.set_xdp(idx[role], mac, True))
+        in_netns(gw["ns"], lambda role=role, mac=mac: t.set_xdp(idx[role], mac, True))
     return gw
 
 
@@ -481,18 +480,17 @@ def test_xdp_leaves_a_device_that_cannot_transmit_to_tc(xgw):
     """A device out of xdp_tx (its driver cannot transmit XDP frames): passed unchanged."""
     from bpf_run import XDP_PASS
 
-    from natgw.netns import in_netns as netns_call
 
     t, idx = xgw["dp"].tables, xgw["idx"]
     mac = bytes.fromhex(MAC["ifc"][0].replace(":", ""))
-    netns_call(xgw["ns"], lambda: t.set_xdp(idx["ifc"], mac, False))
+    in_netns(xgw["ns"], lambda: t.set_xdp(idx["ifc"], mac, False))
     try:
         assert not t.xdp_transmits(idx["ifc"])
         frame = bytes(Ether(src=MAC["lan"][1], dst=MAC["lan"][0]) / v4(L, RA) / UDP_DATA)
         verdict, out, counted = run_xdp_case(xgw, "lan", frame)
         assert (verdict, out, counted) == (XDP_PASS, frame, {"xdp_to_tc": 1})
     finally:
-        netns_call(xgw["ns"], lambda: t.set_xdp(idx["ifc"], mac, True))
+        in_netns(xgw["ns"], lambda: t.set_xdp(idx["ifc"], mac, True))
 
 
 def test_xdp_attach_refuses_what_it_must_and_comes_off_cleanly(gw):

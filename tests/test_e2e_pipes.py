@@ -21,7 +21,8 @@ import yaml
 from gateways import free_port, scrape
 
 from lab.netnslab import NetnsLab, netns_unavailable_reason
-from lab.pipes import PAGE, SIZE, build, connect, in_netns, pattern, reset_within, wait_for
+from lab.pipes import PAGE, SIZE, build, connect, pattern, reset_within, wait_for
+from natgw.netns import in_netns
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 

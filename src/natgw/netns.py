@@ -169,6 +169,24 @@ def run_in_netns_of(sock: int, fn: Callable[[], T]) -> T:
     return _run_in_fd(lambda: fd, fn, f"of socket {sock}")
 
 
+def enter_netns(name: str | None) -> None:
+    """Move the calling thread (only it) into netns `name` (None: stay), for good:
+    for a worker thread that makes its sockets there."""
+    if name is None:
+        return
+    fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(fd, name)
+    finally:
+        os.close(fd)
+
+
+def _setns(fd: int, what: str) -> None:
+    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns {what}: {os.strerror(err)}")
+
+
 def _run_in_fd(open_ns: Callable[[], int], fn: Callable[[], T], what: str) -> T:
     result: list[T] = []
     error: list[BaseException] = []
@@ -180,11 +198,7 @@ def _run_in_fd(open_ns: Callable[[], int], fn: Callable[[], T], what: str) -> T:
             error.append(e)
             return
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                error.append(OSError(err, f"setns {what}: {os.strerror(err)}"))
-                return
+            _setns(fd, what)
             result.append(fn())
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             error.append(e)

@@ -24,7 +24,6 @@ its connections; the connections of a removed or changed pipe are reset.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import ipaddress
 import logging
 import os
@@ -39,7 +38,7 @@ from ipaddress import IPv6Address
 from typing import Any
 
 from natgw.config import GatewayConfig, HostPort, Pipe
-from natgw.netns import netns_path
+from natgw.netns import enter_netns
 from natgw.pipes import relay
 from natgw.pipes.protocol import (
     MAX_HOPS,
@@ -65,21 +64,6 @@ ACCEPT_BURST = 64
 LOGGED_MAX = 1024  # refusals logged once per (peer, pipe, reason), up to this many
 LOCAL = "local"  # the peer label of connections accepted on a pipe's own port
 UNKNOWN = "(unknown)"  # the pipe label of requests for a pipe this file does not name
-CLONE_NEWNET = 0x40000000
-
-
-def enter_netns(netns: str | None) -> None:
-    """Move the calling thread (only it) into the named network namespace."""
-    if netns is None:
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into netns {netns}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
