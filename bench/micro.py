@@ -23,10 +23,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.topology import POD_ADDR, POD_CIDR, extra_mappings, host_in
+from bench.topology import FAMILY, POD_ADDR, POD_CIDR, extra_mappings, host_in
+from lab.net import add_address, sh, veth
+from lab.record import Record
 from natgw.dataplane import Dataplane, Mapping, layout, upgrade
 from natgw.dataplane.bpfsys import Map, prog_test_run
 from natgw.dataplane.loader import inline_source, pin_dir
+from natgw.netns import in_netns
 
 LO_IFINDEX = 1
 SKB_CTX_SIZE, SKB_IFINDEX_OFF = 192, 40  # struct __sk_buff: size, ifindex offset
@@ -108,6 +111,134 @@ def run_programs(gateway: str, repeat: int = 200_000, rounds: int = 5) -> dict:
     finally:
         dp.destroy()
     return out
+
+
+# -- the fast path's lanes ---------------------------------------------------------
+# A test run takes its device from the ctx's ifindex and does its fib lookup in the
+# netns of the thread that runs it: a netns with a LAN device (a pod's veth) and an
+# interface peer's device gives the lanes their whole path, fib lookup included.
+# A run repeated on one buffer lowers the TTL each time: frames start at 255 and
+# a call repeats LANE_REPEAT times, every one of them forwarded.
+
+LANE_REPEAT = 250
+LANE_MAC = {"lan": ("02:00:00:00:01:01", "02:00:00:00:01:02"),
+            "ifc": ("02:00:00:00:0f:01", "02:00:00:00:0f:02")}
+LANE_REMOTE = {4: ("10.212.0.0/16", "10.212.1.10", "192.168.77.2", "192.168.77.1/24"),
+               6: ("fd00:212::/48", "fd00:212:0:1::10", "fd00:77::2", "fd00:77::1/64")}
+TC_ACT_REDIRECT = 7
+
+
+def ip_frame(src: str, dst: str, dst_mac: str, payload: int = 64, ttl: int = 255) -> bytes:
+    """Ethernet + IPv4 or IPv6 + UDP with correct checksums, to dst_mac."""
+    s, d = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
+    udp_len = 8 + payload
+    udp = struct.pack("!HHHH", 40000, 9, udp_len, 0) + b"\0" * payload
+    c = _csum(s + d + struct.pack("!IxxxB", udp_len, 17) + udp) or 0xFFFF
+    udp = udp[:6] + struct.pack("!H", c) + udp[8:]
+    if len(s) == 4:
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, 0x4000, ttl, 17, 0, s, d)
+        ip, ethertype = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:], "0800"
+    else:
+        ip, ethertype = struct.pack("!IHBB16s16s", 6 << 28, udp_len, 17, ttl, s, d), "86dd"
+    eth = bytes.fromhex(dst_mac.replace(":", "") + LANE_MAC["ifc"][1].replace(":", "")
+                        + ethertype)
+    return eth + ip + udp
+
+
+def lane_cases(idx: dict[str, int]) -> dict[str, tuple[str, int, bytes, str]]:
+    """name -> (program, input ifindex, frame, the fast-path decision every run takes)."""
+    cases = {}
+    for v in (4, 6):
+        fam, (_, remote_host, _, _) = FAMILY[v], LANE_REMOTE[v]
+        cases[f"lan_v{v}"] = ("lan", idx["lan"],
+                              ip_frame(fam.pod_addr, remote_host, LANE_MAC["lan"][0]),
+                              "redirect_eth")
+        cases[f"ingress_fast_v{v}"] = ("ingress_fast", idx["ifc"],
+                                       ip_frame(remote_host, fam.pod_addr, LANE_MAC["ifc"][0]),
+                                       "redirect_peer")
+    return cases
+
+
+def run_lanes(rec: Record, calls: int = 400, rounds: int = 5, cpu: int = 1) -> dict:
+    """ns per packet of the fast path's lanes (route, translate, rewrite, count,
+    redirect), per program and family, at 1 and 10,000 mappings.
+
+    The gateway's one remote mapping per family is the identity (a packet
+    translated on one run still matches on the next), on an `interface:` device
+    whose neighbour answers for both families; the pod's veth has its peer in
+    another netns. Each sample is the mean over `calls` x LANE_REPEAT runs on
+    `cpu`; the median of `rounds` samples is reported. The fast path's counters
+    prove every run took the lane to its redirect. The netns and the pins are in
+    the run's record (`python -m bench --cleanup` removes what a kill left).
+    """
+    prefix = f"{rec.prefix}l"
+    g, far = rec.netns(f"{prefix}g"), rec.netns(f"{prefix}f")
+    gateway = f"{prefix}x"
+    rec.gateways[gateway] = g  # `natgw down` removes its pins
+    rec.save()
+    dp = None
+    try:
+        devs = {role: f"{prefix}{role}" for role in LANE_MAC}
+        for i, (role, (mac_g, mac_f)) in enumerate(LANE_MAC.items()):
+            veth(g, devs[role], far, f"{prefix}p{i}", mac_g, mac_f)
+        sh(g, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+        mappings = []
+        for v in (4, 6):
+            fam, (remote, _, via, ifc_addr) = FAMILY[v], LANE_REMOTE[v]
+            add_address(g, devs["lan"], f"{fam.pod_gw}/{fam.pod_len}")
+            add_address(g, devs["ifc"], ifc_addr)
+            sh(g, "ip", "neigh", "replace", fam.pod_addr, "lladdr", LANE_MAC["lan"][1],
+               "dev", devs["lan"], "nud", "permanent")
+            sh(g, "ip", "neigh", "replace", via, "lladdr", LANE_MAC["ifc"][1],
+               "dev", devs["ifc"], "nud", "permanent")
+            sh(g, "ip", "route", "add", remote, "via", via, "dev", devs["ifc"])
+            mappings.append(Mapping.parse("remote", remote, remote))
+        idx = {role: int(sh(g, "cat", f"/sys/class/net/{dev}/ifindex"))
+               for role, dev in devs.items()}
+        dp = Dataplane.load(gateway)
+        t = dp.tables
+        t.set_device(idx["lan"], 14, 0, 0, layout.DEV_F_LAN | layout.DEV_F_PEER_NETNS)
+        t.set_device(idx["ifc"], 14, 1460, 1440)
+        t.set_mappings(idx["ifc"], mappings)
+        cases = lane_cases(idx)
+        out: dict = {}
+        for label, extra in (("1", 0), ("10000", 9999)):
+            if extra:
+                t.add_mappings(idx["ifc"], [Mapping.parse("remote", c, a)
+                                            for c, a in extra_mappings(extra)])
+            samples: dict[str, list[float]] = {name: [] for name in cases}
+            for _ in range(rounds):
+                for name, (prog, ifindex, frame, decision) in cases.items():
+                    samples[name].append(in_netns(g, lambda p=prog, i=ifindex, f=frame, d=decision:
+                                                  _lane_sample(dp, p, i, f, d, calls, cpu)))
+            out[label] = {name: statistics.median(v) for name, v in samples.items()}
+        return out
+    finally:
+        if dp is not None:
+            dp.destroy()
+        rec.gateways.pop(gateway)
+        for ns in (g, far):
+            rec.delete_netns(ns)
+
+
+def _lane_sample(dp: Dataplane, prog: str, ifindex: int, frame: bytes, decision: str,
+                 calls: int, cpu: int) -> float:
+    """Mean ns per run over calls x LANE_REPEAT runs, checked by the fast-path counters."""
+    os.sched_setaffinity(0, {cpu})
+    ctx = bytearray(SKB_CTX_SIZE)
+    struct.pack_into("<I", ctx, SKB_IFINDEX_OFF, ifindex)
+    fd = dp.programs.fd(prog)
+    before = dp.tables.fast_stats_of(ifindex).get(decision, 0)
+    total = 0
+    for _ in range(calls):
+        r = prog_test_run(fd, frame, bytes(ctx), LANE_REPEAT)
+        if r.retval != TC_ACT_REDIRECT:
+            raise RuntimeError(f"{prog} on {ifindex}: verdict {r.retval}, not a redirect")
+        total += r.duration_ns
+    got = dp.tables.fast_stats_of(ifindex).get(decision, 0) - before
+    if got != calls * LANE_REPEAT:
+        raise RuntimeError(f"{prog} on {ifindex}: {got} {decision}, want {calls * LANE_REPEAT}")
+    return total / calls
 
 
 # -- against the LPM-trie build ----------------------------------------------------------

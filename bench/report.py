@@ -229,7 +229,8 @@ def micro_table(d: dict, md: bool) -> str | None:
     if not mc:
         return None
     names = list(next(iter(mc.values())).keys())
-    rows = [[f"{int(n):,}"] + [f"{mc[n][c]}" for c in names] for n in mc]
+    rows = [[f"{int(n):,}"] + [f"{mc[n][c]:.0f}" if c in mc[n] else "-" for c in names]
+            for n in mc]
     return table(["mappings", *[f"{c} ns" for c in names]], rows, md)
 
 

@@ -272,6 +272,9 @@ def run(opt: Options) -> Results:
         if opt.micro:
             opt.log("  natgw programs alone (BPF_PROG_TEST_RUN)")
             res.micro = micro.run_programs(f"{rec.prefix}x")
+            opt.log("  the fast path's lanes alone (BPF_PROG_TEST_RUN, fib lookups included)")
+            for label, by_case in micro.run_lanes(rec).items():
+                res.micro.setdefault(label, {}).update(by_case)
     finally:
         signal.signal(signal.SIGTERM, previous)
         counters.close()

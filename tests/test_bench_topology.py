@@ -196,6 +196,21 @@ def test_programs_run_alone_count_every_repetition(record):
     assert not os.path.exists(f"/sys/fs/bpf/natgw/{record.prefix}x")  # pins removed
 
 
+def test_lanes_run_alone_redirect_every_repetition(record):
+    # run_lanes raises unless the fast path counted every run as the lane's redirect:
+    # the LAN lane to the interface device, the ingress lane into the pod's veth.
+    got = micro.run_lanes(record, calls=2, rounds=1)
+    cases = {"lan_v4", "ingress_fast_v4", "lan_v6", "ingress_fast_v6"}
+    assert {label: set(by_case) for label, by_case in got.items()} == {"1": cases,
+                                                                       "10000": cases}
+    assert all(v > 0 for case in got.values() for v in case.values())
+    lanes = f"{record.prefix}l"
+    assert not os.path.exists(f"/sys/fs/bpf/natgw/{lanes}x")  # pins removed
+    assert not any(n.startswith(lanes) for n in os.listdir("/var/run/netns"))
+    assert not any(n.startswith(lanes) for n in record.namespaces)
+    assert f"{lanes}x" not in record.gateways
+
+
 def test_route_with_natgw_hooks_forwards_untranslated(built):
     topo = built("route", hooks="tcx")
     assert topo.key == "route+natgw-hooks/underlay"
