@@ -249,19 +249,24 @@ def _show(v: float | None, unit: str) -> str:
 
 
 def targets_table(d: dict, md: bool) -> str | None:
-    """Issue 13's targets: one line each, value, target and verdict from this run."""
+    """Issue 13's targets: one line each, value, its interval, target and verdict from
+    this run. A verdict whose interval holds the target is marked: the rounds cannot
+    tell which side of it natgw is on."""
     rows = []
     for t in targets(d):
-        verdict = t.verdict
+        verdict = t.verdict + ("*" if t.settled is False else "")
         if t.met is False:  # how far off: in points for a fraction, else in the unit
             off = t.value - t.limit
             verdict += (f" (by {off * 100:+.1f} points)" if t.unit == "fraction"
                         else f" (by {off:+.2f})")
-        rows.append([t.name, _show(t.value, t.unit), f"{t.op} {_show(t.limit, t.unit)}",
+        interval = ("-" if t.interval is None
+                    else f"{_show(t.interval[0], t.unit)} to {_show(t.interval[1], t.unit)}")
+        rows.append([t.name, _show(t.value, t.unit), interval,
+                     f"{t.op} {_show(t.limit, t.unit)}",
                      f"**{verdict}**" if md and t.met is False else verdict])
     if not rows:
         return None
-    return table(["target", "value", "target", "verdict"], rows, md)
+    return table(["target", "value", "95 % interval", "target", "verdict"], rows, md)
 
 
 def control_targets_text(d: dict, md: bool) -> str | None:
@@ -315,7 +320,12 @@ def render(d: dict, md: bool = False) -> str:
     body = targets_table(d, md)
     if body:
         parts += [f"{h}Targets (issue 13: natgw with its default fast path; by capacity, "
-                  "from gw ns/pkt)", body]
+                  "from gw ns/pkt)",
+                  "Each value is the median of the per-round ratios; the 95 % interval "
+                  "holds that median with at least 95 % confidence, assuming nothing of "
+                  "the rounds' distribution (the sign test's: with 8 rounds, their "
+                  "extremes). A verdict marked * has the target inside its interval: "
+                  "the rounds cannot tell on which side of it natgw is.", body]
     for transport in ("underlay", "wg"):
         for size, family in classes():
             body = forwarding_table(d, transport, size, family, md)

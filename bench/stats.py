@@ -39,6 +39,21 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[rank - 1]
 
 
+def median_interval(values: Iterable[float | None],
+                    confidence: float = 0.95) -> tuple[float, float] | None:
+    """An interval that holds the median of what was sampled with at least
+    `confidence`, assuming nothing of the distribution: the k-th smallest and k-th
+    largest value, k the largest with P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2
+    (the sign test's interval). None when there are too few values for any k (at 95 %,
+    fewer than 6): 8 values give the extremes (99.2 %), 16 the 4th of each end."""
+    xs = sorted(v for v in values if v is not None and not math.isnan(v))
+    n, tail, below, k = len(xs), (1 - confidence) / 2, 0.0, 0
+    while k < n and below + math.comb(n, k) / 2**n <= tail:
+        below += math.comb(n, k) / 2**n
+        k += 1
+    return (xs[k - 1], xs[n - k]) if k else None
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     """a / b, or None when either is missing or b is zero."""
     if a is None or b is None or b == 0:
@@ -73,6 +88,7 @@ class Target:
     op: str
     limit: float
     unit: str = ""
+    interval: tuple[float, float] | None = None  # 95 % of the median (paired rounds)
 
     @property
     def met(self) -> bool | None:
@@ -94,6 +110,15 @@ class Target:
     def verdict(self) -> str:
         return {True: "PASS", False: "MISS", None: "n/a"}[self.met]
 
+    @property
+    def settled(self) -> bool | None:
+        """False when the interval holds the limit: the rounds cannot tell whether
+        the target is met, whichever side the median fell on. None: no interval."""
+        if self.interval is None or self.value is None:
+            return None
+        low, high = self.interval
+        return not low <= self.limit <= high
+
     def by(self) -> str:
         """How far a missed target is off its limit, e.g. "+1.3 s"; "" when met or n/a."""
         if self.met is not False or self.value is None:
@@ -102,19 +127,24 @@ class Target:
 
     def as_dict(self) -> dict:
         return {"name": self.name, "value": self.value, "op": self.op, "limit": self.limit,
-                "unit": self.unit, "met": self.met, "margin": self.margin}
+                "unit": self.unit, "met": self.met, "margin": self.margin,
+                "interval": self.interval, "settled": self.settled}
 
 
 def medians_by_key(samples: Mapping[str, Sequence[float | None]]) -> dict[str, float | None]:
     return {k: median(v) for k, v in samples.items()}
 
 
+def paired_ratios(a: Sequence[float | None], b: Sequence[float | None]) -> list[float]:
+    """a / b within each round (rounds where either failed are left out)."""
+    return [r for x, y in zip(a, b, strict=True) if (r := ratio(x, y)) is not None]
+
+
 def paired_ratio(a: Sequence[float | None], b: Sequence[float | None]) -> float | None:
-    """Median over rounds of a / b within the same round (rounds where either failed
-    are left out). The modes take turns within a round, so a round's pair shares the
-    machine's state: a slow round for both cancels out, as it does not in the ratio
-    of the two medians."""
-    return median(ratio(x, y) for x, y in zip(a, b, strict=True))
+    """Median over rounds of a / b within the same round. The modes take turns within
+    a round, so a round's pair shares the machine's state: a slow round for both
+    cancels out, as it does not in the ratio of the two medians."""
+    return median(paired_ratios(a, b))
 
 
 Samples = Mapping[str, Mapping[str, Sequence[float | None]]]  # key -> measure -> rounds
@@ -124,11 +154,26 @@ def relative(m: Mapping[str, float | None], samples: Samples | None, key_a: str,
              measure: str) -> float | None:
     """key_a's measure over key_b's ("<mode>/<transport>" keys): paired by round
     where both have a sample every round, else the ratio of the medians."""
-    a = (samples or {}).get(key_a, {}).get(measure)
-    b = (samples or {}).get(key_b, {}).get(measure)
-    if a and b and len(a) == len(b):
+    a, b = _paired(samples, key_a, key_b, measure)
+    if a and b:
         return paired_ratio(a, b)
     return ratio(m.get(f"{key_a}/{measure}"), m.get(f"{key_b}/{measure}"))
+
+
+def relative_interval(samples: Samples | None, key_a: str, key_b: str,
+                      measure: str) -> tuple[float, float] | None:
+    """The 95 % interval (median_interval) of relative's paired ratio; None without
+    per-round samples or with too few rounds."""
+    a, b = _paired(samples, key_a, key_b, measure)
+    return median_interval(paired_ratios(a, b)) if a and b else None
+
+
+def _paired(samples: Samples | None, key_a: str, key_b: str,
+            measure: str) -> tuple[Sequence[float | None], Sequence[float | None]]:
+    """Both keys' rounds of a measure, or empty unless both have every round."""
+    a = (samples or {}).get(key_a, {}).get(measure) or []
+    b = (samples or {}).get(key_b, {}).get(measure) or []
+    return (a, b) if len(a) == len(b) else ([], [])
 
 
 # Issue 13's goals for natgw (the default, fast path) over the underlay, for every
@@ -167,10 +212,13 @@ def evaluate_targets(m: Mapping[str, float | None],
     did not measure at all gets no line; one measured for some modes only gets a
     line without a value (n/a).
     """
-    def rel(mode: str, base: str, transport: str, measure: str) -> float | None:
-        return relative(m, samples, f"{mode}/{transport}", f"{base}/{transport}", measure)
+    def rel(mode: str, base: str, transport: str, measure: str) -> dict:
+        """value and interval of mode's measure over base's, as Target's fields."""
+        a, b = f"{mode}/{transport}", f"{base}/{transport}"
+        return {"value": relative(m, samples, a, b, measure),
+                "interval": relative_interval(samples, a, b, measure)}
 
-    def cap(mode: str, base: str, transport: str, w: Workload) -> float | None:
+    def cap(mode: str, base: str, transport: str, w: Workload) -> dict:
         return rel(base, mode, transport, f"{w.measure}_ns")  # base's ns over the mode's
 
     out = []
@@ -183,22 +231,24 @@ def evaluate_targets(m: Mapping[str, float | None],
                 continue
             for base, limit, note in against:
                 out.append(Target(f"{title}, {w.label}: natgw capacity x {base}{note}",
-                                  cap("natgw", base, transport, w), ">=", limit, "x"))
+                                  op=">=", limit=limit, unit="x",
+                                  **cap("natgw", base, transport, w)))
         if measured(m, transport, "/tcp_gbps"):
-            out.append(Target(f"{title}, TCP bulk: natgw x route",
-                              rel("natgw", "route", transport, "tcp_gbps"), ">=", 1.0, "x"))
+            out.append(Target(f"{title}, TCP bulk: natgw x route", op=">=", limit=1.0,
+                              unit="x", **rel("natgw", "route", transport, "tcp_gbps")))
         if measured(m, transport, "/rr_p50_us"):
-            out.append(Target(f"{title}, TCP request/response p50: natgw x route",
-                              rel("natgw", "route", transport, "rr_p50_us"), "<=", 1.0,
-                              "x"))
+            out.append(Target(f"{title}, TCP request/response p50: natgw x route", op="<=",
+                              limit=1.0, unit="x",
+                              **rel("natgw", "route", transport, "rr_p50_us")))
         if transport == "underlay" and any(v is not None for k, v in m.items()
                                            if k.startswith(f"{MANY_MAPPINGS}/{transport}/")):
             for w in HEADLINE:
                 measure = mapping_measure(m, f"{MANY_MAPPINGS}/{transport}", f"{w.measure}_ns")
                 c = rel("natgw", MANY_MAPPINGS, transport, measure)
+                low_high = c["interval"] and (1 - c["interval"][1], 1 - c["interval"][0])
                 out.append(Target(f"{title}, {w.label}: cost of 10,000 mappings",
-                                  None if c is None else 1 - c, "<", MAPPINGS_COST,
-                                  "fraction"))
+                                  None if c["value"] is None else 1 - c["value"], "<",
+                                  MAPPINGS_COST, "fraction", low_high))
     return out
 
 

@@ -18,6 +18,7 @@ from bench.stats import (
     evaluate_control_targets,
     evaluate_targets,
     median,
+    median_interval,
     paired_ratio,
     percentile,
     rate,
@@ -115,6 +116,40 @@ def test_targets_pair_the_rounds_when_the_run_has_them():
     assert evaluate_targets(m, works, rounds)[0].met is False
 
 
+def test_the_median_interval_is_the_sign_tests():
+    # P(Binomial(n, 1/2) < k) <= 2.5 %: k = 1 for 6 to 8 values, 4 for 16; 5 are too few.
+    assert median_interval([3, 1, 2, 5, 4]) is None
+    assert median_interval([3, 1, None, 2, 6, 5, 4]) == (1, 6)  # failed rounds left out
+    assert median_interval([8, 1, 2, 3, 4, 5, 6, 7]) == (1, 8)
+    assert median_interval(range(1, 17)) == (4, 13)
+    assert median_interval(range(1, 17), confidence=0.5) == (7, 10)
+
+
+def test_a_target_inside_its_interval_is_not_settled():
+    # One bad round of eight: the median passes, but the interval (the extremes of
+    # eight) holds the target, and the report marks the verdict.
+    route = [1200.0] * 8
+    natgw = [1000.0, 1010.0, 990.0, 1005.0, 995.0, 1000.0, 1020.0, 1300.0]
+    rounds = {"route/underlay": {"udp1_ns": route}, "natgw/underlay": {"udp1_ns": natgw}}
+    m = {"route/underlay/udp1_ns": 1200.0, "natgw/underlay/udp1_ns": 1002.5}
+    works = [w for w in workloads() if w.measure == "udp1"]
+    t = evaluate_targets(m, works, rounds)[0]
+    assert t.met and t.interval == pytest.approx((1200 / 1300, 1200 / 990))
+    assert t.settled is False
+    assert Target("x", 1.2, ">=", 1.0, "x", (1.1, 1.3)).settled is True
+    assert Target("x", 1.2, ">=", 1.0, "x").settled is None  # no interval: say nothing
+    d = {"medians": m, "samples": rounds}
+
+    def verdict() -> str:  # of the first line, natgw x route >= 1.0
+        first = report.targets_table(d, md=True).splitlines()[2]
+        assert "one flow: natgw capacity x route |" in first
+        return first.split(" | ")[-1]
+
+    assert verdict() == "PASS* |"
+    rounds["natgw/underlay"]["udp1_ns"][-1] = 1100.0  # every round ahead of route
+    assert verdict() == "PASS |"
+
+
 def test_the_cost_of_mappings_comes_from_the_series_taken_in_turn():
     m = {"natgw/underlay/udp1_ns": 1000.0, "natgw-m10000/underlay/udp1_ns": 1100.0,
          "natgw/underlay/map-udp1_ns": 1000.0, "natgw-m10000/underlay/map-udp1_ns": 1010.0}
@@ -125,6 +160,10 @@ def test_the_cost_of_mappings_comes_from_the_series_taken_in_turn():
     t = by["underlay, 64 B IPv4, one flow: cost of 10,000 mappings"]
     assert t.value == pytest.approx(1 - 1 / 1.01) and t.met
     # A run without the series: the one sample a round of each
+    assert t.interval is None  # four pairs: too few for one
+    series = {k: {"map-udp1_ns": v["map-udp1_ns"] * 2} for k, v in series.items()}
+    t = {t.name: t for t in evaluate_targets(m, works, series)}[t.name]
+    assert t.interval == pytest.approx((1 - 1 / 1.01, 0.01))  # cost = 1 - ratio: 0.99 is 1 %
     old = {k: v for k, v in m.items() if "map-" not in k}
     t = {t.name: t for t in evaluate_targets(old, works)}[t.name]
     assert t.value == pytest.approx(1 - 1000 / 1100) and t.met is False
@@ -404,11 +443,11 @@ def test_report_renders_a_run():
     rows = {r.split(" | ")[0].lstrip("| "): r.split(" | ")[1:]
             for r in md.splitlines() if "natgw capacity x" in r or "10,000 mappings" in r}
     assert rows["underlay, 64 B IPv4, one flow: natgw capacity x route-ct"] == [
-        "1.58 x", ">= 1.30 x", "PASS |"]
+        "1.58 x", "-", ">= 1.30 x", "PASS |"]  # no interval: a run of medians only
     assert rows["underlay, 64 B IPv4, new flow per packet: natgw capacity x route"] == [
-        "0.91 x", ">= 1.00 x", "**MISS (by -0.09)** |"]
+        "0.91 x", "-", ">= 1.00 x", "**MISS (by -0.09)** |"]
     assert rows["underlay, 64 B IPv4, new flow per packet: cost of 10,000 mappings"] == [
-        "4.3 %", "< 3.0 %", "**MISS (by +1.3 points)** |"]
+        "4.3 %", "-", "< 3.0 %", "**MISS (by +1.3 points)** |"]
 
 
 def test_losses_are_attributed_to_the_change_that_was_running():
