@@ -80,7 +80,7 @@ def options(a: argparse.Namespace) -> Options:
     if a.quick:  # a smoke run of everything: every topology, workload and measure once more
         opt.rounds, opt.window, opt.warmup, opt.tcp_window, opt.rr_window = 2, 0.3, 0.15, 1.0, 0.5
         opt.change_cycles, opt.cold_repeats, opt.mapping_counts = 1, 1, (10000,)
-        opt.mapping_repeats = 1
+        opt.mapping_repeats = opt.route_repeats = 1
     if a.rounds:
         opt.rounds = a.rounds
     if a.window:

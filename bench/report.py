@@ -311,7 +311,8 @@ def render(d: dict, md: bool = False) -> str:
         f"{opt['rr_window']} s. 'gw ns/pkt': the gateway CPU's busy time (less other "
         f"processes) per forwarded packet; 'capacity x route' = route's ns/pkt / the mode's, "
         f"and 'x route' the mode's rate / route's: each the median over rounds of the "
-        f"ratio within a round (the modes take turns within a round); "
+        f"ratio within a round (the modes take turns within a round; natgw's pools "
+        f"the pairs of the series it takes in turn with route); "
         f"'gw-bound': rounds in which the gateway CPU, not the generator, was the "
         f"bottleneck. {_modes_text(d)}Run "
         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(d['started']))}"
@@ -321,11 +322,14 @@ def render(d: dict, md: bool = False) -> str:
     if body:
         parts += [f"{h}Targets (issue 13: natgw with its default fast path; by capacity, "
                   "from gw ns/pkt)",
-                  "Each value is the median of the per-round ratios; the 95 % interval "
-                  "holds that median with at least 95 % confidence, assuming nothing of "
-                  "the rounds' distribution (the sign test's: with 8 rounds, their "
-                  "extremes). A verdict marked * has the target inside its interval: "
-                  "the rounds cannot tell on which side of it natgw is.", body]
+                  "Each value is the median of the ratios of pairs of samples taken in "
+                  "turn: one pair a round, and natgw against route also the pairs of "
+                  "the series the two take in turn after each round (the `vs-` measures). "
+                  "The 95 % interval holds that median with at least 95 % confidence, "
+                  "assuming nothing of the samples' distribution (the sign test's: of "
+                  "8 pairs, their extremes; of 24, the 7th from each end). A verdict "
+                  "marked * has the target inside its interval: the samples cannot tell "
+                  "on which side of it natgw is.", body]
     for transport in ("underlay", "wg"):
         for size, family in classes():
             body = forwarding_table(d, transport, size, family, md)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench import control, generator, micro, traffic
-from bench.stats import MAPPING_SERIES, median, spread
+from bench.stats import MAPPING_SERIES, ROUTE_SERIES, median, spread
 from bench.topology import (
     MODE_TABLE,
     MODES,
@@ -55,6 +55,10 @@ class Options:
     # turn (the headline workloads): their difference is a few percent, within one
     # sample's noise, so it needs more pairs, taken close together.
     mapping_repeats: int = 3
+    # ... and route and natgw this many times in turn on every UDP workload of each
+    # transport (ROUTE_SERIES): issue 13's targets compare these two, by a few
+    # percent, so their ratios pool these pairs with the rounds' own.
+    route_repeats: int = 2
     control: bool = True
     change_cycles: int = 3
     cold_repeats: int = 2
@@ -187,6 +191,20 @@ def _flood(t: Topology, work: Workload, measure: str, counters: traffic.Counters
         res.add(t.key, f"{measure}_sat", None)
 
 
+def _series(r: int, topos: list[Topology], works: list[Workload], repeats: int,
+            prefix: str, counters: traffic.Counters, res: Results, opt: Options) -> None:
+    """Each workload on each of `topos` in turn, `repeats` times (who goes first
+    rotates), recorded under prefix + the workload's measure: pairs taken seconds
+    apart, for differences smaller than one sample's noise."""
+    if len(topos) < 2:
+        return
+    for work in works:
+        for rep in range(repeats):
+            k = (r * repeats + rep) % len(topos)
+            for t in topos[k:] + topos[:k]:
+                _flood(t, work, prefix + work.measure, counters, res, opt)
+
+
 def measure_round(r: int, topos: list[Topology], counters: traffic.Counters,
                   res: Results, opt: Options) -> None:
     main = [t for t in topos if not t.extra and not t.hooks]
@@ -202,12 +220,12 @@ def measure_round(r: int, topos: list[Topology], counters: traffic.Counters,
     # natgw with 1, 100 and 10,000 mappings, in turn, several times (MAPPING_SERIES).
     series = [t for t in main if t.mode == "natgw" and t.transport == "underlay"]
     series += [t for t in topos if t.extra]
-    if len(series) > 1:
-        for work in (w for w in HEADLINE if w in works):
-            for rep in range(opt.mapping_repeats):
-                k = (r * opt.mapping_repeats + rep) % len(series)
-                for t in series[k:] + series[:k]:
-                    _flood(t, work, MAPPING_SERIES + work.measure, counters, res, opt)
+    _series(r, series, [w for w in HEADLINE if w in works], opt.mapping_repeats,
+            MAPPING_SERIES, counters, res, opt)
+    # route and natgw, in turn, several times on each transport (ROUTE_SERIES).
+    for transport in opt.transports:
+        series = [t for t in main if t.mode in ("route", "natgw") and t.transport == transport]
+        _series(r, series, works, opt.route_repeats, ROUTE_SERIES, counters, res, opt)
     for t in order:
         try:
             res.add(t.key, "tcp_gbps", traffic.tcp_bulk(t, opt.tcp_window))

@@ -152,8 +152,9 @@ Samples = Mapping[str, Mapping[str, Sequence[float | None]]]  # key -> measure -
 
 def relative(m: Mapping[str, float | None], samples: Samples | None, key_a: str, key_b: str,
              measure: str) -> float | None:
-    """key_a's measure over key_b's ("<mode>/<transport>" keys): paired by round
-    where both have a sample every round, else the ratio of the medians."""
+    """key_a's measure over key_b's ("<mode>/<transport>" keys): the median of the
+    pairs' ratios (_paired) where both have a sample every round, else the ratio of
+    the medians."""
     a, b = _paired(samples, key_a, key_b, measure)
     if a and b:
         return paired_ratio(a, b)
@@ -170,10 +171,19 @@ def relative_interval(samples: Samples | None, key_a: str, key_b: str,
 
 def _paired(samples: Samples | None, key_a: str, key_b: str,
             measure: str) -> tuple[Sequence[float | None], Sequence[float | None]]:
-    """Both keys' rounds of a measure, or empty unless both have every round."""
-    a = (samples or {}).get(key_a, {}).get(measure) or []
-    b = (samples or {}).get(key_b, {}).get(measure) or []
-    return (a, b) if len(a) == len(b) else ([], [])
+    """Both keys' samples of a measure, in pairs: the rounds', then those of the
+    series both took in turn (ROUTE_SERIES), if both have it. Empty unless both
+    have every round."""
+    def taken(key: str, name: str) -> list[float | None]:
+        return list((samples or {}).get(key, {}).get(name) or [])
+
+    a, b = taken(key_a, measure), taken(key_b, measure)
+    if len(a) != len(b):
+        return [], []
+    more_a, more_b = taken(key_a, ROUTE_SERIES + measure), taken(key_b, ROUTE_SERIES + measure)
+    if more_a and len(more_a) == len(more_b):
+        a, b = a + more_a, b + more_b
+    return a, b
 
 
 # Issue 13's goals for natgw (the default, fast path) over the underlay, for every
@@ -185,6 +195,9 @@ MANY_MAPPINGS = "natgw-m10000"
 # Prefix of the measures natgw and its many-mappings topologies take in turn,
 # several times a round (bench.run.measure_round): "map-udp1_ns" etc.
 MAPPING_SERIES = "map-"
+# ... and of route and natgw, in turn, on every UDP workload: "vs-udp1_ns" etc. Their
+# ratios (relative) pool these pairs with the rounds'.
+ROUTE_SERIES = "vs-"
 
 
 def mapping_measure(m: Mapping[str, float | None], key: str, measure: str) -> str:

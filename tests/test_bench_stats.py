@@ -102,6 +102,19 @@ def test_ratios_pair_the_rounds():
     assert relative(m, None, "x/u", "y/u", "n") == pytest.approx(200 / 190)
 
 
+def test_the_series_taken_in_turn_pool_with_the_rounds():
+    # natgw and route also took two pairs a round in turn (vs-): 6 pairs, not 2;
+    # a mode without the series (route-ct) pairs the rounds alone.
+    samples = {"natgw/u": {"n": [1.0, 2.0], "vs-n": [1.0, 1.0, 1.0, 1.0]},
+               "route/u": {"n": [2.0, 1.0], "vs-n": [1.1, 1.1, 1.1, 1.1]},
+               "route-ct/u": {"n": [4.0, 4.0]}}
+    m = {"natgw/u/n": 1.5, "route/u/n": 1.5, "route-ct/u/n": 4.0}
+    assert relative(m, samples, "route/u", "natgw/u", "n") == pytest.approx(1.1)
+    assert relative(m, samples, "route-ct/u", "natgw/u", "n") == pytest.approx(3.0)
+    samples["route/u"]["vs-n"] = [1.1, 1.1, 1.1]  # a series cut short: not paired
+    assert relative(m, samples, "route/u", "natgw/u", "n") == pytest.approx(1.25)
+
+
 def test_targets_pair_the_rounds_when_the_run_has_them():
     rounds = {"route/underlay": {"udp1_ns": [1000.0, 2000.0, 1500.0]},
               "natgw/underlay": {"udp1_ns": [900.0, 2100.0, 1400.0]}}
