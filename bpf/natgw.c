@@ -54,7 +54,20 @@ static __always_inline int drop(const struct natgw_device *dev, __u32 reason)
 	return TC_ACT_SHOT;
 }
 
-/* The fast path passes with NATGW_PASS and drops with drop(): included after them. */
+/* A translated packet, on each mapping it hit (a GSO packet counts its segments). */
+static __always_inline void count(struct __sk_buff *skb, __u32 l3, __u32 dir,
+				  const struct natgw_xlate *xs, const struct natgw_xlate *xd)
+{
+	__u32 segs = skb->gso_segs ? skb->gso_segs : 1;
+	__u64 bytes = skb->len - l3;
+
+	if (xs)
+		map_stat_add(xs, dir, segs, bytes);
+	if (xd)
+		map_stat_add(xd, dir, segs, bytes);
+}
+
+/* The fast path passes with NATGW_PASS, drops with drop() and counts with count(). */
 #include "natgw_fast.h"
 #include "natgw_xdp.h"
 #include "natgw_lane.h"
@@ -73,18 +86,6 @@ static __always_inline int finish_tcp(struct __sk_buff *skb, const struct natgw_
 	if (ret > 0)
 		dev_stat_inc(dev, NATGW_EV_MSS_CLAMPED);
 	return NATGW_PASS;
-}
-
-static __always_inline void count(struct __sk_buff *skb, __u32 l3, __u32 dir,
-				  const struct natgw_xlate *xs, const struct natgw_xlate *xd)
-{
-	__u32 segs = skb->gso_segs ? skb->gso_segs : 1;
-	__u64 bytes = skb->len - l3;
-
-	if (xs)
-		map_stat_add(xs, dir, segs, bytes);
-	if (xd)
-		map_stat_add(xd, dir, segs, bytes);
 }
 
 static __always_inline int handle_v4(struct __sk_buff *skb, const struct natgw_device *dev,

@@ -45,6 +45,14 @@ static __always_inline int fast_v4_martian(__be32 saddr, __be32 daddr)
 	return s == 0 || s == 127 || s >= 224 || d == 0 || d == 127 || d >= 240;
 }
 
+/* Multicast or limited broadcast: the stack's to deliver (and to copy, for multicast routing). */
+static __always_inline int fast_v4_multicast(__be32 daddr)
+{
+	__u8 d = bpf_ntohl(daddr) >> 24;
+
+	return (d >= 224 && d < 240) || daddr == 0xffffffff;
+}
+
 /**
  * fast_v4_check - what an IPv4 header alone says about the fast path.
  * @ip: the header as read from the packet
@@ -54,11 +62,9 @@ static __always_inline int fast_v4_martian(__be32 saddr, __be32 daddr)
  */
 static __always_inline int fast_v4_check(const struct iphdr *ip, int for_host)
 {
-	__u8 d = bpf_ntohl(ip->daddr) >> 24;
-
 	if (ip->version != 4 || ip->ihl < 5)
 		return NATGW_FAST_NOT_IP;
-	if (!for_host || (d >= 224 && d < 240) || ip->daddr == 0xffffffff)
+	if (!for_host || fast_v4_multicast(ip->daddr))
 		return NATGW_FAST_MULTICAST;
 	if (ip->ihl > 5)
 		return NATGW_FAST_IP_OPTIONS;
@@ -94,6 +100,11 @@ static __always_inline int fast_v6_martian_addrs(const struct in6_addr *saddr,
 	return !d0 && !daddr->in6_u.u6_addr32[1] && !daddr->in6_u.u6_addr32[2];
 }
 
+static __always_inline int fast_v6_multicast(const struct in6_addr *daddr)
+{
+	return daddr->in6_u.u6_addr8[0] == 0xff;
+}
+
 static __always_inline int fast_v6_martian(const struct ipv6hdr *ip6)
 {
 	return fast_v6_martian_addrs(&ip6->saddr, &ip6->daddr);
@@ -104,7 +115,7 @@ static __always_inline int fast_v6_check(const struct ipv6hdr *ip6, int for_host
 {
 	if (ip6->version != 6)
 		return NATGW_FAST_NOT_IP;
-	if (!for_host || ip6->daddr.in6_u.u6_addr8[0] == 0xff)
+	if (!for_host || fast_v6_multicast(&ip6->daddr))
 		return NATGW_FAST_MULTICAST;
 	if (ip6->nexthdr == IPPROTO_FRAGMENT)
 		return NATGW_FAST_FRAGMENT;

@@ -102,9 +102,7 @@ static __always_inline int lane_v4_parse(struct __sk_buff *skb, __u32 l3, struct
  */
 static __always_inline int lane_v4_recheck(const __be32 to[2])
 {
-	__u8 d = bpf_ntohl(to[1]) >> 24;
-
-	if ((d >= 224 && d < 240) || to[1] == 0xffffffff)
+	if (fast_v4_multicast(to[1]))
 		return NATGW_FAST_MULTICAST;
 	if (fast_v4_martian(to[0], to[1]))
 		return NATGW_FAST_MARTIAN;
@@ -135,16 +133,10 @@ static __always_inline void lane_count(struct __sk_buff *skb, const struct natgw
 				       __u32 dir, const struct natgw_xlate *xs,
 				       const struct natgw_xlate *xd)
 {
-	__u64 bytes = skb->len - ETH_HLEN;
-
-	if (!either_hit(xs, xd)) {
+	if (either_hit(xs, xd))
+		count(skb, ETH_HLEN, dir, xs, xd);
+	else
 		dev_stat_inc(tdev, NATGW_EV_UNMATCHED);
-		return;
-	}
-	if (xs)
-		map_stat_add(xs, dir, 1, bytes);
-	if (xd)
-		map_stat_add(xd, dir, 1, bytes);
 }
 
 /**
@@ -396,7 +388,7 @@ static __always_inline long lane_v6_fib(struct __sk_buff *skb, const struct lane
 /* What fast_v6_check says of the addresses the ingress translation chose. */
 static __always_inline int lane_v6_recheck(const union v6addr to[2])
 {
-	if (to[1].b[0] == 0xff)
+	if (fast_v6_multicast((const struct in6_addr *)to[1].b))
 		return NATGW_FAST_MULTICAST;
 	if (fast_v6_martian_addrs((const struct in6_addr *)to[0].b,
 				  (const struct in6_addr *)to[1].b))

@@ -300,3 +300,34 @@ def test_a_long_prefix_hidden_by_its_skip_bit_is_found_and_an_apply_repairs_it(d
     assert dp.tables.hidden_by_skip(LO_IFINDEX) == []
     out = run.run("egress", IP(src="192.0.2.1", dst="10.245.3.4") / UDP()).out
     assert out == bytes(IP(src="192.0.2.1", dst="172.21.0.4") / UDP())
+
+
+def test_one_read_of_the_entries_answers_every_question_of_them(dp, monkeypatch):
+    """drift asks mappings, orphans and hidden entries of every device: one read of the
+    maps (read_entries) answers them all, as each alone would from the maps."""
+    from natgw.dataplane import layout
+
+    inside = Mapping.parse("remote", "172.21.0.0/24", "10.245.3.0/24")
+    other = Mapping.parse("remote", "fd00:a::/48", "fd00:b::/48")
+    dp.tables.set_mappings(LO_IFINDEX, [R, inside])
+    dp.tables.set_mappings(999, [other])
+    set_skip_bit(dp.tables, LO_IFINDEX, layout.table(layout.DIR_EGRESS, layout.SIDE_DST),
+                 "10.245.3.0")
+    monkeypatch.setenv("NATGW_TEST_FAIL_AT", "mapping-ingress-written:index")
+    with pytest.raises(IndexError):  # leaves an ingress entry without its egress twin
+        dp.tables.set_mappings(999, [other, Mapping.parse("remote", "10.9.0.0/16",
+                                                          "10.19.0.0/16")])
+    t = dp.tables
+    entries = t.read_entries()
+    for idx in (LO_IFINDEX, 999):
+        assert t.mappings(idx, entries) == t.mappings(idx)
+        assert t.orphans(idx, entries) == t.orphans(idx)
+        assert t.hidden_by_skip(idx, entries) == t.hidden_by_skip(idx)
+    assert t.orphans(999, entries) == [(999, "ingress", ipaddress.ip_network("10.9.0.0/16"))]
+    assert t.hidden_by_skip(LO_IFINDEX, entries) == [ipaddress.ip_network("10.245.3.0/24")]
+    # The answers come from the entries given, not from the maps read again.
+    monkeypatch.setattr(type(t.v4), "items", lambda self: pytest.fail("read again"))
+    monkeypatch.setattr(type(t.v4), "keys", lambda self: pytest.fail("read again"))
+    assert {m.mapping for m in t.mappings(999, entries)} == {other}
+    assert t.orphans(LO_IFINDEX, entries) == []
+    assert t.hidden_by_skip(LO_IFINDEX, entries) != []

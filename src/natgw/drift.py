@@ -81,6 +81,7 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
             wanted[state.hub.device.device] = hub_mappings(gw.cfg.hub)
         # The programs each device runs: a filter of the other fastpath is drift too.
         hooks = HOOKS_TRANSLATE_FAST if gw.cfg.fast else HOOKS_TRANSLATE
+        entries = None  # the translation entries, read at the first device that needs them
         for ls in state.lan:
             # A LAN device is the admin's: one that went is not natgw's to put back.
             idx = ipr.link_lookup(ifname=ls.device)
@@ -110,11 +111,14 @@ def detect(gw: Gateway, state: GatewayState) -> list[str]:
             if state.hub is not None and ps is state.hub.device and gw.cfg.pipes:
                 out += _client_pipe_ips(gw, ps.device, netns)
             if dp is not None:
+                t = dp.tables
+                if entries is None:  # one read of the maps for every device's checks
+                    entries = t.read_entries()
                 out += [f"mapping {d} entry {net} on {ps.device} has no twin"
-                        for _, d, net in dp.tables.orphans(idx[0])]
+                        for _, d, net in t.orphans(idx[0], entries)]
                 out += [f"mapping entry {net} on {ps.device} hidden by its skip bitmap"
-                        for net in dp.tables.hidden_by_skip(idx[0])]
-                installed = {m.mapping for m in dp.mappings(idx[0])}
+                        for net in t.hidden_by_skip(idx[0], entries)]
+                installed = {m.mapping for m in t.mappings(idx[0], entries)}
                 out += [f"mapping {m} on {ps.device}" for m in wanted.get(ps.device, [])
                         if m not in installed]
     finally:

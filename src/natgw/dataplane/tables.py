@@ -137,6 +137,8 @@ def _value_net(value: L.Xlate, version: int) -> IPNetwork:
 
 # (ifindex, version, table) -> prefix lengths of its entries
 PlenSets = dict[tuple[int, int, int], set[int]]
+# Translation entries as read from the maps: (IP version, key, value).
+Entries = list[tuple[int, L.XlateV4Key | L.XlateV6Key, L.Xlate]]
 
 
 def plens(dev: L.Device, version: int, table: int) -> set[int]:
@@ -286,9 +288,11 @@ class Tables:
             long[key.table].add(bucket)
         self._write_skip_words(dev.slot, long)
 
-    def _long_v4_keys(self, ifindex: int) -> Iterator[tuple[L.XlateV4Key, int]]:
-        """A device's IPv4 keys longer than SKIP_PLEN, each with its skip bucket."""
-        for key in self.v4.keys():
+    def _long_v4_keys(self, ifindex: int, keys: Iterable[L.XlateV4Key] | None = None
+                      ) -> Iterator[tuple[L.XlateV4Key, int]]:
+        """A device's IPv4 keys (of `keys`, else the map's) longer than SKIP_PLEN, each
+        with its skip bucket."""
+        for key in self.v4.keys() if keys is None else keys:
             if key.ifindex == ifindex and key.prefixlen > L.SKIP_PLEN:
                 yield key, L.skip_bucket(bytes(key.addr))
 
@@ -318,16 +322,19 @@ class Tables:
             out.append(int(v.value) if v is not None else 0)
         return out
 
-    def hidden_by_skip(self, ifindex: int) -> list[IPNetwork]:
+    def hidden_by_skip(self, ifindex: int, entries: Entries | None = None) -> list[IPNetwork]:
         """A device's IPv4 entries its skip bitmaps hide: prefixes longer than
-        SKIP_PLEN in a bucket whose bit says it holds none. A kill between an
-        entry's write and the bitmaps' rewrite leaves that; any apply repairs it."""
+        SKIP_PLEN in a bucket whose bit says it holds none (of `entries`,
+        read_entries' answer, if given). A kill between an entry's write and the
+        bitmaps' rewrite leaves that; any apply repairs it."""
         dev = self.device(ifindex)
         if self.v4_skip is None or dev is None:
             return []
+        keys = (self.v4.keys() if entries is None
+                else (key for version, key, _ in entries if version == 4))
         words: dict[int, list[int]] = {}
         out = []
-        for key, bucket in self._long_v4_keys(ifindex):
+        for key, bucket in self._long_v4_keys(ifindex, keys):
             table = words.setdefault(key.table, self.skip_words(ifindex, key.table))
             if table[bucket // 64] >> (bucket % 64) & 1:
                 out.append(_key_net(key))
@@ -481,21 +488,34 @@ class Tables:
 
     # -- mappings ----------------------------------------------------------
 
-    def mappings(self, ifindex: int | None = None) -> list[InstalledMapping]:
-        """Installed mappings, read back from their egress entries."""
+    def read_entries(self, ifindex: int | None = None) -> Entries:
+        """The translation entries (of one device, or all), read once: for callers
+        that ask several questions of them (drift's mappings, orphans and hidden
+        entries), each of which would otherwise walk both maps again."""
+        return [(version, key, value) for version in (4, 6)
+                for key, value in self._xlate(version).items()
+                if ifindex is None or key.ifindex == ifindex]
+
+    def mappings(self, ifindex: int | None = None,
+                 entries: Entries | None = None) -> list[InstalledMapping]:
+        """Installed mappings, read back from their egress entries (of `entries`,
+        read_entries' answer, if given)."""
         out = []
-        for version in (4, 6):
-            for key, value in self._xlate(version).items():
-                if ifindex is not None and key.ifindex != ifindex:
+        for version, key, value in self._entries(ifindex, entries):
+            for kind, (tbl, key_is_as) in _EGRESS_TABLE.items():
+                if key.table != tbl:
                     continue
-                for kind, (tbl, key_is_as) in _EGRESS_TABLE.items():
-                    if key.table != tbl:
-                        continue
-                    knet, vnet = _key_net(key), _value_net(value, version)
-                    cidr, as_ = (vnet, knet) if key_is_as else (knet, vnet)
-                    out.append(InstalledMapping(key.ifindex, Mapping(kind, cidr, as_),
-                                                value.mapping_id))
+                knet, vnet = _key_net(key), _value_net(value, version)
+                cidr, as_ = (vnet, knet) if key_is_as else (knet, vnet)
+                out.append(InstalledMapping(key.ifindex, Mapping(kind, cidr, as_),
+                                            value.mapping_id))
         return sorted(out, key=lambda m: (m.ifindex, m.mapping_id))
+
+    def _entries(self, ifindex: int | None, entries: Entries | None) -> Entries:
+        """`entries` (or the maps' own, read now) of one device, or all."""
+        if entries is None:
+            return self.read_entries(ifindex)
+        return [e for e in entries if ifindex is None or e[1].ifindex == ifindex]
 
     def _used_ids(self) -> set[int]:
         return {v.mapping_id for m in (self.v4, self.v6) for _, v in m.items()}
@@ -584,23 +604,22 @@ class Tables:
             return None
         return int(found.mapping_id)
 
-    def orphans(self, ifindex: int | None = None) -> list[tuple[int, str, IPNetwork]]:
-        """One-way entries: (ifindex, "egress"/"ingress", key prefix) whose twin is missing.
+    def orphans(self, ifindex: int | None = None,
+                entries: Entries | None = None) -> list[tuple[int, str, IPNetwork]]:
+        """One-way entries: (ifindex, "egress"/"ingress", key prefix) whose twin is missing
+        (of `entries`, read_entries' answer, if given).
 
         A mapping killed half-way through being written or removed leaves one.
         """
         pairs: dict[tuple, set[int]] = {}
-        for version in (4, 6):
-            for key, value in self._xlate(version).items():
-                if ifindex is not None and key.ifindex != ifindex:
-                    continue
-                knet, vnet = _key_net(key), _value_net(value, version)
-                for kind, entries in _ENTRIES.items():
-                    for pos, (tbl, key_is_as) in enumerate(entries):
-                        if key.table != tbl:
-                            continue
-                        cidr, as_ = (vnet, knet) if key_is_as else (knet, vnet)
-                        pairs.setdefault((key.ifindex, kind, cidr, as_), set()).add(pos)
+        for version, key, value in self._entries(ifindex, entries):
+            knet, vnet = _key_net(key), _value_net(value, version)
+            for kind, twins in _ENTRIES.items():
+                for pos, (tbl, key_is_as) in enumerate(twins):
+                    if key.table != tbl:
+                        continue
+                    cidr, as_ = (vnet, knet) if key_is_as else (knet, vnet)
+                    pairs.setdefault((key.ifindex, kind, cidr, as_), set()).add(pos)
         out = []
         for (idx, kind, cidr, as_), seen in pairs.items():
             if seen == {0}:
