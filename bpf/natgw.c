@@ -267,9 +267,14 @@ int natgw_ingress_fast(struct __sk_buff *skb)
 
 	if (!dev)
 		return NATGW_PASS;
-	ret = lane_v4_ingress(skb, dev, ifindex);
+	/* The lanes, for Ethernet devices and for L3 ones (wireguard, tun). */
+	ret = lane_v4_ingress(skb, dev, ifindex, ETH_HLEN);
 	if (ret == NATGW_LANE_SLOW)
-		ret = lane_v6_ingress(skb, dev, ifindex);
+		ret = lane_v6_ingress(skb, dev, ifindex, ETH_HLEN);
+	if (ret == NATGW_LANE_SLOW)
+		ret = lane_v4_ingress(skb, dev, ifindex, 0);
+	if (ret == NATGW_LANE_SLOW)
+		ret = lane_v6_ingress(skb, dev, ifindex, 0);
 	if (ret != NATGW_LANE_SLOW)
 		return ret;
 	/* The general path; each family's forward on its own translation's paths. */

@@ -20,7 +20,10 @@
  * not a fragment, TCP (not a SYN:
  * the MSS clamp is the general path's) or UDP, one segment (no GSO: the
  * general path checks a segment's length against the route's MTU), every
- * header it touches in the linear area, received on an Ethernet device.
+ * header it touches in the linear area. The LAN lanes take it from an Ethernet
+ * device; the ingress lanes from an Ethernet or an L3 device (wireguard, tun:
+ * the packet starts at its IP header), and for an Ethernet output push the
+ * header the fib found (a redirect from an L3 device carries no MAC header).
  * Anything else, and anything fast_v4_check would send to the stack, is
  * answered NATGW_LANE_SLOW before the lane writes or counts anything: the
  * general path then decides and counts it. Where the lane decides, it
@@ -48,7 +51,7 @@ struct lane_v4 {
 
 /*
  * The input device's header offset, read for the lane alone. Were the value
- * shared with the general path, the lane's check (l3 == ETH_HLEN) would reach
+ * shared with the general path, the lane's check (dev_l3 == l3) would reach
  * it as a known constant on some paths and not on others, and the verifier
  * would check the general path twice.
  */
@@ -59,29 +62,31 @@ static __always_inline __u32 lane_l3(const struct natgw_device *dev)
 
 /**
  * lane_v4_parse - is this the lane's packet? Read what the lane needs.
- * @l3: the input device's network header offset
+ * @dev_l3: the input device's network header offset
+ * @l3: the offset this lane is built for, a constant: ETH_HLEN or 0
  *
  * Return: 0, or NATGW_LANE_SLOW.
  */
-static __always_inline int lane_v4_parse(struct __sk_buff *skb, __u32 l3, struct lane_v4 *v)
+static __always_inline int lane_v4_parse(struct __sk_buff *skb, __u32 dev_l3, __u32 l3,
+					 struct lane_v4 *v)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
-	struct iphdr *ip = data + ETH_HLEN;
+	struct iphdr *ip = data + l3;
 	__u8 *l4 = (__u8 *)(ip + 1);
 
-	if (l3 != ETH_HLEN || skb->gso_size || skb->protocol != bpf_htons(ETH_P_IP) ||
+	if (dev_l3 != l3 || skb->gso_size || skb->protocol != bpf_htons(ETH_P_IP) ||
 	    l4 + sizeof(struct udphdr) > (__u8 *)end)
 		return NATGW_LANE_SLOW;
 	if (fast_v4_check(ip, skb->pkt_type == PACKET_HOST) != NATGW_FAST_GO)
 		return NATGW_LANE_SLOW;
 	if (ip->protocol == IPPROTO_UDP) {
-		v->csum_off = ETH_HLEN + sizeof(*ip) + offsetof(struct udphdr, check);
+		v->csum_off = l3 + sizeof(*ip) + offsetof(struct udphdr, check);
 		v->csum_flags = BPF_F_MARK_MANGLED_0;
 	} else if (ip->protocol == IPPROTO_TCP) {
 		if (l4 + sizeof(struct tcphdr) > (__u8 *)end ||
 		    (l4[NATGW_TCP_FLAGS_OFF] & NATGW_TCP_SYN))
 			return NATGW_LANE_SLOW;
-		v->csum_off = ETH_HLEN + sizeof(*ip) + offsetof(struct tcphdr, check);
+		v->csum_off = l3 + sizeof(*ip) + offsetof(struct tcphdr, check);
 		v->csum_flags = 0;
 	} else {
 		return NATGW_LANE_SLOW;
@@ -128,32 +133,36 @@ static __always_inline long lane_v4_fib(struct __sk_buff *skb, const struct lane
 	return bpf_fib_lookup(skb, p, sizeof(*p), flags);
 }
 
-/* Count a translation as handle_v4 does: per mapping hit, or unmatched on @tdev. */
+/*
+ * Count a translation as handle_v4 does: per mapping hit, or unmatched on @tdev.
+ * Before any Ethernet header is pushed: @l3 is where the IP packet starts.
+ */
 static __always_inline void lane_count(struct __sk_buff *skb, const struct natgw_device *tdev,
-				       __u32 dir, const struct natgw_xlate *xs,
+				       __u32 l3, __u32 dir, const struct natgw_xlate *xs,
 				       const struct natgw_xlate *xd)
 {
 	if (either_hit(xs, xd))
-		count(skb, ETH_HLEN, dir, xs, xd);
+		count(skb, l3, dir, xs, xd);
 	else
 		dev_stat_inc(tdev, NATGW_EV_UNMATCHED);
 }
 
 /**
  * lane_v4_write - rewrite the packet in place: addresses, and when @forward the
- * TTL and (for an Ethernet output) the fib's MAC addresses.
+ * TTL and (for an Ethernet input and output) the fib's MAC addresses.
  * @to: the new source and destination
  * @decision: the fast path's decision when forwarding
+ * @l3: as lane_v4_parse's (an L3 input's Ethernet header is lane_push_eth's)
  *
  * Return: 0, or -1 if a helper failed (the packet is half written: drop it).
  */
 static __always_inline int lane_v4_write(struct __sk_buff *skb, const struct lane_v4 *v,
 					 const __be32 to[2], int forward, int decision,
-					 const struct bpf_fib_lookup *p)
+					 const struct bpf_fib_lookup *p, __u32 l3)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	struct iphdr *ip = data + ETH_HLEN;
+	struct iphdr *ip = data + l3;
 	__u64 addrs, diff;
 	__be16 ttl_old;
 
@@ -168,7 +177,7 @@ static __always_inline int lane_v4_write(struct __sk_buff *skb, const struct lan
 		__builtin_memcpy(&ttl_old, &ip->ttl, 2);
 		ip->ttl--;
 		diff = csum_diff16(diff, ttl_old, *(__be16 *)&ip->ttl);
-		if (decision != NATGW_FAST_REDIRECT_L3) {
+		if (l3 == ETH_HLEN && decision != NATGW_FAST_REDIRECT_L3) {
 			__builtin_memcpy(eth->h_dest, p->dmac, ETH_ALEN);
 			__builtin_memcpy(eth->h_source, p->smac, ETH_ALEN);
 		}
@@ -202,6 +211,48 @@ static __always_inline int lane_redirect(__u32 oif, int decision)
 }
 
 /**
+ * lane_push_eth - give a packet from an L3 device the Ethernet header its
+ * Ethernet output needs (bpf_skb_change_head keeps skb->protocol and marks
+ * the new bytes as the MAC header). After every other write: it moves the
+ * packet.
+ * @proto: the ethertype, ETH_P_IP or ETH_P_IPV6
+ *
+ * Return: 0, or -1 if the helper failed.
+ */
+static __always_inline int lane_push_eth(struct __sk_buff *skb, const struct bpf_fib_lookup *p,
+					 __u16 proto)
+{
+	void *data, *end;
+	struct ethhdr *eth;
+
+	if (bpf_skb_change_head(skb, ETH_HLEN, 0) < 0)
+		return -1;
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > end)
+		return -1;
+	__builtin_memcpy(eth->h_dest, p->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, p->smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(proto);
+	return 0;
+}
+
+/*
+ * Forward what the lane wrote: an L3 input's packet bound for an Ethernet
+ * device first gets its header, then the redirect.
+ */
+static __always_inline int lane_send(struct __sk_buff *skb, const struct natgw_device *dev,
+				     const struct bpf_fib_lookup *p, __u32 oif, int decision,
+				     __u32 l3, __u16 proto)
+{
+	if (!l3 && decision != NATGW_FAST_REDIRECT_L3 && lane_push_eth(skb, p, proto) < 0)
+		return drop(dev, NATGW_DROP_REWRITE);
+	fast_stat_inc(dev, decision);
+	return lane_redirect(oif, decision);
+}
+
+/**
  * lane_v4_lan - the LAN program's lane: route, translate by the output
  * device's egress tables, forward (as natgw_lan does on the general path).
  * @v: the packet, as lane_v4_parse read it
@@ -220,7 +271,7 @@ static __always_inline int lane_v4_lan(struct __sk_buff *skb, const struct natgw
 	__u32 oif;
 	long rc;
 
-	if (lane_v4_parse(skb, lane_l3(dev), v) < 0)
+	if (lane_v4_parse(skb, lane_l3(dev), ETH_HLEN, v) < 0)
 		return NATGW_LANE_SLOW;
 
 	rc = lane_v4_fib(skb, v, v->saddr, v->daddr, &p);
@@ -236,9 +287,9 @@ static __always_inline int lane_v4_lan(struct __sk_buff *skb, const struct natgw
 	xs = xlate_v4_lookup(out, oif, NATGW_TABLE(NATGW_DIR_EGRESS, NATGW_SIDE_SRC), v->saddr);
 	xd = xlate_v4_lookup(out, oif, NATGW_TABLE(NATGW_DIR_EGRESS, NATGW_SIDE_DST), v->daddr);
 	lane_v4_netmap(v, xs, xd, to);
-	if (lane_v4_write(skb, v, to, 1, decision, &p) < 0)
+	if (lane_v4_write(skb, v, to, 1, decision, &p, ETH_HLEN) < 0)
 		return drop(out, NATGW_DROP_REWRITE);
-	lane_count(skb, out, NATGW_DIR_EGRESS, xs, xd);
+	lane_count(skb, out, ETH_HLEN, NATGW_DIR_EGRESS, xs, xd);
 	fast_stat_inc(dev, decision);
 	fast_mark_translated(skb, oif);
 	return lane_redirect(oif, decision);
@@ -248,12 +299,12 @@ static __always_inline int lane_v4_lan(struct __sk_buff *skb, const struct natgw
  * lane_v4_ingress - the fast ingress program's lane: translate by the input
  * device's ingress tables, route the translated packet, forward it or hand it
  * to the stack translated (as natgw_ingress_fast does on the general path).
- * @v: the packet, as lane_v4_parse read it
+ * @l3: the input devices this lane takes, as lane_v4_parse's
  *
  * Return: a tc verdict.
  */
 static __always_inline int lane_v4_ingress(struct __sk_buff *skb, const struct natgw_device *dev,
-					   __u32 ifindex)
+					   __u32 ifindex, __u32 l3)
 {
 	struct bpf_fib_lookup p = {};
 	struct natgw_xlate *xs, *xd;
@@ -261,41 +312,34 @@ static __always_inline int lane_v4_ingress(struct __sk_buff *skb, const struct n
 	struct lane_v4 lv, *v = &lv;
 	__be32 to[2];
 	int decision;
-	__u32 oif;
+	__u32 oif = 0;
 	long rc;
 
-	if (lane_v4_parse(skb, lane_l3(dev), v) < 0)
+	if (lane_v4_parse(skb, lane_l3(dev), l3, v) < 0)
 		return NATGW_LANE_SLOW;
 
 	xs = xlate_v4_lookup(dev, ifindex, NATGW_TABLE(NATGW_DIR_INGRESS, NATGW_SIDE_SRC), v->saddr);
 	xd = xlate_v4_lookup(dev, ifindex, NATGW_TABLE(NATGW_DIR_INGRESS, NATGW_SIDE_DST), v->daddr);
 	lane_v4_netmap(v, xs, xd, to);
 	decision = lane_v4_recheck(to);
-	if (decision != NATGW_FAST_GO) {
-		/* To the stack, translated: its fast_v4_check said so. */
-		if (lane_v4_write(skb, v, to, 0, decision, &p) < 0)
-			return drop(dev, NATGW_DROP_REWRITE);
-		lane_count(skb, dev, NATGW_DIR_INGRESS, xs, xd);
-		fast_stat_inc(dev, decision);
-		return NATGW_PASS;
+	if (decision == NATGW_FAST_GO) {
+		rc = lane_v4_fib(skb, v, to[0], to[1], &p);
+		oif = p.ifindex;
+		out = devices_v2.lookup(&oif);
+		decision = fast_fib_decide(rc, oif, out, ifindex, 0);
 	}
-	rc = lane_v4_fib(skb, v, to[0], to[1], &p);
-	oif = p.ifindex;
-	out = devices_v2.lookup(&oif);
-	decision = fast_fib_decide(rc, oif, out, ifindex, 0);
 	if (decision > NATGW_FAST_REDIRECT_PEER) {
 		/* To the stack, translated (the general path's order). */
-		if (lane_v4_write(skb, v, to, 0, decision, &p) < 0)
+		if (lane_v4_write(skb, v, to, 0, decision, &p, l3) < 0)
 			return drop(dev, NATGW_DROP_REWRITE);
-		lane_count(skb, dev, NATGW_DIR_INGRESS, xs, xd);
+		lane_count(skb, dev, l3, NATGW_DIR_INGRESS, xs, xd);
 		fast_stat_inc(dev, decision);
 		return NATGW_PASS;
 	}
-	if (lane_v4_write(skb, v, to, 1, decision, &p) < 0)
+	if (lane_v4_write(skb, v, to, 1, decision, &p, l3) < 0)
 		return drop(dev, NATGW_DROP_REWRITE);
-	lane_count(skb, dev, NATGW_DIR_INGRESS, xs, xd);
-	fast_stat_inc(dev, decision);
-	return lane_redirect(oif, decision);
+	lane_count(skb, dev, l3, NATGW_DIR_INGRESS, xs, xd);
+	return lane_send(skb, dev, &p, oif, decision, l3, ETH_P_IP);
 }
 
 /* -- IPv6 ----------------------------------------------------------------- */
@@ -331,26 +375,27 @@ static __always_inline struct natgw_xlate *lane_v6_lookup(const struct natgw_dev
 }
 
 /* As lane_v4_parse, for IPv6. */
-static __always_inline int lane_v6_parse(struct __sk_buff *skb, __u32 l3, struct lane_v6 *v)
+static __always_inline int lane_v6_parse(struct __sk_buff *skb, __u32 dev_l3, __u32 l3,
+					 struct lane_v6 *v)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
-	struct ipv6hdr *ip6 = data + ETH_HLEN;
+	struct ipv6hdr *ip6 = data + l3;
 	__u8 *l4 = (__u8 *)(ip6 + 1);
 	__be32 first;
 
-	if (l3 != ETH_HLEN || skb->gso_size || skb->protocol != bpf_htons(ETH_P_IPV6) ||
+	if (dev_l3 != l3 || skb->gso_size || skb->protocol != bpf_htons(ETH_P_IPV6) ||
 	    l4 + sizeof(struct udphdr) > (__u8 *)end)
 		return NATGW_LANE_SLOW;
 	if (fast_v6_check(ip6, skb->pkt_type == PACKET_HOST) != NATGW_FAST_GO)
 		return NATGW_LANE_SLOW;
 	if (ip6->nexthdr == IPPROTO_UDP) {
-		v->csum_off = ETH_HLEN + sizeof(*ip6) + offsetof(struct udphdr, check);
+		v->csum_off = l3 + sizeof(*ip6) + offsetof(struct udphdr, check);
 		v->csum_flags = BPF_F_MARK_MANGLED_0;
 	} else if (ip6->nexthdr == IPPROTO_TCP) {
 		if (l4 + sizeof(struct tcphdr) > (__u8 *)end ||
 		    (l4[NATGW_TCP_FLAGS_OFF] & NATGW_TCP_SYN))
 			return NATGW_LANE_SLOW;
-		v->csum_off = ETH_HLEN + sizeof(*ip6) + offsetof(struct tcphdr, check);
+		v->csum_off = l3 + sizeof(*ip6) + offsetof(struct tcphdr, check);
 		v->csum_flags = 0;
 	} else {
 		return NATGW_LANE_SLOW;
@@ -420,11 +465,11 @@ static __always_inline int lane_v6_changed(const struct lane_v6 *v, const union 
 /* As lane_v4_write, for IPv6. Return: 0, or -1 if a helper failed. */
 static __always_inline int lane_v6_write(struct __sk_buff *skb, const struct lane_v6 *v,
 					 const union v6addr to[2], int forward, int decision,
-					 const struct bpf_fib_lookup *p)
+					 const struct bpf_fib_lookup *p, __u32 l3)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	struct ipv6hdr *ip6 = data + ETH_HLEN;
+	struct ipv6hdr *ip6 = data + l3;
 	__u64 addrs = 0, diff;
 	__be16 word_old;
 
@@ -443,7 +488,7 @@ static __always_inline int lane_v6_write(struct __sk_buff *skb, const struct lan
 		__builtin_memcpy(&word_old, &ip6->nexthdr, 2);
 		ip6->hop_limit--;
 		diff = csum_diff16(diff, word_old, *(__be16 *)&ip6->nexthdr);
-		if (decision != NATGW_FAST_REDIRECT_L3) {
+		if (l3 == ETH_HLEN && decision != NATGW_FAST_REDIRECT_L3) {
 			__builtin_memcpy(eth->h_dest, p->dmac, ETH_ALEN);
 			__builtin_memcpy(eth->h_source, p->smac, ETH_ALEN);
 		}
@@ -469,7 +514,7 @@ static __always_inline int lane_v6_lan(struct __sk_buff *skb, const struct natgw
 	__u32 oif;
 	long rc;
 
-	if (lane_v6_parse(skb, lane_l3(dev), &v) < 0)
+	if (lane_v6_parse(skb, lane_l3(dev), ETH_HLEN, &v) < 0)
 		return NATGW_LANE_SLOW;
 	to[0] = v.saddr;
 	to[1] = v.daddr;
@@ -486,9 +531,9 @@ static __always_inline int lane_v6_lan(struct __sk_buff *skb, const struct natgw
 	xs = lane_v6_lookup(out, oif, NATGW_TABLE(NATGW_DIR_EGRESS, NATGW_SIDE_SRC), &v.saddr);
 	xd = lane_v6_lookup(out, oif, NATGW_TABLE(NATGW_DIR_EGRESS, NATGW_SIDE_DST), &v.daddr);
 	lane_v6_netmap(&v, xs, xd, to);
-	if (lane_v6_write(skb, &v, to, 1, decision, &p) < 0)
+	if (lane_v6_write(skb, &v, to, 1, decision, &p, ETH_HLEN) < 0)
 		return drop(out, NATGW_DROP_REWRITE);
-	lane_count(skb, out, NATGW_DIR_EGRESS, xs, xd);
+	lane_count(skb, out, ETH_HLEN, NATGW_DIR_EGRESS, xs, xd);
 	fast_stat_inc(dev, decision);
 	fast_mark_translated(skb, oif);
 	return lane_redirect(oif, decision);
@@ -496,7 +541,7 @@ static __always_inline int lane_v6_lan(struct __sk_buff *skb, const struct natgw
 
 /* As lane_v4_ingress, for IPv6. */
 static __always_inline int lane_v6_ingress(struct __sk_buff *skb, const struct natgw_device *dev,
-					   __u32 ifindex)
+					   __u32 ifindex, __u32 l3)
 {
 	struct bpf_fib_lookup p = {};
 	struct natgw_xlate *xs, *xd;
@@ -504,10 +549,10 @@ static __always_inline int lane_v6_ingress(struct __sk_buff *skb, const struct n
 	union v6addr to[2];
 	struct lane_v6 v;
 	int decision;
-	__u32 oif;
+	__u32 oif = 0;
 	long rc;
 
-	if (lane_v6_parse(skb, lane_l3(dev), &v) < 0)
+	if (lane_v6_parse(skb, lane_l3(dev), l3, &v) < 0)
 		return NATGW_LANE_SLOW;
 	xs = xlate_v6_lookup(dev, ifindex, NATGW_TABLE(NATGW_DIR_INGRESS, NATGW_SIDE_SRC),
 			     (const struct in6_addr *)v.saddr.b);
@@ -523,17 +568,16 @@ static __always_inline int lane_v6_ingress(struct __sk_buff *skb, const struct n
 	}
 	if (decision > NATGW_FAST_REDIRECT_PEER) {
 		/* To the stack, translated (the general path's order). */
-		if (lane_v6_write(skb, &v, to, 0, decision, &p) < 0)
+		if (lane_v6_write(skb, &v, to, 0, decision, &p, l3) < 0)
 			return drop(dev, NATGW_DROP_REWRITE);
-		lane_count(skb, dev, NATGW_DIR_INGRESS, xs, xd);
+		lane_count(skb, dev, l3, NATGW_DIR_INGRESS, xs, xd);
 		fast_stat_inc(dev, decision);
 		return NATGW_PASS;
 	}
-	if (lane_v6_write(skb, &v, to, 1, decision, &p) < 0)
+	if (lane_v6_write(skb, &v, to, 1, decision, &p, l3) < 0)
 		return drop(dev, NATGW_DROP_REWRITE);
-	lane_count(skb, dev, NATGW_DIR_INGRESS, xs, xd);
-	fast_stat_inc(dev, decision);
-	return lane_redirect(oif, decision);
+	lane_count(skb, dev, l3, NATGW_DIR_INGRESS, xs, xd);
+	return lane_send(skb, dev, &p, oif, decision, l3, ETH_P_IPV6);
 }
 
 #endif /* NATGW_LANE_H */

@@ -207,6 +207,32 @@ def add_address(netns: str, dev: str, cidr: str) -> None:
     ip("-n", netns, "address", "add", cidr, "dev", dev, *extra)
 
 
+TUNSETIFF = 0x400454CA
+IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
+
+
+def open_tun(netns: str, name: str) -> int:
+    """A tun device `name` in netns, up, and the fd that reads what it sends and writes
+    what it receives (bare IP packets, as wireguard-go does). It goes with the fd."""
+    import fcntl  # noqa: PLC0415
+
+    from natgw.netns import in_netns  # noqa: PLC0415
+
+    def create() -> int:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            fcntl.ioctl(fd, TUNSETIFF,
+                        struct.pack("16sH", check_name(name).encode(), IFF_TUN | IFF_NO_PI))
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    fd = in_netns(netns, create)
+    link_up(netns, name)
+    return fd
+
+
 def link_up(netns: str, dev: str) -> None:
     ip("-n", netns, "link", "set", dev, "up")
 
