@@ -55,9 +55,9 @@ class Options:
     # turn (the headline workloads): their difference is a few percent, within one
     # sample's noise, so it needs more pairs, taken close together.
     mapping_repeats: int = 3
-    # ... and route and natgw this many times in turn on every UDP workload of each
-    # transport (ROUTE_SERIES): issue 13's targets compare these two, by a few
-    # percent, so their ratios pool these pairs with the rounds' own.
+    # ... and route and natgw this many times in turn on every UDP workload, TCP bulk
+    # and request/response of each transport (ROUTE_SERIES): issue 13's targets compare
+    # these two, by a few percent, so their ratios pool these pairs with the rounds'.
     route_repeats: int = 2
     control: bool = True
     change_cycles: int = 3
@@ -191,18 +191,43 @@ def _flood(t: Topology, work: Workload, measure: str, counters: traffic.Counters
         res.add(t.key, f"{measure}_sat", None)
 
 
-def _series(r: int, topos: list[Topology], works: list[Workload], repeats: int,
-            prefix: str, counters: traffic.Counters, res: Results, opt: Options) -> None:
-    """Each workload on each of `topos` in turn, `repeats` times (who goes first
-    rotates), recorded under prefix + the workload's measure: pairs taken seconds
-    apart, for differences smaller than one sample's noise."""
+def _tcp_bulk(t: Topology, prefix: str, res: Results, opt: Options) -> None:
+    """One iperf3 sample on `t`, recorded under prefix + "tcp_gbps"."""
+    try:
+        res.add(t.key, f"{prefix}tcp_gbps", traffic.tcp_bulk(t, opt.tcp_window))
+    except LabError as e:
+        opt.log(f"  {t.key} {prefix}tcp: {e}")
+        res.add(t.key, f"{prefix}tcp_gbps", None)
+
+
+def _tcp_rr(t: Topology, prefix: str, res: Results, opt: Options) -> None:
+    """One request/response sample on `t`: its p50 and p99 under prefix + "rr_p50_us"..."""
+    try:
+        rr = traffic.tcp_rr(t, opt.rr_window)
+        res.add(t.key, f"{prefix}rr_p50_us", rr["p50_us"], rr)
+        res.add(t.key, f"{prefix}rr_p99_us", rr["p99_us"])
+    except LabError as e:
+        opt.log(f"  {t.key} {prefix}rr: {e}")
+        res.add(t.key, f"{prefix}rr_p50_us", None)
+        res.add(t.key, f"{prefix}rr_p99_us", None)
+
+
+# One sample on a topology, recorded under the given prefix (measure_round's series).
+Sampler = Callable[[Topology, str], None]
+
+
+def _series(r: int, topos: list[Topology], samplers: list[Sampler], repeats: int,
+            prefix: str) -> None:
+    """Each sampler on each of `topos` in turn, `repeats` times (who goes first
+    rotates), recorded under `prefix`: pairs taken seconds apart, for differences
+    smaller than one sample's noise."""
     if len(topos) < 2:
         return
-    for work in works:
+    for sample in samplers:
         for rep in range(repeats):
             k = (r * repeats + rep) % len(topos)
             for t in topos[k:] + topos[:k]:
-                _flood(t, work, prefix + work.measure, counters, res, opt)
+                sample(t, prefix)
 
 
 def measure_round(r: int, topos: list[Topology], counters: traffic.Counters,
@@ -214,33 +239,28 @@ def measure_round(r: int, topos: list[Topology], counters: traffic.Counters,
     k = r % len(side) if side else 0  # rotated too: tcx and tc hooks take turns going first
     side = side[k:] + side[:k]
     works = workloads(opt.sizes, opt.families)
+
+    def flood(work: Workload) -> Sampler:
+        return lambda t, prefix: _flood(t, work, prefix + work.measure, counters, res, opt)
+
     for work in works:
         for t in order + (side if work in HEADLINE else []):
             _flood(t, work, work.measure, counters, res, opt)
     # natgw with 1, 100 and 10,000 mappings, in turn, several times (MAPPING_SERIES).
     series = [t for t in main if t.mode == "natgw" and t.transport == "underlay"]
     series += [t for t in topos if t.extra]
-    _series(r, series, [w for w in HEADLINE if w in works], opt.mapping_repeats,
-            MAPPING_SERIES, counters, res, opt)
+    _series(r, series, [flood(w) for w in HEADLINE if w in works], opt.mapping_repeats,
+            MAPPING_SERIES)
     # route and natgw, in turn, several times on each transport (ROUTE_SERIES).
+    tcp: list[Sampler] = [lambda t, prefix: _tcp_bulk(t, prefix, res, opt),
+                          lambda t, prefix: _tcp_rr(t, prefix, res, opt)]
     for transport in opt.transports:
         series = [t for t in main if t.mode in ("route", "natgw") and t.transport == transport]
-        _series(r, series, works, opt.route_repeats, ROUTE_SERIES, counters, res, opt)
+        _series(r, series, [flood(w) for w in works] + tcp, opt.route_repeats, ROUTE_SERIES)
     for t in order:
-        try:
-            res.add(t.key, "tcp_gbps", traffic.tcp_bulk(t, opt.tcp_window))
-        except LabError as e:
-            opt.log(f"  {t.key} tcp: {e}")
-            res.add(t.key, "tcp_gbps", None)
+        _tcp_bulk(t, "", res, opt)
     for t in order:
-        try:
-            rr = traffic.tcp_rr(t, opt.rr_window)
-            res.add(t.key, "rr_p50_us", rr["p50_us"], rr)
-            res.add(t.key, "rr_p99_us", rr["p99_us"])
-        except LabError as e:
-            opt.log(f"  {t.key} rr: {e}")
-            res.add(t.key, "rr_p50_us", None)
-            res.add(t.key, "rr_p99_us", None)
+        _tcp_rr(t, "", res, opt)
 
 
 def run(opt: Options) -> Results:

@@ -115,6 +115,34 @@ def test_the_series_taken_in_turn_pool_with_the_rounds():
     assert relative(m, samples, "route/u", "natgw/u", "n") == pytest.approx(1.25)
 
 
+def test_the_route_series_takes_turns_and_rotates_who_goes_first():
+    from bench.run import _series
+
+    calls: list[tuple[str, str]] = []
+    samplers = [lambda t, prefix: calls.append((t, prefix + "a")),
+                lambda t, prefix: calls.append((t, prefix + "b"))]
+    _series(0, ["route", "natgw"], samplers, 2, "vs-")
+    assert calls == [("route", "vs-a"), ("natgw", "vs-a"), ("natgw", "vs-a"), ("route", "vs-a"),
+                     ("route", "vs-b"), ("natgw", "vs-b"), ("natgw", "vs-b"), ("route", "vs-b")]
+    calls.clear()
+    _series(0, ["natgw"], samplers, 2, "vs-")  # nothing to take turns with
+    assert calls == []
+
+
+def test_request_response_and_tcp_bulk_pool_their_series_pairs():
+    # Two rounds and four series pairs: natgw 5 % faster in the series' pairs decides.
+    samples = {"route/wg": {"rr_p50_us": [100.0, 100.0], "vs-rr_p50_us": [100.0] * 4,
+                            "tcp_gbps": [1.0, 1.0], "vs-tcp_gbps": [1.0] * 4},
+               "natgw/wg": {"rr_p50_us": [110.0, 90.0], "vs-rr_p50_us": [95.0] * 4,
+                            "tcp_gbps": [0.9, 1.1], "vs-tcp_gbps": [1.05] * 4}}
+    m = {f"{k}/{measure}": 100.0 for k in samples for measure in ("rr_p50_us", "tcp_gbps")}
+    got = {t.name: t for t in evaluate_targets(m, [], samples)}
+    rr = got["WireGuard, TCP request/response p50: natgw x route"]
+    bulk = got["WireGuard, TCP bulk: natgw x route"]
+    assert (rr.value, rr.met) == (pytest.approx(0.95), True)
+    assert (bulk.value, bulk.met) == (pytest.approx(1.05), True)
+
+
 def test_targets_pair_the_rounds_when_the_run_has_them():
     rounds = {"route/underlay": {"udp1_ns": [1000.0, 2000.0, 1500.0]},
               "natgw/underlay": {"udp1_ns": [900.0, 2100.0, 1400.0]}}
