@@ -268,6 +268,35 @@ def test_skip_bits_follow_the_long_prefixes(dp):
     assert not any(dp.tables.skip_words(LO_IFINDEX, 0))  # gone with the device
 
 
+def test_set_mappings_writes_the_skip_bits_from_its_own_read(dp, monkeypatch):
+    """set_mappings reads the maps once; the skip bitmaps it writes from that read and
+    its changes are those a read of the maps afterwards gives."""
+    from natgw.dataplane import layout
+
+    inside = Mapping.parse("remote", "172.21.0.0/24", "10.245.3.0/24")
+    others = [Mapping.parse("remote", f"172.20.{i}.0/24", f"10.{100 + i}.7.0/24")
+              for i in range(3)]
+    t = dp.tables
+    t.set_mappings(LO_IFINDEX, [R, inside, *others])
+    assert not _skipped(dp, "10.245.0.0")
+    reads, keys = [], type(t.v4).keys
+
+    def counted(self):
+        reads.append(self is t.v4)
+        return keys(self)
+
+    monkeypatch.setattr(type(t.v4), "keys", counted)
+    new = Mapping.parse("remote", "172.22.0.0/24", "10.246.9.0/24")
+    t.set_mappings(LO_IFINDEX, [R, others[0], new])  # inside and two others go
+    monkeypatch.undo()
+    assert reads.count(True) == 1  # its items(), once
+    written = {tb: t.skip_words(LO_IFINDEX, tb) for tb in range(layout.TABLES)}
+    t._write_skip(LO_IFINDEX)  # from a read of the maps
+    assert written == {tb: t.skip_words(LO_IFINDEX, tb) for tb in range(layout.TABLES)}
+    assert _skipped(dp, "10.245.0.0") and _skipped(dp, "10.101.0.0")
+    assert not _skipped(dp, "10.100.0.0") and not _skipped(dp, "10.246.0.0")
+
+
 def test_zeroed_skip_bits_probe_every_length(dp):
     """A map a newer natgw created over an older gateway's entries starts at zero:
     every length is probed, so nothing is missed before the control plane writes it."""

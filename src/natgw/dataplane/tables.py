@@ -272,20 +272,27 @@ class Tables:
                 self._write_skip(idx)
         return n
 
-    def _write_skip(self, ifindex: int) -> None:
+    def _write_skip(self, ifindex: int,
+                    entries: Iterable[tuple[int, IPNetwork]] | None = None) -> None:
         """Rewrite a device's long-prefix skip bitmaps from its IPv4 entries.
 
         Called after entries are written and after they are deleted: until then a
         new long prefix in a skipped bucket is not probed yet (as a new prefix
         length is not before its bit is set), and a bucket just emptied is probed
-        for nothing. One pass over the IPv4 keys.
+        for nothing. entries: the device's entries as (table, key prefix), where the
+        caller has just written them (set_mappings); else one pass over the IPv4 keys.
         """
         dev = self.device(ifindex)
         if self.v4_skip is None or dev is None:
             return
         long: dict[int, set[int]] = {t: set() for t in range(L.TABLES)}
-        for key, bucket in self._long_v4_keys(ifindex):
-            long[key.table].add(bucket)
+        if entries is None:
+            for key, bucket in self._long_v4_keys(ifindex):
+                long[key.table].add(bucket)
+        else:
+            for table, net in entries:
+                if net.version == 4 and net.prefixlen > L.SKIP_PLEN:
+                    long[table].add(L.skip_bucket(net.network_address.packed))
         self._write_skip_words(dev.slot, long)
 
     def _long_v4_keys(self, ifindex: int, keys: Iterable[L.XlateV4Key] | None = None
@@ -725,13 +732,14 @@ class Tables:
                         cidr, as_ = (vnet, knet) if key_is_as else (knet, vnet)
                         stale.setdefault(Mapping(kind, cidr, as_), set()).add((tbl, knet))
         gone = {k for keys in stale.values() for k in keys}
+        kept = [*owner, *(k for k in entries if k not in gone)]  # the device's, once done
         lengths: dict[tuple[int, int], set[int]] = {}
-        for tbl, knet in [*owner, *(k for k in entries if k not in gone)]:
+        for tbl, knet in kept:
             lengths.setdefault((knet.version, tbl), set()).add(knet.prefixlen)
         self._write_plens(ifindex, lengths)
         for m, keys in stale.items():
             self._delete_entries(ifindex, m, keys, None)
-        self._write_skip(ifindex)
+        self._write_skip(ifindex, kept)
 
     def counters(self, mapping_id: int) -> dict[str, Counter]:
         """Packets and bytes of a mapping per direction, summed over CPUs."""
