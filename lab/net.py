@@ -83,12 +83,24 @@ def unique_prefix(letter: str, hex_digits: int = 4, also: tuple[Path, ...] = ())
             return prefix
 
 
+# Below Linux's ephemeral range (32768-60999 by default): a port handed out here
+# cannot be taken as the source port of another test's connection before its
+# server binds it, as a port the kernel picked (bind to 0) can.
+FREE_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
     """A TCP port free on the host's loopback now (a foreground natgw's metrics: it
     serves them from the root namespace, shared with every other run)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(100):
+        port = FREE_PORTS[secrets.randbelow(len(FREE_PORTS))]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise LabError(f"no free TCP port in {FREE_PORTS.start}-{FREE_PORTS.stop - 1}")
 
 
 def run_prefix() -> str:
