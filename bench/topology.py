@@ -269,9 +269,9 @@ def load_records(prefix: str | None = None) -> list[Record]:
 class Topology:
     """pod1 - gw1 - gw2 - pod2 in one mode over one transport, both IP families."""
 
-    def __init__(self, rec: Record, mode: str, transport: str, extra: int = 0,
-                 hooks: str = "", tx_csum_off: bool = False) -> None:
-        """extra: a natgw mode with that many more mappings; hooks: route mode with natgw's
+    def __init__(self, rec: Record, mode: str, transport: str, hooks: str = "",
+                 tx_csum_off: bool = False) -> None:
+        """hooks: route mode with natgw's
         programs attached to the peer devices but no mapping matching the traffic (what
         the hooks and programs cost before any translation), by "tcx" links or by "tc"
         clsact + cls_bpf filters (natgw.dataplane.hooks); tx_csum_off: the pods' devices
@@ -279,19 +279,16 @@ class Topology:
         if mode not in MODE_TABLE:
             raise LabError(f"unknown mode {mode} (modes: {', '.join(ALL_MODES)})")
         self.spec = MODE_TABLE[mode]
-        if extra and self.spec.kind != "natgw":
-            raise LabError("extra mappings exist only in the natgw modes")
         if hooks and mode != "route":
             raise LabError("natgw hooks without translation: route mode only")
         if hooks not in ("", "tcx", "tc"):
             raise LabError(f"natgw hooks: tcx or tc, not {hooks}")
         self.rec = rec
-        self.mode, self.transport, self.extra, self.hooks = mode, transport, extra, hooks
+        self.mode, self.transport, self.hooks = mode, transport, hooks
         self.tx_csum_off = tx_csum_off
         self.plans = {f: plan(mode, transport, f) for f in FAMILIES}
         self.plan = self.plans[4]
         self.tag = (self.spec.letter + _TRANSPORT_LETTER[transport]
-                    + (str(len(str(extra))) if extra else "")
                     + {"": "", "tcx": "h", "tc": "c"}[hooks]
                     + ("t" if tx_csum_off else ""))
         p = rec.prefix + self.tag
@@ -304,11 +301,11 @@ class Topology:
         self.gateways = [p + "1", p + "2"]  # natgw gateway names
         self.configs: list[Path] = []
         self.wg_pids: list[int] = []
-        self.install_times: list[dict] = []
+        self.extra_installed = 0  # extra mappings on the peer devices now (natgw modes)
 
     @property
     def key(self) -> str:
-        mode = f"{self.mode}-m{self.extra + 1}" if self.extra else self.mode
+        mode = self.mode
         if self.hooks:
             mode = "route+natgw-hooks" + ("-tc" if self.hooks == "tc" else "")
         return f"{mode}/{self.transport}"
@@ -399,8 +396,6 @@ class Topology:
 """)
         if self.spec.kind == "natgw":
             self._build_natgw()
-            if self.extra:
-                self.install_extra_mappings()
             return
         if self.spec.conntrack:
             for ns in (self.gw1, self.gw2):
@@ -555,15 +550,48 @@ class Topology:
             self.rec.save()
             self.natgw_up(i)
 
-    def install_extra_mappings(self) -> list[dict]:
-        """self.extra more mappings on both (IPv4) peer devices, through the library."""
+    def _peer_tables(self) -> list[tuple[str, str, str]]:
+        """(gateway, netns, device) of both gateways' IPv4 peer devices."""
+        if self.spec.kind != "natgw":
+            raise LabError("extra mappings exist only in the natgw modes")
+        return list(zip(self.gateways, (self.gw1, self.gw2), self.peer_dev, strict=True))
+
+    def set_extra_mappings(self, n: int) -> None:
+        """Make the first n of extra_mappings() the extra ones installed on both (IPv4)
+        peer devices, adding or removing the difference in bulk through the library."""
+        from natgw.dataplane import Dataplane, Mapping  # noqa: PLC0415
+
+        have = self.extra_installed
+        if n == have:
+            return
+        diff = [Mapping.parse("remote", c, a)
+                for c, a in extra_mappings(max(n, have))[min(n, have):]]
+        for gw, ns, dev in self._peer_tables():
+            with Dataplane.open(gw) as dp:
+                idx = dp.ifindex(dev, ns)
+                if n > have:
+                    dp.tables.add_mappings(idx, diff)
+                else:
+                    dp.tables.remove_mappings(idx, diff)
+        self.extra_installed = n
+
+    def time_extra_mappings(self, n: int) -> list[dict]:
+        """Install n extra mappings on both peer devices as bench.mappings.install
+        times it (the public call at low and full occupancy, the bulk), then remove
+        them: the times, per gateway."""
         from bench.mappings import install  # noqa: PLC0415
 
-        self.install_times = [
-            install(gw, ns, dev, extra_mappings(self.extra)).as_dict()
-            for gw, ns, dev in zip(self.gateways, (self.gw1, self.gw2), self.peer_dev,
-                                   strict=True)]
-        return self.install_times
+        self.set_extra_mappings(0)
+        try:
+            return [install(gw, ns, dev, extra_mappings(n)).as_dict()
+                    for gw, ns, dev in self._peer_tables()]
+        finally:
+            self.extra_installed = n  # what install left, removed below
+            self.set_extra_mappings(0)
+
+    def prepare(self) -> None:
+        """Bring the topology back to what its key names: no extra mappings."""
+        self.set_extra_mappings(0)
 
     def engine_pids(self) -> list[int]:
         """PIDs of the wireguard-go processes of this topology (none over the underlay)."""
@@ -697,3 +725,28 @@ def _metrics_port(prefix: str, tag: str, i: int) -> int:
     """A port for the foreground natgw's metrics, stable per run and gateway."""
     h = int.from_bytes(f"{prefix}{tag}{i}".encode()[-6:], "big")
     return 20000 + h % 20000
+
+
+class WithMappings:
+    """A natgw topology seen with `extra` more mappings per gateway (the mapping
+    series). The series measures one gateway pair with 1, 100 and 10,000 mappings in
+    turn, installing or removing the difference before each sample (`prepare`), so
+    that a pair of samples differs in the tables alone, not also in the namespaces,
+    devices and memory that carried the traffic. Samples go under
+    "natgw-m<N>/<transport>"; the rest is the topology's."""
+
+    def __init__(self, topo: Topology, extra: int) -> None:
+        self.topo, self.extra = topo, extra
+
+    @property
+    def key(self) -> str:
+        return f"{self.topo.mode}-m{self.extra + 1}/{self.topo.transport}"
+
+    def prepare(self) -> None:
+        self.topo.set_extra_mappings(self.extra)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.topo, name)  # what a sample reads: namespaces, devices, plans
+
+    def __repr__(self) -> str:
+        return f"WithMappings({self.key})"

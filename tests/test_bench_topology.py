@@ -28,8 +28,10 @@ from bench.topology import (
     VERIFY_PORT,
     WG_MODES,
     Topology,
+    WithMappings,
     cleanup,
     conntrack_entries,
+    extra_mappings,
     natgw_refuses,
     new_record,
 )
@@ -64,12 +66,11 @@ def built(record):
     """topology(mode, transport, **kw): built (and checked) once for the module."""
     cache: dict[tuple, Topology] = {}
 
-    def get(mode: str, transport: str = "underlay", extra: int = 0, hooks: str = "",
+    def get(mode: str, transport: str = "underlay", hooks: str = "",
             tx_csum_off: bool = False) -> Topology:
-        key = (mode, transport, extra, hooks, tx_csum_off)
+        key = (mode, transport, hooks, tx_csum_off)
         if key not in cache:
-            topo = Topology(record, mode, transport, extra=extra, hooks=hooks,
-                            tx_csum_off=tx_csum_off)
+            topo = Topology(record, mode, transport, hooks=hooks, tx_csum_off=tx_csum_off)
             topo.build()
             topo.check()  # raises unless both families arrive as the plan says
             cache[key] = topo
@@ -175,17 +176,48 @@ def test_senders_checksum_offload_off_when_asked(built):
     assert _receive(topo, work) == {(ROUTED[6][0], 40000)}
 
 
-def test_extra_mappings_install_and_clear(built):
-    topo = built("natgw", extra=150)
-    assert topo.key == "natgw-m151/underlay"
-    with Dataplane.open(topo.gateways[0]) as dp:
-        assert len(dp.mappings(dp.ifindex(topo.dev["u1"], topo.gw1))) == 151
-    times = topo.install_times[0]
-    assert (times["public_calls"], times["bulk_calls"]) == (101, 49)  # 100, bulk, 1 last
+def _peer_mappings(topo: Topology) -> list[set[str]]:
+    """The cidrs mapped on each gateway's IPv4 peer device."""
+    out = []
+    for gw, ns, dev in zip(topo.gateways, (topo.gw1, topo.gw2), topo.peer_dev, strict=True):
+        with Dataplane.open(gw) as dp:
+            out.append({str(m.mapping.cidr) for m in dp.mappings(dp.ifindex(dev, ns))})
+    return out
+
+
+def test_the_mapping_series_changes_the_tables_of_the_same_gateways(built):
+    topo = built("natgw")
+    own = _peer_mappings(topo)
+    work = Workload("64", 4, False)
+    for n in (150, 40, 150):  # up, down, up again: exactly the first n extras each time
+        view = WithMappings(topo, n)
+        assert view.key == f"natgw-m{n + 1}/underlay" and view.gw1 == topo.gw1
+        view.prepare()
+        want = {cidr for cidr, _ in extra_mappings(n)}
+        assert _peer_mappings(topo) == [o | want for o in own]
+        # the traffic still crosses the same gateways, translated
+        assert _receive(view, work) == {(TRANSLATED[4][0], 40000)}
+    topo.prepare()  # back to its own mappings
+    assert _peer_mappings(topo) == own
+    times = topo.time_extra_mappings(150)
+    assert [(t["public_calls"], t["bulk_calls"]) for t in times] == [(101, 49)] * 2
+    assert _peer_mappings(topo) == own  # timed, then removed again
+
+
+def test_mappings_clear_in_one_pass_and_up_restores_them(built):
+    topo = built("natgw")
+    own = _peer_mappings(topo)
+    topo.set_extra_mappings(150)
     # both families' own mappings plus the extra ones: an egress and an ingress entry each
     assert clear_mappings(topo.gateways[0]) == 2 * 152
     with Dataplane.open(topo.gateways[0]) as dp:
         assert dp.mappings() == []
+    clear_mappings(topo.gateways[1])
+    topo.extra_installed = 0  # cleared behind set_extra_mappings' back
+    for i in (0, 1):
+        topo.natgw_up(i)  # the same file again: what the tables lack is written back
+    assert _peer_mappings(topo) == own
+    assert topo.verify(4) == TRANSLATED[4]
 
 
 def test_programs_run_alone_count_every_repetition(record):
