@@ -52,11 +52,11 @@ class Options:
     tx_csum_off: bool = False  # the pods send without tx checksum offload, in every mode
     skipped: tuple[str, ...] = ()  # default modes this natgw cannot run (reported)
     mapping_counts: tuple[int, ...] = (100, 10000)  # besides natgw's own single mapping
-    # Each round measures natgw and its many-mappings topologies this many times in
+    # Each round measures natgw's gateways with each mapping count this many times in
     # turn (the headline workloads): their difference is a few percent, within one
     # sample's noise, so it needs more pairs, taken close together. One pair's ratio
-    # varies by 7-9 % (sd) on the shared VM: 64 pairs in 8 rounds narrow the median's
-    # interval to about +-2 %, enough to tell 3 % from nothing.
+    # varies by 7-10 % (sd) on the shared VM: 64 pairs in 8 rounds narrow the
+    # median's interval to about +-2-3 %.
     mapping_repeats: int = 8
     # ... and route and natgw this many times in turn on every UDP workload, TCP bulk
     # and request/response of each transport (ROUTE_SERIES): issue 13's targets compare
