@@ -182,6 +182,30 @@ def test_watch_stops_on_ctrl_c_with_exit_0(gw):
     assert (proc.returncode, err) == (0, "")
 
 
+@pytest.mark.bpf
+def test_ctrl_c_during_a_read_lets_it_finish_then_stops_with_exit_0(gw, monkeypatch):
+    # Ctrl-C is taken at the watch's next pause, not raised inside a read (bpf(2),
+    # netlink), which an exception may not unwind cleanly.
+    from natgw import introspect  # noqa: PLC0415
+
+    real, reads = introspect.read_gateway, []
+
+    def read_then_interrupted(*args, **kwargs):
+        report = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands while the read is still running
+        for _ in range(1000):  # bytecodes enough for a KeyboardInterrupt to be raised
+            pass
+        reads.append(report)
+        return report
+
+    monkeypatch.setattr(introspect, "read_gateway", read_then_interrupted)
+    previous = signal.getsignal(signal.SIGINT)
+    result = runner.invoke(app, ["maps", gw.gateway, "--watch", "--interval", "5"])
+    assert (result.exit_code, len(reads)) == (0, 1)  # the read finished; no 5 s pause
+    assert result.output.startswith("natgw maps: every 5s")
+    assert signal.getsignal(signal.SIGINT) is previous  # the handler is put back
+
+
 # -- lookup --------------------------------------------------------------------
 
 

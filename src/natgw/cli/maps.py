@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import signal
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Annotated
 
@@ -217,10 +219,23 @@ def maps(
         body = render_maps(reports, rates) if reports else _nothing(netns)
         typer.echo((CLEAR if redraw else "") + header + "\n" + body + ("" if redraw else "\n"))
 
+    # Ctrl-C only sets a flag, and the watch stops at its next pause: never in the
+    # middle of a read (bpf(2), netlink and pyroute2's event loop), which an
+    # exception raised there may not unwind cleanly. A `maps --watch` under load
+    # once ignored Ctrl-C for 10 s.
+    stop = threading.Event()
+
+    def pause(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        I.watch(read, show, interval, count)
+        I.watch(read, show, interval, count, sleep=pause)
     except KeyboardInterrupt:
         pass  # the way to stop watching, not a failure
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def lookup(
