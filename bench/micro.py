@@ -21,6 +21,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.topology import FAMILY, POD_ADDR, POD_CIDR, extra_mappings, host_in
@@ -29,6 +30,7 @@ from lab.record import Record
 from natgw.dataplane import Dataplane, Mapping, layout, upgrade
 from natgw.dataplane.bpfsys import Map, prog_test_run
 from natgw.dataplane.loader import inline_source, pin_dir
+from natgw.dataplane.tables import Tables
 from natgw.netns import in_netns
 
 LO_IFINDEX = 1
@@ -74,7 +76,30 @@ CASES = {  # direction, frame, counter that must count every run (None: no match
 }
 
 
-def run_programs(gateway: str, repeat: int = 200_000, rounds: int = 5) -> dict:
+TABLE_SIZES = ("1", "10000")  # mappings on the device: its own, and 9,999 extra
+
+
+def table_sizes(tables: Tables, ifindex: int, rounds: int) -> Iterator[str]:
+    """The labels of TABLE_SIZES, each while the device holds that many mappings,
+    `rounds` times. The sizes take turns and who goes first alternates (one change
+    a round), so a drift of the machine cancels instead of passing for the cost of
+    the mappings. The device is left with its own mapping."""
+    extras = [Mapping.parse("remote", c, a) for c, a in extra_mappings(9999)]
+    installed = False
+    try:
+        for r in range(rounds):
+            for label in TABLE_SIZES if r % 2 == 0 else TABLE_SIZES[::-1]:
+                if (label != TABLE_SIZES[0]) != installed:
+                    installed = not installed
+                    (tables.add_mappings if installed else tables.remove_mappings)(ifindex,
+                                                                                   extras)
+                yield label
+    finally:
+        if installed:
+            tables.remove_mappings(ifindex, extras)
+
+
+def run_programs(gateway: str, repeat: int = 200_000, rounds: int = 6) -> dict:
     """ns per run of egress/ingress (translated and pass-through) at 1 and 10,000 mappings.
 
     A test run repeats the program on the same buffer, so a translated packet
@@ -89,25 +114,21 @@ def run_programs(gateway: str, repeat: int = 200_000, rounds: int = 5) -> dict:
         dp.tables.set_device(LO_IFINDEX, 14, 0, 0)
         mid = dp.tables.add_mapping(
             LO_IFINDEX, Mapping.parse("remote", POD_CIDR, POD_CIDR)).mapping_id
-        for label, extra in (("1", 0), ("10000", 9999)):
-            if extra:
-                dp.tables.add_mappings(LO_IFINDEX, [Mapping.parse("remote", cidr, as_)
-                                                    for cidr, as_ in extra_mappings(extra)])
-            res = {}
+        samples: dict[str, dict[str, list[int]]] = {
+            label: {name: [] for name in CASES} for label in TABLE_SIZES}
+        for label in table_sizes(dp.tables, LO_IFINDEX, rounds):
             for name, (direction, frame, counter) in CASES.items():
-                samples = []
-                for _ in range(rounds):
-                    before = dp.tables.counters(mid)
-                    r = prog_test_run(dp.programs.fd(direction), frame, _ctx(), repeat)
-                    after = dp.tables.counters(mid)
-                    counted = {d: after[d].packets - before[d].packets for d in after}
-                    want = {d: repeat if d == counter else 0 for d in after}
-                    if r.retval != TC_ACT_UNSPEC or counted != want:
-                        raise RuntimeError(f"{name}: verdict {r.retval}, counted {counted}, "
-                                           f"want {want}")
-                    samples.append(r.duration_ns)
-                res[name] = sorted(samples)[len(samples) // 2]
-            out[label] = res
+                before = dp.tables.counters(mid)
+                r = prog_test_run(dp.programs.fd(direction), frame, _ctx(), repeat)
+                after = dp.tables.counters(mid)
+                counted = {d: after[d].packets - before[d].packets for d in after}
+                want = {d: repeat if d == counter else 0 for d in after}
+                if r.retval != TC_ACT_UNSPEC or counted != want:
+                    raise RuntimeError(f"{name}: verdict {r.retval}, counted {counted}, "
+                                       f"want {want}")
+                samples[label][name].append(r.duration_ns)
+        out = {label: {name: sorted(v)[len(v) // 2] for name, v in by_case.items()}
+               for label, by_case in samples.items()}
     finally:
         dp.destroy()
     return out
@@ -201,21 +222,12 @@ def run_lanes(rec: Record, calls: int = 400, rounds: int = 6, cpu: int = 1) -> d
         t.set_device(idx["ifc"], 14, 1460, 1440)
         t.set_mappings(idx["ifc"], mappings)
         cases = lane_cases(idx)
-        extras = [Mapping.parse("remote", c, a) for c, a in extra_mappings(9999)]
-        samples = {label: {name: [] for name in cases} for label in ("1", "10000")}
-        installed = False
-        for r in range(rounds):
-            # The table sizes take turns, who goes first alternating (one toggle a
-            # round): a drift of the machine then cancels instead of passing for
-            # the cost of the mappings.
-            for label in ("1", "10000") if r % 2 == 0 else ("10000", "1"):
-                if (label == "10000") != installed:
-                    installed = label == "10000"
-                    (t.add_mappings if installed else t.remove_mappings)(idx["ifc"], extras)
-                for name, (prog, ifindex, frame, decision) in cases.items():
-                    samples[label][name].append(
-                        in_netns(g, lambda p=prog, i=ifindex, f=frame, d=decision:
-                                 _lane_sample(dp, p, i, f, d, calls, cpu)))
+        samples = {label: {name: [] for name in cases} for label in TABLE_SIZES}
+        for label in table_sizes(t, idx["ifc"], rounds):
+            for name, (prog, ifindex, frame, decision) in cases.items():
+                samples[label][name].append(
+                    in_netns(g, lambda p=prog, i=ifindex, f=frame, d=decision:
+                             _lane_sample(dp, p, i, f, d, calls, cpu)))
         return {label: {name: statistics.median(v) for name, v in by_case.items()}
                 for label, by_case in samples.items()}
     finally:

@@ -550,7 +550,7 @@ class Topology:
             self.rec.save()
             self.natgw_up(i)
 
-    def _peer_tables(self) -> list[tuple[str, str, str]]:
+    def peer_tables(self) -> list[tuple[str, str, str]]:
         """(gateway, netns, device) of both gateways' IPv4 peer devices."""
         if self.spec.kind != "natgw":
             raise LabError("extra mappings exist only in the natgw modes")
@@ -566,7 +566,7 @@ class Topology:
             return
         diff = [Mapping.parse("remote", c, a)
                 for c, a in extra_mappings(max(n, have))[min(n, have):]]
-        for gw, ns, dev in self._peer_tables():
+        for gw, ns, dev in self.peer_tables():
             with Dataplane.open(gw) as dp:
                 idx = dp.ifindex(dev, ns)
                 if n > have:
@@ -584,7 +584,7 @@ class Topology:
         self.set_extra_mappings(0)
         try:
             return [install(gw, ns, dev, extra_mappings(n)).as_dict()
-                    for gw, ns, dev in self._peer_tables()]
+                    for gw, ns, dev in self.peer_tables()]
         finally:
             self.extra_installed = n  # what install left, removed below
             self.set_extra_mappings(0)

@@ -179,7 +179,7 @@ def test_senders_checksum_offload_off_when_asked(built):
 def _peer_mappings(topo: Topology) -> list[set[str]]:
     """The cidrs mapped on each gateway's IPv4 peer device."""
     out = []
-    for gw, ns, dev in zip(topo.gateways, (topo.gw1, topo.gw2), topo.peer_dev, strict=True):
+    for gw, ns, dev in topo.peer_tables():
         with Dataplane.open(gw) as dp:
             out.append({str(m.mapping.cidr) for m in dp.mappings(dp.ifindex(dev, ns))})
     return out
